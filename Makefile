@@ -1,0 +1,38 @@
+# Quick start: `make demo` (prepare Online Retail, train, print the test table)
+# and `make test`. Both create the virtual environment if it is missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RAW ?= ../shared/datasets/online_retail/online_retail.parquet
+DATA ?= data/online_retail
+RUN ?= runs/online_retail
+PYTEST_ARGS ?=
+
+.PHONY: venv demo prepare train test benchmarks clean
+
+venv: $(VENV)/.installed
+
+# torch first, alone: the CPU wheel of 2.13.0 (a bare `torch` pulls a CUDA build).
+$(VENV)/.installed: setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[text,dev]'
+	touch $@
+
+prepare: venv
+	$(PY) -m data_tools.prepare --flagfile=configs/online_retail.flags \
+	  --raw_path=$(RAW) --output_dir=$(DATA)
+
+train: venv
+	$(PY) -m alterrec_tf.train --flagfile=configs/online_retail.flags \
+	  --data_dir=$(DATA) --run_dir=$(RUN)
+
+demo: prepare train
+
+test: venv
+	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+clean:
+	rm -rf data runs models report

@@ -1,0 +1,59 @@
+"""One flagfile per dataset, read by both `data_tools.prepare` and `alterrec_tf.train`.
+
+`configs/<dataset>.flags` holds the data preparation flags and the training
+flags together, so a user keeps one file per dataset. Each command defines only
+its own flags; this parser lets a command skip the flags that belong to the
+other command (and only those: a misspelt flag is still an error).
+
+The names of the preparation flags live here because `alterrec_tf` never
+imports `data_tools`; a test checks that this list equals what
+`data_tools.prepare` defines.
+"""
+
+from typing import Iterable, List
+
+from absl import flags
+
+PREPARE_FLAG_NAMES = frozenset({
+    "raw_format", "raw_path", "catalog_path", "output_dir", "dataset_name",
+    "text_fields", "text_model", "require_text", "embedding_batch_size",
+    "min_item_count", "min_session_length", "max_session_length",
+    "valid_fraction", "test_fraction", "num_shards", "locale",
+    "excluded_stock_codes", "split_seed",
+})
+
+
+def _flag_name(arg: str, known: frozenset) -> str:
+  name = arg.lstrip("-").split("=", 1)[0]
+  return name[2:] if name.startswith("no") and name[2:] in known else name
+
+
+def make_parser(foreign_flag_names: Iterable[str]):
+  """Returns an absl `flags_parser` that drops the other command's flags.
+
+  Args:
+    foreign_flag_names: flags that belong to the other command sharing the
+      flagfile; they are accepted and ignored. Any other unknown flag fails.
+  """
+  foreign = frozenset(foreign_flag_names)
+
+  def parse(argv: List[str]) -> List[str]:
+    expanded = flags.FLAGS.read_flags_from_files(argv[1:], force_gnu=False)
+    kept = [argv[0]]
+    for arg in expanded:
+      name = _flag_name(arg, foreign)
+      if arg.startswith("-") and name in foreign and name not in flags.FLAGS:
+        continue
+      kept.append(arg)
+    try:
+      return flags.FLAGS(kept)
+    except flags.Error as error:
+      raise SystemExit(f"FATAL flags error: {error}") from None
+
+  return parse
+
+
+def training_flag_names() -> frozenset:
+  """Names of every flag `alterrec_tf` defines (for `data_tools.prepare`)."""
+  from alterrec_tf import config  # pylint: disable=g-import-not-at-top
+  return frozenset(config.defined_flag_names())

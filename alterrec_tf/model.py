@@ -1,0 +1,196 @@
+"""AlterRec: two uni-modal networks trained alternately (section 4.2, Algorithm 1).
+
+`train_step` reads two non-trainable variables set by `PhaseSchedule`:
+`phase` (which tower trains: ID_PHASE or TEXT_PHASE) and `hard_negatives`
+(0: uniform random negatives, 1: the partner's ranks k1..k2). Only the active
+tower's gradients are computed, and each tower has its own Adam optimizer, so
+the frozen tower does not move at all (no Adam momentum leaks into it).
+"""
+
+import keras
+import tensorflow as tf
+
+from alterrec_tf import data as alter_data
+from alterrec_tf import negatives as alter_negatives
+from alterrec_tf import towers as alter_towers
+
+ID_PHASE = 0
+TEXT_PHASE = 1
+TOWER_NAMES = ("id", "text")
+
+
+def scored_positions(batch):
+  """Indices [P, 2] of the scored prefixes of a window batch, and targets [P]."""
+  positions = tf.where(batch[alter_data.TARGET_MASK])
+  return positions, tf.gather_nd(batch[alter_data.TARGET_IDS], positions)
+
+
+class AlterRec(keras.Model):
+  """AlterRec and its single-tower ablations.
+
+  Args:
+    config: a `TrainConfig`.
+    num_items: catalogue size including the padding row 0.
+    text_embeddings: float [num_items, text_dim] frozen SBERT table, or None.
+    towers: which uni-modal networks exist: ("id", "text"), ("id",) or ("text",).
+  """
+
+  def __init__(self, config, num_items: int, text_embeddings=None,
+               towers=TOWER_NAMES, **kwargs):
+    super().__init__(**kwargs)
+    self.config = config
+    self.num_items = num_items
+    self.tower_names = tuple(towers)
+    self.id_tower = (alter_towers.build_tower("id", config, num_items)
+                     if "id" in towers else None)
+    self.text_tower = (alter_towers.build_tower("text", config, num_items, text_embeddings)
+                       if "text" in towers else None)
+    self.phase = keras.Variable(ID_PHASE if "id" in towers else TEXT_PHASE,
+                                dtype="int32", trainable=False, name="phase")
+    self.hard_negatives = keras.Variable(0, dtype="int32", trainable=False,
+                                         name="hard_negatives")
+    self.train_steps = keras.Variable(0, dtype="int64", trainable=False, name="train_steps")
+    self.id_optimizer = keras.optimizers.Adam(config.learning_rate, name="id_adam")
+    self.text_optimizer = keras.optimizers.Adam(config.learning_rate, name="text_adam")
+    self.id_loss_tracker = keras.metrics.Mean(name="id_loss")
+    self.text_loss_tracker = keras.metrics.Mean(name="text_loss")
+
+  # --- building ---------------------------------------------------------------
+  def build_all(self):
+    """Creates every variable (both towers and both optimizers)."""
+    dummy = tf.ones([1, self.config.max_len], tf.int32)
+    for name in self.tower_names:
+      tower = self.tower(name)
+      tower(dummy)
+      self.optimizer_of(name).build(tower.trainable_variables)
+    self.built = True
+    if self.config.init == "uniform":
+      self._uniform_init()
+
+  def _uniform_init(self):
+    bound = self.config.embedding_dim ** -0.5
+    rng = tf.random.Generator.from_seed(self.config.seed)
+    for variable in self.trainable_variables:
+      variable.assign(rng.uniform(variable.shape, -bound, bound))
+
+  def tower(self, name):
+    return self.id_tower if name == "id" else self.text_tower
+
+  def optimizer_of(self, name):
+    return self.id_optimizer if name == "id" else self.text_optimizer
+
+  @property
+  def metrics(self):
+    return [self.id_loss_tracker, self.text_loss_tracker]
+
+  # --- training ---------------------------------------------------------------
+  def _partner_signal(self, partner_name, item_ids, positions, targets, seed):
+    """Negatives [P, K] and augmented positives [P, p] (or None) for a step."""
+    cfg = self.config
+    num_rows = tf.shape(targets)[0]
+    augment = self._augments()
+
+    def random_signal():
+      random_ids = alter_negatives.uniform_negatives(seed, num_rows, cfg.num_negatives,
+                                                     self.num_items)
+      return random_ids, tf.zeros([num_rows, cfg.p if augment else 0], tf.int32)
+
+    if partner_name is None:
+      return random_signal()
+
+    def hard_signal():
+      partner = self.tower(partner_name)
+      matrix = partner.item_matrix(training=False)
+      vectors = tf.gather_nd(partner.prefix_vectors(item_ids, matrix, training=False),
+                             positions)
+      scores = tf.stop_gradient(partner.scores(vectors, matrix))
+      hard_ids, augmented_ids = alter_negatives.partner_ranking(
+          scores, cfg.k1, cfg.k2, cfg.p if augment else 0)
+      hard_ids = alter_negatives.mix_negatives(hard_ids, seed, cfg.random_negative_share,
+                                               self.num_items)
+      return hard_ids, augmented_ids
+
+    return tf.cond(self.hard_negatives > 0, hard_signal, random_signal)
+
+  def _augments(self):
+    return self.config.model == "alterrec_aug"
+
+  def _tower_step(self, name, batch, seed):
+    """One update of tower `name`; returns its loss."""
+    partner_name = None
+    if len(self.tower_names) == 2 and self.config.model != "alterrec_random":
+      partner_name = "text" if name == "id" else "id"
+      if self._augments() and self.config.augmentation_source == "id":
+        partner_name = "id"
+    positions, targets = scored_positions(batch)
+    item_ids = batch[alter_data.ITEM_IDS]
+    negative_ids, augmented_ids = self._partner_signal(
+        partner_name, item_ids, positions, targets, seed)
+    tower = self.tower(name)
+    with tf.GradientTape() as tape:
+      matrix = tower.item_matrix(training=True)
+      vectors = tf.gather_nd(tower.prefix_vectors(item_ids, matrix, training=True), positions)
+      logits = tower.scores(vectors, matrix)
+      loss = alter_negatives.sampled_softmax_loss(
+          logits, targets, negative_ids, augmented_ids if self._augments() else None,
+          self.config.beta)
+    variables = tower.trainable_variables
+    gradients = tape.gradient(loss, variables)
+    self.optimizer_of(name).apply(gradients, variables)
+    return loss
+
+  def train_step(self, batch):
+    seed = tf.stack([tf.constant(self.config.seed, tf.int32),
+                     tf.cast(self.train_steps, tf.int32)])
+    self.train_steps.assign_add(1)
+    if len(self.tower_names) == 1:
+      name = self.tower_names[0]
+      loss = self._tower_step(name, batch, seed)
+      (self.id_loss_tracker if name == "id" else self.text_loss_tracker).update_state(loss)
+    else:
+      def id_step():
+        loss = self._tower_step("id", batch, seed)
+        self.id_loss_tracker.update_state(loss)
+        return loss
+
+      def text_step():
+        loss = self._tower_step("text", batch, seed)
+        self.text_loss_tracker.update_state(loss)
+        return loss
+
+      loss = tf.cond(tf.equal(self.phase, ID_PHASE), id_step, text_step)
+    return {"loss": loss, "id_loss": self.id_loss_tracker.result(),
+            "text_loss": self.text_loss_tracker.result()}
+
+  # --- inference ----------------------------------------------------------------
+  def prefix_scores(self, item_ids, positions, training=False):
+    """Scores of each tower at the given prefixes: {name: [P, V]}."""
+    scores = {}
+    for name in self.tower_names:
+      tower = self.tower(name)
+      matrix = tower.item_matrix(training=training)
+      vectors = tf.gather_nd(tower.prefix_vectors(item_ids, matrix, training), positions)
+      scores[name] = tower.scores(vectors, matrix)
+    return scores
+
+  def score_heads(self, batch):
+    """Evaluation heads: {"fused", "id", "text"} scores [P, V] and targets [P].
+
+    fused = alpha * ID + (1 - alpha) * text (Eq. 12); a single-tower model has
+    its tower's scores as "fused".
+    """
+    positions, targets = scored_positions(batch)
+    heads = self.prefix_scores(batch[alter_data.ITEM_IDS], positions)
+    if len(self.tower_names) == 2:
+      alpha = self.config.alpha
+      heads["fused"] = alpha * heads["id"] + (1.0 - alpha) * heads["text"]
+    else:
+      heads["fused"] = heads[self.tower_names[0]]
+    return heads, targets
+
+  def call(self, item_ids, training=False):
+    """Fused scores of every prefix: int [B, L] -> [B, L, V]."""
+    scores = [self.tower(name)(item_ids, training=training) for name in self.tower_names]
+    if len(scores) == 1:
+      return scores[0]
+    return self.config.alpha * scores[0] + (1.0 - self.config.alpha) * scores[1]

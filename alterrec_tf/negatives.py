@@ -1,0 +1,90 @@
+"""Negative sampling and the sampled softmax loss of AlterRec (Eq. 8-11).
+
+Logits are gathered from the full-catalogue score matrix [P, V]; a
+[P, negatives, d] tensor of item embeddings is never built.
+"""
+
+import tensorflow as tf
+
+from alterrec_tf import schema
+
+
+def partner_ranking(partner_scores, k1: int, k2: int, p: int):
+  """Hard negatives and augmented positives from the partner's ranking (Eq. 7).
+
+  Args:
+    partner_scores: float [P, V], padding column already at -inf.
+    k1, k2: ranks k1..k2-1 (0-based; the paper's r[k1:k2]) are the negatives.
+    p: the top-p ranks are the augmented positives (0 for none).
+
+  Returns:
+    hard_negative_ids int32 [P, k2 - k1] and augmented_positive_ids int32 [P, p].
+  """
+  top_ids = tf.math.top_k(partner_scores, k=k2, sorted=True).indices
+  return top_ids[:, k1:k2], top_ids[:, :p]
+
+
+def uniform_negatives(seed, num_rows, count: int, num_items: int):
+  """Uniform item indices in [1, num_items): int32 [num_rows, count].
+
+  Args:
+    seed: int32 [2] stateless seed (e.g. [run seed, step]).
+  """
+  return tf.random.stateless_uniform([num_rows, count], seed=seed, minval=1,
+                                     maxval=num_items, dtype=tf.int32)
+
+
+def mix_negatives(hard_negative_ids, seed, random_share: float, num_items: int):
+  """Reference-code negatives: a random share uniform, the rest a random subset
+  of the hard negatives, same total count."""
+  count = hard_negative_ids.shape[1]
+  num_random = int(round(random_share * count))
+  if num_random == 0:
+    return hard_negative_ids
+  rows = tf.shape(hard_negative_ids)[0]
+  noise = tf.random.stateless_uniform([rows, count], seed=seed)
+  keep = tf.math.top_k(noise, k=count - num_random).indices
+  subset = tf.gather(hard_negative_ids, keep, batch_dims=1)
+  random_ids = uniform_negatives(seed + 1, rows, num_random, num_items)
+  return tf.concat([subset, random_ids], axis=1)
+
+
+def sampled_softmax_loss(logits, target_ids, negative_ids, augmented_ids=None,
+                         beta: float = 0.0):
+  """Mean over prefixes of -log softmax(target | target + negatives) (Eq. 8-9),
+  plus beta * sum over augmented positives of the same with their logit (Eq. 10-11).
+
+  A negative or augmented positive equal to the target is dropped: the target
+  is never its own negative, and counting it as augmented would double it.
+
+  Args:
+    logits: float [P, V] full-catalogue scores of the trained tower.
+    target_ids: int [P].
+    negative_ids: int [P, K].
+    augmented_ids: int [P, p] or None.
+    beta: weight of the augmented positives.
+
+  Returns:
+    Scalar loss.
+  """
+  target_ids = tf.cast(target_ids, tf.int32)
+  target_logits = tf.gather(logits, target_ids[:, None], batch_dims=1)[:, 0]
+  negative_logits = tf.gather(logits, negative_ids, batch_dims=1)
+  is_target = tf.equal(negative_ids, target_ids[:, None])
+  negative_logits = tf.where(is_target, tf.cast(-1e9, logits.dtype), negative_logits)
+  negatives_lse = tf.reduce_logsumexp(negative_logits, axis=1)
+  # log(e^x + sum e^neg) - x = softplus(lse(neg) - x)
+  per_prefix = tf.nn.softplus(negatives_lse - target_logits)
+  if augmented_ids is not None and augmented_ids.shape[1]:
+    augmented_logits = tf.gather(logits, augmented_ids, batch_dims=1)
+    keep = tf.logical_and(tf.not_equal(augmented_ids, target_ids[:, None]),
+                          tf.not_equal(augmented_ids, schema.PADDING_INDEX))
+    augmented = tf.nn.softplus(negatives_lse[:, None] - augmented_logits)
+    per_prefix += beta * tf.reduce_sum(tf.where(keep, augmented, 0.0), axis=1)
+  return tf.reduce_mean(per_prefix)
+
+
+def full_softmax_loss(logits, target_ids):
+  """Mean cross-entropy over the whole catalogue (baselines): [P, V], [P]."""
+  return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+      labels=tf.cast(target_ids, tf.int32), logits=logits))

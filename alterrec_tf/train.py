@@ -1,0 +1,195 @@
+"""Train and evaluate a model on a prepared dataset.
+
+  python -m alterrec_tf.train --flagfile=configs/online_retail.flags \
+      --data_dir=data/online_retail --run_dir=runs/online_retail
+
+Writes into run_dir: config.json, history.json (every epoch, every head and
+metric, valid and test), best.weights.h5, TensorBoard logs in tb/, and
+results.json (test metrics at the epoch of best validation Hits@20 of the fused
+score). A killed run resumes from run_dir/backup on the next start.
+"""
+
+import json
+import os
+import sys
+import time
+
+from absl import app
+from absl import logging
+
+from alterrec_tf import config as alter_config
+from alterrec_tf import flagfiles
+
+RESULTS_FILE = "results.json"
+CONFIG_FILE = "config.json"
+
+
+def _set_threads_and_seed(seed: int):
+  import keras  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(seed)
+
+
+def train(config, data_dir=None, run_dir=None):
+  """Trains `config.model` and returns the results dict (also written to disk).
+
+  Args:
+    config: a `TrainConfig`.
+    data_dir, run_dir: override config.data_dir / config.run_dir.
+
+  Returns:
+    {"best_epoch", "valid", "test", "history_file", ...}.
+  """
+  import keras  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import callbacks as alter_callbacks  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import data as alter_data  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import models  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import schema  # pylint: disable=g-import-not-at-top
+
+  config = config.replace(data_dir=data_dir or config.data_dir,
+                          run_dir=run_dir or config.run_dir)
+  manifest = schema.load_manifest(config.data_dir)
+  text_embeddings = schema.load_text_embeddings(config.data_dir, manifest)
+  num_items = manifest["num_items"]
+  _check_config(config, manifest)
+  os.makedirs(config.run_dir, exist_ok=True)
+  with open(os.path.join(config.run_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
+    f.write(config.to_json())
+
+  _set_threads_and_seed(config.seed)
+  train_split = alter_data.load_split(config.data_dir, manifest, "train", config.max_len,
+                                      config.train_window_stride)
+  valid_split = alter_data.load_split(config.data_dir, manifest, "valid", config.max_len, 1)
+  test_split = alter_data.load_split(config.data_dir, manifest, "test", config.max_len, 1)
+
+  model = models.build_model(config, manifest, text_embeddings,
+                             train_files=schema.split_files(config.data_dir, manifest, "train"))
+  if not model.trainable_variables:  # non-neural floors: no training loop
+    return _finish_without_training(config, model, manifest, valid_split, test_split)
+
+  backup = alter_callbacks.RunBackup(model, config.run_dir)
+  epochs_done = backup.restore() if config.resume else 0
+  history = []
+  history_path = os.path.join(config.run_dir, alter_callbacks.HISTORY_FILE)
+  if epochs_done and os.path.exists(history_path):
+    with open(history_path, encoding="utf-8") as f:
+      history = [h for h in json.load(f) if h["epoch"] <= epochs_done]
+    print(f"resuming {config.run_dir} after epoch {epochs_done}", flush=True)
+
+  evaluation_callback = alter_callbacks.EpochEvaluation(
+      config, config.run_dir, valid_split, test_split, train_split.num_examples, history)
+  callbacks = [
+      alter_callbacks.PhaseSchedule(config),
+      evaluation_callback,
+      backup,
+      keras.callbacks.TensorBoard(os.path.join(config.run_dir, "tb"), write_graph=False),
+  ]
+  steps = train_split.steps(config.batch_size)
+  model.compile(jit_compile=False)
+  start = time.perf_counter()
+  if epochs_done < config.m_max:
+    model.fit(train_split.epochs_of_batches(config.batch_size, config.seed, epochs_done,
+                                            config.m_max),
+              epochs=config.m_max, initial_epoch=epochs_done, steps_per_epoch=steps,
+              callbacks=callbacks, verbose=config.verbose, shuffle=False)
+  results = _results(config, manifest, evaluation_callback.best(), evaluation_callback.history,
+                     train_split, time.perf_counter() - start)
+  alter_callbacks.write_json_atomic(os.path.join(config.run_dir, RESULTS_FILE), results)
+  return results
+
+
+def _check_config(config, manifest):
+  from alterrec_tf import schema  # pylint: disable=g-import-not-at-top
+  if config.k2 >= manifest["num_items"] - 1:
+    raise schema.DataError(
+        f"--k2={config.k2} must be below the number of items "
+        f"({manifest['num_items'] - 1}) of {config.data_dir}")
+  if not 0 <= config.k1 < config.k2:
+    raise alter_config.ConfigError(f"need 0 <= --k1 < --k2, got k1={config.k1} k2={config.k2}")
+  if config.model == "alterrec_aug" and not 0 < config.p <= config.k1:
+    raise alter_config.ConfigError(
+        f"alterrec_aug needs 0 < --p <= --k1 (augmented positives rank above the "
+        f"hard negatives), got p={config.p} k1={config.k1}")
+
+
+def _results(config, manifest, best, history, train_split, seconds):
+  best = best or (history[-1] if history else {})
+
+  def pick(split):
+    out = {}
+    for key, value in best.items():
+      parts = key.split("/")
+      if len(parts) == 3 and parts[0] == split:
+        out.setdefault(parts[1], {})[parts[2]] = value
+    return out
+
+  return {
+      "model": config.model, "seed": config.seed, "dataset": manifest.get("dataset_name"),
+      "data_content_hash": manifest.get("content_hash"),
+      "best_epoch": best.get("epoch"), "epochs_run": len(history),
+      "selection": "valid fused hits@20", "valid": pick("valid"), "test": pick("test"),
+      "train_examples_per_epoch": train_split.num_examples if train_split else 0,
+      "wall_seconds_this_process": seconds,
+      "mean_train_examples_per_second": (
+          sum(h["train_examples_per_second"] for h in history) / len(history)
+          if history else 0.0),
+  }
+
+
+def _finish_without_training(config, model, manifest, valid_split, test_split):
+  from alterrec_tf import callbacks as alter_callbacks  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import evaluation  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  record = {"epoch": 0, "train_seconds": 0.0, "train_examples_per_second": 0.0}
+  for split_name, split in (("valid", valid_split), ("test", test_split)):
+    if split is None:
+      continue
+    evaluator = evaluation.Evaluator(model, config.max_len, config.ks, config.mrr_k)
+    for head, values in evaluator(split.batches(config.eval_batch_size)).items():
+      for metric, value in values.items():
+        record[f"{split_name}/{head}/{metric}"] = value
+  history = [record]
+  alter_callbacks.write_json_atomic(
+      os.path.join(config.run_dir, alter_callbacks.HISTORY_FILE), history)
+  results = _results(config, manifest, record, history, None, time.perf_counter() - start)
+  alter_callbacks.write_json_atomic(os.path.join(config.run_dir, RESULTS_FILE), results)
+  return results
+
+
+def format_table(results) -> str:
+  """Markdown table of the test metrics of every head at the selected epoch."""
+  test = results.get("test", {})
+  if not test:
+    return "(no test split)"
+  metrics = list(next(iter(test.values())).keys())
+  lines = ["| head | " + " | ".join(metrics) + " |",
+           "|---" * (len(metrics) + 1) + "|"]
+  for head in sorted(test, key=lambda h: (h != "fused", h)):
+    lines.append(f"| {head} | " + " | ".join(f"{100 * test[head][m]:.2f}" for m in metrics)
+                 + " |")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  from alterrec_tf import schema  # pylint: disable=g-import-not-at-top
+  config = alter_config.TrainConfig.from_flags()
+  if not config.data_dir:
+    raise SystemExit("error: --data_dir is required (the output_dir of data_tools.prepare)")
+  try:
+    results = train(config)
+  except (schema.DataError, alter_config.ConfigError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    raise SystemExit(1) from None
+  print(f"\n{config.model} on {results['dataset']} (seed {config.seed}), test metrics (%) "
+        f"at best validation epoch {results['best_epoch']}:")
+  print(format_table(results))
+  print(f"results: {os.path.join(config.run_dir, RESULTS_FILE)}")
+
+
+def run():
+  app.run(main, flags_parser=flagfiles.make_parser(flagfiles.PREPARE_FLAG_NAMES))
+
+
+if __name__ == "__main__":
+  run()
