@@ -68,6 +68,7 @@ def sampled_softmax_loss(logits, target_ids, negative_ids, augmented_ids=None,
     Scalar loss.
   """
   target_ids = tf.cast(target_ids, tf.int32)
+  negative_ids = tf.cast(negative_ids, tf.int32)
   target_logits = tf.gather(logits, target_ids[:, None], batch_dims=1)[:, 0]
   negative_logits = tf.gather(logits, negative_ids, batch_dims=1)
   is_target = tf.equal(negative_ids, target_ids[:, None])
@@ -76,6 +77,7 @@ def sampled_softmax_loss(logits, target_ids, negative_ids, augmented_ids=None,
   # log(e^x + sum e^neg) - x = softplus(lse(neg) - x)
   per_prefix = tf.nn.softplus(negatives_lse - target_logits)
   if augmented_ids is not None and augmented_ids.shape[1]:
+    augmented_ids = tf.cast(augmented_ids, tf.int32)
     augmented_logits = tf.gather(logits, augmented_ids, batch_dims=1)
     keep = tf.logical_and(tf.not_equal(augmented_ids, target_ids[:, None]),
                           tf.not_equal(augmented_ids, schema.PADDING_INDEX))

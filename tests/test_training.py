@@ -1,0 +1,100 @@
+"""The training run: CLI end to end, resume after interruption, data checks."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from alterrec_tf import callbacks as alter_callbacks
+from alterrec_tf import schema
+from alterrec_tf.config import TrainConfig
+from alterrec_tf.train import train
+from tests import synthetic
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("synthetic")
+  synthetic.write_dataset(str(folder), num_items=80, num_sessions=120, max_session_length=30)
+  return str(folder)
+
+
+def tiny_config(data_dir, run_dir, **changes):
+  return TrainConfig(data_dir=data_dir, run_dir=run_dir, embedding_dim=16, max_len=10,
+                     train_window_stride=5, k1=2, k2=20, m_random=1, m_gap=1, m_max=4,
+                     batch_size=16, eval_batch_size=64, verbose=0,
+                     text_encoder="transformer", id_encoder="mean").replace(**changes)
+
+
+def test_two_epoch_cli_run_writes_results_history_and_tensorboard(dataset, tmp_path):
+  run_dir = tmp_path / "run"
+  command = [sys.executable, "-m", "alterrec_tf.train", f"--data_dir={dataset}",
+             f"--run_dir={run_dir}", "--m_max=2", "--m_random=1", "--embedding_dim=16",
+             "--max_len=10", "--k1=2", "--k2=20", "--batch_size=16", "--verbose=0"]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  out = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "| fused |" in out.stdout and "| id |" in out.stdout and "| text |" in out.stdout
+  results = json.loads((run_dir / "results.json").read_text())
+  history = json.loads((run_dir / "history.json").read_text())
+  assert len(history) == 2 and results["best_epoch"] in (1, 2)
+  for head in ("fused", "id", "text"):
+    for metric in ("hits@10", "hits@20", "ndcg@10", "ndcg@20", "mrr@20"):
+      value = results["test"][head][metric]
+      assert math.isfinite(value) and 0.0 <= value <= 1.0
+  assert results["test"]["fused"]["hits@20"] >= results["test"]["fused"]["hits@10"]
+  assert history[0]["train/phase"] == 0.0 and history[1]["train/phase"] == 1.0
+  assert (run_dir / alter_callbacks.BEST_WEIGHTS_FILE).exists()
+  events = [f for _, _, files in os.walk(run_dir / "tb") for f in files if "tfevents" in f]
+  assert events
+  assert not (run_dir / alter_callbacks.BACKUP_DIR).exists()  # finished: backup removed
+
+
+def test_killed_run_resumes_and_ends_like_an_uninterrupted_one(dataset, tmp_path, monkeypatch):
+  config = tiny_config(dataset, str(tmp_path / "full"))
+  uninterrupted = train(config)
+
+  original = alter_callbacks.PhaseSchedule.on_epoch_begin
+
+  def die_at_epoch_3(self, epoch, logs=None):
+    if epoch == 2:
+      raise KeyboardInterrupt("simulated kill")
+    return original(self, epoch, logs)
+
+  interrupted_dir = str(tmp_path / "killed")
+  monkeypatch.setattr(alter_callbacks.PhaseSchedule, "on_epoch_begin", die_at_epoch_3)
+  with pytest.raises(KeyboardInterrupt):
+    train(config.replace(run_dir=interrupted_dir))
+  assert os.path.exists(os.path.join(interrupted_dir, alter_callbacks.BACKUP_DIR))
+  monkeypatch.setattr(alter_callbacks.PhaseSchedule, "on_epoch_begin", original)
+  resumed = train(config.replace(run_dir=interrupted_dir))
+  assert resumed["epochs_run"] == uninterrupted["epochs_run"] == 4
+  assert resumed["best_epoch"] == uninterrupted["best_epoch"]
+  assert resumed["test"] == uninterrupted["test"]
+  assert resumed["valid"] == uninterrupted["valid"]
+
+
+def test_missing_data_is_a_one_line_error_that_says_how_to_prepare(tmp_path):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  out = subprocess.run([sys.executable, "-m", "alterrec_tf.train",
+                        f"--data_dir={tmp_path / 'nothing'}", f"--run_dir={tmp_path / 'r'}"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1
+  assert "data_tools.prepare" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_mismatched_data_is_refused(dataset, tmp_path):
+  broken = tmp_path / "broken"
+  synthetic.write_dataset(str(broken), num_items=40, num_sessions=20)
+  manifest = json.loads((broken / schema.MANIFEST_FILE).read_text())
+  manifest["format_version"] = schema.FORMAT_VERSION + 1
+  (broken / schema.MANIFEST_FILE).write_text(json.dumps(manifest))
+  with pytest.raises(schema.DataError, match="format_version"):
+    train(tiny_config(str(broken), str(tmp_path / "r")))
+  with pytest.raises(schema.DataError, match="k2"):
+    train(tiny_config(dataset, str(tmp_path / "r2"), k2=500))
