@@ -35,6 +35,15 @@ def phase_for_epoch(epoch: int, config, tower_names):
   return (ID_PHASE if turn < config.m_gap else TEXT_PHASE), 1
 
 
+def reseed_dropout(model, seed: int, epoch: int) -> None:
+  """Sets every Keras seed generator (dropout) to a state that depends only on
+  (seed, epoch, its index), so that a resumed epoch draws the same masks as in
+  an uninterrupted run."""
+  states = [v for v in model.variables if v.name == "seed_generator_state"]
+  for index, state in enumerate(states):
+    state.assign([seed * 7919 + index, epoch * 10_000_000])
+
+
 class PhaseSchedule(keras.callbacks.Callback):
   """Sets the model's phase variables (no retracing) and, optionally, decays each
   tower's learning rate by `lr_decay` every `lr_decay_epochs_*` epochs it trained."""
@@ -45,6 +54,9 @@ class PhaseSchedule(keras.callbacks.Callback):
 
   def on_epoch_begin(self, epoch, logs=None):
     model = self.model
+    reseed_dropout(model, self.config.seed, epoch)
+    if not hasattr(model, "phase"):  # baselines: no alternation, constant rate
+      return
     phase, hard = phase_for_epoch(epoch, self.config, model.tower_names)
     model.phase.assign(phase)
     model.hard_negatives.assign(hard)
@@ -59,7 +71,7 @@ class PhaseSchedule(keras.callbacks.Callback):
       model.optimizer_of(name).learning_rate.assign(rate)
 
   def on_epoch_end(self, epoch, logs=None):
-    if logs is not None:
+    if logs is not None and hasattr(self.model, "phase"):
       logs["phase"] = float(self.model.phase.numpy())
       logs["hard_negatives"] = float(self.model.hard_negatives.numpy())
       for name in self.model.tower_names:
@@ -100,7 +112,7 @@ class EpochEvaluation(keras.callbacks.Callback):
     if split is None:
       return {}
     if self._evaluator is None:
-      self._evaluator = evaluation.Evaluator(self.model, self.config.max_len,
+      self._evaluator = evaluation.Evaluator(self.model,
                                              self.config.ks, self.config.mrr_k)
     return self._evaluator(split.batches(self.config.eval_batch_size))
 

@@ -33,6 +33,10 @@ _define("integer", "seed", 0, "Global seed (weights, shuffling, negatives, dropo
 _define("integer", "max_len", 50, "Items of context kept per prefix (the last max_len).")
 _define("integer", "train_window_stride", 25,
         "Stride of the windows cut from sessions longer than max_len+1 in training.")
+_define("integer", "eval_window_stride", 25,
+        "Stride of the windows cut from long sessions in evaluation. 1 gives every "
+        "prefix exactly its last max_len items (the per-prefix reference), at a cost "
+        "of one encoder pass per prefix beyond max_len; see BUILD_NOTES.md.")
 _define("integer", "batch_size", 64, "Windows (sessions) per training batch.")
 _define("integer", "eval_batch_size", 128, "Windows per evaluation batch.")
 
@@ -103,6 +107,7 @@ class TrainConfig:
   seed: int = 0
   max_len: int = 50
   train_window_stride: int = 25
+  eval_window_stride: int = 25
   batch_size: int = 64
   eval_batch_size: int = 128
   embedding_dim: int = 300

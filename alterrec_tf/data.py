@@ -77,8 +77,34 @@ def count(dataset: tf.data.Dataset) -> int:
   return int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1).numpy())
 
 
+def window_length(window) -> tf.Tensor:
+  """Real (non-padding) items of one window: int32 scalar."""
+  return tf.reduce_sum(tf.cast(window[ITEM_IDS] != schema.PADDING_INDEX, tf.int32))
+
+
+def trim_padding(batch):
+  """Cuts a window batch to its longest real row: [B, max_len] -> [B, n]."""
+  longest = tf.reduce_max(tf.reduce_sum(
+      tf.cast(batch[ITEM_IDS] != schema.PADDING_INDEX, tf.int32), axis=1))
+  return {key: value[:, :longest] for key, value in batch.items()}
+
+
+def length_buckets(max_len: int):
+  """Bucket boundaries of window lengths: 8, 16, 32, ... below max_len."""
+  boundaries, edge = [], 8
+  while edge < max_len:
+    boundaries.append(edge + 1)  # bucket_by_sequence_length: length < boundary
+    edge *= 2
+  return boundaries
+
+
 class SplitData:
   """The windows of one split, cached in memory, with their counts.
+
+  Batches group windows of similar length (buckets 1-8, 9-16, 17-32, ...) and
+  are trimmed to their longest row, so the encoders do not run over padding:
+  batch tensors are [B, n] with n <= max_len varying between batches (one
+  trace: the model sees a [None, None] signature).
 
   Attributes:
     num_windows: rows in the split.
@@ -86,19 +112,30 @@ class SplitData:
   """
 
   def __init__(self, files, max_len: int, stride: int):
+    self.max_len = max_len
     self._windows = windows_dataset(files, max_len, stride).cache()
     counts = self._windows.reduce(
         (tf.constant(0, tf.int64), tf.constant(0, tf.int64)),
         lambda acc, w: (acc[0] + 1, acc[1] + tf.reduce_sum(tf.cast(w[TARGET_MASK], tf.int64))))
     self.num_windows = int(counts[0].numpy())
     self.num_examples = int(counts[1].numpy())
+    self._steps = {}
+
+  def _bucketed(self, windows: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+    boundaries = length_buckets(self.max_len)
+    return windows.bucket_by_sequence_length(
+        window_length, boundaries, [batch_size] * (len(boundaries) + 1),
+        no_padding=True).map(trim_padding)
 
   def batches(self, batch_size: int) -> tf.data.Dataset:
     """Batches in a fixed order (evaluation)."""
-    return self._windows.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return self._bucketed(self._windows, batch_size).prefetch(tf.data.AUTOTUNE)
 
   def steps(self, batch_size: int) -> int:
-    return -(-self.num_windows // batch_size)
+    """Batches per epoch (the same for every shuffle order)."""
+    if batch_size not in self._steps:
+      self._steps[batch_size] = count(self._bucketed(self._windows, batch_size))
+    return self._steps[batch_size]
 
   def epochs_of_batches(self, batch_size: int, seed: int, first_epoch: int,
                         num_epochs: int) -> tf.data.Dataset:
@@ -110,8 +147,9 @@ class SplitData:
     buffer = max(self.num_windows, 1)
     epochs = None
     for epoch in range(first_epoch, num_epochs):
-      one = self._windows.shuffle(buffer, seed=seed * 100003 + epoch,
-                                  reshuffle_each_iteration=False).batch(batch_size)
+      shuffled = self._windows.shuffle(buffer, seed=seed * 100003 + epoch,
+                                       reshuffle_each_iteration=False)
+      one = self._bucketed(shuffled, batch_size)
       epochs = one if epochs is None else epochs.concatenate(one)
     if epochs is None:
       raise ValueError(f"no epochs to run: first_epoch={first_epoch} >= {num_epochs}")

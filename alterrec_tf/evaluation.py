@@ -69,19 +69,18 @@ class Evaluator:
 
   Args:
     model: has `score_heads(batch) -> ({head: [P, V] scores}, targets [P])`.
-    max_len: window length of the batches.
     ks: cut-offs of Hits and NDCG.
     mrr_k: cut-off of MRR.
   """
 
-  def __init__(self, model, max_len: int, ks=(10, 20), mrr_k=20):
+  def __init__(self, model, ks=(10, 20), mrr_k=20):
     self.model = model
     self.ks, self.mrr_k = tuple(ks), mrr_k
     self.max_k = max(max(self.ks), mrr_k)
     spec = {
-        alter_data.ITEM_IDS: tf.TensorSpec([None, max_len], tf.int32),
-        alter_data.TARGET_IDS: tf.TensorSpec([None, max_len], tf.int32),
-        alter_data.TARGET_MASK: tf.TensorSpec([None, max_len], tf.bool),
+        alter_data.ITEM_IDS: tf.TensorSpec([None, None], tf.int32),
+        alter_data.TARGET_IDS: tf.TensorSpec([None, None], tf.int32),
+        alter_data.TARGET_MASK: tf.TensorSpec([None, None], tf.bool),
     }
     self._top_lists = tf.function(self._top_lists_eager, input_signature=[spec])
 

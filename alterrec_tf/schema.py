@@ -90,7 +90,8 @@ def make_example(item_ids: Sequence[int], session_id: str, user_id: str = "",
       TIMESTAMP: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(timestamp)])),
       EVAL_START: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(eval_start)])),
   }
-  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(
+      deterministic=True)
 
 
 def parse_examples(serialized: tf.Tensor) -> Dict[str, tf.Tensor]:

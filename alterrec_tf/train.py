@@ -58,8 +58,10 @@ def train(config, data_dir=None, run_dir=None):
   _set_threads_and_seed(config.seed)
   train_split = alter_data.load_split(config.data_dir, manifest, "train", config.max_len,
                                       config.train_window_stride)
-  valid_split = alter_data.load_split(config.data_dir, manifest, "valid", config.max_len, 1)
-  test_split = alter_data.load_split(config.data_dir, manifest, "test", config.max_len, 1)
+  valid_split = alter_data.load_split(config.data_dir, manifest, "valid", config.max_len,
+                                      config.eval_window_stride)
+  test_split = alter_data.load_split(config.data_dir, manifest, "test", config.max_len,
+                                     config.eval_window_stride)
 
   model = models.build_model(config, manifest, text_embeddings,
                              train_files=schema.split_files(config.data_dir, manifest, "train"))
@@ -98,7 +100,10 @@ def train(config, data_dir=None, run_dir=None):
 
 
 def _check_config(config, manifest):
+  from alterrec_tf import models  # pylint: disable=g-import-not-at-top
   from alterrec_tf import schema  # pylint: disable=g-import-not-at-top
+  if config.model not in models.ALTERREC_TOWERS:  # baselines: no sampled negatives
+    return
   if config.k2 >= manifest["num_items"] - 1:
     raise schema.DataError(
         f"--k2={config.k2} must be below the number of items "
@@ -139,11 +144,12 @@ def _finish_without_training(config, model, manifest, valid_split, test_split):
   from alterrec_tf import callbacks as alter_callbacks  # pylint: disable=g-import-not-at-top
   from alterrec_tf import evaluation  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
-  record = {"epoch": 0, "train_seconds": 0.0, "train_examples_per_second": 0.0}
+  record = {"epoch": 0, "train_seconds": float(getattr(model, "fit_seconds", 0.0)),
+            "train_examples_per_second": 0.0}
   for split_name, split in (("valid", valid_split), ("test", test_split)):
     if split is None:
       continue
-    evaluator = evaluation.Evaluator(model, config.max_len, config.ks, config.mrr_k)
+    evaluator = evaluation.Evaluator(model, config.ks, config.mrr_k)
     for head, values in evaluator(split.batches(config.eval_batch_size)).items():
       for metric, value in values.items():
         record[f"{split_name}/{head}/{metric}"] = value

@@ -61,7 +61,7 @@ def test_keras_rs_metrics_equal_numpy_full_ranking_with_ties():
   assert (tie_count > 0).mean() > 0.5  # the problem really has ties
   reference = evaluation.metrics_from_ranks(
       evaluation.full_ranking_ranks(scores, targets), ks=(5, 10, 20), mrr_k=20)
-  evaluator = evaluation.Evaluator(FixedScores(queries, items), MAX_LEN, (5, 10, 20), 20)
+  evaluator = evaluation.Evaluator(FixedScores(queries, items), (5, 10, 20), 20)
   results, per_prefix = evaluator(batches_for(targets), keep_ranks=True)
   for name, value in reference.items():
     np.testing.assert_allclose(results["fused"][name], value, atol=1e-6, err_msg=name)
