@@ -1,0 +1,1 @@
+"""Raw session logs -> TFRecord datasets for alterrec_tf (see data_tools.prepare)."""

@@ -1,0 +1,125 @@
+"""Embed a catalogue of new items for cold start at export time.
+
+  python -m data_tools.embed_items --catalog=new_products.csv --text_fields=title \
+      --output=new_items/ [--data_dir=data/online_retail] [--id_column=id]
+
+writes the table that `python -m alterrec_tf.export --new_items=new_items/`
+adds to the served catalogue (format: `alterrec_tf.new_items`): new_items.tsv
+(raw id, title), new_item_text_embeddings.npy [n, text_dim] and new_items.json.
+
+Each item is embedded exactly as `data_tools.prepare` embeds the trained
+catalogue (`data_tools.embed.item_text_table`: one vector per text field, the
+mean over the fields that have text), with the same sentence model; with
+--data_dir the model and fields default to that dataset's manifest, and items
+already in its vocabulary are skipped (the exporter rejects them), so a whole
+catalogue dump can be passed.
+"""
+
+import os
+import sys
+from typing import List, Optional, Sequence
+
+from alterrec_tf import new_items as alter_new_items
+from alterrec_tf import schema
+from data_tools import embed, tables
+from data_tools.options import DEFAULT_TEXT_MODEL
+from data_tools.sessions import DataToolsError, clean_text
+
+ID_COLUMNS = ("id", "item_id", "raw_item_id", "product_id", "stockcode", "sku")
+
+
+def embed_catalog(catalog: str, output: str, text_fields: Sequence[str] = ("title",),
+                  text_model: Optional[str] = None, data_dir: Optional[str] = None,
+                  id_column: Optional[str] = None, batch_size: int = 64,
+                  encoder=None) -> dict:
+  """Reads `catalog`, embeds its new items, writes the table; returns a summary.
+
+  Args:
+    catalog: CSV/TSV/Parquet with an id column and the text fields.
+    output: folder to write.
+    text_fields: columns to embed (default: the dataset's fields with data_dir).
+    text_model: sentence model (default: the dataset's, else all-MiniLM-L6-v2).
+    data_dir: the prepared dataset of the trained model (optional).
+    id_column: the id column (default: the first of ID_COLUMNS present).
+    batch_size: texts per embedding batch.
+    encoder: an already loaded encoder (tests); default: load `text_model`.
+  """
+  known = set()
+  if data_dir:
+    manifest = schema.load_manifest(data_dir)
+    text_model = text_model or manifest.get("text_model")
+    text_fields = list(text_fields) or manifest.get("text_fields") or ["title"]
+    known = {raw_id for raw_id, _ in schema.read_vocab(data_dir)}
+  text_model = text_model or DEFAULT_TEXT_MODEL
+  fields = [field for field in text_fields if field]
+  if not fields:
+    raise DataToolsError("--text_fields is empty: nothing to embed")
+  table = tables.read_table(catalog)
+  id_name = tables.find_column(table, catalog, [id_column] if id_column else ID_COLUMNS)
+  columns = [tables.find_column(table, catalog, [field]) for field in fields]
+  ids = tables.id_strings(table[id_name], catalog, id_name)
+  texts = table[columns].copy()
+  texts.columns = fields
+  for field in fields:
+    texts[field] = texts[field].map(clean_text)
+  texts.index = ids.to_numpy()
+  duplicated = texts.index[texts.index.duplicated()]
+  if len(duplicated):
+    raise DataToolsError(f"{catalog}: item {duplicated[0]!r} is listed twice")
+  skipped = [raw_id for raw_id in texts.index if raw_id in known]
+  texts = texts.loc[[raw_id for raw_id in texts.index if raw_id not in known]]
+  if not len(texts):
+    raise DataToolsError(f"{catalog}: no new item (all {len(skipped)} are in {data_dir})")
+  encoder = encoder or embed.load_encoder(text_model)
+  vectors = embed.item_text_table(encoder, texts, fields, batch_size, require_text=True)[1:]
+  title_field = "title" if "title" in fields else fields[0]
+  alter_new_items.write(output, list(texts.index), list(texts[title_field]), vectors,
+                        text_model)
+  return {"output": output, "num_items": len(texts), "skipped_known": len(skipped),
+          "text_dim": int(vectors.shape[1]), "text_model": text_model, "fields": fields}
+
+
+def define_flags():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("catalog", None, "CSV/TSV/Parquet of the new items: an id column "
+                      "and the text fields.")
+  flags.DEFINE_string("output", None, "Folder to write the new-item table to.")
+  flags.DEFINE_list("text_fields", [], "Columns to embed; default: the dataset's "
+                    "(--data_dir), else title.")
+  flags.DEFINE_string("text_model", None, "Sentence model; default: the dataset's, else "
+                      f"{DEFAULT_TEXT_MODEL}.")
+  flags.DEFINE_string("data_dir", None, "Prepared dataset of the trained model: its "
+                      "sentence model and fields are the defaults, its items are skipped.")
+  flags.DEFINE_string("id_column", None, f"Id column; default the first of {ID_COLUMNS}.")
+  flags.DEFINE_integer("embedding_batch_size", 64, "Texts per embedding batch.")
+
+
+def main(argv: List[str]):
+  del argv
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  values = flags.FLAGS
+  if not values.catalog or not values.output:
+    raise SystemExit("error: --catalog and --output are required")
+  try:
+    summary = embed_catalog(values.catalog, values.output,
+                            values.text_fields or ([] if values.data_dir else ["title"]),
+                            values.text_model, values.data_dir, values.id_column,
+                            values.embedding_batch_size)
+  except (DataToolsError, schema.DataError, alter_new_items.NewItemsError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    raise SystemExit(1) from None
+  print(f"wrote {summary['num_items']} new items ({summary['text_dim']}-d, "
+        f"{summary['text_model']}, fields {','.join(summary['fields'])}) to "
+        f"{os.path.abspath(summary['output'])}"
+        + (f"; skipped {summary['skipped_known']} already trained" if summary["skipped_known"]
+           else ""))
+
+
+def run():
+  from absl import app  # pylint: disable=g-import-not-at-top
+  define_flags()
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

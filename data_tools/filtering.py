@@ -1,0 +1,161 @@
+"""Filtering of sessions, shared by every reader.
+
+Rules, applied in this order by `data_tools.prepare`:
+
+1. Frequency filter (`filter_rare_items`), repeated until stable: count in how
+   many sessions each item occurs (items are unique within a session, so this
+   equals its number of occurrences), over all sessions of all splits; remove
+   the items seen fewer than `min_item_count` times from every session; then
+   drop the sessions shorter than `min_session_length` (default 2: a session
+   needs one input and one target). Dropping sessions lowers other items'
+   counts, so both steps repeat until nothing changes; afterwards every item
+   occurs at least `min_item_count` times and every session has at least
+   `min_session_length` items.
+2. The split (for layouts without a given split; see `data_tools.splits`).
+3. Truncation (`truncate`): with `max_session_length` > 0 a longer session
+   keeps only its last `max_session_length` items. This runs after the
+   frequency filter, so an item seen only in the cut-off parts may end with
+   fewer than `min_item_count` occurrences.
+4. Unseen items (`drop_unseen_items`): items of validation and test sessions
+   that never occur in a training session are removed from those sessions
+   (their ID embedding would never be trained), and sessions that become
+   shorter than `min_session_length` are dropped. Training sessions are not
+   touched, so one pass suffices; the vocabulary then holds exactly the items of
+   the training split.
+
+Removing items keeps the scored targets honest (`remap_eval_start`): a session
+keeps `eval_start` = the number of kept items before the first originally
+scored position (at least 1); a leave-one-out session whose target is removed
+is dropped.
+"""
+
+import collections
+from typing import Container, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+from data_tools.sessions import (EVAL_START, ITEMS, SPLIT, DataToolsError,
+                                 normalize_sessions)
+
+
+def remap_eval_start(keep: Sequence[bool], eval_start: int) -> int:
+  """`eval_start` after removing the items whose `keep` is False.
+
+  Args:
+    keep: one flag per item of the session.
+    eval_start: the first scored position before removal.
+
+  Returns:
+    The new first scored position, or 0 if no scored target is kept.
+  """
+  if not any(keep[eval_start:]):
+    return 0
+  return max(1, sum(keep[:eval_start]))
+
+
+def drop_items(sessions: pd.DataFrame, dropped: Container[str],
+               min_session_length: int,
+               only_rows: Optional[Sequence[bool]] = None) -> pd.DataFrame:
+  """Removes items from sessions and drops sessions that become too short.
+
+  Args:
+    sessions: the sessions (standard columns).
+    dropped: the raw item ids to remove.
+    min_session_length: sessions shorter than this afterwards are dropped.
+    only_rows: if given, only rows whose flag is True are changed.
+
+  Returns:
+    The filtered sessions.
+  """
+  new_items, new_starts, kept_rows = [], [], []
+  if only_rows is None:
+    only_rows = [True] * len(sessions)
+  for items, eval_start, apply in zip(sessions[ITEMS], sessions[EVAL_START],
+                                      only_rows):
+    keep = [not apply or item not in dropped for item in items]
+    start = remap_eval_start(keep, int(eval_start)) if apply else eval_start
+    kept = [item for item, flag in zip(items, keep) if flag]
+    ok = start > 0 and len(kept) >= min_session_length
+    kept_rows.append(ok)
+    new_items.append(kept)
+    new_starts.append(start)
+  result = sessions.copy()
+  result[ITEMS] = new_items
+  result[EVAL_START] = new_starts
+  return normalize_sessions(result[np.asarray(kept_rows, dtype=bool)])
+
+
+def _item_counts(sessions: pd.DataFrame) -> collections.Counter:
+  return collections.Counter(item for items in sessions[ITEMS] for item in items)
+
+
+def summary(sessions: pd.DataFrame) -> Dict[str, int]:
+  """Numbers of sessions, distinct items and interactions."""
+  return {"sessions": len(sessions), "items": len(_item_counts(sessions)),
+          "interactions": int(sessions[ITEMS].map(len).sum())}
+
+
+def filter_rare_items(sessions: pd.DataFrame, min_item_count: int,
+                      min_session_length: int) -> Tuple[pd.DataFrame, dict]:
+  """Rule 1 of the module docstring, repeated until stable.
+
+  Returns:
+    The filtered sessions and a dict of before/after counts and iterations.
+  """
+  before = summary(sessions)
+  iterations = 0
+  while True:
+    counts = _item_counts(sessions)
+    rare = {item for item, count in counts.items() if count < min_item_count}
+    too_short = (sessions[ITEMS].map(len) < min_session_length).any()
+    if not rare and not too_short:
+      break
+    sessions = drop_items(sessions, rare, min_session_length)
+    iterations += 1
+  return sessions, {"before": before, "after": summary(sessions),
+                    "iterations": iterations}
+
+
+def truncate(sessions: pd.DataFrame, max_session_length: int) -> pd.DataFrame:
+  """Rule 3: keeps the last `max_session_length` items (0 = no limit)."""
+  if max_session_length <= 0:
+    return sessions
+  result = sessions.copy()
+  cut = result[ITEMS].map(lambda items: max(0, len(items) - max_session_length))
+  result[ITEMS] = result[ITEMS].map(lambda items: items[-max_session_length:])
+  result[EVAL_START] = [max(1, start - c)
+                        for start, c in zip(result[EVAL_START], cut)]
+  return normalize_sessions(result)
+
+
+def drop_unseen_items(sessions: pd.DataFrame,
+                      min_session_length: int) -> Tuple[pd.DataFrame, dict]:
+  """Rule 4: removes validation/test items that no training session has."""
+  is_train = (sessions[SPLIT] == "train").to_numpy()
+  seen = set(_item_counts(sessions[is_train]))
+  unseen = {item for items, train in zip(sessions[ITEMS], is_train)
+            if not train for item in items if item not in seen}
+  before = sessions[SPLIT].value_counts().to_dict()
+  result = drop_items(sessions, unseen, min_session_length,
+                      only_rows=list(~is_train))
+  after = result[SPLIT].value_counts().to_dict()
+  return result, {
+      "unseen_items_removed": len(unseen),
+      "sessions_dropped": {split: int(before.get(split, 0) - after.get(split, 0))
+                           for split in ("valid", "test")}}
+
+
+def require_sessions(sessions: pd.DataFrame, source: str, required_splits:
+                     Sequence[str], hint: str) -> None:
+  """Fails if a required split is empty after filtering.
+
+  Raises:
+    DataToolsError: naming the input, the empty split and what to change.
+  """
+  counts = sessions[SPLIT].value_counts().to_dict()
+  empty = [split for split in required_splits if not counts.get(split)]
+  if empty:
+    raise DataToolsError(
+        f"{source}: no {'/'.join(empty)} sessions left after filtering "
+        f"(sessions per split: {dict(sorted(counts.items()))}); {hint}")

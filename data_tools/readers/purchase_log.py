@@ -1,0 +1,272 @@
+"""Purchase logs with users: the Homedepot layout and UCI Online Retail.
+
+`purchase_log` (Homedepot layout): `--raw_path` is a table of interactions
+(CSV/TSV/Parquet, or a folder holding one `interactions.*` file) with columns
+user_id, session_id, item_id, timestamp (unix seconds or a date-time);
+`--catalog_path` (or `items.*` / `catalog.*` next to it) is the item catalogue
+with item_id and the text columns named by `--text_fields` (e.g. title,
+description, taxonomy). Every interaction row is one item of its session.
+
+`online_retail`: the UCI Online Retail table (InvoiceNo, StockCode,
+Description, Quantity, InvoiceDate, UnitPrice, CustomerID). Cleaning, in order,
+each step counted in the manifest:
+  * cancellations (InvoiceNo starting with "C") are dropped;
+  * lines with Quantity <= 0 are dropped;
+  * lines with UnitPrice <= 0 are dropped (stock adjustments such as "check",
+    "found", "amazon" and the "Unknown" lines; sales have a price);
+  * non-product codes are dropped: only StockCodes starting with a digit are
+    products (this removes POST, DOT, M, C2, D, S, B, BANK CHARGES, AMAZONFEE,
+    CRUK, PADS, DCGS*, gift_*, m), plus the codes in `--excluded_stock_codes`.
+Then InvoiceNo = session, CustomerID = user (a guest line without CustomerID
+makes the invoice a one-session user "guest-<InvoiceNo>"), StockCode = item,
+session timestamp = the invoice's earliest InvoiceDate, items in line order;
+title = the most frequent Description of the StockCode among the kept lines
+(ties: alphabetically first; whitespace runs collapsed).
+
+Both layouts: repeated items in a session keep their first occurrence, and
+sessions are listed by (timestamp, session_id). They come unsplit: the split is
+`data_tools.splits.chronological_user_split`.
+"""
+
+import os
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from alterrec_tf import schema
+from data_tools import sessions as S
+from data_tools import tables
+from data_tools.options import PrepareOptions
+
+INTERACTION_COLUMNS = {
+    S.USER_ID: ("user_id", "user", "customer_id", "visitor_id"),
+    S.SESSION_ID: ("session_id", "session"),
+    "item_id": ("item_id", "item", "product_id"),
+    S.TIMESTAMP: ("timestamp", "time", "datetime", "date"),
+}
+CATALOG_ITEM_COLUMN = ("item_id", "item", "product_id", "id")
+RETAIL_COLUMNS = ("InvoiceNo", "StockCode", "Description", "Quantity",
+                  "InvoiceDate", "CustomerID")
+UNKNOWN_DESCRIPTION = "Unknown"
+
+
+def _data_file(path: str, stems: Sequence[str]) -> str:
+  """`path` itself, or the one table in folder `path` whose name starts with a stem."""
+  if not os.path.isdir(path):
+    return path
+  patterns = [f"{stem}*" for stem in stems]
+  found = [name for name in tables.list_files(path, patterns)
+           if name.lower().endswith(tables.PARQUET_EXTENSIONS + tables.CSV_EXTENSIONS)]
+  if len(found) != 1:
+    raise S.DataToolsError(
+        f"{path}: expected exactly one table named {' or '.join(patterns)}, "
+        f"found {len(found)}: {[os.path.basename(name) for name in found]}")
+  return found[0]
+
+
+def to_unix_seconds(values: pd.Series, path: str, column: str) -> pd.Series:
+  """Timestamps (numbers of unix seconds, date-times or date strings) -> int64.
+
+  Raises:
+    DataToolsError: naming file, row and column of the first unparseable value.
+  """
+  if pd.api.types.is_numeric_dtype(values.dtype):
+    parsed = pd.to_numeric(values, errors="coerce")
+  elif pd.api.types.is_datetime64_any_dtype(values.dtype):
+    parsed = values
+  else:
+    text = values.astype(str).str.strip()
+    numeric = text.str.fullmatch(r"-?\d+(\.\d+)?").fillna(False)
+    parsed = (pd.to_numeric(text, errors="coerce") if numeric.all()
+              else pd.to_datetime(text, errors="coerce", format="mixed"))
+  bad = np.flatnonzero(pd.isna(parsed).to_numpy())
+  if len(bad):
+    raise S.input_error(f"cannot read timestamp {values.iloc[bad[0]]!r}",
+                        path, row=int(bad[0]) + 1, column=column)
+  if pd.api.types.is_datetime64_any_dtype(parsed.dtype):
+    if getattr(parsed.dt, "tz", None) is not None:
+      parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+    return parsed.astype("datetime64[s]").astype("int64")
+  return parsed.astype("float64").floordiv(1).astype("int64")
+
+
+def lines_to_sessions(lines: pd.DataFrame, path: str,
+                      user_column: str) -> pd.DataFrame:
+  """Groups item lines into sessions.
+
+  Args:
+    lines: columns session_id, user_id, item_id, timestamp, row (1-based data
+      row in `path`), in file order.
+    path: the interactions file, for errors.
+    user_column: its user column, for errors.
+
+  Returns:
+    Unsplit sessions sorted by (timestamp, session_id); items in
+    (timestamp, row) order without repeats.
+
+  Raises:
+    DataToolsError: a session has lines of two users.
+  """
+  lines = lines.sort_values([S.SESSION_ID, S.TIMESTAMP, "row"], kind="stable")
+  users = lines.groupby(S.SESSION_ID, sort=False)[S.USER_ID].nunique()
+  if (users > 1).any():
+    session = users.index[users > 1][0]
+    rows = lines.loc[lines[S.SESSION_ID] == session]
+    second = rows.loc[rows[S.USER_ID] != rows[S.USER_ID].iloc[0], "row"].iloc[0]
+    raise S.input_error(f"session {session!r} belongs to two users", path,
+                        row=int(second), column=user_column)
+  grouped = lines.groupby(S.SESSION_ID, sort=False).agg(
+      **{S.USER_ID: (S.USER_ID, "first"), S.TIMESTAMP: (S.TIMESTAMP, "min"),
+         S.ITEMS: ("item_id", list)}).reset_index()
+  grouped[S.ITEMS] = grouped[S.ITEMS].map(S.dedup_items)
+  grouped[S.SPLIT] = S.UNSPLIT
+  grouped[S.EVAL_START] = 1
+  grouped = grouped.sort_values([S.TIMESTAMP, S.SESSION_ID], kind="stable")
+  return S.normalize_sessions(grouped)
+
+
+def _origin(lines: pd.DataFrame, path: str, column: str):
+  first = lines.drop_duplicates("item_id", keep="first")
+  return {item: S.Location(path, int(row), column)
+          for item, row in zip(first["item_id"], first["row"])}
+
+
+def read_purchase_log(options: PrepareOptions) -> S.RawSessions:
+  """Reads the Homedepot layout (see the module docstring)."""
+  path = _data_file(options.raw_path, ("interactions", "inter"))
+  table = tables.read_table(path)
+  names = {key: tables.find_column(table, path, aliases)
+           for key, aliases in INTERACTION_COLUMNS.items()}
+  lines = pd.DataFrame({
+      S.SESSION_ID: tables.id_strings(table[names[S.SESSION_ID]], path,
+                                      names[S.SESSION_ID]),
+      S.USER_ID: tables.id_strings(table[names[S.USER_ID]], path,
+                                   names[S.USER_ID]),
+      "item_id": tables.id_strings(table[names["item_id"]], path,
+                                   names["item_id"]),
+      S.TIMESTAMP: to_unix_seconds(table[names[S.TIMESTAMP]], path,
+                                   names[S.TIMESTAMP]),
+      "row": np.arange(1, len(table) + 1)})
+  sessions = lines_to_sessions(lines, path, names[S.USER_ID])
+  catalog = read_catalog(options, path)
+  return S.RawSessions(
+      sessions=sessions, catalog=catalog, raw_format="purchase_log",
+      eval_protocol=schema.EVAL_ALL_PREFIXES, split_rule="",
+      item_origin=_origin(lines, path, names["item_id"]),
+      cleaning={"rows_read": len(table), "sessions_read": len(sessions)})
+
+
+def read_catalog(options: PrepareOptions, interactions_path: str) -> pd.DataFrame:
+  """The item catalogue of a purchase log, one column per text field.
+
+  Raises:
+    DataToolsError: text fields are set but no catalogue is given, or a field
+      column is missing.
+  """
+  fields = list(options.text_fields)
+  if not fields:
+    return S.empty_catalog(fields)
+  path = options.catalog_path
+  if not path and os.path.isdir(options.raw_path):
+    path = _data_file(options.raw_path, ("items", "catalog"))
+  if not path:
+    raise S.DataToolsError(
+        f"{interactions_path}: --text_fields={','.join(fields)} needs an item "
+        "catalogue; pass --catalog_path=<file> (or --text_fields= for IDs only)")
+  table = tables.read_table(path)
+  item_column = tables.find_column(table, path, CATALOG_ITEM_COLUMN)
+  columns = {field: tables.find_column(table, path, (field,)) for field in fields}
+  catalog = pd.DataFrame(
+      {field: table[column].map(S.clean_text) for field, column in columns.items()})
+  catalog.index = pd.Index(tables.id_strings(table[item_column], path, item_column),
+                           name="item_id")
+  return catalog[~catalog.index.duplicated(keep="first")]
+
+
+def customer_ids(values: pd.Series) -> pd.Series:
+  """CustomerID cells -> str ids ("17850", never "17850.0"); "" for guests."""
+  text = values.astype(object).map(S.clean_text)
+  number = pd.to_numeric(text, errors="coerce")
+  whole = number.notna() & (number == np.floor(number))
+  text[whole] = number[whole].astype("int64").astype(str)
+  return text
+
+
+def _numbers(table: pd.DataFrame, column: str, path: str) -> pd.Series:
+  """A numeric column; an empty or unparseable cell is an error."""
+  values = pd.to_numeric(table[column], errors="coerce")
+  bad = np.flatnonzero(values.isna().to_numpy())
+  if len(bad):
+    raise S.input_error(f"not a number: {table[column].iloc[bad[0]]!r}", path,
+                        row=int(bad[0]) + 1, column=column)
+  return values
+
+
+def _keep_mask(table: pd.DataFrame, excluded: Sequence[str], path: str):
+  """Boolean masks of the Online Retail cleaning steps, in order."""
+  invoice = table["InvoiceNo"].astype(str)
+  code = table["StockCode"].astype(str).str.strip()
+  excluded_upper = {value.strip().upper() for value in excluded}
+  masks = {
+      "cancellations": ~invoice.str.upper().str.startswith("C"),
+      "non_positive_quantity": _numbers(table, "Quantity", path) > 0,
+  }
+  if "UnitPrice" in table.columns:
+    masks["non_positive_price"] = _numbers(table, "UnitPrice", path) > 0
+  masks["non_product_codes"] = (code.str.match(r"\d").fillna(False)
+                                & ~code.str.upper().isin(excluded_upper))
+  return masks
+
+
+def _retail_titles(lines: pd.DataFrame) -> pd.Series:
+  """Most frequent real Description per StockCode (ties: alphabetical)."""
+  described = lines.loc[~lines["title"].isin(["", UNKNOWN_DESCRIPTION]),
+                        ["item_id", "title"]]
+  counts = described.value_counts().reset_index(name="count")
+  counts = counts.sort_values(["item_id", "count", "title"],
+                              ascending=[True, False, True], kind="stable")
+  return counts.drop_duplicates("item_id").set_index("item_id")["title"]
+
+
+def read_online_retail(options: PrepareOptions) -> S.RawSessions:
+  """Reads UCI Online Retail (see the module docstring)."""
+  extra = [field for field in options.text_fields if field != "title"]
+  if extra:
+    raise S.DataToolsError(f"--text_fields={','.join(options.text_fields)}: "
+                           "online_retail has only the text field 'title'")
+  path = _data_file(options.raw_path, ("online_retail", ""))
+  table = tables.read_table(path)
+  actual = {name: tables.find_column(table, path, (name,), name != "UnitPrice")
+            for name in RETAIL_COLUMNS + ("UnitPrice",)}
+  table = table.rename(columns={found: name for name, found in actual.items()
+                                if found is not None})
+  keep = pd.Series(True, index=table.index)
+  cleaning = {"rows_read": len(table)}
+  for step, mask in _keep_mask(table, options.excluded_stock_codes, path).items():
+    cleaning[f"rows_dropped_{step}"] = int((keep & ~mask.fillna(False)).sum())
+    keep &= mask.fillna(False)
+  kept = table[keep.to_numpy()]
+  invoice = tables.id_strings(kept["InvoiceNo"], path, "InvoiceNo")
+  customer = customer_ids(kept["CustomerID"])
+  guest = (customer == "").to_numpy()
+  users = np.where(guest, "guest-" + invoice, customer)
+  lines = pd.DataFrame({
+      S.SESSION_ID: invoice.to_numpy(), S.USER_ID: users,
+      "item_id": tables.id_strings(kept["StockCode"], path, "StockCode").to_numpy(),
+      S.TIMESTAMP: to_unix_seconds(kept["InvoiceDate"], path, "InvoiceDate").to_numpy(),
+      "row": np.flatnonzero(keep.to_numpy()) + 1,
+      "title": kept["Description"].map(S.clean_text).to_numpy()})
+  cleaning["rows_kept"] = len(lines)
+  sessions = lines_to_sessions(lines, path, "CustomerID")
+  cleaning["sessions_read"] = len(sessions)
+  cleaning["guest_sessions"] = int(pd.Series(users[guest]).nunique())
+  titles = _retail_titles(lines)
+  catalog = pd.DataFrame({"title": titles})
+  catalog.index.name = "item_id"
+  return S.RawSessions(
+      sessions=sessions, catalog=catalog, raw_format="online_retail",
+      eval_protocol=schema.EVAL_ALL_PREFIXES, split_rule="",
+      item_origin=_origin(lines, path, "StockCode"), cleaning=cleaning)
+
+

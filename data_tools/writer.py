@@ -1,0 +1,164 @@
+"""Writes a prepared dataset folder in the format of `alterrec_tf.schema`.
+
+* Vocabulary: raw item ids sorted as strings (code-point order), indices
+  1..n-1; index 0 is the padding row `0 [PAD] ""`. Titles have tabs and line
+  breaks replaced by spaces.
+* Sessions: each split is sorted by timestamp (stable, so sessions with equal
+  timestamps keep the reader's deterministic order) and cut into
+  min(num_shards, sessions) contiguous shards of near-equal size (the first
+  shards get one session more); an empty split has no shard. Reading a split's
+  shards in name order gives its sessions in written order. Records are
+  uncompressed `tf.train.Example`s serialised with sorted map keys, so the
+  bytes do not depend on the process (protobuf map order otherwise can).
+* Atomic output: everything is written to `<output_dir>.tmp-<pid>` next to the
+  output folder, which replaces the output folder only when all is written; on
+  failure the temporary folder is removed and an existing output is untouched.
+  An existing non-empty output folder without a manifest is never replaced.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+from typing import Dict, Iterator, List, Sequence
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from tqdm import tqdm
+
+from alterrec_tf import schema
+from data_tools import sessions as S
+
+
+def build_vocab(sessions: pd.DataFrame) -> List[str]:
+  """Raw item ids of the vocabulary; position i is dense index i (0 = padding)."""
+  items = sorted({item for items in sessions[S.ITEMS] for item in items})
+  bad = [item for item in items if not item.strip() or any(
+      c in item for c in "\t\r\n") or item == schema.PADDING_TOKEN]
+  if bad:
+    raise S.DataToolsError(f"item id {bad[0]!r} cannot be stored in "
+                           f"{schema.VOCAB_FILE} (empty, a tab or line break, "
+                           "or the padding token)")
+  return [schema.PADDING_TOKEN] + items
+
+
+def _cell(text: str) -> str:
+  return " ".join(str(text).replace("\t", " ").splitlines()).strip()
+
+
+def write_vocab(folder: str, vocab: Sequence[str], titles: Sequence[str]) -> str:
+  """Writes `schema.VOCAB_FILE`; `titles[i]` belongs to `vocab[i]`."""
+  lines = ["index\traw_item_id\ttitle"]
+  lines += [f"{index}\t{raw}\t{_cell(title) if index else ''}"
+            for index, (raw, title) in enumerate(zip(vocab, titles))]
+  with open(os.path.join(folder, schema.VOCAB_FILE), "w", encoding="utf-8",
+            newline="\n") as f:
+    f.write("\n".join(lines) + "\n")
+  return schema.VOCAB_FILE
+
+
+def sort_for_writing(sessions: pd.DataFrame) -> pd.DataFrame:
+  """The written order of one split's sessions."""
+  return sessions.sort_values(S.TIMESTAMP, kind="stable").reset_index(drop=True)
+
+
+def serialize(row, index: Dict[str, int]) -> bytes:
+  """One session as canonical `tf.train.Example` bytes."""
+  return schema.make_example([index[item] for item in row[S.ITEMS]],
+                             row[S.SESSION_ID], row[S.USER_ID],
+                             row[S.TIMESTAMP], row[S.EVAL_START])
+
+
+def write_split(folder: str, split: str, sessions: pd.DataFrame,
+                index: Dict[str, int], num_shards: int) -> List[str]:
+  """Writes one split's sessions (already in written order) as shards.
+
+  Returns:
+    The shard file names, in order.
+  """
+  count = min(num_shards, len(sessions))
+  sizes = [len(sessions) // count + (shard < len(sessions) % count)
+           for shard in range(count)]
+  bounds = np.cumsum([0] + sizes)
+  names = []
+  rows = sessions.to_dict("records")
+  with tqdm(total=len(rows), desc=f"write {split}", unit=" sessions",
+            leave=False) as bar:
+    for shard in range(count):
+      name = schema.shard_name(split, shard, count)
+      with tf.io.TFRecordWriter(os.path.join(folder, name)) as writer:
+        for row in rows[bounds[shard]:bounds[shard + 1]]:
+          writer.write(serialize(row, index))
+          bar.update(1)
+      names.append(name)
+  return names
+
+
+def write_text_table(folder: str, table: np.ndarray) -> str:
+  """Saves the float32 item text table as `schema.TEXT_EMBEDDINGS_FILE`."""
+  np.save(os.path.join(folder, schema.TEXT_EMBEDDINGS_FILE),
+          np.ascontiguousarray(table, dtype=np.float32), allow_pickle=False)
+  return schema.TEXT_EMBEDDINGS_FILE
+
+
+def file_hashes(folder: str, names: Sequence[str]) -> Dict[str, str]:
+  """{file name: sha256} of the written files."""
+  return {name: schema.file_sha256(os.path.join(folder, name))
+          for name in sorted(names)}
+
+
+def write_manifest(folder: str, manifest: dict) -> None:
+  """Writes `schema.MANIFEST_FILE` with sorted keys and 2-space indentation."""
+  with open(os.path.join(folder, schema.MANIFEST_FILE), "w", encoding="utf-8",
+            newline="\n") as f:
+    json.dump(manifest, f, sort_keys=True, indent=2, ensure_ascii=False)
+    f.write("\n")
+
+
+def check_output_dir(output_dir: str) -> None:
+  """Fails early if `output_dir` exists, is non-empty and is not a dataset.
+
+  Raises:
+    S.DataToolsError: the folder would be replaced but holds other things.
+  """
+  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    raise S.DataToolsError(f"{output_dir}: --output_dir exists and is not a folder")
+  if (os.path.isdir(output_dir) and os.listdir(output_dir)
+      and not os.path.isfile(os.path.join(output_dir, schema.MANIFEST_FILE))):
+    raise S.DataToolsError(
+        f"{output_dir}: --output_dir is not empty and holds no "
+        f"{schema.MANIFEST_FILE}; refusing to replace it (choose another folder)")
+
+
+@contextlib.contextmanager
+def atomic_output_dir(output_dir: str) -> Iterator[str]:
+  """Yields a temporary folder that replaces `output_dir` on success.
+
+  On an exception the temporary folder is removed and `output_dir` is left
+  as it was.
+  """
+  output_dir = os.path.abspath(output_dir)
+  check_output_dir(output_dir)
+  parent = os.path.dirname(output_dir)
+  os.makedirs(parent, exist_ok=True)
+  temp = f"{output_dir}.tmp-{os.getpid()}"
+  shutil.rmtree(temp, ignore_errors=True)
+  os.makedirs(temp)
+  try:
+    yield temp
+  except BaseException:
+    shutil.rmtree(temp, ignore_errors=True)
+    raise
+  old = f"{output_dir}.old-{os.getpid()}"
+  try:
+    check_output_dir(output_dir)
+    if os.path.isdir(output_dir):
+      os.rename(output_dir, old)
+    os.rename(temp, output_dir)
+  except BaseException:
+    if os.path.isdir(old) and not os.path.exists(output_dir):
+      os.rename(old, output_dir)
+    shutil.rmtree(temp, ignore_errors=True)
+    raise
+  shutil.rmtree(old, ignore_errors=True)
