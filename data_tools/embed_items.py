@@ -1,6 +1,6 @@
 """Embed a catalogue of new items for cold start at export time.
 
-  python -m data_tools.embed_items --catalog=new_products.csv --text_fields=title \
+  python -m data_tools.embed_items --catalog=new_products.csv --text_fields=title \\
       --output=new_items/ [--data_dir=data/online_retail] [--id_column=id]
 
 writes the table that `python -m alterrec_tf.export --new_items=new_items/`

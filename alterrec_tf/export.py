@@ -1,0 +1,542 @@
+"""Export a trained run as a TF Serving SavedModel (one fused top-K graph).
+
+  python -m alterrec_tf.export --run_dir=runs/online_retail \\
+      --export_dir=models/alterrec [--k=20] [--exclude_session_items] \\
+      [--new_items=new_items/] [--version=N]
+
+writes models/alterrec/N/ (N = the next integer version unless --version):
+
+  saved_model.pb, variables/        the graph of `alterrec_tf.serving.ServingModule`
+  assets/serving_vocab.tsv          index, raw id, title (no header), incl. new items
+  assets.extra/tf_serving_warmup_requests   PredictionLog records TF Serving replays
+  assets.extra/alterrec_export.json what was exported (k, alpha, items, sizes, ...)
+
+The version folder is written under a hidden temporary name inside export_dir,
+checked (loaded back and compared with the Keras model) and then renamed, so a
+model server watching export_dir never sees a partial version, and a failed
+export leaves nothing behind. This module does not import data_tools, pandas
+or torch (TensorFlow itself imports pandas where it is installed).
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from alterrec_tf import config as alter_config
+from alterrec_tf import new_items as alter_new_items
+from alterrec_tf import schema
+
+EXPORT_INFO_FILE = "alterrec_export.json"
+WARMUP_FILE = "tf_serving_warmup_requests"
+ASSETS_EXTRA = "assets.extra"
+WEIGHTS_FILE = "best.weights.h5"
+
+
+class ExportError(ValueError):
+  """An export that cannot be done as asked."""
+
+
+# --- loading a run ------------------------------------------------------------------
+def load_config(run_dir: str) -> "alter_config.TrainConfig":
+  path = os.path.join(run_dir, "config.json")
+  if not os.path.exists(path):
+    raise ExportError(f"{run_dir} is not a training run ({path} missing)")
+  with open(path, encoding="utf-8") as f:
+    values = json.load(f)
+  known = {field.name for field in dataclasses.fields(alter_config.TrainConfig)}
+  values = {key: value for key, value in values.items() if key in known}
+  if "ks" in values:
+    values["ks"] = tuple(values["ks"])
+  return alter_config.TrainConfig(**values)
+
+
+def load_run(run_dir: str, data_dir: Optional[str] = None):
+  """(Keras model with the best weights, TrainConfig, manifest, data_dir) of a run."""
+  from alterrec_tf import models  # pylint: disable=g-import-not-at-top
+  config = load_config(run_dir)
+  if config.model not in models.ALTERREC_TOWERS:
+    raise ExportError(f"--model={config.model} cannot be exported; exportable: "
+                      f"{', '.join(models.ALTERREC_TOWERS)}")
+  data_dir = data_dir or config.data_dir
+  manifest = schema.load_manifest(data_dir)
+  text_embeddings = schema.load_text_embeddings(data_dir, manifest)
+  weights = os.path.join(run_dir, WEIGHTS_FILE)
+  if not os.path.exists(weights):
+    raise ExportError(f"{weights} is missing (the run has not finished an epoch)")
+  model = models.build_model(config, manifest, text_embeddings)
+  model.load_weights(weights)
+  return model, config, manifest, data_dir
+
+
+# --- building the serving module ------------------------------------------------------
+def tower_scales(config, tower_names: Sequence[str]) -> Dict[str, float]:
+  """Weight of each tower's session vector in the fused query (Eq. 12)."""
+  text_scale = 1.0 / config.text_temperature
+  if len(tower_names) == 1:
+    return {"id": 1.0, "text": text_scale}
+  return {"id": config.alpha, "text": (1.0 - config.alpha) * text_scale}
+
+
+def project_new_items(model, embeddings: np.ndarray) -> np.ndarray:
+  """Text item vectors [n, d] of new SBERT rows, as TextItemEncoder in eval mode."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  encoder = model.text_tower.item_encoder
+  projected = encoder.norm(encoder.projection(tf.constant(embeddings, tf.float32)))
+  return np.asarray(projected, dtype=np.float32)
+
+
+def read_new_items(path: str, model, manifest: dict, vocab_rows) -> alter_new_items.NewItems:
+  if "text" not in model.tower_names:
+    raise ExportError(f"--new_items needs a text tower; this run is {model.config.model}")
+  table = alter_new_items.read(path, text_dim=manifest.get("text_dim"))
+  known = {raw_id: index for index, (raw_id, _) in enumerate(vocab_rows)}
+  clashes = [raw_id for raw_id in table.raw_ids if raw_id in known]
+  if clashes:
+    shown = ", ".join(repr(c) for c in clashes[:5])
+    more = f" and {len(clashes) - 5} more" if len(clashes) > 5 else ""
+    raise ExportError(f"--new_items={path}: item {shown}{more} already in the trained "
+                      f"catalogue (index {known[clashes[0]]}); list only new items")
+  trained_model = manifest.get("text_model") or ""
+  if table.text_model and trained_model and table.text_model != trained_model:
+    raise ExportError(f"--new_items={path} was embedded with {table.text_model!r}, the "
+                      f"dataset with {trained_model!r}; embed with the same model")
+  return table
+
+
+def write_vocab(path: str, rows) -> None:
+  """index TAB raw id TAB title, no header (the lookup tables read it)."""
+  with open(path, "w", encoding="utf-8") as f:
+    for index, (raw_id, title) in enumerate(rows):
+      if not raw_id or any(c in raw_id for c in "\t\r\n"):
+        raise ExportError(f"vocabulary row {index}: raw id {raw_id!r} cannot be served "
+                          "(empty, or a tab or line break)")
+      f.write(f"{index}\t{raw_id}\t{alter_new_items.clean_title(title)}\n")
+
+
+def serving_parts(model, config, num_items: int, new_rows: Optional[np.ndarray] = None):
+  """(item matrix [V, D], [TowerPart]) of a model, with optional new text rows."""
+  from alterrec_tf import serving  # pylint: disable=g-import-not-at-top
+  scales = tower_scales(config, model.tower_names)
+  num_new = 0 if new_rows is None else len(new_rows)
+  blocks, parts = [], []
+  for name in model.tower_names:
+    tower = model.tower(name)
+    matrix = np.asarray(tower.item_matrix(training=False), dtype=np.float32)
+    if name == "id":
+      matrix = np.concatenate([matrix, np.zeros([num_new, matrix.shape[1]], np.float32)])
+    elif num_new:
+      matrix = np.concatenate([matrix, new_rows])
+    blocks.append(matrix)
+    parts.append(serving.TowerPart(name, tower.session_encoder, matrix.shape[1], scales[name],
+                                   num_items if name == "id" else num_items + num_new))
+  return np.concatenate(blocks, axis=1), parts
+
+
+def build_module(model, config, manifest, data_dir: str, scratch_dir: str, k: int,
+                 exclude_session_items: bool, new_items_path: Optional[str] = None):
+  """(`ServingModule` of a loaded run, vocabulary rows it serves, new text rows or None)."""
+  from alterrec_tf import data as alter_data  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import serving  # pylint: disable=g-import-not-at-top
+  num_items = manifest["num_items"]
+  rows = schema.read_vocab(data_dir)
+  if len(rows) != num_items:
+    raise ExportError(f"{data_dir}/{schema.VOCAB_FILE} has {len(rows)} rows, the "
+                      f"manifest says {num_items} items")
+  new_rows = None
+  if new_items_path:
+    table = read_new_items(new_items_path, model, manifest, rows)
+    new_rows = project_new_items(model, table.embeddings)
+    rows = rows + [[raw_id, title] for raw_id, title in zip(table.raw_ids, table.titles)]
+  matrix, parts = serving_parts(model, config, num_items, new_rows)
+  counts = np.asarray(alter_data.item_counts(
+      schema.split_files(data_dir, manifest, "train"), num_items), dtype=np.float32)
+  popularity = np.concatenate([counts, np.zeros([len(rows) - num_items], np.float32)])
+  vocab_path = os.path.join(scratch_dir, serving.VOCAB_ASSET)
+  write_vocab(vocab_path, rows)
+  module = serving.ServingModule(matrix, parts, popularity, vocab_path, config.max_len, k,
+                                 exclude_session_items)
+  return module, rows, new_rows
+
+
+# --- reference and check ------------------------------------------------------------
+def pad_sessions(sessions: Sequence[Sequence[int]], max_len: int) -> np.ndarray:
+  """Right-padded windows int32 [N, max_len] of each session's last max_len items."""
+  window = np.zeros([len(sessions), max_len], np.int32)
+  for row, items in enumerate(sessions):
+    items = [int(i) for i in items if int(i) != schema.PADDING_INDEX][-max_len:]
+    window[row, :len(items)] = items
+  return window
+
+
+def reference_scores(model, sessions: Sequence[Sequence[int]], batch_size: int = 64) -> np.ndarray:
+  """The Keras model's fused scores [N, V] of each (non-empty) session's last prefix."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  window = pad_sessions(sessions, model.config.max_len)
+  last = np.maximum((window != schema.PADDING_INDEX).sum(axis=1) - 1, 0)
+  out = []
+  for start in range(0, len(window), batch_size):
+    scores = model(tf.constant(window[start:start + batch_size]), training=False)
+    out.append(tf.gather(scores, last[start:start + batch_size], batch_dims=1).numpy())
+  return np.concatenate(out) if out else np.zeros([0, model.num_items], np.float32)
+
+
+def top_k_mismatches(reference: np.ndarray, ids: np.ndarray, scores: np.ndarray,
+                     atol: float = 1e-4) -> int:
+  """Places where served (ids, scores) differ from the reference scores [N, V].
+
+  The served list must hold the reference's top-k ids in order, and its scores
+  must equal the reference scores of those ids; two ids may swap only where
+  their reference scores tie within `atol` (top_k's order among near-equal
+  floats is not a property of the model).
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  k = ids.shape[1]
+  top = tf.math.top_k(reference, k=k)
+  ref_ids, ref_scores = top.indices.numpy(), top.values.numpy()
+  served_ref = np.take_along_axis(reference, ids.astype(np.int64), axis=1)
+  bad = ~np.isclose(scores, ref_scores, atol=atol, rtol=1e-5)
+  bad |= ~np.isclose(served_ref, ref_scores, atol=atol, rtol=1e-5)
+  del ref_ids  # ids may differ only where the scores tie (checked above)
+  return int(bad.sum())
+
+
+def sample_sessions(data_dir: str, manifest: dict, count: int = 32) -> List[List[int]]:
+  """The first `count` sessions of the test split (valid, train if absent)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  for split in ("test", "valid", "train"):
+    files = schema.split_files(data_dir, manifest, split) if manifest["files"].get(split) else []
+    if files:
+      sessions = tf.data.TFRecordDataset(files).take(count).batch(count)
+      for batch in sessions.map(schema.parse_examples):
+        return [list(map(int, row)) for row in batch[schema.ITEM_IDS].to_list()]
+  return []
+
+
+def reference_text_vectors(model, sessions: Sequence[Sequence[int]]) -> np.ndarray:
+  """The Keras text tower's session vectors [N, d] at each session's last item."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  window = pad_sessions(sessions, model.config.max_len)
+  last = np.maximum((window != schema.PADDING_INDEX).sum(axis=1) - 1, 0)
+  tower = model.text_tower
+  vectors = tower.prefix_vectors(tf.constant(window), tower.item_matrix(training=False))
+  return tf.gather(vectors, last, batch_dims=1).numpy()
+
+
+def expected_scores(model, sessions: Sequence[Sequence[int]],
+                    new_rows: Optional[np.ndarray] = None,
+                    exclude_session_items: bool = False) -> np.ndarray:
+  """What the export should score [N, V + new], computed from the Keras model.
+
+  Trained items: the model's fused score. Cold-start items: (1 - alpha) /
+  temperature * (text session vector . projected new row), the text tower's
+  term alone. Excluded session items: NEG_INF. Padding: below everything.
+  """
+  from alterrec_tf import serving  # pylint: disable=g-import-not-at-top
+  scores = reference_scores(model, sessions)
+  if new_rows is not None and len(new_rows):
+    scale = tower_scales(model.config, model.tower_names)["text"]
+    extra = scale * reference_text_vectors(model, sessions) @ new_rows.T
+    scores = np.concatenate([scores, extra.astype(np.float32)], axis=1)
+  if exclude_session_items:
+    for row, items in enumerate(sessions):
+      scores[row, [i for i in items if i != schema.PADDING_INDEX]] = serving.NEG_INF
+  scores[:, schema.PADDING_INDEX] = serving.PADDING_SCORE
+  return scores
+
+
+def verify_export(path: str, model, sessions: Sequence[Sequence[int]], k: int,
+                  new_rows: Optional[np.ndarray] = None,
+                  exclude_session_items: bool = False) -> int:
+  """Loads the SavedModel at `path`; counts top-k places that differ from
+  `expected_scores` (0 = the export ranks as the Keras model)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import serving  # pylint: disable=g-import-not-at-top
+  # the requests are the sessions' last max_len items (what is sent is excluded)
+  sessions = [list(s)[-model.config.max_len:] for s in sessions if len(s)]
+  if not sessions:
+    return 0
+  loaded = tf.saved_model.load(path)
+  window = pad_sessions(sessions, model.config.max_len)
+  out = loaded.signatures[serving.SIGNATURE_TOP_K](
+      item_ids=tf.constant(window, tf.int64), k=tf.constant(k, tf.int32))
+  return top_k_mismatches(expected_scores(model, sessions, new_rows, exclude_session_items),
+                          out[serving.OUTPUT_INDICES].numpy(),
+                          out[serving.OUTPUT_SCORES].numpy())
+
+
+# --- warmup ---------------------------------------------------------------------------
+def _varint(value: int) -> bytes:
+  out = bytearray()
+  while True:
+    byte = value & 0x7F
+    value >>= 7
+    if value:
+      out.append(byte | 0x80)
+    else:
+      out.append(byte)
+      return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+  """A length-delimited protobuf field (wire type 2)."""
+  return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def encode_predict_log(model_name: str, signature_name: str, inputs: Dict[str, np.ndarray]) -> bytes:
+  """Serialised `tensorflow.serving.PredictionLog` holding one PredictRequest.
+
+  Written from the field numbers of tensorflow_serving/apis/{prediction_log,
+  predict,model}.proto (PredictionLog.predict_log = 6, PredictLog.request = 1,
+  PredictRequest.model_spec = 1, .inputs = 2 (map<string, TensorProto>),
+  ModelSpec.name = 1, .signature_name = 3), in the canonical field order, so
+  it is byte-equal to the official package's deterministic serialisation (a
+  test checks this where tensorflow-serving-api is installed). Used when that
+  package is not installed.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  spec = b""
+  if model_name:
+    spec += _field(1, model_name.encode("utf-8"))
+  if signature_name:
+    spec += _field(3, signature_name.encode("utf-8"))
+  request = _field(1, spec)
+  for name in sorted(inputs):
+    tensor = tf.make_tensor_proto(inputs[name]).SerializeToString(deterministic=True)
+    request += _field(2, _field(1, name.encode("utf-8")) + _field(2, tensor))
+  return _field(6, _field(1, request))
+
+
+def predict_log_bytes(model_name: str, signature_name: str, inputs: Dict[str, np.ndarray]) -> bytes:
+  """PredictionLog bytes, from tensorflow-serving-api if installed."""
+  try:
+    from tensorflow_serving.apis import model_pb2  # pylint: disable=g-import-not-at-top
+    from tensorflow_serving.apis import predict_pb2  # pylint: disable=g-import-not-at-top
+    from tensorflow_serving.apis import prediction_log_pb2  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return encode_predict_log(model_name, signature_name, inputs)
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  request = predict_pb2.PredictRequest(
+      model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature_name))
+  for name, value in inputs.items():
+    request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+  log = prediction_log_pb2.PredictionLog(
+      predict_log=prediction_log_pb2.PredictLog(request=request))
+  return log.SerializeToString(deterministic=True)
+
+
+def warmup_requests(rows, popularity: np.ndarray, max_len: int, k: int):
+  """(signature, inputs) of the warmup requests: popular items as sessions."""
+  from alterrec_tf import serving  # pylint: disable=g-import-not-at-top
+  order = [int(i) for i in np.argsort(-popularity[1:], kind="stable") + 1][:max_len]
+  short = np.zeros([1, max_len], np.int64)
+  short[0, :min(3, len(order))] = order[:3]
+  full = np.zeros([2, max_len], np.int64)
+  full[0, :len(order)] = order
+  full[1, :min(5, len(order))] = order[:5][::-1]
+  raw = np.array([[rows[i][0].encode("utf-8") for i in order[:3]]], dtype=object)
+  k = np.int32(min(k, 5))
+  return [
+      (serving.SIGNATURE_DEFAULT, {serving.INPUT_ITEM_IDS: short}),
+      (serving.SIGNATURE_DEFAULT, {serving.INPUT_ITEM_IDS: full}),
+      (serving.SIGNATURE_TOP_K, {serving.INPUT_ITEM_IDS: short, serving.INPUT_K: k}),
+      (serving.SIGNATURE_RAW, {serving.INPUT_RAW_ITEM_IDS: raw}),
+      (serving.SIGNATURE_RAW_TOP_K, {serving.INPUT_RAW_ITEM_IDS: raw, serving.INPUT_K: k}),
+  ]
+
+
+def write_warmup(path: str, model_name: str, requests) -> int:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with tf.io.TFRecordWriter(path) as writer:
+    for signature, inputs in requests:
+      writer.write(predict_log_bytes(model_name, signature, inputs))
+  return len(requests)
+
+
+# --- sizes and versions -----------------------------------------------------------------
+def folder_bytes(path: str) -> int:
+  return sum(os.path.getsize(os.path.join(root, name))
+             for root, _, names in os.walk(path) for name in names)
+
+
+def checkpoint_variable_bytes(saved_model_dir: str) -> int:
+  """Sum of nbytes of every variable stored in a SavedModel's checkpoint."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  prefix = os.path.join(saved_model_dir, "variables", "variables")
+  reader = tf.train.load_checkpoint(prefix)
+  total = 0
+  for name in reader.get_variable_to_shape_map():
+    if name == "_CHECKPOINTABLE_OBJECT_GRAPH":
+      continue
+    value = reader.get_tensor(name)
+    total += (sum(len(v) for v in np.ravel(value)) if value.dtype == object
+              else np.asarray(value).nbytes)
+  return total
+
+
+def existing_versions(export_dir: str) -> List[int]:
+  if not os.path.isdir(export_dir):
+    return []
+  return sorted(int(n) for n in os.listdir(export_dir)
+                if n.isdigit() and os.path.isdir(os.path.join(export_dir, n)))
+
+
+# --- export -----------------------------------------------------------------------------
+def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
+           version: Optional[int] = None, k: int = 20, exclude_session_items: bool = False,
+           new_items: Optional[str] = None, model_name: Optional[str] = None,
+           warmup: bool = True, verify: bool = True, loaded_run=None) -> dict:
+  """Exports `run_dir` as version `version` (default: next) of `export_dir`.
+
+  Args:
+    loaded_run: an already loaded (model, config, manifest, data_dir) (tests).
+
+  Returns:
+    The export info (also written to assets.extra/alterrec_export.json), with
+    "path" the final version folder.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import serving  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  model, config, manifest, data_dir = loaded_run or load_run(run_dir, data_dir)
+  versions = existing_versions(export_dir)
+  version = int(version) if version else (versions[-1] + 1 if versions else 1)
+  if version < 1:
+    raise ExportError(f"--version={version}: TF Serving versions are integers >= 1")
+  final = os.path.join(export_dir, str(version))
+  if os.path.exists(final):
+    raise ExportError(f"{final} exists; choose another --version or leave it unset "
+                      "for the next one")
+  model_name = model_name or os.path.basename(os.path.normpath(export_dir)) or "alterrec"
+  os.makedirs(export_dir, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=f".tmp-export-{version}-", dir=export_dir)
+  try:
+    scratch = os.path.join(staging, "scratch")
+    target = os.path.join(staging, "model")
+    os.makedirs(scratch)
+    module, rows, new_rows = build_module(model, config, manifest, data_dir, scratch, k,
+                                          exclude_session_items, new_items)
+    tf.saved_model.save(module, target, signatures=module.signatures())
+    num_warmup = 0
+    if warmup:
+      num_warmup = write_warmup(
+          os.path.join(target, ASSETS_EXTRA, WARMUP_FILE), model_name,
+          warmup_requests(rows, module.popularity.numpy(), config.max_len, k))
+    mismatches, checked = None, []
+    if verify:
+      checked = sample_sessions(data_dir, manifest)
+      mismatches = verify_export(target, model, checked, k, new_rows, exclude_session_items)
+      if mismatches:
+        raise ExportError(f"the exported top-{k} differs from the Keras model's in "
+                          f"{mismatches} places; nothing was exported")
+    variables_bytes = folder_bytes(os.path.join(target, "variables"))
+    weights_bytes = checkpoint_variable_bytes(target)
+    info = {
+        "version": version, "model_name": model_name, "run_dir": os.path.abspath(run_dir),
+        "data_dir": os.path.abspath(data_dir), "model": config.model,
+        "data_content_hash": manifest.get("content_hash"),
+        "towers": list(model.tower_names), "alpha": config.alpha,
+        "text_temperature": config.text_temperature, "embedding_dim": config.embedding_dim,
+        "max_len": config.max_len, "k": k, "exclude_session_items": exclude_session_items,
+        "num_items": len(rows), "num_trained_items": manifest["num_items"],
+        "num_new_items": len(rows) - manifest["num_items"], "new_items": new_items or "",
+        "signatures": list(serving.SIGNATURES), "warmup_requests": num_warmup,
+        "verified_sessions": None if mismatches is None else len(checked),
+        "variables_bytes": variables_bytes, "weights_bytes": weights_bytes,
+        "saved_model_pb_bytes": os.path.getsize(os.path.join(target, "saved_model.pb")),
+        "training_weights_file_bytes": (
+            os.path.getsize(os.path.join(run_dir, WEIGHTS_FILE))
+            if run_dir and os.path.exists(os.path.join(run_dir, WEIGHTS_FILE)) else None),
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    info["total_bytes"] = folder_bytes(target) + len(json.dumps(info))
+    os.makedirs(os.path.join(target, ASSETS_EXTRA), exist_ok=True)
+    with open(os.path.join(target, ASSETS_EXTRA, EXPORT_INFO_FILE), "w", encoding="utf-8") as f:
+      json.dump(info, f, indent=2, sort_keys=True)
+    if os.path.exists(final):
+      raise ExportError(f"{final} appeared during the export (another exporter?)")
+    os.rename(target, final)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  info["path"] = final
+  info["export_seconds"] = time.perf_counter() - start
+  return info
+
+
+def format_info(info: dict) -> str:
+  ratio = info["variables_bytes"] / max(info["weights_bytes"], 1)
+  lines = [
+      f"exported {info['model']} ({'+'.join(info['towers'])}) to {info['path']}",
+      f"  items: {info['num_items']} ({info['num_new_items']} cold-start), k={info['k']}, "
+      f"exclude_session_items={info['exclude_session_items']}",
+      f"  variables/: {info['variables_bytes'] / 1e6:.2f} MB; exported weights "
+      f"(sum of nbytes): {info['weights_bytes'] / 1e6:.2f} MB; ratio {ratio:.3f}",
+      f"  saved_model.pb: {info['saved_model_pb_bytes'] / 1e6:.2f} MB; whole version "
+      f"folder: {info['total_bytes'] / 1e6:.2f} MB",
+  ]
+  if info.get("training_weights_file_bytes"):
+    lines.append(f"  (training {WEIGHTS_FILE}, with optimizer state and the ID table: "
+                 f"{info['training_weights_file_bytes'] / 1e6:.2f} MB)")
+  if info.get("verified_sessions"):
+    lines.append(f"  checked: top-{info['k']} of {info['verified_sessions']} test sessions "
+                 "equal the Keras model's")
+  lines.append(f"  warmup requests: {info['warmup_requests']}; took "
+               f"{info['export_seconds']:.1f}s")
+  return "\n".join(lines)
+
+
+# --- command line ---------------------------------------------------------------------
+def define_flags():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  # --run_dir and --data_dir are the training flags of alterrec_tf.config.
+  flags.DEFINE_string("export_dir", None, "Model base folder; the export is written to "
+                      "export_dir/N (TF Serving's version layout).")
+  flags.DEFINE_integer("version", 0, "Version number N; 0 = one above the highest existing.")
+  flags.DEFINE_integer("k", 20, "Recommendations per session of the fixed-k signatures "
+                       "(serving_default, raw_ids).")
+  flags.DEFINE_boolean("exclude_session_items", False,
+                       "Never recommend an item already in the request's session.")
+  flags.DEFINE_string("new_items", None, "Cold-start item table to add (folder from "
+                      "data_tools.embed_items, or EMB.npy,ITEMS.tsv); scored by text only.")
+  flags.DEFINE_string("model_name", None, "Model name in the warmup requests (default: "
+                      "export_dir's base name, as TF Serving's --model_name).")
+  flags.DEFINE_boolean("warmup", True, "Write assets.extra/tf_serving_warmup_requests.")
+  flags.DEFINE_boolean("verify", True, "Load the export back and check its top-k against "
+                       "the Keras model on test sessions before publishing it.")
+
+
+def main(argv):
+  del argv
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.WARNING)
+  values = flags.FLAGS
+  if not values.export_dir:
+    raise SystemExit("error: --export_dir is required")
+  if not os.path.exists(os.path.join(values.run_dir, "config.json")):
+    raise SystemExit(f"error: --run_dir={values.run_dir} is not a training run")
+  try:
+    info = export(values.run_dir, values.export_dir, values.data_dir, values.version,
+                  values.k, values.exclude_session_items, values.new_items,
+                  values.model_name, values.warmup, values.verify)
+  except (ExportError, schema.DataError, alter_new_items.NewItemsError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    raise SystemExit(1) from None
+  print(format_info(info))
+
+
+def run():
+  from absl import app  # pylint: disable=g-import-not-at-top
+  define_flags()
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

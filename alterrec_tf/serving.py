@@ -1,0 +1,271 @@
+"""The TF Serving module: fused top-K recommendation as one matmul and one top_k.
+
+`ServingModule` is a plain `tf.Module` (not a Keras model) that holds only what
+serving needs:
+
+  item_matrix   float [V, D]: the item vectors of every tower side by side,
+                D = sum of the towers' d (ID columns first); cold-start rows
+                (items added at export) have zeros in the ID columns
+  popularity    float [V]: training counts, the ranking of an empty session
+  the session encoders of the towers (the trained Keras layers themselves)
+  two lookup tables read from the vocabulary asset (raw id <-> dense index)
+
+A request is scored as
+
+  q = concat(alpha * u_id, (1 - alpha) / text_temperature * u_text)   [B, D]
+  scores = q @ item_matrix^T                                         [B, V]
+
+which equals alpha * ID + (1 - alpha) * text of the trained model (Eq. 12).
+The weights alpha and 1/temperature multiply the session vector (B x D numbers
+per request) instead of the matrix, so the item vectors the session encoders
+read are the trained ones, unscaled, and the matrix is stored once.
+
+Request layout: a session is a row of dense item indices (or raw ids) where 0
+(or "") is padding. The graph compacts every row (non-padding items move left,
+order kept), so right-padded, left-padded or gappy rows all mean the same
+session, and keeps its last `max_len` items, as training and evaluation do.
+Unknown items (dense index outside [0, V), raw id not in the vocabulary) are
+dropped like padding and counted in `num_ignored_items`. A session left with no
+item gets the most popular items (`popular_fallback` true, scores = training
+counts). A cold-start item in a session is read by the text tower only (the ID
+tower never learned it and skips it). With `exclude_session_items`, every item
+of the request (also those beyond the last max_len) scores NEG_INF, so it is
+never in a list of k <= V - 1 - (session items) items; the padding column
+scores below that and is never returned.
+
+Cost: the transformer session encoder dominates (the fused scoring is one
+[B, D] x [D, V] matmul and one top_k). It runs per bucket of session lengths
+(<= 8, 9..16, 17..32, ..., max_len), each bucket padded to its own longest
+session, so a batch of mostly short sessions is not padded to max_len. A
+causal encoder's output at a session's last item does not depend on padding
+after it, so this equals the full-window model up to float rounding.
+"""
+
+from typing import Dict, Sequence
+
+import tensorflow as tf
+
+from alterrec_tf import schema
+
+NEG_INF = -1e9  # score of excluded items (as towers.NEG_INF)
+PADDING_SCORE = 2 * NEG_INF  # the padding column: below every item
+
+SIGNATURE_DEFAULT = "serving_default"
+SIGNATURE_TOP_K = "top_k"
+SIGNATURE_RAW = "raw_ids"
+SIGNATURE_RAW_TOP_K = "raw_ids_top_k"
+SIGNATURES = (SIGNATURE_DEFAULT, SIGNATURE_TOP_K, SIGNATURE_RAW, SIGNATURE_RAW_TOP_K)
+
+INPUT_ITEM_IDS = "item_ids"
+INPUT_RAW_ITEM_IDS = "raw_item_ids"
+INPUT_K = "k"
+
+OUTPUT_ITEM_IDS = "top_k_item_ids"
+OUTPUT_INDICES = "top_k_indices"
+OUTPUT_SCORES = "top_k_scores"
+OUTPUT_IGNORED = "num_ignored_items"
+OUTPUT_FALLBACK = "popular_fallback"
+OUTPUTS = (OUTPUT_ITEM_IDS, OUTPUT_INDICES, OUTPUT_SCORES, OUTPUT_IGNORED, OUTPUT_FALLBACK)
+
+VOCAB_ASSET = "serving_vocab.tsv"  # index TAB raw_id TAB title, no header; row 0 = padding
+
+_INT_IDS = tf.TensorSpec([None, None], tf.int64, name=INPUT_ITEM_IDS)
+_RAW_IDS = tf.TensorSpec([None, None], tf.string, name=INPUT_RAW_ITEM_IDS)
+_K = tf.TensorSpec([], tf.int32, name=INPUT_K)
+
+
+class TowerPart:
+  """How one tower enters the serving graph.
+
+  Attributes:
+    name: "id" or "text".
+    session_encoder: the trained Keras session encoder ([B, L, d], mask) -> [B, L, d].
+    dim: d.
+    scale: weight of its session vector in the fused query (alpha, or
+      (1 - alpha) / text_temperature, or 1 / temperature for a single tower).
+    known_items: items with index >= this are skipped by this tower's session
+      encoder (the ID tower: the trained catalogue size; text: all items).
+  """
+
+  def __init__(self, name: str, session_encoder, dim: int, scale: float, known_items: int):
+    self.name, self.session_encoder, self.dim = name, session_encoder, int(dim)
+    self.scale, self.known_items = float(scale), int(known_items)
+
+
+class ServingModule(tf.Module):
+  """Serving graph of a trained AlterRec (or single-tower) model.
+
+  Args:
+    item_matrix: float32 [V, D] numpy, towers' item vectors side by side in the
+      order of `towers`.
+    towers: `TowerPart`s, their dims summing to D.
+    popularity: float [V] training counts.
+    vocab_path: the vocabulary file (index, raw id, title; no header), copied
+      into the SavedModel's assets.
+    max_len: items of context kept per session.
+    k: list length of the fixed-k signatures.
+    exclude_session_items: never recommend an item of the request's session.
+  """
+
+  def __init__(self, item_matrix, towers: Sequence[TowerPart], popularity, vocab_path: str,
+               max_len: int, k: int, exclude_session_items: bool):
+    super().__init__(name="alterrec_serving")
+    num_items, width = item_matrix.shape
+    if sum(t.dim for t in towers) != width:
+      raise ValueError(f"tower dims {[t.dim for t in towers]} do not add up to the "
+                       f"item matrix width {width}")
+    if not 1 <= k < num_items:
+      raise ValueError(f"k={k} must be in [1, {num_items - 1}] (the number of items)")
+    self.num_items = int(num_items)
+    self.max_len = int(max_len)
+    self.k = int(k)
+    self.exclude_session_items = bool(exclude_session_items)
+    self._parts = tuple(towers)
+    # session lengths <= 8, <= 16, <= 32, ... are encoded as separate batches
+    self.length_buckets = tuple(b for b in (8, 16, 32, 64, 128, 256) if b < max_len)
+    # Tracked children: only the session encoders (not the towers, whose item
+    # encoders hold the ID table and the SBERT table that serving never reads).
+    self.session_encoders = [t.session_encoder for t in towers]
+    self.item_matrix = tf.Variable(item_matrix, dtype=tf.float32, trainable=False,
+                                   name="item_matrix")
+    self.popularity = tf.Variable(popularity, dtype=tf.float32, trainable=False,
+                                  name="popularity")
+    self.vocab_asset = tf.saved_model.Asset(vocab_path)
+    self.raw_to_index = tf.lookup.StaticHashTable(
+        tf.lookup.TextFileInitializer(self.vocab_asset, tf.string, 1, tf.int64, 0,
+                                      delimiter="\t"), default_value=-1)
+    self.index_to_raw = tf.lookup.StaticHashTable(
+        tf.lookup.TextFileInitializer(self.vocab_asset, tf.int64, 0, tf.string, 1,
+                                      delimiter="\t"), default_value="")
+
+  # --- signatures -----------------------------------------------------------------
+  def signatures(self) -> Dict[str, tf.types.experimental.ConcreteFunction]:
+    """The concrete functions to pass as tf.saved_model.save(signatures=...).
+
+    The four signatures only map their inputs to dense indices and call one
+    shared function (`_recommend`), so saved_model.pb holds the scoring graph
+    once. Nothing is a @tf.function attribute of the module: tf.saved_model.save
+    would trace and store such a function again besides the signatures.
+    """
+    core = tf.function(self._recommend, input_signature=[
+        tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32),
+        tf.TensorSpec([], tf.int32)])
+    fixed_k = self.k
+
+    def with_k(outputs):  # the static list length of the fixed-k signatures
+      return {name: (tf.ensure_shape(value, [None, fixed_k]) if value.shape.rank == 2
+                     else value) for name, value in outputs.items()}
+
+    def serving_default(item_ids):
+      """Dense indices int64 [B, L] (0 = padding) -> top k (fixed at export)."""
+      return with_k(core(*self._from_indices(item_ids), tf.constant(fixed_k)))
+
+    def top_k(item_ids, k):
+      """As serving_default, with the list length k (clipped to [0, V - 1])."""
+      return core(*self._from_indices(item_ids), k)
+
+    def raw_ids(raw_item_ids):
+      """Raw item ids string [B, L] ("" = padding) -> top k (fixed at export)."""
+      return with_k(core(*self._from_raw(raw_item_ids), tf.constant(fixed_k)))
+
+    def raw_ids_top_k(raw_item_ids, k):
+      """As raw_ids, with k in the request."""
+      return core(*self._from_raw(raw_item_ids), k)
+
+    functions = {
+        SIGNATURE_DEFAULT: tf.function(serving_default, input_signature=[_INT_IDS]),
+        SIGNATURE_TOP_K: tf.function(top_k, input_signature=[_INT_IDS, _K]),
+        SIGNATURE_RAW: tf.function(raw_ids, input_signature=[_RAW_IDS]),
+        SIGNATURE_RAW_TOP_K: tf.function(raw_ids_top_k, input_signature=[_RAW_IDS, _K]),
+    }
+    return {name: function.get_concrete_function() for name, function in functions.items()}
+
+  # --- graph ----------------------------------------------------------------------
+  def _from_indices(self, item_ids):
+    """int64 [B, L] -> (valid dense indices int32 [B, L], ignored counts [B])."""
+    item_ids = tf.convert_to_tensor(item_ids, tf.int64)
+    known = (item_ids >= 0) & (item_ids < self.num_items)
+    ignored = tf.reduce_sum(
+        tf.cast(~known & (item_ids != schema.PADDING_INDEX), tf.int32), axis=1)
+    return tf.cast(tf.where(known, item_ids, schema.PADDING_INDEX), tf.int32), ignored
+
+  def _from_raw(self, raw_item_ids):
+    """string [B, L] -> (valid dense indices int32 [B, L], ignored counts [B])."""
+    index = self.raw_to_index.lookup(raw_item_ids)
+    unknown = (index < 0) & (raw_item_ids != "")
+    ignored = tf.reduce_sum(tf.cast(unknown, tf.int32), axis=1)
+    dense = tf.where(index < 0, tf.constant(schema.PADDING_INDEX, tf.int64), index)
+    return tf.cast(dense, tf.int32), ignored
+
+  def session_query(self, session):
+    """Fused query vectors [B, D] of compacted sessions (ragged int32 [B, None])."""
+    parts = []
+    start = 0
+    for part, encoder in zip(self._parts, self.session_encoders):
+      tower_items = session
+      if part.known_items < self.num_items:
+        tower_items = tf.ragged.boolean_mask(session, session < part.known_items)
+      tower_items = tower_items[:, -self.max_len:]
+      columns = (start, start + part.dim)
+      if encoder.weights and self.length_buckets:
+        last = self._bucketed_last_vectors(encoder, tower_items, columns)
+      else:
+        last = self._last_vectors(encoder, tower_items, columns)
+      parts.append(last * part.scale)
+      start += part.dim
+    return parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
+
+  def _last_vectors(self, encoder, items, columns):
+    """Session vectors [n, d] at the last item of ragged sessions [n, None]."""
+    lengths = tf.cast(items.row_lengths(), tf.int32)
+    # Right-padded to the longest session given, not to max_len: a causal
+    # encoder's output at the last real item does not depend on the padding
+    # after it, and short sessions cost proportionally less.
+    window = items.to_tensor(default_value=schema.PADDING_INDEX)
+    window = tf.pad(window, [[0, 0], [0, tf.maximum(1 - tf.shape(window)[1], 0)]])
+    vectors = tf.gather(self.item_matrix, window)[:, :, columns[0]:columns[1]]
+    prefixes = encoder(vectors, tf.not_equal(window, schema.PADDING_INDEX), training=False)
+    last = tf.gather(prefixes, tf.maximum(lengths - 1, 0), batch_dims=1)
+    return tf.where((lengths > 0)[:, None], last, tf.zeros_like(last))
+
+  def _bucketed_last_vectors(self, encoder, items, columns):
+    """As `_last_vectors`, run per session-length bucket, so that a batch of
+    mostly short sessions is not padded to its longest one."""
+    lengths = tf.cast(items.row_lengths(), tf.int32)
+    bucket = tf.searchsorted(tf.constant(self.length_buckets, tf.int32), lengths, side="left")
+    rows = tf.range(tf.shape(lengths)[0])
+    parts = tf.dynamic_partition(rows, bucket, len(self.length_buckets) + 1)
+    outputs = []
+    for index in parts:
+      subset = tf.gather(items, index)
+      outputs.append(tf.cond(
+          tf.size(index) > 0,
+          lambda subset=subset: self._last_vectors(encoder, subset, columns),
+          lambda index=index: tf.zeros([tf.size(index), columns[1] - columns[0]])))
+    return tf.dynamic_stitch(parts, outputs)
+
+  def _recommend(self, dense, ignored, k):
+    """dense int32 [B, L] valid indices (0 = padding, any layout) -> outputs."""
+    session = tf.ragged.boolean_mask(dense, tf.not_equal(dense, schema.PADDING_INDEX))
+    scores = tf.matmul(self.session_query(session), self.item_matrix, transpose_b=True)
+    empty = tf.equal(session.row_lengths(), 0)
+    scores = tf.where(empty[:, None], self.popularity[None, :], scores)
+    if self.exclude_session_items:
+      rows = tf.cast(session.value_rowids(), tf.int32)
+      seen = tf.stack([rows, session.flat_values], axis=1)
+      scores = tf.tensor_scatter_nd_update(
+          scores, seen, tf.fill([tf.shape(seen)[0]], tf.constant(NEG_INF, tf.float32)))
+    # Padding ranks below everything, excluded items included, so that it is
+    # never returned (k <= V - 1).
+    is_padding = tf.equal(tf.range(self.num_items), schema.PADDING_INDEX)[None, :]
+    scores = tf.where(is_padding, tf.constant(PADDING_SCORE, tf.float32), scores)
+    k = tf.clip_by_value(tf.cast(k, tf.int32), 0, self.num_items - 1)
+    top = tf.math.top_k(scores, k=k, sorted=True)
+    indices = tf.cast(top.indices, tf.int64)
+    return {
+        OUTPUT_ITEM_IDS: self.index_to_raw.lookup(indices),
+        OUTPUT_INDICES: indices,
+        OUTPUT_SCORES: top.values,
+        OUTPUT_IGNORED: ignored,
+        OUTPUT_FALLBACK: empty,
+    }
