@@ -1,12 +1,13 @@
 """Full-catalogue evaluation: Hits@K, NDCG@K and MRR@K of every scored prefix.
 
-Every item but padding is ranked. `tf.math.top_k` keeps the top max_k items of
-each prefix (ties: lower index first) inside the traced graph, which returns the
-target's place in that list; the keras-rs ranking metrics then read the top-K
+Every item but padding is ranked. The traced graph returns each target's place
+in its prefix's top-max_k list (ties: lower index first, as `tf.math.top_k`),
+counted without sorting; the keras-rs ranking metrics then read the top-K
 lists of the whole split at once (y_true marks the target's place, at most one
-relevant item; y_pred is the list order), so no metric runs eagerly per batch. Hits@K is keras-rs RecallAtK with
-one relevant item. `rank_of_target` gives the same tie rule for a numpy
-full-ranking reference (tests) and the per-prefix analysis (long tail).
+relevant item; y_pred is the list order), so no metric runs eagerly per batch.
+Hits@K is keras-rs RecallAtK with one relevant item. `full_ranking_ranks` is the
+numpy reference with the same tie rule (tests), and the per-prefix ranks feed
+the long-tail analysis.
 """
 
 from typing import Dict, Iterable
@@ -52,17 +53,25 @@ def ranking_metrics(ranks: np.ndarray, ks: Iterable[int], mrr_k: int) -> Dict[st
   return results
 
 
-def top_k_ids(scores, k: int):
-  """Indices of the k best items of [P, V] scores: int32 [P, k]."""
-  return tf.math.top_k(scores, k=k, sorted=True).indices
+def target_ranks(scores, target_ids, max_k: int):
+  """1-based rank of each target over the whole catalogue, capped at max_k + 1.
 
+  rank = 1 + #items scoring higher + #items tied with a lower index, which is
+  the place of the target in `tf.math.top_k`'s list (ties: lower index first),
+  computed without sorting.
 
-def target_ranks(top_ids, target_ids):
-  """1-based rank of each target in its top-K list, K + 1 if absent: [P]."""
-  hit = tf.equal(top_ids, tf.cast(target_ids, top_ids.dtype)[:, None])
-  k = tf.shape(top_ids)[1]
-  first = tf.argmax(tf.cast(hit, tf.int32), axis=1, output_type=tf.int32) + 1
-  return tf.where(tf.reduce_any(hit, axis=1), first, k + 1)
+  Args:
+    scores: float [P, V], padding column already at -1e9.
+    target_ids: int [P].
+    max_k: ranks beyond it are reported as max_k + 1 (not in the top-K list).
+  """
+  targets = tf.cast(target_ids, tf.int32)
+  target_scores = tf.gather(scores, targets[:, None], batch_dims=1)
+  higher = tf.reduce_sum(tf.cast(scores > target_scores, tf.int32), axis=1)
+  index = tf.range(tf.shape(scores)[1])[None, :]
+  tied_before = tf.reduce_sum(
+      tf.cast((scores == target_scores) & (index < targets[:, None]), tf.int32), axis=1)
+  return tf.minimum(1 + higher + tied_before, max_k + 1)
 
 
 class Evaluator:
@@ -90,8 +99,7 @@ class Evaluator:
 
   def _top_lists_eager(self, batch):
     scores, targets = self.model.score_heads(batch)
-    ranks = {name: target_ranks(top_k_ids(head, self.max_k), targets)
-             for name, head in scores.items()}
+    ranks = {name: target_ranks(head, targets, self.max_k) for name, head in scores.items()}
     return ranks, targets
 
   def __call__(self, batches, keep_ranks: bool = False):

@@ -30,8 +30,10 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from alterrec_tf import config as alter_config
+from alterrec_tf import export_check
 from alterrec_tf import new_items as alter_new_items
 from alterrec_tf import schema
+from alterrec_tf import warmup as serving_warmup
 
 EXPORT_INFO_FILE = "alterrec_export.json"
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -166,201 +168,6 @@ def build_module(model, config, manifest, data_dir: str, scratch_dir: str, k: in
 
 
 # --- reference and check ------------------------------------------------------------
-def pad_sessions(sessions: Sequence[Sequence[int]], max_len: int) -> np.ndarray:
-  """Right-padded windows int32 [N, max_len] of each session's last max_len items."""
-  window = np.zeros([len(sessions), max_len], np.int32)
-  for row, items in enumerate(sessions):
-    items = [int(i) for i in items if int(i) != schema.PADDING_INDEX][-max_len:]
-    window[row, :len(items)] = items
-  return window
-
-
-def reference_scores(model, sessions: Sequence[Sequence[int]], batch_size: int = 64) -> np.ndarray:
-  """The Keras model's fused scores [N, V] of each (non-empty) session's last prefix."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  window = pad_sessions(sessions, model.config.max_len)
-  last = np.maximum((window != schema.PADDING_INDEX).sum(axis=1) - 1, 0)
-  out = []
-  for start in range(0, len(window), batch_size):
-    scores = model(tf.constant(window[start:start + batch_size]), training=False)
-    out.append(tf.gather(scores, last[start:start + batch_size], batch_dims=1).numpy())
-  return np.concatenate(out) if out else np.zeros([0, model.num_items], np.float32)
-
-
-def top_k_mismatches(reference: np.ndarray, ids: np.ndarray, scores: np.ndarray,
-                     atol: float = 1e-4) -> int:
-  """Places where served (ids, scores) differ from the reference scores [N, V].
-
-  The served list must hold the reference's top-k ids in order, and its scores
-  must equal the reference scores of those ids; two ids may swap only where
-  their reference scores tie within `atol` (top_k's order among near-equal
-  floats is not a property of the model).
-  """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  k = ids.shape[1]
-  top = tf.math.top_k(reference, k=k)
-  ref_ids, ref_scores = top.indices.numpy(), top.values.numpy()
-  served_ref = np.take_along_axis(reference, ids.astype(np.int64), axis=1)
-  bad = ~np.isclose(scores, ref_scores, atol=atol, rtol=1e-5)
-  bad |= ~np.isclose(served_ref, ref_scores, atol=atol, rtol=1e-5)
-  del ref_ids  # ids may differ only where the scores tie (checked above)
-  return int(bad.sum())
-
-
-def sample_sessions(data_dir: str, manifest: dict, count: int = 32) -> List[List[int]]:
-  """The first `count` sessions of the test split (valid, train if absent)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  for split in ("test", "valid", "train"):
-    files = schema.split_files(data_dir, manifest, split) if manifest["files"].get(split) else []
-    if files:
-      sessions = tf.data.TFRecordDataset(files).take(count).batch(count)
-      for batch in sessions.map(schema.parse_examples):
-        return [list(map(int, row)) for row in batch[schema.ITEM_IDS].to_list()]
-  return []
-
-
-def reference_text_vectors(model, sessions: Sequence[Sequence[int]]) -> np.ndarray:
-  """The Keras text tower's session vectors [N, d] at each session's last item."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  window = pad_sessions(sessions, model.config.max_len)
-  last = np.maximum((window != schema.PADDING_INDEX).sum(axis=1) - 1, 0)
-  tower = model.text_tower
-  vectors = tower.prefix_vectors(tf.constant(window), tower.item_matrix(training=False))
-  return tf.gather(vectors, last, batch_dims=1).numpy()
-
-
-def expected_scores(model, sessions: Sequence[Sequence[int]],
-                    new_rows: Optional[np.ndarray] = None,
-                    exclude_session_items: bool = False) -> np.ndarray:
-  """What the export should score [N, V + new], computed from the Keras model.
-
-  Trained items: the model's fused score. Cold-start items: (1 - alpha) /
-  temperature * (text session vector . projected new row), the text tower's
-  term alone. Excluded session items: NEG_INF. Padding: below everything.
-  """
-  from alterrec_tf import serving  # pylint: disable=g-import-not-at-top
-  scores = reference_scores(model, sessions)
-  if new_rows is not None and len(new_rows):
-    scale = tower_scales(model.config, model.tower_names)["text"]
-    extra = scale * reference_text_vectors(model, sessions) @ new_rows.T
-    scores = np.concatenate([scores, extra.astype(np.float32)], axis=1)
-  if exclude_session_items:
-    for row, items in enumerate(sessions):
-      scores[row, [i for i in items if i != schema.PADDING_INDEX]] = serving.NEG_INF
-  scores[:, schema.PADDING_INDEX] = serving.PADDING_SCORE
-  return scores
-
-
-def verify_export(path: str, model, sessions: Sequence[Sequence[int]], k: int,
-                  new_rows: Optional[np.ndarray] = None,
-                  exclude_session_items: bool = False) -> int:
-  """Loads the SavedModel at `path`; counts top-k places that differ from
-  `expected_scores` (0 = the export ranks as the Keras model)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import serving  # pylint: disable=g-import-not-at-top
-  # the requests are the sessions' last max_len items (what is sent is excluded)
-  sessions = [list(s)[-model.config.max_len:] for s in sessions if len(s)]
-  if not sessions:
-    return 0
-  loaded = tf.saved_model.load(path)
-  window = pad_sessions(sessions, model.config.max_len)
-  out = loaded.signatures[serving.SIGNATURE_TOP_K](
-      item_ids=tf.constant(window, tf.int64), k=tf.constant(k, tf.int32))
-  return top_k_mismatches(expected_scores(model, sessions, new_rows, exclude_session_items),
-                          out[serving.OUTPUT_INDICES].numpy(),
-                          out[serving.OUTPUT_SCORES].numpy())
-
-
-# --- warmup ---------------------------------------------------------------------------
-def _varint(value: int) -> bytes:
-  out = bytearray()
-  while True:
-    byte = value & 0x7F
-    value >>= 7
-    if value:
-      out.append(byte | 0x80)
-    else:
-      out.append(byte)
-      return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-  """A length-delimited protobuf field (wire type 2)."""
-  return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def encode_predict_log(model_name: str, signature_name: str, inputs: Dict[str, np.ndarray]) -> bytes:
-  """Serialised `tensorflow.serving.PredictionLog` holding one PredictRequest.
-
-  Written from the field numbers of tensorflow_serving/apis/{prediction_log,
-  predict,model}.proto (PredictionLog.predict_log = 6, PredictLog.request = 1,
-  PredictRequest.model_spec = 1, .inputs = 2 (map<string, TensorProto>),
-  ModelSpec.name = 1, .signature_name = 3), in the canonical field order, so
-  it is byte-equal to the official package's deterministic serialisation (a
-  test checks this where tensorflow-serving-api is installed). Used when that
-  package is not installed.
-  """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  spec = b""
-  if model_name:
-    spec += _field(1, model_name.encode("utf-8"))
-  if signature_name:
-    spec += _field(3, signature_name.encode("utf-8"))
-  request = _field(1, spec)
-  for name in sorted(inputs):
-    tensor = tf.make_tensor_proto(inputs[name]).SerializeToString(deterministic=True)
-    request += _field(2, _field(1, name.encode("utf-8")) + _field(2, tensor))
-  return _field(6, _field(1, request))
-
-
-def predict_log_bytes(model_name: str, signature_name: str, inputs: Dict[str, np.ndarray]) -> bytes:
-  """PredictionLog bytes, from tensorflow-serving-api if installed."""
-  try:
-    from tensorflow_serving.apis import model_pb2  # pylint: disable=g-import-not-at-top
-    from tensorflow_serving.apis import predict_pb2  # pylint: disable=g-import-not-at-top
-    from tensorflow_serving.apis import prediction_log_pb2  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return encode_predict_log(model_name, signature_name, inputs)
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  request = predict_pb2.PredictRequest(
-      model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature_name))
-  for name, value in inputs.items():
-    request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
-  log = prediction_log_pb2.PredictionLog(
-      predict_log=prediction_log_pb2.PredictLog(request=request))
-  return log.SerializeToString(deterministic=True)
-
-
-def warmup_requests(rows, popularity: np.ndarray, max_len: int, k: int):
-  """(signature, inputs) of the warmup requests: popular items as sessions."""
-  from alterrec_tf import serving  # pylint: disable=g-import-not-at-top
-  order = [int(i) for i in np.argsort(-popularity[1:], kind="stable") + 1][:max_len]
-  short = np.zeros([1, max_len], np.int64)
-  short[0, :min(3, len(order))] = order[:3]
-  full = np.zeros([2, max_len], np.int64)
-  full[0, :len(order)] = order
-  full[1, :min(5, len(order))] = order[:5][::-1]
-  raw = np.array([[rows[i][0].encode("utf-8") for i in order[:3]]], dtype=object)
-  k = np.int32(min(k, 5))
-  return [
-      (serving.SIGNATURE_DEFAULT, {serving.INPUT_ITEM_IDS: short}),
-      (serving.SIGNATURE_DEFAULT, {serving.INPUT_ITEM_IDS: full}),
-      (serving.SIGNATURE_TOP_K, {serving.INPUT_ITEM_IDS: short, serving.INPUT_K: k}),
-      (serving.SIGNATURE_RAW, {serving.INPUT_RAW_ITEM_IDS: raw}),
-      (serving.SIGNATURE_RAW_TOP_K, {serving.INPUT_RAW_ITEM_IDS: raw, serving.INPUT_K: k}),
-  ]
-
-
-def write_warmup(path: str, model_name: str, requests) -> int:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with tf.io.TFRecordWriter(path) as writer:
-    for signature, inputs in requests:
-      writer.write(predict_log_bytes(model_name, signature, inputs))
-  return len(requests)
-
-
-# --- sizes and versions -----------------------------------------------------------------
 def folder_bytes(path: str) -> int:
   return sum(os.path.getsize(os.path.join(root, name))
              for root, _, names in os.walk(path) for name in names)
@@ -426,13 +233,13 @@ def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
     tf.saved_model.save(module, target, signatures=module.signatures())
     num_warmup = 0
     if warmup:
-      num_warmup = write_warmup(
+      num_warmup = serving_warmup.write_warmup(
           os.path.join(target, ASSETS_EXTRA, WARMUP_FILE), model_name,
-          warmup_requests(rows, module.popularity.numpy(), config.max_len, k))
+          serving_warmup.warmup_requests(rows, module.popularity.numpy(), config.max_len, k))
     mismatches, checked = None, []
     if verify:
-      checked = sample_sessions(data_dir, manifest)
-      mismatches = verify_export(target, model, checked, k, new_rows, exclude_session_items)
+      checked = export_check.sample_sessions(data_dir, manifest)
+      mismatches = export_check.verify_export(target, model, checked, k, new_rows, exclude_session_items)
       if mismatches:
         raise ExportError(f"the exported top-{k} differs from the Keras model's in "
                           f"{mismatches} places; nothing was exported")

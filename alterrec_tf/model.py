@@ -115,28 +115,45 @@ class AlterRec(keras.Model):
   def _augments(self):
     return self.config.model == "alterrec_aug"
 
-  def _tower_step(self, name, batch, seed):
-    """One update of tower `name`; returns its loss."""
-    partner_name = None
-    if len(self.tower_names) == 2 and self.config.model != "alterrec_random":
-      partner_name = "text" if name == "id" else "id"
-      if self._augments() and self.config.augmentation_source == "id":
-        partner_name = "id"
+  def partner_of(self, name):
+    """The tower whose ranking gives tower `name` its negatives, or None (random)."""
+    if len(self.tower_names) < 2 or self.config.model == "alterrec_random":
+      return None
+    if self._augments() and self.config.augmentation_source == "id":
+      return "id"
+    return "text" if name == "id" else "id"
+
+  def loss_and_gradients(self, name, batch, seed, training=True):
+    """Loss of tower `name` on a batch and its gradients, without applying them.
+
+    Args:
+      name: "id" or "text", the tower that trains.
+      batch: window batch (or any batch in that layout, e.g. one row per prefix).
+      seed: int32 [2] stateless seed of the random negatives.
+      training: dropout on (training) or off.
+
+    Returns:
+      (loss scalar, gradients of tower.trainable_variables, negative_ids [P, K]).
+    """
     positions, targets = scored_positions(batch)
     item_ids = batch[alter_data.ITEM_IDS]
     negative_ids, augmented_ids = self._partner_signal(
-        partner_name, item_ids, positions, targets, seed)
+        self.partner_of(name), item_ids, positions, targets, seed)
     tower = self.tower(name)
     with tf.GradientTape() as tape:
-      matrix = tower.item_matrix(training=True)
-      vectors = tf.gather_nd(tower.prefix_vectors(item_ids, matrix, training=True), positions)
+      matrix = tower.item_matrix(training=training)
+      vectors = tf.gather_nd(tower.prefix_vectors(item_ids, matrix, training=training),
+                             positions)
       logits = tower.scores(vectors, matrix)
       loss = alter_negatives.sampled_softmax_loss(
           logits, targets, negative_ids, augmented_ids if self._augments() else None,
           self.config.beta)
-    variables = tower.trainable_variables
-    gradients = tape.gradient(loss, variables)
-    self.optimizer_of(name).apply(gradients, variables)
+    return loss, tape.gradient(loss, tower.trainable_variables), negative_ids
+
+  def _tower_step(self, name, batch, seed):
+    """One update of tower `name`; returns its loss."""
+    loss, gradients, _ = self.loss_and_gradients(name, batch, seed)
+    self.optimizer_of(name).apply(gradients, self.tower(name).trainable_variables)
     return loss
 
   def train_step(self, batch):

@@ -12,6 +12,8 @@ import tensorflow as tf
 
 from alterrec_tf import data as alter_data
 from alterrec_tf import export
+from alterrec_tf import export_check
+from alterrec_tf import warmup
 from alterrec_tf import model as alter_model
 from alterrec_tf import new_items
 from alterrec_tf import recommend
@@ -62,7 +64,7 @@ def plain_export(run, tmp_path_factory):
 
 def sessions_of(run, count=24):
   model, _, manifest, data_dir = run["loaded"]
-  sessions = export.sample_sessions(data_dir, manifest, count)
+  sessions = export_check.sample_sessions(data_dir, manifest, count)
   assert any(len(s) > MAX_LEN for s in sessions) and any(len(s) <= 3 for s in sessions)
   return sessions
 
@@ -123,10 +125,10 @@ def test_fresh_process_top_k_equals_the_keras_model(run, plain_export, tmp_path)
                        text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   got = dict(np.load(out_file, allow_pickle=True))
-  reference = export.reference_scores(model, sessions)
+  reference = export_check.reference_scores(model, sessions)
   indices = got[f"int/{serving.OUTPUT_INDICES}"]
   assert indices.shape == (len(sessions), K)
-  assert export.top_k_mismatches(reference, indices, got[f"int/{serving.OUTPUT_SCORES}"]) == 0
+  assert export_check.top_k_mismatches(reference, indices, got[f"int/{serving.OUTPUT_SCORES}"]) == 0
   np.testing.assert_array_equal(indices, np.argsort(-reference, axis=1, kind="stable")[:, :K])
   vocab = schema.read_vocab(run["data_dir"])
   assert [[i.decode() for i in row] for row in got[f"int/{serving.OUTPUT_ITEM_IDS}"]] == [
@@ -300,7 +302,7 @@ def test_warmup_records_are_valid_predict_requests(plain_export):
     out = plain_export["module"].signatures[request.model_spec.signature_name](**inputs)
     assert serving.OUTPUT_ITEM_IDS in out
     # the fallback encoder writes the same bytes as the official package
-    assert export.encode_predict_log(
+    assert warmup.encode_predict_log(
         "alterrec", request.model_spec.signature_name,
         {n: tf.make_ndarray(p) for n, p in request.inputs.items()}) == record.numpy()
   assert signatures.count(serving.SIGNATURE_DEFAULT) >= 2
@@ -385,7 +387,7 @@ def test_cold_start_items_score_by_text_only_and_exclusion(run, tmp_path):
   # a session of trained items: new items score (1 - alpha) * text only
   session = [11, 12, 13]
   scores, out = all_scores(session)
-  window = export.pad_sessions([session], MAX_LEN)
+  window = export_check.pad_sessions([session], MAX_LEN)
   text_scores = model.text_tower(tf.constant(window))[0, len(session) - 1].numpy()
   np.testing.assert_allclose(scores[V], (1 - ALPHA) * text_scores[twin], rtol=1e-5, atol=1e-5)
   assert scores[V] in out[serving.OUTPUT_SCORES][0]
@@ -396,8 +398,8 @@ def test_cold_start_items_score_by_text_only_and_exclusion(run, tmp_path):
   assert not set(top[serving.OUTPUT_INDICES][0].tolist()) & set(session)
   # a session holding a new item: text reads it (as its twin), ID skips it
   scores, _ = all_scores([11, 12, V])
-  id_scores = model.id_tower(tf.constant(export.pad_sessions([[11, 12]], MAX_LEN)))[0, 1]
-  text_scores = model.text_tower(tf.constant(export.pad_sessions([[11, 12, twin]], MAX_LEN)))[0, 2]
+  id_scores = model.id_tower(tf.constant(export_check.pad_sessions([[11, 12]], MAX_LEN)))[0, 1]
+  text_scores = model.text_tower(tf.constant(export_check.pad_sessions([[11, 12, twin]], MAX_LEN)))[0, 2]
   expected = ALPHA * id_scores.numpy() + (1 - ALPHA) * text_scores.numpy()
   keep = np.ones(V, bool)
   keep[[0, 11, 12]] = False  # padding, and the excluded session items
