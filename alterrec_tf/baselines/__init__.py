@@ -1,0 +1,50 @@
+"""Baselines of the paper's comparison, trained and evaluated like AlterRec.
+
+Neural (one Adam, full-softmax cross-entropy; `base.FullSoftmaxModel`):
+  nfrec_sum, nfrec_concat  naive fusion of ID and text (section 3.2, App. A-B)
+  sasrec                   Transformer over ID embeddings
+  fdsa                     ID and text Transformers, concatenated session vectors
+Non-neural floors (counts from the training sessions only; `floors`):
+  most_popular             training popularity
+  session_knn              recency-weighted item co-occurrence neighbours
+"""
+
+from alterrec_tf.baselines import fdsa
+from alterrec_tf.baselines import floors
+from alterrec_tf.baselines import nfrec
+from alterrec_tf.baselines import sasrec
+
+NEURAL = ("nfrec_sum", "nfrec_concat", "sasrec", "fdsa")
+FLOORS = ("most_popular", "session_knn")
+NAMES = NEURAL + FLOORS
+NEEDS_TEXT = ("nfrec_sum", "nfrec_concat", "fdsa")
+
+
+def build_baseline(config, num_items: int, text_embeddings, train_files):
+  """Builds (creates every variable of) the baseline named by `config.model`.
+
+  Args:
+    config: a `TrainConfig`.
+    num_items: catalogue size including padding.
+    text_embeddings: frozen item text table or None.
+    train_files: the training TFRecords (floors count them; nothing else is read).
+  """
+  name = config.model
+  if name in FLOORS:
+    if not train_files:
+      raise ValueError(f"--model={name} is built from the training split, which is empty")
+    if name == "most_popular":
+      return floors.MostPopular.from_files(train_files, num_items)
+    return floors.SessionKNN.from_files(train_files, num_items, window=config.max_len)
+  if name in ("nfrec_sum", "nfrec_concat"):
+    fusion = name.split("_", 1)[1]
+    model = nfrec.NFRec(config.replace(nfrec_fusion=fusion), num_items, text_embeddings,
+                        fusion, name=name)
+  elif name == "sasrec":
+    model = sasrec.SASRec(config, num_items, name=name)
+  elif name == "fdsa":
+    model = fdsa.FDSA(config, num_items, text_embeddings, name=name)
+  else:
+    raise ValueError(f"{name!r} is not a baseline; baselines are {NAMES}")
+  model.build_all()
+  return model

@@ -1,0 +1,49 @@
+"""FDSA (Zhang et al. 2019) in the form the paper runs (RecBole's FDSA, Appendix A).
+
+Two causal Transformers run side by side: one over ID item embeddings
+(RecBole's table, `base.ItemEmbedding`, as in SASRec), one over text item
+vectors (here the frozen SBERT table through AlterRec's text item encoder:
+Dense + ReLU + Dropout + LayerNorm; FDSA's attention over several feature
+fields reduces to this with a single text vector per item). The two
+session vectors are concatenated and mapped back to d by
+Dense -> LayerNorm -> Dropout, as RecBole's `concat_layer`; the result is
+scored by dot product against the ID item embeddings only, and everything is
+trained jointly with full-softmax cross-entropy.
+
+Because of the LayerNorm after the fusion, the score has no exact ID/text
+split, so FDSA reports only the "fused" head.
+"""
+
+import keras
+import tensorflow as tf
+
+from alterrec_tf import towers as alter_towers
+from alterrec_tf.baselines import base
+from alterrec_tf.baselines import sasrec
+
+
+class FDSA(base.FullSoftmaxModel):
+  """ID Transformer || text Transformer -> Dense(d) + LN + Dropout -> dot with ID items."""
+
+  def __init__(self, config, num_items: int, text_embeddings, **kwargs):
+    super().__init__(config, num_items, **kwargs)
+    transformers = config.replace(text_encoder="transformer", text_temperature=1.0)
+    self.id_tower = sasrec.recbole_id_tower(config, num_items, name="id_tower")
+    self.text_tower = alter_towers.build_tower("text", transformers, num_items,
+                                               text_embeddings, name="text_tower")
+    dim = config.embedding_dim
+    self.concat_layer = keras.layers.Dense(dim, name="concat_layer")
+    self.concat_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="concat_norm")
+    self.concat_dropout = keras.layers.Dropout(config.dropout)
+    self.concat_layer.build((None, 2 * dim))
+    self.concat_norm.build((None, dim))
+
+  def prefix_heads(self, item_ids, positions, training=False):
+    id_items = self.id_tower.item_matrix(training=training)
+    text_items = self.text_tower.item_matrix(training=training)
+    q_id = tf.gather_nd(self.id_tower.prefix_vectors(item_ids, id_items, training), positions)
+    q_text = tf.gather_nd(self.text_tower.prefix_vectors(item_ids, text_items, training),
+                          positions)
+    q = self.concat_layer(tf.concat([q_id, q_text], axis=-1))
+    q = self.concat_dropout(self.concat_norm(q), training=training)
+    return {"fused": self.id_tower.scores(q, id_items)}

@@ -1,0 +1,83 @@
+"""NFRec: the paper's naive fusion of ID and text (section 3.2, Appendices A-B).
+
+Item vectors Z_i fuse the ID embedding X_i (IdItemEncoder) and the text
+embedding H_i (TextItemEncoder): Z_i = [X_i, H_i] (concat, width 2d) or
+Z_i = X_i + H_i (sum, width d). The session vector is the mean of the fused
+item vectors, q_s = g_mean(s, Z), the score is y_si = Z_i^T q_s, and the whole
+model is trained jointly with full-softmax cross-entropy.
+
+The score splits into an ID part and a text part that sum to it exactly:
+
+  concat (Eq. 13-14): q_s = [q^ID, q^text] with q^ID = mean X, q^text = mean H,
+                      y_si = X_i^T q^ID + H_i^T q^text.
+  sum:                y_si = (X_i + H_i)^T q_s = X_i^T q_s + H_i^T q_s
+                      (both parts use the fused session vector q_s; the split
+                      is over the item side, the only exact two-term split).
+
+`score_heads` returns {"fused": y, "id": ID part, "text": text part}; training
+logs the cross-entropy of each part as id_loss / text_loss (no gradient).
+"""
+
+import tensorflow as tf
+
+from alterrec_tf import layers as alter_layers
+from alterrec_tf import towers as alter_towers
+from alterrec_tf.baselines import base
+
+FUSIONS = ("sum", "concat")
+
+
+class NFRec(base.FullSoftmaxModel):
+  """Naive fusion: fused item vectors, mean session, dot score, full softmax.
+
+  Args:
+    config: a `TrainConfig` (embedding_dim, dropout, learning_rate, max_len).
+    num_items: catalogue size including padding.
+    text_embeddings: frozen SBERT table [num_items, text_dim].
+    fusion: "sum" or "concat".
+  """
+
+  part_names = ("id", "text")
+
+  def __init__(self, config, num_items: int, text_embeddings, fusion: str, **kwargs):
+    super().__init__(config, num_items, **kwargs)
+    if fusion not in FUSIONS:
+      raise ValueError(f"unknown NFRec fusion {fusion!r}; use one of {FUSIONS}")
+    if text_embeddings is None:
+      raise ValueError("NFRec needs item text embeddings; this dataset has none "
+                       "(prepare it with --text_fields)")
+    self.fusion = fusion
+    self.id_items = alter_layers.IdItemEncoder(num_items, config.embedding_dim,
+                                               name="id_items")
+    self.text_items = alter_layers.TextItemEncoder(text_embeddings, config.embedding_dim,
+                                                   config.dropout, name="text_items")
+    self.sessions = alter_layers.MeanSessionEncoder(name="fused_sessions")
+
+  def item_parts(self, training=False):
+    """ID and text item matrices X, H: [V, d] each."""
+    return self.id_items(training=training), self.text_items(training=training)
+
+  def fuse(self, x, h):
+    """Fused item matrix Z: [V, 2d] (concat) or [V, d] (sum)."""
+    return tf.concat([x, h], axis=-1) if self.fusion == "concat" else x + h
+
+  def session_vectors(self, item_ids, z, positions, training=False):
+    """q_s = g_mean(s, Z) at the scored prefixes: [P, width of Z]."""
+    vectors = tf.gather(z, item_ids)
+    means = self.sessions(vectors, alter_layers.padding_mask(item_ids), training=training)
+    return tf.gather_nd(means, positions)
+
+  def prefix_heads(self, item_ids, positions, training=False):
+    x, h = self.item_parts(training)
+    z = self.fuse(x, h)
+    q = self.session_vectors(item_ids, z, positions, training)
+    if self.fusion == "concat":
+      dim = self.config.embedding_dim
+      q_id, q_text = q[:, :dim], q[:, dim:]
+    else:
+      q_id = q_text = q
+    return {
+        "fused": alter_towers.mask_padding(tf.matmul(q, z, transpose_b=True)),
+        "id": alter_towers.mask_padding(tf.matmul(q_id, x, transpose_b=True)),
+        "text": alter_towers.mask_padding(tf.matmul(q_text, h, transpose_b=True)),
+    }

@@ -1,0 +1,37 @@
+"""SASRec (Kang & McAuley 2018) as the paper runs it (RecBole, Appendix G).
+
+A causal Transformer over ID item embeddings (AlterRec's g_Trans: learned
+positions, post-LayerNorm blocks, Appendix D); the output at a prefix's last
+position is its session vector, scored by dot product against every item's
+embedding, trained with full-softmax cross-entropy. The item table is
+RecBole's (`base.ItemEmbedding`: N(0, 0.02), no LayerNorm), not AlterRec's
+LayerNorm-ed ID table; the rest is AlterRec's uni-modal tower.
+"""
+
+import tensorflow as tf
+
+from alterrec_tf import layers as alter_layers
+from alterrec_tf import towers as alter_towers
+from alterrec_tf.baselines import base
+
+
+def recbole_id_tower(config, num_items: int, name: str):
+  """ItemEmbedding + TransformerSessionEncoder + dot score (SASRec, FDSA's ID side)."""
+  items = base.ItemEmbedding(num_items, config.embedding_dim, name="id_items")
+  sessions = alter_layers.TransformerSessionEncoder(
+      config.max_len, config.embedding_dim, config.num_layers, config.num_heads,
+      config.dropout, name="id_sessions")
+  return alter_towers.UniModalTower(items, sessions, name=name)
+
+
+class SASRec(base.FullSoftmaxModel):
+  """Item embeddings + TransformerSessionEncoder + dot score, full softmax."""
+
+  def __init__(self, config, num_items: int, **kwargs):
+    super().__init__(config, num_items, **kwargs)
+    self.tower = recbole_id_tower(config, num_items, name="id_tower")
+
+  def prefix_heads(self, item_ids, positions, training=False):
+    matrix = self.tower.item_matrix(training=training)
+    vectors = tf.gather_nd(self.tower.prefix_vectors(item_ids, matrix, training), positions)
+    return {"fused": self.tower.scores(vectors, matrix)}

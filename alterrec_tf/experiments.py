@@ -1,0 +1,212 @@
+"""The paper's comparison in one command: every model x every seed, then a report.
+
+  python -m alterrec_tf.experiments --flagfile=configs/online_retail.flags \
+      --data_dir=data/online_retail --seeds=0,1,2 \
+      --runs_dir=runs/experiments --report_dir=report
+
+Each (model, seed) trains with `alterrec_tf.train.train` (same flags, data
+pipeline and evaluation as a single run) into runs_dir/<model>/seed<k>/. A run
+whose results.json exists is skipped, and a run killed half-way resumes from
+its own backup, so re-running the command after an interruption finishes the
+grid. After each run the best epoch's weights are reloaded and the test split
+is ranked once more to store per-prefix ranks (test_ranks.npz, for the
+long-tail analysis). Finally `alterrec_tf.report` writes report_dir/.
+
+The training flags (and the data preparation flags of a shared flagfile, which
+are ignored) are accepted as in `alterrec_tf.train`; --model, --seed and
+--run_dir are replaced by --models, --seeds and --runs_dir.
+"""
+
+import dataclasses
+import gc
+import json
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from alterrec_tf import config as alter_config
+from alterrec_tf import flagfiles
+from alterrec_tf import report as alter_report
+
+ALL_MODELS = alter_report.MODEL_ORDER
+
+flags.DEFINE_list("models", list(ALL_MODELS), "Models of the grid, in report order.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the grid.")
+flags.DEFINE_string("runs_dir", "runs/experiments",
+                    "Runs go to <runs_dir>/<model>/seed<k>/ (named runs_dir, not output_dir, "
+                    "because a shared flagfile's --output_dir is the prepared data folder).")
+flags.DEFINE_string("report_dir", "report", "Folder of the report (tables, JSON, PNGs).")
+flags.DEFINE_list("long_tail_bins", [],
+                  "Upper edges (inclusive) of the target-popularity groups of the long-tail "
+                  "analysis, e.g. 10,30,100,300; empty: quintiles of the test targets.")
+flags.DEFINE_string("long_tail_reference", "sasrec",
+                    "Model whose per-group metrics the long-tail plot divides by.")
+
+RANKS_FILE = alter_report.RANKS_FILE
+TEXT_MODELS = ("alterrec", "alterrec_aug", "alterrec_random", "text_only", "nfrec_sum",
+               "nfrec_concat", "fdsa")
+
+
+def config_from_run(run_dir: str):
+  """The `TrainConfig` a run was trained with (its config.json)."""
+  with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
+    values = json.load(f)
+  names = {field.name for field in dataclasses.fields(alter_config.TrainConfig)}
+  values = {k: v for k, v in values.items() if k in names}
+  values["ks"] = tuple(values.get("ks", (10, 20)))
+  return alter_config.TrainConfig(**values)
+
+
+def save_test_ranks(run_dir: str, tolerance: float = 1e-4) -> dict:
+  """Ranks the test split with the run's best weights; writes test_ranks.npz.
+
+  The file holds `targets` [N], `target_train_counts` [N] (training
+  occurrences of each target item) and, under each score head's name
+  ("fused", "id", "text"), the 1-based rank [N] of the target (max_k + 1 when
+  outside the top max_k). The metrics of the
+  fused ranks are checked against results.json.
+
+  Returns:
+    The test metrics recomputed from the ranks, per head.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import callbacks as alter_callbacks  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import data as alter_data  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import evaluation  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import models  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import schema  # pylint: disable=g-import-not-at-top
+
+  config = config_from_run(run_dir)
+  manifest = schema.load_manifest(config.data_dir)
+  text_embeddings = schema.load_text_embeddings(config.data_dir, manifest)
+  train_files = schema.split_files(config.data_dir, manifest, "train")
+  test_split = alter_data.load_split(config.data_dir, manifest, "test", config.max_len,
+                                     config.eval_window_stride)
+  if test_split is None:
+    return {}
+  model = models.build_model(config, manifest, text_embeddings, train_files=train_files)
+  if model.trainable_variables:
+    model.load_weights(os.path.join(run_dir, alter_callbacks.BEST_WEIGHTS_FILE))
+  evaluator = evaluation.Evaluator(model, config.ks, config.mrr_k)
+  _, per_prefix = evaluator(test_split.batches(config.eval_batch_size), keep_ranks=True)
+  targets = per_prefix.pop("targets").astype(np.int64)
+  counts = alter_data.item_counts(train_files, manifest["num_items"]).numpy()
+  arrays = {"targets": targets, "target_train_counts": counts[targets]}
+  arrays.update({head: ranks.astype(np.int32) for head, ranks in per_prefix.items()})
+  tmp = os.path.join(run_dir, "test_ranks.tmp.npz")
+  np.savez_compressed(tmp, **arrays)
+  os.replace(tmp, os.path.join(run_dir, RANKS_FILE))
+
+  recomputed = {head: evaluation.metrics_from_ranks(ranks, config.ks, config.mrr_k)
+                for head, ranks in per_prefix.items()}
+  with open(os.path.join(run_dir, "results.json"), encoding="utf-8") as f:
+    stored = json.load(f).get("test", {}).get("fused", {})
+  for metric, value in stored.items():
+    if abs(recomputed["fused"].get(metric, value) - value) > tolerance:
+      print(f"  warning: {run_dir}: test fused {metric} from the best weights is "
+            f"{recomputed['fused'][metric]:.4f}, results.json says {value:.4f}", flush=True)
+  return recomputed
+
+
+def run_grid(base_config, models, seeds, runs_dir: str, log=print) -> dict:
+  """Trains every missing (model, seed) run and stores its test ranks.
+
+  Returns:
+    {"trained": n, "skipped": n, "seconds": wall seconds of this call}.
+  """
+  import keras  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import schema  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import train as alter_train  # pylint: disable=g-import-not-at-top
+
+  manifest = schema.load_manifest(base_config.data_dir)
+  if not manifest.get("text_dim"):
+    needing = [m for m in models if m in TEXT_MODELS]
+    if needing:
+      raise alter_config.ConfigError(
+          f"{base_config.data_dir} has no item text, which {', '.join(needing)} need; "
+          "drop them from --models or prepare the data with --text_fields")
+  for model in models:  # fail before training anything, not at the 30th run
+    alter_train._check_config(base_config.replace(model=model), manifest)  # pylint: disable=protected-access
+  grid = [(m, s) for m in models for s in seeds]
+  start = time.perf_counter()
+  trained = skipped = 0
+  for index, (model, seed) in enumerate(grid, 1):
+    run_dir = alter_report.run_dir_of(runs_dir, model, seed)
+    prefix = f"[{index}/{len(grid)}] {model} seed {seed}"
+    elapsed = f"{time.perf_counter() - start:.0f}s elapsed"
+    finished = os.path.exists(os.path.join(run_dir, alter_train.RESULTS_FILE))
+    if finished and os.path.exists(os.path.join(run_dir, RANKS_FILE)):
+      log(f"{prefix}: finished earlier, skipped ({elapsed})")
+      skipped += 1
+      continue
+    run_start = time.perf_counter()
+    if not finished:
+      log(f"{prefix}: training into {run_dir} ({elapsed})")
+      config = base_config.replace(model=model, seed=seed, run_dir=run_dir)
+      alter_train.train(config)
+      trained += 1
+    else:
+      log(f"{prefix}: trained earlier, ranking its test prefixes ({elapsed})")
+    save_test_ranks(run_dir)
+    with open(os.path.join(run_dir, alter_train.RESULTS_FILE), encoding="utf-8") as f:
+      results = json.load(f)
+    fused = results.get("test", {}).get("fused", {})
+    log(f"{prefix}: done in {time.perf_counter() - run_start:.0f}s, best epoch "
+        f"{results.get('best_epoch')} of {results.get('epochs_run')}, test Hits@20 "
+        f"{100 * fused.get('hits@20', float('nan')):.2f} NDCG@20 "
+        f"{100 * fused.get('ndcg@20', float('nan')):.2f}")
+    keras.backend.clear_session()
+    gc.collect()
+  return {"trained": trained, "skipped": skipped, "seconds": time.perf_counter() - start}
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.get_logger().setLevel("ERROR")  # retracing notices of the per-run evaluators
+  from alterrec_tf import schema  # pylint: disable=g-import-not-at-top
+  config = alter_config.TrainConfig.from_flags()
+  if not config.data_dir:
+    raise SystemExit("error: --data_dir is required (the output_dir of data_tools.prepare)")
+  models = list(flags.FLAGS.models)
+  unknown = [m for m in models if m not in ALL_MODELS]
+  if unknown:
+    raise SystemExit(f"error: unknown --models {unknown}; choose from {list(ALL_MODELS)}")
+  try:
+    seeds = [int(s) for s in flags.FLAGS.seeds]
+    bins = [float(b) for b in flags.FLAGS.long_tail_bins]
+  except ValueError as error:
+    raise SystemExit(f"error: --seeds and --long_tail_bins take numbers: {error}") from None
+  runs_dir, report_dir = flags.FLAGS.runs_dir, flags.FLAGS.report_dir
+  print(f"grid: {len(models)} models x {len(seeds)} seeds = {len(models) * len(seeds)} runs "
+        f"on {config.data_dir} -> {runs_dir}", flush=True)
+  try:
+    grid = run_grid(config, models, seeds, runs_dir,
+                    log=lambda line: print(line, flush=True))
+  except (schema.DataError, alter_config.ConfigError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    raise SystemExit(1) from None
+  meta = {"command": " ".join(["python -m alterrec_tf.experiments"] + sys.argv[1:]),
+          "models": ",".join(models), "seeds": ",".join(map(str, seeds)),
+          "runs_trained_now": grid["trained"], "runs_skipped": grid["skipped"],
+          "seconds_this_invocation": round(grid["seconds"], 1)}
+  output = alter_report.write_report(runs_dir, report_dir, models, seeds, bins or None,
+                                     flags.FLAGS.long_tail_reference, meta)
+  print(f"\nTest metrics (%), mean ± std over seeds {','.join(map(str, seeds))}, "
+        f"{output['meta']['dataset']}:")
+  print(alter_report.format_results_markdown(output["table"]))
+  print(f"\n{grid['trained']} runs trained, {grid['skipped']} skipped, "
+        f"{grid['seconds']:.0f}s; report: {os.path.join(report_dir, 'README.md')}")
+
+
+def run():
+  app.run(main, flags_parser=flagfiles.make_parser(flagfiles.PREPARE_FLAG_NAMES))
+
+
+if __name__ == "__main__":
+  run()

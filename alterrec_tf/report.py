@@ -1,0 +1,634 @@
+"""Reproduction report of an experiments grid: tables, plots and one JSON.
+
+Reads runs_dir/<model>/seed<k>/{results.json, history.json, test_ranks.npz}
+(written by `alterrec_tf.experiments`) and writes into report_dir:
+
+  README.md         Table 1-style results (mean +- std over seeds, %, best in
+                    bold), score parts (fused / ID / text heads), cost per
+                    model, long-tail table, and the figures
+  results.json      every number of those tables (fractions, not %), per seed too
+  fig3_nfrec.png    NFRec vs its ID and text parts per epoch: test Hits@20 and
+                    training loss (the paper's Figure 3)
+  fig5_alterrec.png AlterRec vs its ID and text parts per epoch: test Hits@20,
+                    with the training phase as background (Figure 5)
+  fig6_long_tail.png improvement of each model's Hits@20 and NDCG@20 over the
+                    reference model (SASRec) per group of test prefixes, grouped
+                    by the training popularity of the target item; bars = share
+                    of the test prefixes in each group (Figure 6)
+
+Re-draw a report without training: python -m alterrec_tf.report
+--runs_dir=runs/experiments --report_dir=report
+"""
+
+import json
+import math
+import os
+import sys
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+RESULTS_FILE = "results.json"
+HISTORY_FILE = "history.json"
+RANKS_FILE = "test_ranks.npz"
+CONFIG_FILE = "config.json"
+
+TABLE_METRICS = ("hits@10", "hits@20", "ndcg@10", "ndcg@20")
+LONG_TAIL_METRICS = ("hits@20", "ndcg@20")
+MODEL_ORDER = ("most_popular", "session_knn", "sasrec", "fdsa", "nfrec_sum", "nfrec_concat",
+               "id_only", "text_only", "alterrec_random", "alterrec", "alterrec_aug")
+DISPLAY_NAMES = {
+    "most_popular": "MostPopular", "session_knn": "SessionKNN", "sasrec": "SASRec",
+    "fdsa": "FDSA", "nfrec_sum": "NFRec (sum)", "nfrec_concat": "NFRec (concat)",
+    "id_only": "AlterRec w/o text (ID only)", "text_only": "AlterRec w/o ID (text only)",
+    "alterrec_random": "AlterRec_random", "alterrec": "AlterRec",
+    "alterrec_aug": "AlterRec_aug",
+}
+
+
+def display_name(model: str) -> str:
+  return DISPLAY_NAMES.get(model, model)
+
+
+# --- reading runs -------------------------------------------------------------------
+class Run:
+  """One finished run: model, seed, folder, results, history, ranks file."""
+
+  def __init__(self, model: str, seed: int, run_dir: str):
+    self.model, self.seed, self.run_dir = model, seed, run_dir
+    with open(os.path.join(run_dir, RESULTS_FILE), encoding="utf-8") as f:
+      self.results = json.load(f)
+    history_path = os.path.join(run_dir, HISTORY_FILE)
+    self.history = []
+    if os.path.exists(history_path):
+      with open(history_path, encoding="utf-8") as f:
+        self.history = json.load(f)
+    ranks_path = os.path.join(run_dir, RANKS_FILE)
+    self.ranks_path = ranks_path if os.path.exists(ranks_path) else None
+
+  def ranks(self) -> Optional[Dict[str, np.ndarray]]:
+    if self.ranks_path is None:
+      return None
+    with np.load(self.ranks_path) as data:
+      return {key: data[key] for key in data.files}
+
+
+def run_dir_of(runs_dir: str, model: str, seed: int) -> str:
+  return os.path.join(runs_dir, model, f"seed{seed}")
+
+
+def load_runs(runs_dir: str, models: Optional[Sequence[str]] = None,
+              seeds: Optional[Sequence[int]] = None) -> List[Run]:
+  """Every finished run (results.json present) under runs_dir, in model order."""
+  if models is None:
+    models = sorted((m for m in os.listdir(runs_dir)
+                     if os.path.isdir(os.path.join(runs_dir, m))), key=_model_key)
+  runs = []
+  for model in models:
+    folder = os.path.join(runs_dir, model)
+    if not os.path.isdir(folder):
+      continue
+    found = sorted(int(name[4:]) for name in os.listdir(folder)
+                   if name.startswith("seed") and name[4:].isdigit())
+    for seed in found:
+      if seeds is not None and seed not in seeds:
+        continue
+      run_dir = run_dir_of(runs_dir, model, seed)
+      if os.path.exists(os.path.join(run_dir, RESULTS_FILE)):
+        runs.append(Run(model, seed, run_dir))
+  return runs
+
+
+def _model_key(model):
+  return (MODEL_ORDER.index(model) if model in MODEL_ORDER else len(MODEL_ORDER), model)
+
+
+def _by_model(runs) -> Dict[str, List[Run]]:
+  grouped = {}
+  for run in runs:
+    grouped.setdefault(run.model, []).append(run)
+  return grouped
+
+
+# --- tables -------------------------------------------------------------------------
+def mean_std(values) -> Dict[str, float]:
+  """Mean and sample standard deviation (ddof=1; 0 for a single seed)."""
+  values = np.asarray(values, dtype=np.float64)
+  std = float(values.std(ddof=1)) if values.size > 1 else 0.0
+  return {"mean": float(values.mean()), "std": std}
+
+
+def summary_table(runs, head="fused", metrics=TABLE_METRICS) -> Dict[str, dict]:
+  """{model: {metric: {mean, std, values, seeds}}} of the test split at the
+  selected epoch of each run (fractions)."""
+  table = {}
+  for model, model_runs in _by_model(runs).items():
+    row = {}
+    for metric in metrics:
+      pairs = [(r.seed, r.results["test"][head][metric]) for r in model_runs
+               if metric in r.results.get("test", {}).get(head, {})]
+      if pairs:
+        row[metric] = dict(mean_std([v for _, v in pairs]), values=[v for _, v in pairs],
+                           seeds=[s for s, _ in pairs])
+    if row:
+      table[model] = row
+  return table
+
+
+def parts_table(runs, metrics=("hits@20", "ndcg@20")) -> Dict[str, dict]:
+  """{model: {head: {metric: {mean, std}}}} for models with more than one head."""
+  parts = {}
+  for model, model_runs in _by_model(runs).items():
+    heads = sorted(set.intersection(*(set(r.results.get("test", {})) for r in model_runs)),
+                   key=lambda h: (h != "fused", h))
+    if len(heads) < 2:
+      continue
+    parts[model] = {head: {m: mean_std([r.results["test"][head][m] for r in model_runs])
+                           for m in metrics} for head in heads}
+  return parts
+
+
+def run_cost(run: Run) -> Dict[str, float]:
+  """Epochs, seconds and examples per second of one run (from history.json)."""
+  history = run.history
+  trained = [h for h in history if h.get("epoch", 0) > 0]
+  train_seconds = [h["train_seconds"] for h in trained]
+  eval_seconds = [h.get("eval_seconds", 0.0) for h in trained]
+  if trained:
+    # the first epoch also traces the graphs: the median is the steady cost
+    seconds_per_epoch = float(np.median(train_seconds))
+    examples = run.results.get("train_examples_per_epoch", 0)
+    total = float(sum(train_seconds) + sum(eval_seconds))
+    return {"epochs_run": len(trained), "best_epoch": run.results.get("best_epoch") or 0,
+            "train_seconds_per_epoch": seconds_per_epoch,
+            "train_examples_per_second": examples / max(seconds_per_epoch, 1e-9),
+            "eval_seconds_per_epoch": float(np.median(eval_seconds)),
+            "fit_seconds": 0.0, "total_seconds": total}
+  fit = float(history[0]["train_seconds"]) if history else 0.0
+  wall = float(run.results.get("wall_seconds_this_process", 0.0))
+  return {"epochs_run": 0, "best_epoch": 0, "train_seconds_per_epoch": 0.0,
+          "train_examples_per_second": 0.0, "eval_seconds_per_epoch": wall,
+          "fit_seconds": fit, "total_seconds": fit + wall}
+
+
+def cost_table(runs) -> Dict[str, dict]:
+  """{model: {quantity: mean over seeds}} of `run_cost`."""
+  table = {}
+  for model, model_runs in _by_model(runs).items():
+    costs = [run_cost(r) for r in model_runs]
+    table[model] = {key: float(np.mean([c[key] for c in costs])) for key in costs[0]}
+    table[model]["total_seconds_all_seeds"] = float(sum(c["total_seconds"] for c in costs))
+  return table
+
+
+def _pct(value):
+  return f"{100.0 * value:.2f}"
+
+
+def format_results_markdown(table, metrics=TABLE_METRICS) -> str:
+  """Table 1 style: mean +- std (%) over seeds, best mean of each column in bold."""
+  best = {m: max((row[m]["mean"] for row in table.values() if m in row), default=None)
+          for m in metrics}
+  names = {"hits@10": "Hits@10", "hits@20": "Hits@20", "ndcg@10": "NDCG@10",
+           "ndcg@20": "NDCG@20", "mrr@20": "MRR@20"}
+  lines = ["| Model | seeds | " + " | ".join(names.get(m, m) for m in metrics) + " |",
+           "|---|---:|" + "---:|" * len(metrics)]
+  for model in sorted(table, key=_model_key):
+    row = table[model]
+    cells = []
+    for metric in metrics:
+      if metric not in row:
+        cells.append("")
+        continue
+      text = f"{_pct(row[metric]['mean'])} ± {_pct(row[metric]['std'])}"
+      if best[metric] is not None and row[metric]["mean"] >= best[metric] - 1e-12:
+        text = f"**{text}**"
+      cells.append(text)
+    seeds = len(next(iter(row.values()))["values"])
+    lines.append(f"| {display_name(model)} | {seeds} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def format_parts_markdown(parts) -> str:
+  lines = ["| Model | head | Hits@20 | NDCG@20 |", "|---|---|---:|---:|"]
+  for model in sorted(parts, key=_model_key):
+    for head, values in parts[model].items():
+      lines.append(f"| {display_name(model)} | {head} | "
+                   f"{_pct(values['hits@20']['mean'])} ± {_pct(values['hits@20']['std'])} | "
+                   f"{_pct(values['ndcg@20']['mean'])} ± {_pct(values['ndcg@20']['std'])} |")
+  return "\n".join(lines)
+
+
+def format_cost_markdown(costs) -> str:
+  lines = ["| Model | epochs run | best epoch | train s/epoch | train prefixes/s | "
+           "eval s/epoch | fit s (floors) | compute s, all seeds |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+  for model in sorted(costs, key=_model_key):
+    c = costs[model]
+    lines.append(f"| {display_name(model)} | {c['epochs_run']:.1f} | {c['best_epoch']:.1f} | "
+                 f"{c['train_seconds_per_epoch']:.1f} | {c['train_examples_per_second']:.0f} | "
+                 f"{c['eval_seconds_per_epoch']:.1f} | {c['fit_seconds']:.1f} | "
+                 f"{c['total_seconds_all_seeds']:.0f} |")
+  return "\n".join(lines)
+
+
+# --- long tail ------------------------------------------------------------------------
+def long_tail_groups(target_counts, bins: Sequence[float]) -> np.ndarray:
+  """Group index of each test prefix from its target's training count.
+
+  Args:
+    target_counts: training occurrences of each prefix's target item [N].
+    bins: increasing upper edges e_0 < e_1 < ... (inclusive): group 0 is
+      [0, e_0], group g is (e_{g-1}, e_g], the last group len(bins) is > e_last.
+
+  Returns:
+    int64 [N] in 0..len(bins); every prefix is in exactly one group.
+  """
+  bins = np.asarray(bins, dtype=np.float64)
+  if bins.ndim != 1 or np.any(np.diff(bins) <= 0):
+    raise ValueError(f"long-tail bins must be strictly increasing, got {bins.tolist()}")
+  counts = np.asarray(target_counts, dtype=np.float64)
+  return np.searchsorted(bins, counts, side="left").astype(np.int64)
+
+
+def group_labels(bins: Sequence[float]) -> List[str]:
+  edges = [f"{b:g}" for b in bins]
+  labels = [f"[0,{edges[0]}]"] if edges else []
+  labels += [f"({a},{b}]" for a, b in zip(edges[:-1], edges[1:])]
+  labels.append(f">{edges[-1]}" if edges else "all")
+  return labels
+
+
+def _nice(value: float) -> float:
+  """Rounds to 2 significant digits (17 -> 17, 137 -> 140, 1234 -> 1200)."""
+  if value <= 0:
+    return 0.0
+  digits = int(math.floor(math.log10(value))) - 1
+  return float(round(value, -digits)) if digits > 0 else float(round(value))
+
+
+def auto_bins(target_counts, num_groups: int = 5) -> List[float]:
+  """Edges that split the test prefixes into about equal groups by the
+  training popularity of their target (quantiles, rounded to 2 digits)."""
+  counts = np.asarray(target_counts, dtype=np.float64)
+  if counts.size == 0:
+    return []
+  quantiles = np.quantile(counts, [i / num_groups for i in range(1, num_groups)])
+  edges = sorted({_nice(q) for q in quantiles})
+  return [e for e in edges if e < counts.max()] or [float(np.median(counts))]
+
+
+def metrics_of_ranks(ranks) -> Dict[str, float]:
+  ranks = np.asarray(ranks, dtype=np.float64)
+  if ranks.size == 0:
+    return {"hits@20": float("nan"), "ndcg@20": float("nan")}
+  hit = ranks <= 20
+  return {"hits@20": float(hit.mean()),
+          "ndcg@20": float(np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0).mean())}
+
+
+def long_tail_analysis(runs, bins=None, reference="sasrec", head="fused") -> Optional[dict]:
+  """Per-group Hits@20/NDCG@20 of every model (mean over seeds), share of each
+  group, and the improvement ratio model / reference - 1 per group."""
+  with_ranks = [r for r in runs if r.ranks_path]
+  if not with_ranks:
+    return None
+  first = with_ranks[0].ranks()
+  counts = first["target_train_counts"]
+  bins = list(bins) if bins else auto_bins(counts)
+  groups = long_tail_groups(counts, bins)
+  num_groups = len(bins) + 1
+  sizes = np.bincount(groups, minlength=num_groups)
+  per_model = {}
+  for model, model_runs in _by_model(with_ranks).items():
+    per_seed = []
+    for run in model_runs:
+      ranks = run.ranks()
+      if not np.array_equal(ranks["targets"], first["targets"]):
+        raise ValueError(f"{run.run_dir}: test targets differ from {with_ranks[0].run_dir}; "
+                         "were the runs made on the same data?")
+      per_seed.append([metrics_of_ranks(ranks[head][groups == g]) for g in range(num_groups)])
+    per_model[model] = {m: [float(np.mean([seed[g][m] for seed in per_seed]))
+                            for g in range(num_groups)] for m in LONG_TAIL_METRICS}
+  improvement = {}
+  if reference in per_model:
+    for model, values in per_model.items():
+      if model == reference:
+        continue
+      improvement[model] = {
+          m: [(v / r - 1.0) if r > 0 else float("nan")
+              for v, r in zip(values[m], per_model[reference][m])]
+          for m in LONG_TAIL_METRICS}
+  return {"bins": [float(b) for b in bins], "labels": group_labels(bins),
+          "prefixes": [int(s) for s in sizes],
+          "share": [float(s) / max(int(sizes.sum()), 1) for s in sizes],
+          "reference": reference if reference in per_model else None,
+          "metrics": per_model, "improvement": improvement}
+
+
+def format_long_tail_markdown(analysis) -> str:
+  labels = analysis["labels"]
+  lines = ["| Model | metric | " + " | ".join(labels) + " |",
+           "|---|---|" + "---:|" * len(labels),
+           "| share of test prefixes | | " + " | ".join(_pct(s) for s in analysis["share"]) + " |"]
+  for model in sorted(analysis["metrics"], key=_model_key):
+    for metric in LONG_TAIL_METRICS:
+      cells = [_pct(v) for v in analysis["metrics"][model][metric]]
+      if model in analysis["improvement"]:
+        cells = [f"{c} ({100.0 * i:+.0f}%)" if not math.isnan(i) else c
+                 for c, i in zip(cells, analysis["improvement"][model][metric])]
+      lines.append(f"| {display_name(model)} | {metric} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+# --- figures --------------------------------------------------------------------------------
+def epoch_curve(model_runs, key):
+  """Epochs and the mean over seeds of history[key] at each epoch (seeds that
+  reached it)."""
+  values = {}
+  for run in model_runs:
+    for record in run.history:
+      if key in record and record.get("epoch", 0) > 0:
+        values.setdefault(record["epoch"], []).append(record[key])
+  epochs = sorted(values)
+  return np.array(epochs), np.array([np.mean(values[e]) for e in epochs])
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def _integer_epochs(axis):
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
+  axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+  axis.set_xlabel("epoch")
+
+
+def _seeds_note(model_runs):
+  return f"mean of {len(model_runs)} seed{'s' if len(model_runs) > 1 else ''}"
+
+
+def plot_nfrec(grouped, path, dataset="") -> Optional[str]:
+  """Figure 3: NFRec (concat, else sum) and its ID / text parts per epoch."""
+  model = next((m for m in ("nfrec_concat", "nfrec_sum") if m in grouped), None)
+  if model is None:
+    return None
+  plt = _pyplot()
+  runs = grouped[model]
+  fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
+  name = display_name(model)
+  for key, label, style in ((f"test/fused/hits@20", name, dict(color="black", lw=2.2)),
+                            ("test/id/hits@20", f"ID in {name}",
+                             dict(color="tab:red", ls="--", lw=1.8)),
+                            ("test/text/hits@20", f"text in {name}",
+                             dict(color="tab:green", ls="--", lw=1.8))):
+    epochs, values = epoch_curve(runs, key)
+    left.plot(epochs, 100 * values, marker="o", ms=3, label=label, **style)
+  for other, color in (("id_only", "tab:red"), ("text_only", "tab:green")):
+    if other in grouped:
+      epochs, values = epoch_curve(grouped[other], "test/fused/hits@20")
+      label = "ID only" if other == "id_only" else "text only"
+      left.plot(epochs, 100 * values, color=color, lw=1.2, alpha=0.6,
+                label=f"{label} (AlterRec ablation, trained alone)")
+  _integer_epochs(left)
+  left.set_ylabel("test Hits@20 (%)")
+  left.set_title("Test Hits@20")
+  left.grid(alpha=0.3)
+  left.legend(fontsize=9)
+  for key, label, style in (("train/loss", name, dict(color="black", lw=2.2)),
+                            ("train/id_loss", f"ID in {name}",
+                             dict(color="tab:red", ls="--", lw=1.8)),
+                            ("train/text_loss", f"text in {name}",
+                             dict(color="tab:green", ls="--", lw=1.8))):
+    epochs, values = epoch_curve(runs, key)
+    right.plot(epochs, values, marker="o", ms=3, label=label, **style)
+  _integer_epochs(right)
+  right.set_ylabel("training cross-entropy (full softmax)")
+  right.set_title("Training loss (mean over the epoch's batches)")
+  right.grid(alpha=0.3)
+  right.legend(fontsize=9)
+  fig.suptitle(f"{name} and its ID / text score parts (Eq. 14){' on ' + dataset if dataset else ''}"
+               f", {_seeds_note(runs)}")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return model
+
+
+def plot_alterrec(grouped, path, dataset="") -> Optional[str]:
+  """Figure 5: AlterRec (else AlterRec_aug) and its ID / text scores per epoch,
+  background = which tower trained in that epoch (hatched: random negatives)."""
+  model = next((m for m in ("alterrec", "alterrec_aug") if m in grouped), None)
+  if model is None:
+    return None
+  plt = _pyplot()
+  from matplotlib.patches import Patch  # pylint: disable=g-import-not-at-top
+  runs = grouped[model]
+  fig, axis = plt.subplots(figsize=(11, 4.8))
+  phases = {h["epoch"]: (h.get("train/phase"), h.get("train/hard_negatives"))
+            for h in runs[0].history if h.get("epoch", 0) > 0}
+  for epoch, (phase, hard) in phases.items():
+    if phase is None:
+      continue
+    color = "tab:red" if phase == 0 else "tab:green"
+    axis.axvspan(epoch - 0.5, epoch + 0.5, color=color, alpha=0.08, lw=0,
+                 hatch=None if hard else "//")
+  name = display_name(model)
+  for key, label, style in (("test/fused/hits@20", f"{name} (fused, Eq. 12)",
+                             dict(color="black", lw=2.2)),
+                            ("test/id/hits@20", f"ID in {name}",
+                             dict(color="tab:red", ls="--", lw=1.8)),
+                            ("test/text/hits@20", f"text in {name}",
+                             dict(color="tab:green", ls="--", lw=1.8))):
+    epochs, values = epoch_curve(runs, key)
+    axis.plot(epochs, 100 * values, marker="o", ms=3, label=label, **style)
+  handles, _ = axis.get_legend_handles_labels()
+  handles += [Patch(color="tab:red", alpha=0.15, label="epoch trains the ID network"),
+              Patch(color="tab:green", alpha=0.15, label="epoch trains the text network"),
+              Patch(facecolor="white", edgecolor="gray", hatch="//",
+                    label="random negatives (warm-up)")]
+  axis.legend(handles=handles, fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+  _integer_epochs(axis)
+  axis.set_ylabel("test Hits@20 (%)")
+  axis.grid(alpha=0.3)
+  axis.set_title(f"{name}: fused score and its ID / text networks"
+                 f"{' on ' + dataset if dataset else ''}, {_seeds_note(runs)}")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return model
+
+
+def plot_long_tail(analysis, path, dataset="") -> bool:
+  """Figure 6: improvement over the reference per popularity group (or, without
+  the reference model, each model's metric per group), share of each group as bars."""
+  if not analysis or not analysis["metrics"]:
+    return False
+  plt = _pyplot()
+  labels = analysis["labels"]
+  x = np.arange(len(labels))
+  fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+  relative = bool(analysis["improvement"])
+  lines = analysis["improvement"] if relative else analysis["metrics"]
+  models = sorted(lines, key=_model_key)
+  markers = "osD^vP*Xh<>"
+  reference = display_name(analysis["reference"]) if relative else None
+  for axis, metric in zip(axes, LONG_TAIL_METRICS):
+    bars = axis.twinx()
+    bars.bar(x, 100 * np.array(analysis["share"]), width=0.6, color="lightgray",
+             label="share of test prefixes")
+    bars.set_ylabel("share of test prefixes (%)", color="dimgray")
+    bars.set_ylim(0, max(100 * max(analysis["share"]) * 2.2, 1))
+    axis.set_zorder(bars.get_zorder() + 1)
+    axis.patch.set_visible(False)
+    values = {m: 100 * np.array(lines[m][metric], dtype=np.float64) for m in models}
+    for i, model in enumerate(models):
+      axis.plot(x, values[model], marker=markers[i % len(markers)], lw=1.6,
+                label=display_name(model))
+    name = "Hits@20" if metric == "hits@20" else "NDCG@20"
+    if relative:
+      axis.axhline(0.0, color="black", lw=0.8)
+      finite = np.concatenate([v[np.isfinite(v)] for v in values.values()] + [np.zeros(1)])
+      if np.abs(finite).max() > 500:  # a near-zero reference group: keep the rest readable
+        axis.set_yscale("symlog", linthresh=100)
+      axis.set_ylabel(f"{name} improvement over {reference} (%)")
+    else:
+      axis.set_ylabel(f"{name} (%)")
+    axis.set_xticks(x)
+    axis.set_xticklabels(labels)
+    axis.set_xlabel("training occurrences of the target item")
+    axis.set_title(name)
+    axis.grid(alpha=0.3)
+  handles, names = axes[0].get_legend_handles_labels()
+  handles.append(plt.Rectangle((0, 0), 1, 1, color="lightgray"))
+  names.append("share of test prefixes (bars, right axis)")
+  fig.legend(handles, names, loc="lower center", ncol=min(4, len(names)), fontsize=9,
+             frameon=False)
+  title = (f"Long tail: improvement over {reference} by target popularity" if relative
+           else "Long tail: metrics by target popularity")
+  fig.suptitle(title + (f" on {dataset}" if dataset else ""))
+  fig.tight_layout(rect=(0, 0.06 + 0.035 * ((len(names) - 1) // 4), 1, 1))
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return True
+
+
+# --- the whole report ---------------------------------------------------------------------
+def _json_safe(value):
+  if isinstance(value, float):
+    return value if math.isfinite(value) else None
+  if isinstance(value, dict):
+    return {k: _json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json_safe(v) for v in value]
+  if isinstance(value, np.generic):
+    return _json_safe(value.item())
+  return value
+
+
+def write_report(runs_dir: str, report_dir: str, models=None, seeds=None, bins=None,
+                 reference: str = "sasrec", meta: Optional[dict] = None) -> dict:
+  """Writes README.md, results.json and the figures; returns the JSON dict."""
+  runs = load_runs(runs_dir, models, seeds)
+  if not runs:
+    raise FileNotFoundError(f"no finished runs (results.json) under {runs_dir}")
+  os.makedirs(report_dir, exist_ok=True)
+  grouped = _by_model(runs)
+  dataset = runs[0].results.get("dataset") or ""
+  hashes = sorted({r.results.get("data_content_hash") for r in runs} - {None})
+  table = summary_table(runs)
+  parts = parts_table(runs)
+  costs = cost_table(runs)
+  analysis = long_tail_analysis(runs, bins, reference)
+
+  figures = {}
+  path = os.path.join(report_dir, "fig3_nfrec.png")
+  if plot_nfrec(grouped, path, dataset):
+    figures["fig3"] = os.path.basename(path)
+  path = os.path.join(report_dir, "fig5_alterrec.png")
+  if plot_alterrec(grouped, path, dataset):
+    figures["fig5"] = os.path.basename(path)
+  path = os.path.join(report_dir, "fig6_long_tail.png")
+  if plot_long_tail(analysis, path, dataset):
+    figures["fig6"] = os.path.basename(path)
+
+  output = {
+      "meta": dict(meta or {}, dataset=dataset, data_content_hashes=hashes,
+                   runs_dir=os.path.abspath(runs_dir),
+                   selection="test metrics at the epoch of best validation Hits@20 "
+                             "(fused score); mean and sample std (ddof=1) over seeds"),
+      "table": table, "parts": parts, "cost": costs, "long_tail": analysis,
+      "figures": figures,
+      "runs": [{"model": r.model, "seed": r.seed, "run_dir": os.path.abspath(r.run_dir),
+                "best_epoch": r.results.get("best_epoch"),
+                "epochs_run": r.results.get("epochs_run"),
+                "test": r.results.get("test"), "valid": r.results.get("valid"),
+                "cost": run_cost(r)} for r in runs],
+  }
+  with open(os.path.join(report_dir, "results.json"), "w", encoding="utf-8") as f:
+    json.dump(_json_safe(output), f, indent=2, sort_keys=True)
+
+  lines = [f"# Reproduction report{': ' + dataset if dataset else ''}", ""]
+  if len(hashes) > 1:
+    lines += [f"**Warning:** runs come from {len(hashes)} different datasets "
+              f"(content hashes {', '.join(h[:12] for h in hashes)}).", ""]
+  lines += ["Test metrics (%) at the epoch of best validation Hits@20 of the fused score; "
+            "mean ± sample std over seeds; best mean of each column in bold.", "",
+            format_results_markdown(table), ""]
+  if parts:
+    lines += ["## Score parts", "",
+              "Test metrics (%) of each head: `fused` is the model's score, `id` / `text` "
+              "its parts (NFRec: Eq. 14; AlterRec: the two networks of Eq. 12).", "",
+              format_parts_markdown(parts), ""]
+  lines += ["## Cost", "",
+            "Per run, mean over seeds: median seconds per training epoch (the first epoch "
+            "also builds the graphs), training prefixes per second, evaluation seconds "
+            "(valid + test) per epoch; floors: seconds to count the training sessions. "
+            "Last column: training + evaluation seconds summed over all seeds.", "",
+            format_cost_markdown(costs), ""]
+  if analysis:
+    lines += ["## Long tail", "",
+              "Test prefixes grouped by the number of occurrences of their target item in "
+              "the training sessions; Hits@20 / NDCG@20 (%) per group (mean over seeds)"
+              + (f", in brackets the change relative to {display_name(analysis['reference'])}"
+                 if analysis["reference"] else "") + ".", "",
+              format_long_tail_markdown(analysis), ""]
+  captions = {"fig3": "Figure 3: NFRec and its ID / text parts",
+              "fig5": "Figure 5: AlterRec and its ID / text networks",
+              "fig6": "Figure 6: long-tail items"}
+  if figures:
+    lines += ["## Figures", ""]
+    for key, name in figures.items():
+      lines += [f"![{captions[key]}]({name})", ""]
+  if meta:
+    lines += ["## Run", ""] + [f"- {k}: `{v}`" for k, v in meta.items()] + [""]
+  with open(os.path.join(report_dir, "README.md"), "w", encoding="utf-8") as f:
+    f.write("\n".join(lines))
+  return output
+
+
+def main(argv=None):
+  import argparse  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--runs_dir", default="runs/experiments")
+  parser.add_argument("--report_dir", default="report")
+  parser.add_argument("--models", default="", help="comma-separated; default: all found")
+  parser.add_argument("--seeds", default="", help="comma-separated; default: all found")
+  parser.add_argument("--long_tail_bins", default="",
+                      help="comma-separated upper edges; default: quintiles of the data")
+  parser.add_argument("--long_tail_reference", default="sasrec")
+  args = parser.parse_args(argv)
+  split = lambda s: [x for x in s.split(",") if x]  # pylint: disable=unnecessary-lambda-assignment
+  output = write_report(args.runs_dir, args.report_dir, split(args.models) or None,
+                        [int(s) for s in split(args.seeds)] or None,
+                        [float(b) for b in split(args.long_tail_bins)] or None,
+                        args.long_tail_reference)
+  print(format_results_markdown(output["table"]))
+  print(f"report: {os.path.join(args.report_dir, 'README.md')}")
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

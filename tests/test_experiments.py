@@ -1,0 +1,162 @@
+"""Experiments grid and report: every model through the experiments CLI,
+resumability, the long-tail grouping, and the report's tables and figures."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from alterrec_tf import evaluation
+from alterrec_tf import report
+from alterrec_tf.config import TrainConfig
+from tests import synthetic
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ALL_MODELS = report.MODEL_ORDER
+
+
+# --- long-tail grouping ---------------------------------------------------------------------
+def test_long_tail_groups_put_every_prefix_in_exactly_one_group():
+  rng = np.random.default_rng(0)
+  bins = [5, 20, 50, 100]
+  counts = np.concatenate([rng.integers(0, 400, 5000), [0, 5, 6, 20, 21, 50, 100, 101]])
+  groups = report.long_tail_groups(counts, bins)
+  assert groups.shape == counts.shape and groups.dtype == np.int64
+  edges = [-np.inf] + bins + [np.inf]
+  membership = np.stack([(counts > lo) & (counts <= hi) for lo, hi in zip(edges[:-1], edges[1:])])
+  np.testing.assert_array_equal(membership.sum(axis=0), 1)  # exactly one group each
+  np.testing.assert_array_equal(np.argmax(membership, axis=0), groups)
+  assert np.bincount(groups, minlength=len(bins) + 1).sum() == counts.size
+  assert report.group_labels(bins) == ["[0,5]", "(5,20]", "(20,50]", "(50,100]", ">100"]
+  np.testing.assert_array_equal(report.long_tail_groups([5, 6, 100, 101], bins), [0, 1, 3, 4])
+
+
+def test_automatic_long_tail_bins_split_the_prefixes_into_groups():
+  counts = np.random.default_rng(1).zipf(1.6, 3000).clip(max=5000)
+  bins = report.auto_bins(counts)
+  assert bins == sorted(set(bins)) and len(bins) >= 1
+  groups = report.long_tail_groups(counts, bins)
+  sizes = np.bincount(groups, minlength=len(bins) + 1)
+  assert sizes.sum() == counts.size and (sizes > 0).all()
+  with pytest.raises(ValueError):
+    report.long_tail_groups(counts, [10, 5])
+
+
+# --- report from hand-made runs -----------------------------------------------------------
+def fake_run(runs_dir, model, seed, hits20, rng, heads=("fused",), targets=None, counts=None):
+  run_dir = os.path.join(runs_dir, model, f"seed{seed}")
+  os.makedirs(run_dir)
+  metrics = {"hits@10": hits20 / 2, "hits@20": hits20, "ndcg@10": hits20 / 4,
+             "ndcg@20": hits20 / 3, "mrr@20": hits20 / 5}
+  results = {"model": model, "seed": seed, "dataset": "fake", "data_content_hash": "abc",
+             "best_epoch": 2, "epochs_run": 3, "train_examples_per_epoch": 1000,
+             "wall_seconds_this_process": 3.0,
+             "test": {h: dict(metrics) for h in heads}, "valid": {h: dict(metrics) for h in heads}}
+  history = []
+  for epoch in (1, 2, 3):
+    record = {"epoch": epoch, "train_seconds": 2.0, "eval_seconds": 1.0,
+              "train_examples_per_second": 500.0, "train/loss": 5.0 - epoch,
+              "train/id_loss": 5.5 - epoch, "train/text_loss": 6.0 - epoch,
+              "train/phase": float(epoch % 2), "train/hard_negatives": float(epoch > 1)}
+    for h in heads:
+      record[f"test/{h}/hits@20"] = hits20 * epoch / 3
+    history.append(record)
+  with open(os.path.join(run_dir, "results.json"), "w") as f:
+    json.dump(results, f)
+  with open(os.path.join(run_dir, "history.json"), "w") as f:
+    json.dump(history, f)
+  ranks = {h: rng.integers(1, 22, targets.size) for h in heads}
+  np.savez(os.path.join(run_dir, "test_ranks.npz"), targets=targets,
+           target_train_counts=counts, **ranks)
+
+
+def test_report_writes_table_json_and_three_figures(tmp_path):
+  rng = np.random.default_rng(0)
+  runs_dir, report_dir = str(tmp_path / "runs"), str(tmp_path / "report")
+  targets = rng.integers(1, 50, 400)
+  counts = rng.integers(0, 300, 50)[targets]
+  values = {"sasrec": [0.30, 0.34, 0.32], "nfrec_concat": [0.35, 0.37, 0.36],
+            "alterrec": [0.40, 0.44, 0.42], "most_popular": [0.1, 0.1, 0.1]}
+  for model, hits in values.items():
+    heads = ("fused", "id", "text") if model in ("nfrec_concat", "alterrec") else ("fused",)
+    for seed, h in enumerate(hits):
+      fake_run(runs_dir, model, seed, h, rng, heads, targets, counts)
+
+  output = report.write_report(runs_dir, report_dir, bins=[20, 100])
+  for model, hits in values.items():
+    cell = output["table"][model]["hits@20"]
+    assert cell["values"] == hits and cell["seeds"] == [0, 1, 2]
+    assert math.isclose(cell["mean"], np.mean(hits))
+    assert math.isclose(cell["std"], np.std(hits, ddof=1))
+  markdown = open(os.path.join(report_dir, "README.md"), encoding="utf-8").read()
+  assert "| AlterRec | 3 | **21.00 ± 1.00** | **42.00 ± 2.00** |" in markdown
+  assert "| SASRec | 3 | 16.00 ± 1.00 | 32.00 ± 2.00 |" in markdown
+  saved = json.load(open(os.path.join(report_dir, "results.json"), encoding="utf-8"))
+  assert saved["table"]["alterrec"]["ndcg@20"]["values"] == pytest.approx([0.40 / 3, 0.44 / 3,
+                                                                          0.42 / 3])
+  assert len(saved["runs"]) == 12 and saved["parts"]["alterrec"]["text"]["hits@20"]
+  tail = saved["long_tail"]
+  assert tail["labels"] == ["[0,20]", "(20,100]", ">100"] and tail["reference"] == "sasrec"
+  assert sum(tail["prefixes"]) == targets.size and math.isclose(sum(tail["share"]), 1.0)
+  assert set(tail["improvement"]) == {"nfrec_concat", "alterrec", "most_popular"}
+  for name in ("fig3_nfrec.png", "fig5_alterrec.png", "fig6_long_tail.png"):
+    path = os.path.join(report_dir, name)
+    assert os.path.getsize(path) > 10_000
+    with open(path, "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+  # without the reference model the long-tail figure shows each model's metrics
+  other = report.write_report(runs_dir, str(tmp_path / "report2"), models=["alterrec"])
+  assert other["long_tail"]["reference"] is None and not other["long_tail"]["improvement"]
+  assert other["figures"] == {"fig5": "fig5_alterrec.png", "fig6": "fig6_long_tail.png"}
+
+
+# --- the whole grid through the CLI ---------------------------------------------------------
+def test_experiments_cli_trains_every_model_then_skips_finished_runs(tmp_path):
+  data_dir = str(tmp_path / "data")
+  synthetic.write_dataset(data_dir, num_items=50, num_sessions=60, max_session_length=16)
+  runs_dir, report_dir = tmp_path / "runs", tmp_path / "report"
+  flags_ = ["--m_max=1", "--m_random=1", "--embedding_dim=8", "--max_len=8",
+            "--num_layers=1", "--k1=2", "--k2=12", "--p=2", "--batch_size=32",
+            "--eval_batch_size=64", "--verbose=0"]
+  command = [sys.executable, "-m", "alterrec_tf.experiments", f"--data_dir={data_dir}",
+             f"--runs_dir={runs_dir}", f"--report_dir={report_dir}", "--seeds=0",
+             "--models=" + ",".join(ALL_MODELS)] + flags_
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  out = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+  assert "warning" not in out.stdout, out.stdout
+
+  for model in ALL_MODELS:
+    run_dir = runs_dir / model / "seed0"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["model"] == model
+    for head, metrics in results["test"].items():
+      for name, value in metrics.items():
+        assert math.isfinite(value) and 0.0 <= value <= 1.0, (model, head, name)
+    with np.load(run_dir / "test_ranks.npz") as ranks:
+      recomputed = evaluation.metrics_from_ranks(ranks["fused"])
+      assert ranks["targets"].shape == ranks["target_train_counts"].shape
+    for name, value in recomputed.items():
+      assert value == pytest.approx(results["test"]["fused"][name], abs=1e-5), (model, name)
+  history = json.loads((runs_dir / "nfrec_concat" / "seed0" / "history.json").read_text())
+  assert {"train/id_loss", "train/text_loss", "test/id/hits@20"} <= set(history[0])
+
+  saved = json.loads((report_dir / "results.json").read_text())
+  assert set(saved["table"]) == set(ALL_MODELS)
+  for name in ("README.md", "fig3_nfrec.png", "fig5_alterrec.png", "fig6_long_tail.png"):
+    assert (report_dir / name).stat().st_size > 0
+  assert "| AlterRec |" in out.stdout and "11 runs trained, 0 skipped" in out.stdout
+
+  # resumable: a second pass over the grid trains nothing
+  from alterrec_tf import experiments  # pylint: disable=g-import-not-at-top
+  lines = []
+  config = TrainConfig(data_dir=data_dir, m_max=1, embedding_dim=8, max_len=8, k1=2, k2=12,
+                       p=2, verbose=0)
+  grid = experiments.run_grid(config, list(ALL_MODELS), [0], str(runs_dir), log=lines.append)
+  assert grid["trained"] == 0 and grid["skipped"] == len(ALL_MODELS)
+  assert all("finished earlier, skipped" in line for line in lines)
