@@ -25,7 +25,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional
 
 import numpy as np
 
@@ -78,14 +78,6 @@ def load_run(run_dir: str, data_dir: Optional[str] = None):
 
 
 # --- building the serving module ------------------------------------------------------
-def tower_scales(config, tower_names: Sequence[str]) -> Dict[str, float]:
-  """Weight of each tower's session vector in the fused query (Eq. 12)."""
-  text_scale = 1.0 / config.text_temperature
-  if len(tower_names) == 1:
-    return {"id": 1.0, "text": text_scale}
-  return {"id": config.alpha, "text": (1.0 - config.alpha) * text_scale}
-
-
 def project_new_items(model, embeddings: np.ndarray) -> np.ndarray:
   """Text item vectors [n, d] of new SBERT rows, as TextItemEncoder in eval mode."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -125,7 +117,7 @@ def write_vocab(path: str, rows) -> None:
 def serving_parts(model, config, num_items: int, new_rows: Optional[np.ndarray] = None):
   """(item matrix [V, D], [TowerPart]) of a model, with optional new text rows."""
   from alterrec_tf import serving  # pylint: disable=g-import-not-at-top
-  scales = tower_scales(config, model.tower_names)
+  scales = serving.tower_scales(config, model.tower_names)
   num_new = 0 if new_rows is None else len(new_rows)
   blocks, parts = [], []
   for name in model.tower_names:

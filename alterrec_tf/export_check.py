@@ -84,7 +84,7 @@ def expected_scores(model, sessions: Sequence[Sequence[int]],
   """
   scores = reference_scores(model, sessions)
   if new_rows is not None and len(new_rows):
-    scale = tower_scales(model.config, model.tower_names)["text"]
+    scale = serving.tower_scales(model.config, model.tower_names)["text"]
     extra = scale * reference_text_vectors(model, sessions) @ new_rows.T
     scores = np.concatenate([scores, extra.astype(np.float32)], axis=1)
   if exclude_session_items:

@@ -380,7 +380,7 @@ def plot_nfrec(grouped, path, dataset="") -> Optional[str]:
   runs = grouped[model]
   fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
   name = display_name(model)
-  for key, label, style in ((f"test/fused/hits@20", name, dict(color="black", lw=2.2)),
+  for key, label, style in (("test/fused/hits@20", name, dict(color="black", lw=2.2)),
                             ("test/id/hits@20", f"ID in {name}",
                              dict(color="tab:red", ls="--", lw=1.8)),
                             ("test/text/hits@20", f"text in {name}",

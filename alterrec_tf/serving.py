@@ -74,6 +74,14 @@ _RAW_IDS = tf.TensorSpec([None, None], tf.string, name=INPUT_RAW_ITEM_IDS)
 _K = tf.TensorSpec([], tf.int32, name=INPUT_K)
 
 
+def tower_scales(config, tower_names) -> dict:
+  """Weight of each tower's session vector in the fused query (Eq. 12)."""
+  text_scale = 1.0 / config.text_temperature
+  if len(tower_names) == 1:
+    return {"id": 1.0, "text": text_scale}
+  return {"id": config.alpha, "text": (1.0 - config.alpha) * text_scale}
+
+
 class TowerPart:
   """How one tower enters the serving graph.
 

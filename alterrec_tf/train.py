@@ -49,7 +49,6 @@ def train(config, data_dir=None, run_dir=None):
                           run_dir=run_dir or config.run_dir)
   manifest = schema.load_manifest(config.data_dir)
   text_embeddings = schema.load_text_embeddings(config.data_dir, manifest)
-  num_items = manifest["num_items"]
   _check_config(config, manifest)
   os.makedirs(config.run_dir, exist_ok=True)
   with open(os.path.join(config.run_dir, CONFIG_FILE), "w", encoding="utf-8") as f:

@@ -6,6 +6,7 @@ its classes; without it, a small protobuf encoder writes the same bytes (a test
 checks both agree).
 """
 
+import os
 from typing import Dict
 
 import numpy as np
