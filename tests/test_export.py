@@ -333,7 +333,7 @@ def test_failed_export_leaves_no_version_and_existing_version_is_refused(
   def broken(*args, **kwargs):
     raise RuntimeError("disk full")
 
-  monkeypatch.setattr(export, "write_warmup", broken)
+  monkeypatch.setattr(warmup, "write_warmup", broken)
   with pytest.raises(RuntimeError, match="disk full"):
     export.export(run["run_dir"], export_dir, k=K, loaded_run=run["loaded"], verify=False)
   assert os.listdir(export_dir) == []
