@@ -1,0 +1,188 @@
+"""The report's figures (matplotlib, Agg): Figure 3 (NFRec and its ID / text
+parts), Figure 5 (AlterRec and its towers) and Figure 6 (long-tail groups).
+
+Each function returns whether it drew its figure (it skips models that did not run).
+"""
+
+from typing import Optional
+
+import numpy as np
+
+from alterrec_tf import report as tables
+
+
+def epoch_curve(model_runs, key):
+  """Epochs and the mean over seeds of history[key] at each epoch (seeds that
+  reached it)."""
+  values = {}
+  for run in model_runs:
+    for record in run.history:
+      if key in record and record.get("epoch", 0) > 0:
+        values.setdefault(record["epoch"], []).append(record[key])
+  epochs = sorted(values)
+  return np.array(epochs), np.array([np.mean(values[e]) for e in epochs])
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def _integer_epochs(axis):
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
+  axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+  axis.set_xlabel("epoch")
+
+
+def _seeds_note(model_runs):
+  return f"mean of {len(model_runs)} seed{'s' if len(model_runs) > 1 else ''}"
+
+
+def plot_nfrec(grouped, path, dataset="") -> Optional[str]:
+  """Figure 3: NFRec (concat, else sum) and its ID / text parts per epoch."""
+  model = next((m for m in ("nfrec_concat", "nfrec_sum") if m in grouped), None)
+  if model is None:
+    return None
+  plt = _pyplot()
+  runs = grouped[model]
+  fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
+  name = tables.display_name(model)
+  for key, label, style in (("test/fused/hits@20", name, dict(color="black", lw=2.2)),
+                            ("test/id/hits@20", f"ID in {name}",
+                             dict(color="tab:red", ls="--", lw=1.8)),
+                            ("test/text/hits@20", f"text in {name}",
+                             dict(color="tab:green", ls="--", lw=1.8))):
+    epochs, values = epoch_curve(runs, key)
+    left.plot(epochs, 100 * values, marker="o", ms=3, label=label, **style)
+  for other, color in (("id_only", "tab:red"), ("text_only", "tab:green")):
+    if other in grouped:
+      epochs, values = epoch_curve(grouped[other], "test/fused/hits@20")
+      label = "ID only" if other == "id_only" else "text only"
+      left.plot(epochs, 100 * values, color=color, lw=1.2, alpha=0.6,
+                label=f"{label} (AlterRec ablation, trained alone)")
+  _integer_epochs(left)
+  left.set_ylabel("test Hits@20 (%)")
+  left.set_title("Test Hits@20")
+  left.grid(alpha=0.3)
+  left.legend(fontsize=9)
+  for key, label, style in (("train/loss", name, dict(color="black", lw=2.2)),
+                            ("train/id_loss", f"ID in {name}",
+                             dict(color="tab:red", ls="--", lw=1.8)),
+                            ("train/text_loss", f"text in {name}",
+                             dict(color="tab:green", ls="--", lw=1.8))):
+    epochs, values = epoch_curve(runs, key)
+    right.plot(epochs, values, marker="o", ms=3, label=label, **style)
+  _integer_epochs(right)
+  right.set_ylabel("training cross-entropy (full softmax)")
+  right.set_title("Training loss (mean over the epoch's batches)")
+  right.grid(alpha=0.3)
+  right.legend(fontsize=9)
+  fig.suptitle(f"{name} and its ID / text score parts (Eq. 14){' on ' + dataset if dataset else ''}"
+               f", {_seeds_note(runs)}")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return model
+
+
+def plot_alterrec(grouped, path, dataset="") -> Optional[str]:
+  """Figure 5: AlterRec (else AlterRec_aug) and its ID / text scores per epoch,
+  background = which tower trained in that epoch (hatched: random negatives)."""
+  model = next((m for m in ("alterrec", "alterrec_aug") if m in grouped), None)
+  if model is None:
+    return None
+  plt = _pyplot()
+  from matplotlib.patches import Patch  # pylint: disable=g-import-not-at-top
+  runs = grouped[model]
+  fig, axis = plt.subplots(figsize=(11, 4.8))
+  phases = {h["epoch"]: (h.get("train/phase"), h.get("train/hard_negatives"))
+            for h in runs[0].history if h.get("epoch", 0) > 0}
+  for epoch, (phase, hard) in phases.items():
+    if phase is None:
+      continue
+    color = "tab:red" if phase == 0 else "tab:green"
+    axis.axvspan(epoch - 0.5, epoch + 0.5, color=color, alpha=0.08, lw=0,
+                 hatch=None if hard else "//")
+  name = tables.display_name(model)
+  for key, label, style in (("test/fused/hits@20", f"{name} (fused, Eq. 12)",
+                             dict(color="black", lw=2.2)),
+                            ("test/id/hits@20", f"ID in {name}",
+                             dict(color="tab:red", ls="--", lw=1.8)),
+                            ("test/text/hits@20", f"text in {name}",
+                             dict(color="tab:green", ls="--", lw=1.8))):
+    epochs, values = epoch_curve(runs, key)
+    axis.plot(epochs, 100 * values, marker="o", ms=3, label=label, **style)
+  handles, _ = axis.get_legend_handles_labels()
+  handles += [Patch(color="tab:red", alpha=0.15, label="epoch trains the ID network"),
+              Patch(color="tab:green", alpha=0.15, label="epoch trains the text network"),
+              Patch(facecolor="white", edgecolor="gray", hatch="//",
+                    label="random negatives (warm-up)")]
+  axis.legend(handles=handles, fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+  _integer_epochs(axis)
+  axis.set_ylabel("test Hits@20 (%)")
+  axis.grid(alpha=0.3)
+  axis.set_title(f"{name}: fused score and its ID / text networks"
+                 f"{' on ' + dataset if dataset else ''}, {_seeds_note(runs)}")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return model
+
+
+def plot_long_tail(analysis, path, dataset="") -> bool:
+  """Figure 6: improvement over the reference per popularity group (or, without
+  the reference model, each model's metric per group), share of each group as bars."""
+  if not analysis or not analysis["metrics"]:
+    return False
+  plt = _pyplot()
+  labels = analysis["labels"]
+  x = np.arange(len(labels))
+  fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+  relative = bool(analysis["improvement"])
+  lines = analysis["improvement"] if relative else analysis["metrics"]
+  models = sorted(lines, key=tables._model_key)
+  markers = "osD^vP*Xh<>"
+  reference = tables.display_name(analysis["reference"]) if relative else None
+  for axis, metric in zip(axes, tables.LONG_TAIL_METRICS):
+    bars = axis.twinx()
+    bars.bar(x, 100 * np.array(analysis["share"]), width=0.6, color="lightgray",
+             label="share of test prefixes")
+    bars.set_ylabel("share of test prefixes (%)", color="dimgray")
+    bars.set_ylim(0, max(100 * max(analysis["share"]) * 2.2, 1))
+    axis.set_zorder(bars.get_zorder() + 1)
+    axis.patch.set_visible(False)
+    values = {m: 100 * np.array(lines[m][metric], dtype=np.float64) for m in models}
+    for i, model in enumerate(models):
+      axis.plot(x, values[model], marker=markers[i % len(markers)], lw=1.6,
+                label=tables.display_name(model))
+    name = "Hits@20" if metric == "hits@20" else "NDCG@20"
+    if relative:
+      axis.axhline(0.0, color="black", lw=0.8)
+      finite = np.concatenate([v[np.isfinite(v)] for v in values.values()] + [np.zeros(1)])
+      if np.abs(finite).max() > 500:  # a near-zero reference group: keep the rest readable
+        axis.set_yscale("symlog", linthresh=100)
+      axis.set_ylabel(f"{name} improvement over {reference} (%)")
+    else:
+      axis.set_ylabel(f"{name} (%)")
+    axis.set_xticks(x)
+    axis.set_xticklabels(labels)
+    axis.set_xlabel("training occurrences of the target item")
+    axis.set_title(name)
+    axis.grid(alpha=0.3)
+  handles, names = axes[0].get_legend_handles_labels()
+  handles.append(plt.Rectangle((0, 0), 1, 1, color="lightgray"))
+  names.append("share of test prefixes (bars, right axis)")
+  fig.legend(handles, names, loc="lower center", ncol=min(4, len(names)), fontsize=9,
+             frameon=False)
+  title = (f"Long tail: improvement over {reference} by target popularity" if relative
+           else "Long tail: metrics by target popularity")
+  fig.suptitle(title + (f" on {dataset}" if dataset else ""))
+  fig.tight_layout(rect=(0, 0.06 + 0.035 * ((len(names) - 1) // 4), 1, 1))
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return True
+
+
+# --- the whole report ---------------------------------------------------------------------
