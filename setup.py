@@ -21,6 +21,7 @@ setup(
         "tensorflow-text~=2.21.0",
         "absl-py>=2.1",
         "numpy>=1.26",
+        "scipy>=1.11",
         "pyarrow>=15",
         "pandas>=2.1",
         "tqdm>=4.66",

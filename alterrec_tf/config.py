@@ -58,6 +58,9 @@ _define("float", "lr_decay", 1.0,
         "lr_decay_epochs_{id,text} epochs it trains (paper: 1.0 = none; ref: 0.1).")
 _define("integer", "lr_decay_epochs_id", 2, "See lr_decay.")
 _define("integer", "lr_decay_epochs_text", 5, "See lr_decay.")
+_define("boolean", "id_table_norm", False,
+        "LayerNorm the ID embedding table (reference code); the paper's table is "
+        "plain (default). See BUILD_NOTES.md for the measured effect.")
 _define("enum", "init", "keras", ["keras", "uniform"],
         "Parameter initialisation: Keras defaults (paper) or uniform +-1/sqrt(d) "
         "for every parameter (reference code).")
@@ -121,6 +124,7 @@ class TrainConfig:
   lr_decay: float = 1.0
   lr_decay_epochs_id: int = 2
   lr_decay_epochs_text: int = 5
+  id_table_norm: bool = False
   init: str = "keras"
   k1: int = 6
   k2: int = 2000

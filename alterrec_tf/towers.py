@@ -58,6 +58,7 @@ def build_tower(kind: str, config, num_items: int, text_embeddings=None, name=No
   """An ID (`kind='id'`) or text (`kind='text'`) tower from a TrainConfig."""
   if kind == "id":
     item_encoder = alter_layers.IdItemEncoder(num_items, config.embedding_dim,
+                                              normalize=config.id_table_norm,
                                               name="id_items")
     encoder_kind, temperature = config.id_encoder, 1.0
   elif kind == "text":

@@ -20,28 +20,6 @@ from alterrec_tf import negatives as alter_negatives
 from alterrec_tf.model import scored_positions
 
 
-class ItemEmbedding(keras.layers.Layer):
-  """RecBole's item table for SASRec/FDSA: learnable, N(0, 0.02) init, no
-  LayerNorm. Returns the whole table [num_items, dim].
-
-  AlterRec's IdItemEncoder LayerNorms its table (reference code), so every row
-  has norm ~sqrt(d) and the first full-softmax logits have a spread of ~sqrt(d).
-  A SASRec on that table reached 3.5% test Hits@20 after one epoch on Online
-  Retail (d=128), on this table 25.2%. The RecBole baselines of Table 1 use
-  this table.
-  """
-
-  def __init__(self, num_items: int, dim: int, **kwargs):
-    super().__init__(**kwargs)
-    self.table = self.add_weight(
-        name="item_embeddings", shape=(num_items, dim),
-        initializer=keras.initializers.RandomNormal(stddev=0.02))
-
-  def call(self, training=False):
-    del training
-    return self.table
-
-
 class FullSoftmaxModel(keras.Model):
   """Base of NFRec, SASRec and FDSA.
 

@@ -1,7 +1,7 @@
 """FDSA (Zhang et al. 2019) in the form the paper runs (RecBole's FDSA, Appendix A).
 
 Two causal Transformers run side by side: one over ID item embeddings
-(RecBole's table, `base.ItemEmbedding`, as in SASRec), one over text item
+(RecBole's table, `layers.IdItemEncoder` without LayerNorm, as in SASRec), one over text item
 vectors (here the frozen SBERT table through AlterRec's text item encoder:
 Dense + ReLU + Dropout + LayerNorm; FDSA's attention over several feature
 fields reduces to this with a single text vector per item). The two

@@ -4,8 +4,8 @@ A causal Transformer over ID item embeddings (AlterRec's g_Trans: learned
 positions, post-LayerNorm blocks, Appendix D); the output at a prefix's last
 position is its session vector, scored by dot product against every item's
 embedding, trained with full-softmax cross-entropy. The item table is
-RecBole's (`base.ItemEmbedding`: N(0, 0.02), no LayerNorm), not AlterRec's
-LayerNorm-ed ID table; the rest is AlterRec's uni-modal tower.
+RecBole's plain N(0, 0.02) table (`layers.IdItemEncoder` without LayerNorm, also
+AlterRec's default); the rest is AlterRec's uni-modal tower.
 """
 
 import tensorflow as tf
@@ -17,7 +17,7 @@ from alterrec_tf.baselines import base
 
 def recbole_id_tower(config, num_items: int, name: str):
   """ItemEmbedding + TransformerSessionEncoder + dot score (SASRec, FDSA's ID side)."""
-  items = base.ItemEmbedding(num_items, config.embedding_dim, name="id_items")
+  items = alter_layers.IdItemEncoder(num_items, config.embedding_dim, name="id_items")
   sessions = alter_layers.TransformerSessionEncoder(
       config.max_len, config.embedding_dim, config.num_layers, config.num_heads,
       config.dropout, name="id_sessions")
