@@ -8,6 +8,8 @@ RAW ?= ../shared/datasets/online_retail/online_retail.parquet
 DATA ?= data/online_retail
 RUN ?= runs/online_retail
 PYTEST_ARGS ?=
+# Keep TensorFlow's C++ start-up chatter out of the demo and test output.
+export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: venv demo prepare train test benchmarks clean
 
