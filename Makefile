@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # Keep TensorFlow's C++ start-up chatter out of the demo and test output.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv demo prepare train test benchmarks clean
+.PHONY: venv demo prepare train test clean
 
 venv: $(VENV)/.installed
 
