@@ -24,11 +24,6 @@ RESULTS_FILE = "results.json"
 CONFIG_FILE = "config.json"
 
 
-def _set_threads_and_seed(seed: int):
-  import keras  # pylint: disable=g-import-not-at-top
-  keras.utils.set_random_seed(seed)
-
-
 def train(config, data_dir=None, run_dir=None):
   """Trains `config.model` and returns the results dict (also written to disk).
 
@@ -54,7 +49,7 @@ def train(config, data_dir=None, run_dir=None):
   with open(os.path.join(config.run_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
     f.write(config.to_json())
 
-  _set_threads_and_seed(config.seed)
+  keras.utils.set_random_seed(config.seed)
   train_split = alter_data.load_split(config.data_dir, manifest, "train", config.max_len,
                                       config.train_window_stride)
   valid_split = alter_data.load_split(config.data_dir, manifest, "valid", config.max_len,
