@@ -86,9 +86,10 @@ def write_json_atomic(path: str, value) -> None:
 
 
 class EpochEvaluation(keras.callbacks.Callback):
-  """Evaluates valid and test after every epoch, logs every head and metric,
-  keeps the best epoch by validation `selection_metric` of the fused head,
-  saves its weights, and stops early after `patience` epochs without gain.
+  """Evaluates valid (and, with `config.test_every_epoch`, test) after every
+  epoch, logs every head and metric, keeps the best epoch by validation
+  `selection_metric` of the fused head, saves its weights, and stops early
+  after `patience` epochs without gain.
 
   The history (one dict per epoch) is written to run_dir/history.json.
   """
@@ -129,7 +130,10 @@ class EpochEvaluation(keras.callbacks.Callback):
               "train_examples_per_second": self.train_examples / max(train_seconds, 1e-9)}
     for key, value in logs.items():
       record[f"train/{key}"] = float(value)
-    for split_name, split in (("valid", self.valid), ("test", self.test)):
+    splits = [("valid", self.valid)]
+    if self.config.test_every_epoch:
+      splits.append(("test", self.test))
+    for split_name, split in splits:
       for head, values in self._evaluate(split).items():
         for metric, value in values.items():
           record[f"{split_name}/{head}/{metric}"] = value

@@ -88,6 +88,10 @@ _define("list", "ks", ["10", "20"], "Cut-offs for Hits@K and NDCG@K.")
 _define("integer", "mrr_k", 20, "Cut-off of MRR.")
 _define("integer", "early_stopping_patience", 15,
         "Stop after this many epochs without a better validation Hits@20.")
+_define("boolean", "test_every_epoch", True,
+        "Rank the test split after every epoch (per-epoch test curves, TensorBoard). "
+        "Off: only validation each epoch, then the test split once with the selected "
+        "epoch's weights (same test figures, about a third less time per epoch).")
 _define("boolean", "resume", True, "Resume from run_dir's backup if one exists.")
 _define("integer", "verbose", 1, "Keras progress output: 0 silent, 1 bar, 2 line.")
 
@@ -140,6 +144,7 @@ class TrainConfig:
   ks: tuple = (10, 20)
   mrr_k: int = 20
   early_stopping_patience: int = 15
+  test_every_epoch: bool = True
   resume: bool = True
   verbose: int = 1
 

@@ -8,9 +8,11 @@ Each (model, seed) trains with `alterrec_tf.train.train` (same flags, data
 pipeline and evaluation as a single run) into runs_dir/<model>/seed<k>/. A run
 whose results.json exists is skipped, and a run killed half-way resumes from
 its own backup, so re-running the command after an interruption finishes the
-grid. After each run the best epoch's weights are reloaded and the test split
-is ranked once more to store per-prefix ranks (test_ranks.npz, for the
-long-tail analysis). Finally `alterrec_tf.report` writes report_dir/.
+grid. Runs go seed by seed. Only the first seed of the models drawn per epoch
+in the figures ranks the test split after every epoch; every run ranks it once
+with its selected epoch's weights and stores the per-prefix ranks
+(test_ranks.npz, for the long-tail analysis). Finally `alterrec_tf.report`
+writes report_dir/.
 
 The training flags (and the data preparation flags of a shared flagfile, which
 are ignored) are accepted as in `alterrec_tf.train`; --model, --seed and
@@ -47,6 +49,8 @@ flags.DEFINE_string("long_tail_reference", "sasrec",
                     "Model whose per-group metrics the long-tail plot divides by.")
 
 RANKS_FILE = alter_report.RANKS_FILE
+# Models whose per-epoch test curves the figures draw (report_plots).
+PER_EPOCH_TEST_MODELS = ("alterrec", "nfrec_concat", "id_only", "text_only")
 TEXT_MODELS = ("alterrec", "alterrec_aug", "alterrec_random", "text_only", "nfrec_sum",
                "nfrec_concat", "fdsa")
 
@@ -61,24 +65,18 @@ def config_from_run(run_dir: str):
   return alter_config.TrainConfig(**values)
 
 
-def save_test_ranks(run_dir: str, tolerance: float = 1e-4) -> dict:
-  """Ranks the test split with the run's best weights; writes test_ranks.npz.
-
-  The file holds `targets` [N], `target_train_counts` [N] (training
-  occurrences of each target item) and, under each score head's name
-  ("fused", "id", "text"), the 1-based rank [N] of the target (max_k + 1 when
-  outside the top max_k). The metrics of the
-  fused ranks are checked against results.json.
+def save_test_ranks(run_dir: str) -> dict:
+  """Ranks the test split with a finished run's best weights (runs trained
+  before `train` wrote the ranks itself); writes test_ranks.npz.
 
   Returns:
-    The test metrics recomputed from the ranks, per head.
+    The test metrics of those ranks, per head.
   """
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from alterrec_tf import callbacks as alter_callbacks  # pylint: disable=g-import-not-at-top
   from alterrec_tf import data as alter_data  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import evaluation  # pylint: disable=g-import-not-at-top
   from alterrec_tf import models  # pylint: disable=g-import-not-at-top
   from alterrec_tf import schema  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import train as alter_train  # pylint: disable=g-import-not-at-top
 
   config = config_from_run(run_dir)
   manifest = schema.load_manifest(config.data_dir)
@@ -91,25 +89,7 @@ def save_test_ranks(run_dir: str, tolerance: float = 1e-4) -> dict:
   model = models.build_model(config, manifest, text_embeddings, train_files=train_files)
   if model.trainable_variables:
     model.load_weights(os.path.join(run_dir, alter_callbacks.BEST_WEIGHTS_FILE))
-  evaluator = evaluation.Evaluator(model, config.ks, config.mrr_k)
-  _, per_prefix = evaluator(test_split.batches(config.eval_batch_size), keep_ranks=True)
-  targets = per_prefix.pop("targets").astype(np.int64)
-  counts = alter_data.item_counts(train_files, manifest["num_items"]).numpy()
-  arrays = {"targets": targets, "target_train_counts": counts[targets]}
-  arrays.update({head: ranks.astype(np.int32) for head, ranks in per_prefix.items()})
-  tmp = os.path.join(run_dir, "test_ranks.tmp.npz")
-  np.savez_compressed(tmp, **arrays)
-  os.replace(tmp, os.path.join(run_dir, RANKS_FILE))
-
-  recomputed = {head: evaluation.metrics_from_ranks(ranks, config.ks, config.mrr_k)
-                for head, ranks in per_prefix.items()}
-  with open(os.path.join(run_dir, "results.json"), encoding="utf-8") as f:
-    stored = json.load(f).get("test", {}).get("fused", {})
-  for metric, value in stored.items():
-    if abs(recomputed["fused"].get(metric, value) - value) > tolerance:
-      print(f"  warning: {run_dir}: test fused {metric} from the best weights is "
-            f"{recomputed['fused'][metric]:.4f}, results.json says {value:.4f}", flush=True)
-  return recomputed
+  return alter_train.rank_test_split(config, model, manifest, test_split, run_dir)
 
 
 def run_grid(base_config, models, seeds, runs_dir: str, log=print) -> dict:
@@ -131,7 +111,9 @@ def run_grid(base_config, models, seeds, runs_dir: str, log=print) -> dict:
           "drop them from --models or prepare the data with --text_fields")
   for model in models:  # fail before training anything, not at the 30th run
     alter_train._check_config(base_config.replace(model=model), manifest)  # pylint: disable=protected-access
-  grid = [(m, s) for m in models for s in seeds]
+  # Seed-major: an interrupted grid has whole seeds of every model, not all
+  # seeds of the first models only.
+  grid = [(m, s) for s in seeds for m in models]
   start = time.perf_counter()
   trained = skipped = 0
   for index, (model, seed) in enumerate(grid, 1):
@@ -146,12 +128,18 @@ def run_grid(base_config, models, seeds, runs_dir: str, log=print) -> dict:
     run_start = time.perf_counter()
     if not finished:
       log(f"{prefix}: training into {run_dir} ({elapsed})")
-      config = base_config.replace(model=model, seed=seed, run_dir=run_dir)
-      alter_train.train(config)
+      # Per-epoch test curves only where the figures draw them (first seed);
+      # every other run ranks the test split once, at its selected epoch.
+      config = base_config.replace(
+          model=model, seed=seed, run_dir=run_dir,
+          test_every_epoch=base_config.test_every_epoch and (
+              seed == seeds[0] and model in PER_EPOCH_TEST_MODELS))
+      alter_train.train(config, save_test_ranks=True)
       trained += 1
-    else:
-      log(f"{prefix}: trained earlier, ranking its test prefixes ({elapsed})")
-    save_test_ranks(run_dir)
+    if not os.path.exists(os.path.join(run_dir, RANKS_FILE)):  # floors; older runs
+      if finished:
+        log(f"{prefix}: trained earlier, ranking its test prefixes ({elapsed})")
+      save_test_ranks(run_dir)
     with open(os.path.join(run_dir, alter_train.RESULTS_FILE), encoding="utf-8") as f:
       results = json.load(f)
     fused = results.get("test", {}).get("fused", {})

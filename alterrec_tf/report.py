@@ -28,9 +28,11 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-RESULTS_FILE = "results.json"
+from alterrec_tf import train as alter_train
+
+RESULTS_FILE = alter_train.RESULTS_FILE
 HISTORY_FILE = "history.json"
-RANKS_FILE = "test_ranks.npz"
+RANKS_FILE = alter_train.TEST_RANKS_FILE
 CONFIG_FILE = "config.json"
 
 TABLE_METRICS = ("hits@10", "hits@20", "ndcg@10", "ndcg@20")

@@ -36,8 +36,11 @@ def _integer_epochs(axis):
   axis.set_xlabel("epoch")
 
 
-def _seeds_note(model_runs):
-  return f"mean of {len(model_runs)} seed{'s' if len(model_runs) > 1 else ''}"
+def _seeds_note(model_runs, key="test/fused/hits@20"):
+  """"mean of N seeds", counting the runs that logged `key` per epoch (the
+  experiments grid ranks the test split every epoch for the first seed only)."""
+  count = sum(any(key in record for record in run.history) for run in model_runs)
+  return f"mean of {count} seed{'s' if count != 1 else ''}"
 
 
 def plot_nfrec(grouped, path, dataset="") -> Optional[str]:

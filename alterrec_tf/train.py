@@ -21,15 +21,22 @@ from alterrec_tf import config as alter_config
 from alterrec_tf import flagfiles
 
 RESULTS_FILE = "results.json"
+TEST_RANKS_FILE = "test_ranks.npz"
 CONFIG_FILE = "config.json"
 
 
-def train(config, data_dir=None, run_dir=None):
+def train(config, data_dir=None, run_dir=None, save_test_ranks=False):
   """Trains `config.model` and returns the results dict (also written to disk).
+
+  Test metrics are those of the epoch with the best validation Hits@20: read
+  from that epoch's record when the test split was ranked every epoch, else
+  (or with `save_test_ranks`) from one more pass with that epoch's weights.
 
   Args:
     config: a `TrainConfig`.
     data_dir, run_dir: override config.data_dir / config.run_dir.
+    save_test_ranks: also write the per-prefix test ranks of the selected
+      epoch to run_dir/test_ranks.npz (`write_test_ranks`).
 
   Returns:
     {"best_epoch", "valid", "test", "history_file", ...}.
@@ -87,8 +94,21 @@ def train(config, data_dir=None, run_dir=None):
                                             config.m_max),
               epochs=config.m_max, initial_epoch=epochs_done, steps_per_epoch=steps,
               callbacks=callbacks, verbose=config.verbose, shuffle=False)
-  results = _results(config, manifest, evaluation_callback.best(), evaluation_callback.history,
-                     train_split, time.perf_counter() - start)
+  best = evaluation_callback.best()
+  test = None
+  best_weights = os.path.join(config.run_dir, alter_callbacks.BEST_WEIGHTS_FILE)
+  if (test_split is not None and best is not None and os.path.exists(best_weights)
+      and (save_test_ranks or not config.test_every_epoch)):
+    model.load_weights(best_weights)
+    test = rank_test_split(config, model, manifest, test_split,
+                           config.run_dir if save_test_ranks else None)
+    for metric, value in test["fused"].items():  # same weights, same figures
+      logged = best.get(f"test/fused/{metric}")
+      if logged is not None and abs(logged - value) > 1e-4:
+        print(f"warning: test fused {metric} of the reloaded best weights is {value:.4f}, "
+              f"epoch {best['epoch']} logged {logged:.4f}", flush=True)
+  results = _results(config, manifest, best, evaluation_callback.history,
+                     train_split, time.perf_counter() - start, test)
   alter_callbacks.write_json_atomic(os.path.join(config.run_dir, RESULTS_FILE), results)
   return results
 
@@ -110,7 +130,38 @@ def _check_config(config, manifest):
         f"hard negatives), got p={config.p} k1={config.k1}")
 
 
-def _results(config, manifest, best, history, train_split, seconds):
+def rank_test_split(config, model, manifest, test_split, ranks_dir=None):
+  """Ranks the test split with the model's current weights.
+
+  With `ranks_dir`, writes ranks_dir/test_ranks.npz: `targets` [N],
+  `target_train_counts` [N] (training occurrences of each target item) and,
+  under each score head's name ("fused", "id", "text"), the 1-based rank [N]
+  of the target (max_k + 1 when outside the top max_k).
+
+  Returns:
+    {head: {metric: value}}.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import data as alter_data  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import evaluation  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import schema  # pylint: disable=g-import-not-at-top
+
+  evaluator = evaluation.Evaluator(model, config.ks, config.mrr_k)
+  metrics, per_prefix = evaluator(test_split.batches(config.eval_batch_size), keep_ranks=True)
+  if ranks_dir is not None:
+    targets = per_prefix.pop("targets").astype(np.int64)
+    train_files = schema.split_files(config.data_dir, manifest, "train")
+    counts = alter_data.item_counts(train_files, manifest["num_items"]).numpy()
+    arrays = {"targets": targets, "target_train_counts": counts[targets]}
+    arrays.update({head: ranks.astype(np.int32) for head, ranks in per_prefix.items()})
+    tmp = os.path.join(ranks_dir, "test_ranks.tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, os.path.join(ranks_dir, TEST_RANKS_FILE))
+  return metrics
+
+
+def _results(config, manifest, best, history, train_split, seconds, test=None):
+  """results.json; `test` ({head: {metric: value}}) replaces the best record's."""
   best = best or (history[-1] if history else {})
 
   def pick(split):
@@ -125,7 +176,8 @@ def _results(config, manifest, best, history, train_split, seconds):
       "model": config.model, "seed": config.seed, "dataset": manifest.get("dataset_name"),
       "data_content_hash": manifest.get("content_hash"),
       "best_epoch": best.get("epoch"), "epochs_run": len(history),
-      "selection": "valid fused hits@20", "valid": pick("valid"), "test": pick("test"),
+      "selection": "valid fused hits@20", "valid": pick("valid"),
+      "test": test if test is not None else pick("test"),
       "train_examples_per_epoch": train_split.num_examples if train_split else 0,
       "wall_seconds_this_process": seconds,
       "mean_train_examples_per_second": (

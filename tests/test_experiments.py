@@ -145,6 +145,9 @@ def test_experiments_cli_trains_every_model_then_skips_finished_runs(tmp_path):
       assert value == pytest.approx(results["test"]["fused"][name], abs=1e-5), (model, name)
   history = json.loads((runs_dir / "nfrec_concat" / "seed0" / "history.json").read_text())
   assert {"train/id_loss", "train/text_loss", "test/id/hits@20"} <= set(history[0])
+  # models not drawn per epoch rank the test split once, at the selected epoch
+  history = json.loads((runs_dir / "sasrec" / "seed0" / "history.json").read_text())
+  assert not any(key.startswith("test/") for key in history[0])
 
   saved = json.loads((report_dir / "results.json").read_text())
   assert set(saved["table"]) == set(ALL_MODELS)

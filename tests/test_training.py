@@ -79,6 +79,28 @@ def test_killed_run_resumes_and_ends_like_an_uninterrupted_one(dataset, tmp_path
   assert resumed["valid"] == uninterrupted["valid"]
 
 
+def test_test_split_ranked_once_at_the_selected_epoch_matches_per_epoch_ranking(
+    dataset, tmp_path):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import evaluation  # pylint: disable=g-import-not-at-top
+  every_epoch = train(tiny_config(dataset, str(tmp_path / "every")))
+  once_dir = tmp_path / "once"
+  once = train(tiny_config(dataset, str(once_dir), test_every_epoch=False),
+               save_test_ranks=True)
+  history = json.loads((once_dir / "history.json").read_text())
+  assert not any(key.startswith("test/") for record in history for key in record)
+  assert once["best_epoch"] == every_epoch["best_epoch"]
+  assert once["valid"] == every_epoch["valid"]
+  for head, metrics in every_epoch["test"].items():
+    for metric, value in metrics.items():
+      assert once["test"][head][metric] == pytest.approx(value, abs=1e-6), (head, metric)
+  ranks = np.load(once_dir / "test_ranks.npz")
+  assert set(ranks.files) == {"targets", "target_train_counts", "fused", "id", "text"}
+  assert (ranks["target_train_counts"] >= 0).all()
+  from_ranks = evaluation.metrics_from_ranks(ranks["fused"])
+  assert from_ranks["hits@20"] == pytest.approx(once["test"]["fused"]["hits@20"], abs=1e-6)
+
+
 def test_missing_data_is_a_one_line_error_that_says_how_to_prepare(tmp_path):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   out = subprocess.run([sys.executable, "-m", "alterrec_tf.train",
