@@ -84,28 +84,42 @@ class AlterRec(keras.Model):
     return [self.id_loss_tracker, self.text_loss_tracker]
 
   # --- training ---------------------------------------------------------------
-  def _partner_signal(self, partner_name, item_ids, positions, targets, seed):
-    """Negatives [P, K] and augmented positives [P, p] (or None) for a step."""
+  def _frozen_scores(self, name, item_ids, positions):
+    """Tower `name`'s scores at the prefixes, dropout off, no gradient: [P, V]."""
+    tower = self.tower(name)
+    matrix = tower.item_matrix(training=False)
+    vectors = tf.gather_nd(tower.prefix_vectors(item_ids, matrix, training=False), positions)
+    return tf.stop_gradient(tower.scores(vectors, matrix))
+
+  def _partner_signal(self, name, item_ids, positions, targets, seed):
+    """Negatives [P, K] and augmented positives [P, p] for a step of tower `name`.
+
+    Hard phases: negatives from the partner's ranks k1..k2 (mixed with uniform
+    ones by `random_negative_share`), augmented positives from the top-p of
+    `augmentation_source_of(name)`. Random phases: uniform negatives and
+    padding as augmented positives (dropped by the loss).
+    """
     cfg = self.config
     num_rows = tf.shape(targets)[0]
-    augment = self._augments()
+    num_augmented = cfg.p if self._augments() else 0
+    partner_name = self.partner_of(name)
 
     def random_signal():
       random_ids = alter_negatives.uniform_negatives(seed, num_rows, cfg.num_negatives,
                                                      self.num_items)
-      return random_ids, tf.zeros([num_rows, cfg.p if augment else 0], tf.int32)
+      return random_ids, tf.zeros([num_rows, num_augmented], tf.int32)
 
     if partner_name is None:
       return random_signal()
 
     def hard_signal():
-      partner = self.tower(partner_name)
-      matrix = partner.item_matrix(training=False)
-      vectors = tf.gather_nd(partner.prefix_vectors(item_ids, matrix, training=False),
-                             positions)
-      scores = tf.stop_gradient(partner.scores(vectors, matrix))
+      source = self.augmentation_source_of(name)
       hard_ids, augmented_ids = alter_negatives.partner_ranking(
-          scores, cfg.k1, cfg.k2, cfg.p if augment else 0)
+          self._frozen_scores(partner_name, item_ids, positions), cfg.k1, cfg.k2,
+          num_augmented if source == partner_name else 0)
+      if num_augmented and source != partner_name:
+        augmented_ids = tf.math.top_k(self._frozen_scores(source, item_ids, positions),
+                                      k=num_augmented).indices
       hard_ids = alter_negatives.mix_negatives(hard_ids, seed, cfg.random_negative_share,
                                                self.num_items)
       return hard_ids, augmented_ids
@@ -119,9 +133,12 @@ class AlterRec(keras.Model):
     """The tower whose ranking gives tower `name` its negatives, or None (random)."""
     if len(self.tower_names) < 2 or self.config.model == "alterrec_random":
       return None
-    if self._augments() and self.config.augmentation_source == "id":
-      return "id"
     return "text" if name == "id" else "id"
+
+  def augmentation_source_of(self, name):
+    """The tower whose top-p are tower `name`'s augmented positives: the partner
+    (paper), or the ID tower for both (reference code, `--augmentation_source=id`)."""
+    return "id" if self.config.augmentation_source == "id" else self.partner_of(name)
 
   def loss_and_gradients(self, name, batch, seed, training=True):
     """Loss of tower `name` on a batch and its gradients, without applying them.
@@ -137,8 +154,8 @@ class AlterRec(keras.Model):
     """
     positions, targets = scored_positions(batch)
     item_ids = batch[alter_data.ITEM_IDS]
-    negative_ids, augmented_ids = self._partner_signal(
-        self.partner_of(name), item_ids, positions, targets, seed)
+    negative_ids, augmented_ids = self._partner_signal(name, item_ids, positions, targets,
+                                                       seed)
     tower = self.tower(name)
     with tf.GradientTape() as tape:
       matrix = tower.item_matrix(training=training)

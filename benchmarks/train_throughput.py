@@ -255,7 +255,7 @@ def breakdown(model, batch, config, repeats=3):
     @tf.function(autograph=False)
     def whole_signal(name=name):
       return model._partner_signal(  # pylint: disable=protected-access
-          per_prefix._partner_name(model, name), item_ids, positions, targets, seed)  # pylint: disable=protected-access
+          name, item_ids, positions, targets, seed)
 
     @tf.function(autograph=False)
     def forward_only(tower=tower, negatives=negatives):

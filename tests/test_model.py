@@ -152,9 +152,31 @@ def test_hard_negative_step_draws_negatives_from_the_partner():
   vectors = tf.gather_nd(partner.prefix_vectors(batch[alter_data.ITEM_IDS], matrix), positions)
   expected = np.argsort(-partner.scores(vectors, matrix).numpy(), axis=1, kind="stable")[:, 2:6]
   model.hard_negatives.assign(1)
-  got, _ = model._partner_signal("text", batch[alter_data.ITEM_IDS], positions, targets,
+  got, _ = model._partner_signal("id", batch[alter_data.ITEM_IDS], positions, targets,
                                  tf.constant([0, 0]))
   np.testing.assert_array_equal(got.numpy(), expected)
+
+
+@pytest.mark.parametrize("source", ["partner", "id"])
+def test_augmented_positives_come_from_their_source_and_negatives_from_the_partner(source):
+  model = _built_model(k1=2, k2=6, p=2, model="alterrec_aug", augmentation_source=source)
+  batch = window_batch([6, 7])
+  positions, targets = alter_data_positions(batch)
+  ranks = {}
+  for name in ("id", "text"):
+    tower = model.tower(name)
+    matrix = tower.item_matrix()
+    vectors = tf.gather_nd(tower.prefix_vectors(batch[alter_data.ITEM_IDS], matrix),
+                           positions)
+    ranks[name] = np.argsort(-tower.scores(vectors, matrix).numpy(), axis=1, kind="stable")
+  model.hard_negatives.assign(1)
+  # the ID tower trains: negatives are always the text tower's ranks 2..5, the
+  # augmented positives the text tower's top 2 (paper) or the ID tower's own (reference)
+  negative_ids, augmented_ids = model._partner_signal(
+      "id", batch[alter_data.ITEM_IDS], positions, targets, tf.constant([0, 0]))
+  np.testing.assert_array_equal(negative_ids.numpy(), ranks["text"][:, 2:6])
+  expected_source = "text" if source == "partner" else "id"
+  np.testing.assert_array_equal(augmented_ids.numpy(), ranks[expected_source][:, :2])
 
 
 def alter_data_positions(batch):
