@@ -93,6 +93,9 @@ _define("boolean", "test_every_epoch", True,
         "Off: only validation each epoch, then the test split once with the selected "
         "epoch's weights (same test figures, about a third less time per epoch).")
 _define("boolean", "resume", True, "Resume from run_dir's backup if one exists.")
+_define("boolean", "overwrite", False,
+        "Replace the run in run_dir. Without it, a finished run with the same flags "
+        "is shown, not retrained, and a run with other flags is refused.")
 _define("integer", "verbose", 1, "Keras progress output: 0 silent, 1 bar, 2 line.")
 
 
@@ -146,6 +149,7 @@ class TrainConfig:
   early_stopping_patience: int = 15
   test_every_epoch: bool = True
   resume: bool = True
+  overwrite: bool = False
   verbose: int = 1
 
   @classmethod

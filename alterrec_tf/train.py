@@ -36,7 +36,7 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False):
     config: a `TrainConfig`.
     data_dir, run_dir: override config.data_dir / config.run_dir.
     save_test_ranks: also write the per-prefix test ranks of the selected
-      epoch to run_dir/test_ranks.npz (`write_test_ranks`).
+      epoch to run_dir/test_ranks.npz (`rank_test_split`).
 
   Returns:
     {"best_epoch", "valid", "test", "history_file", ...}.
@@ -52,6 +52,11 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False):
   manifest = schema.load_manifest(config.data_dir)
   text_embeddings = schema.load_text_embeddings(config.data_dir, manifest)
   _check_config(config, manifest)
+  finished = _previous_run(config, manifest)
+  if finished is not None:
+    print(f"{config.run_dir} already holds this finished run: showing its results "
+          "(--overwrite trains it again)", flush=True)
+    return finished
   os.makedirs(config.run_dir, exist_ok=True)
   with open(os.path.join(config.run_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
     f.write(config.to_json())
@@ -128,6 +133,54 @@ def _check_config(config, manifest):
     raise alter_config.ConfigError(
         f"alterrec_aug needs 0 < --p <= --k1 (augmented positives rank above the "
         f"hard negatives), got p={config.p} k1={config.k1}")
+
+
+# Settings that change neither the weights nor the metrics of a run.
+_RUN_NEUTRAL_SETTINGS = frozenset({"data_dir", "run_dir", "verbose", "resume", "overwrite",
+                                   "eval_batch_size", "test_every_epoch"})
+
+
+def _previous_run(config, manifest):
+  """The results of the same finished run in config.run_dir, else None.
+
+  Raises:
+    ConfigError: run_dir holds a run (finished or resumable) trained with other
+      settings or on other data, and --overwrite was not given.
+  """
+  import shutil  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import callbacks as alter_callbacks  # pylint: disable=g-import-not-at-top
+  run_dir = config.run_dir
+  if config.overwrite:  # what a run leaves in run_dir; nothing else is removed
+    for name in (CONFIG_FILE, RESULTS_FILE, TEST_RANKS_FILE, alter_callbacks.HISTORY_FILE,
+                 alter_callbacks.BEST_WEIGHTS_FILE, alter_callbacks.BACKUP_DIR, "tb"):
+      path = os.path.join(run_dir, name)
+      if os.path.isdir(path):
+        shutil.rmtree(path)
+      elif os.path.exists(path):
+        os.remove(path)
+    return None
+  config_path = os.path.join(run_dir, CONFIG_FILE)
+  if not os.path.exists(config_path):
+    return None
+  with open(config_path, encoding="utf-8") as f:
+    previous = json.load(f)
+  current = json.loads(config.to_json())
+  changed = [f"--{name}={previous.get(name)} (now {value})"
+             for name, value in sorted(current.items())
+             if name not in _RUN_NEUTRAL_SETTINGS and previous.get(name) != value]
+  results = None
+  results_path = os.path.join(run_dir, RESULTS_FILE)
+  if os.path.exists(results_path):
+    with open(results_path, encoding="utf-8") as f:
+      results = json.load(f)
+    if results.get("data_content_hash") != manifest.get("content_hash"):
+      changed.append(f"data content_hash {results.get('data_content_hash')} "
+                     f"(now {manifest.get('content_hash')})")
+  if changed:
+    raise alter_config.ConfigError(
+        f"{run_dir} holds a run trained with other settings: {', '.join(changed)}; "
+        "choose another --run_dir, or pass --overwrite to replace it")
+  return results
 
 
 def rank_test_split(config, model, manifest, test_split, ranks_dir=None):

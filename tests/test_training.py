@@ -101,6 +101,22 @@ def test_test_split_ranked_once_at_the_selected_epoch_matches_per_epoch_ranking(
   assert from_ranks["hits@20"] == pytest.approx(once["test"]["fused"]["hits@20"], abs=1e-6)
 
 
+def test_rerun_shows_a_finished_run_refuses_other_flags_and_overwrite_retrains(
+    dataset, tmp_path):
+  from alterrec_tf import config as alter_config  # pylint: disable=g-import-not-at-top
+  config = tiny_config(dataset, str(tmp_path / "run"), m_max=2)
+  first = train(config)
+  history = tmp_path / "run" / "history.json"
+  written = history.stat().st_mtime_ns
+  again = train(config.replace(verbose=1, eval_batch_size=32))  # neutral settings only
+  assert again == first and history.stat().st_mtime_ns == written  # nothing retrained
+  with pytest.raises(alter_config.ConfigError, match=r"--embedding_dim=16 \(now 32\)"):
+    train(config.replace(embedding_dim=32))
+  replaced = train(config.replace(embedding_dim=32, m_max=1, overwrite=True))
+  assert replaced["epochs_run"] == 1
+  assert json.loads((tmp_path / "run" / "config.json").read_text())["embedding_dim"] == 32
+
+
 def test_missing_data_is_a_one_line_error_that_says_how_to_prepare(tmp_path):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   out = subprocess.run([sys.executable, "-m", "alterrec_tf.train",
