@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from alterrec_tf import long_tail
 from alterrec_tf import train as alter_train
 
 RESULTS_FILE = alter_train.RESULTS_FILE
@@ -36,7 +37,6 @@ RANKS_FILE = alter_train.TEST_RANKS_FILE
 CONFIG_FILE = "config.json"
 
 TABLE_METRICS = ("hits@10", "hits@20", "ndcg@10", "ndcg@20")
-LONG_TAIL_METRICS = ("hits@20", "ndcg@20")
 MODEL_ORDER = ("most_popular", "session_knn", "sasrec", "fdsa", "nfrec_sum", "nfrec_concat",
                "id_only", "text_only", "alterrec_random", "alterrec", "alterrec_aug")
 DISPLAY_NAMES = {
@@ -235,106 +235,13 @@ def format_cost_markdown(costs) -> str:
 
 
 # --- long tail ------------------------------------------------------------------------
-def long_tail_groups(target_counts, bins: Sequence[float]) -> np.ndarray:
-  """Group index of each test prefix from its target's training count.
-
-  Args:
-    target_counts: training occurrences of each prefix's target item [N].
-    bins: increasing upper edges e_0 < e_1 < ... (inclusive): group 0 is
-      [0, e_0], group g is (e_{g-1}, e_g], the last group len(bins) is > e_last.
-
-  Returns:
-    int64 [N] in 0..len(bins); every prefix is in exactly one group.
-  """
-  bins = np.asarray(bins, dtype=np.float64)
-  if bins.ndim != 1 or np.any(np.diff(bins) <= 0):
-    raise ValueError(f"long-tail bins must be strictly increasing, got {bins.tolist()}")
-  counts = np.asarray(target_counts, dtype=np.float64)
-  return np.searchsorted(bins, counts, side="left").astype(np.int64)
-
-
-def group_labels(bins: Sequence[float]) -> List[str]:
-  edges = [f"{b:g}" for b in bins]
-  labels = [f"[0,{edges[0]}]"] if edges else []
-  labels += [f"({a},{b}]" for a, b in zip(edges[:-1], edges[1:])]
-  labels.append(f">{edges[-1]}" if edges else "all")
-  return labels
-
-
-def _nice(value: float) -> float:
-  """Rounds to 2 significant digits (17 -> 17, 137 -> 140, 1234 -> 1200)."""
-  if value <= 0:
-    return 0.0
-  digits = int(math.floor(math.log10(value))) - 1
-  return float(round(value, -digits)) if digits > 0 else float(round(value))
-
-
-def auto_bins(target_counts, num_groups: int = 5) -> List[float]:
-  """Edges that split the test prefixes into about equal groups by the
-  training popularity of their target (quantiles, rounded to 2 digits)."""
-  counts = np.asarray(target_counts, dtype=np.float64)
-  if counts.size == 0:
-    return []
-  quantiles = np.quantile(counts, [i / num_groups for i in range(1, num_groups)])
-  edges = sorted({_nice(q) for q in quantiles})
-  return [e for e in edges if e < counts.max()] or [float(np.median(counts))]
-
-
-def metrics_of_ranks(ranks) -> Dict[str, float]:
-  ranks = np.asarray(ranks, dtype=np.float64)
-  if ranks.size == 0:
-    return {"hits@20": float("nan"), "ndcg@20": float("nan")}
-  hit = ranks <= 20
-  return {"hits@20": float(hit.mean()),
-          "ndcg@20": float(np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0).mean())}
-
-
-def long_tail_analysis(runs, bins=None, reference="sasrec", head="fused") -> Optional[dict]:
-  """Per-group Hits@20/NDCG@20 of every model (mean over seeds), share of each
-  group, and the improvement ratio model / reference - 1 per group."""
-  with_ranks = [r for r in runs if r.ranks_path]
-  if not with_ranks:
-    return None
-  first = with_ranks[0].ranks()
-  counts = first["target_train_counts"]
-  bins = list(bins) if bins else auto_bins(counts)
-  groups = long_tail_groups(counts, bins)
-  num_groups = len(bins) + 1
-  sizes = np.bincount(groups, minlength=num_groups)
-  per_model = {}
-  for model, model_runs in _by_model(with_ranks).items():
-    per_seed = []
-    for run in model_runs:
-      ranks = run.ranks()
-      if not np.array_equal(ranks["targets"], first["targets"]):
-        raise ValueError(f"{run.run_dir}: test targets differ from {with_ranks[0].run_dir}; "
-                         "were the runs made on the same data?")
-      per_seed.append([metrics_of_ranks(ranks[head][groups == g]) for g in range(num_groups)])
-    per_model[model] = {m: [float(np.mean([seed[g][m] for seed in per_seed]))
-                            for g in range(num_groups)] for m in LONG_TAIL_METRICS}
-  improvement = {}
-  if reference in per_model:
-    for model, values in per_model.items():
-      if model == reference:
-        continue
-      improvement[model] = {
-          m: [(v / r - 1.0) if r > 0 else float("nan")
-              for v, r in zip(values[m], per_model[reference][m])]
-          for m in LONG_TAIL_METRICS}
-  return {"bins": [float(b) for b in bins], "labels": group_labels(bins),
-          "prefixes": [int(s) for s in sizes],
-          "share": [float(s) / max(int(sizes.sum()), 1) for s in sizes],
-          "reference": reference if reference in per_model else None,
-          "metrics": per_model, "improvement": improvement}
-
-
 def format_long_tail_markdown(analysis) -> str:
   labels = analysis["labels"]
   lines = ["| Model | metric | " + " | ".join(labels) + " |",
            "|---|---|" + "---:|" * len(labels),
            "| share of test prefixes | | " + " | ".join(_pct(s) for s in analysis["share"]) + " |"]
   for model in sorted(analysis["metrics"], key=_model_key):
-    for metric in LONG_TAIL_METRICS:
+    for metric in long_tail.METRICS:
       cells = [_pct(v) for v in analysis["metrics"][model][metric]]
       if model in analysis["improvement"]:
         cells = [f"{c} ({100.0 * i:+.0f}%)" if not math.isnan(i) else c
@@ -370,7 +277,7 @@ def write_report(runs_dir: str, report_dir: str, models=None, seeds=None, bins=N
   table = summary_table(runs)
   parts = parts_table(runs)
   costs = cost_table(runs)
-  analysis = long_tail_analysis(runs, bins, reference)
+  analysis = long_tail.long_tail_analysis(runs, bins, reference)
 
   figures = {}
   path = os.path.join(report_dir, "fig3_nfrec.png")

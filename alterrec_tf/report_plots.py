@@ -8,6 +8,7 @@ from typing import Optional
 
 import numpy as np
 
+from alterrec_tf import long_tail
 from alterrec_tf import report as tables
 
 
@@ -43,6 +44,17 @@ def _seeds_note(model_runs, key="test/fused/hits@20"):
   return f"mean of {count} seed{'s' if count != 1 else ''}"
 
 
+def _plot_parts(axis, runs, name, keys, scale=1.0, fused_label=None):
+  """Draws a model's fused curve (solid black) and its ID / text parts (dashed
+  red / green) from the history keys (fused, id, text), mean over seeds."""
+  labels = (fused_label or name, f"ID in {name}", f"text in {name}")
+  styles = (dict(color="black", lw=2.2), dict(color="tab:red", ls="--", lw=1.8),
+            dict(color="tab:green", ls="--", lw=1.8))
+  for key, label, style in zip(keys, labels, styles):
+    epochs, values = epoch_curve(runs, key)
+    axis.plot(epochs, scale * values, marker="o", ms=3, label=label, **style)
+
+
 def plot_nfrec(grouped, path, dataset="") -> Optional[str]:
   """Figure 3: NFRec (concat, else sum) and its ID / text parts per epoch."""
   model = next((m for m in ("nfrec_concat", "nfrec_sum") if m in grouped), None)
@@ -52,13 +64,8 @@ def plot_nfrec(grouped, path, dataset="") -> Optional[str]:
   runs = grouped[model]
   fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
   name = tables.display_name(model)
-  for key, label, style in (("test/fused/hits@20", name, dict(color="black", lw=2.2)),
-                            ("test/id/hits@20", f"ID in {name}",
-                             dict(color="tab:red", ls="--", lw=1.8)),
-                            ("test/text/hits@20", f"text in {name}",
-                             dict(color="tab:green", ls="--", lw=1.8))):
-    epochs, values = epoch_curve(runs, key)
-    left.plot(epochs, 100 * values, marker="o", ms=3, label=label, **style)
+  _plot_parts(left, runs, name, ("test/fused/hits@20", "test/id/hits@20",
+                                  "test/text/hits@20"), scale=100)
   for other, color in (("id_only", "tab:red"), ("text_only", "tab:green")):
     if other in grouped:
       epochs, values = epoch_curve(grouped[other], "test/fused/hits@20")
@@ -70,13 +77,7 @@ def plot_nfrec(grouped, path, dataset="") -> Optional[str]:
   left.set_title("Test Hits@20")
   left.grid(alpha=0.3)
   left.legend(fontsize=9)
-  for key, label, style in (("train/loss", name, dict(color="black", lw=2.2)),
-                            ("train/id_loss", f"ID in {name}",
-                             dict(color="tab:red", ls="--", lw=1.8)),
-                            ("train/text_loss", f"text in {name}",
-                             dict(color="tab:green", ls="--", lw=1.8))):
-    epochs, values = epoch_curve(runs, key)
-    right.plot(epochs, values, marker="o", ms=3, label=label, **style)
+  _plot_parts(right, runs, name, ("train/loss", "train/id_loss", "train/text_loss"))
   _integer_epochs(right)
   right.set_ylabel("training cross-entropy (full softmax)")
   right.set_title("Training loss (mean over the epoch's batches)")
@@ -109,14 +110,9 @@ def plot_alterrec(grouped, path, dataset="") -> Optional[str]:
     axis.axvspan(epoch - 0.5, epoch + 0.5, color=color, alpha=0.08, lw=0,
                  hatch=None if hard else "//")
   name = tables.display_name(model)
-  for key, label, style in (("test/fused/hits@20", f"{name} (fused, Eq. 12)",
-                             dict(color="black", lw=2.2)),
-                            ("test/id/hits@20", f"ID in {name}",
-                             dict(color="tab:red", ls="--", lw=1.8)),
-                            ("test/text/hits@20", f"text in {name}",
-                             dict(color="tab:green", ls="--", lw=1.8))):
-    epochs, values = epoch_curve(runs, key)
-    axis.plot(epochs, 100 * values, marker="o", ms=3, label=label, **style)
+  _plot_parts(axis, runs, name, ("test/fused/hits@20", "test/id/hits@20",
+                                  "test/text/hits@20"), scale=100,
+              fused_label=f"{name} (fused, Eq. 12)")
   handles, _ = axis.get_legend_handles_labels()
   handles += [Patch(color="tab:red", alpha=0.15, label="epoch trains the ID network"),
               Patch(color="tab:green", alpha=0.15, label="epoch trains the text network"),
@@ -148,7 +144,7 @@ def plot_long_tail(analysis, path, dataset="") -> bool:
   models = sorted(lines, key=tables._model_key)
   markers = "osD^vP*Xh<>"
   reference = tables.display_name(analysis["reference"]) if relative else None
-  for axis, metric in zip(axes, tables.LONG_TAIL_METRICS):
+  for axis, metric in zip(axes, long_tail.METRICS):
     bars = axis.twinx()
     bars.bar(x, 100 * np.array(analysis["share"]), width=0.6, color="lightgray",
              label="share of test prefixes")

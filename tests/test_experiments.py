@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from alterrec_tf import evaluation
+from alterrec_tf import long_tail
 from alterrec_tf import report
 from alterrec_tf.config import TrainConfig
 from tests import synthetic
@@ -24,26 +25,26 @@ def test_long_tail_groups_put_every_prefix_in_exactly_one_group():
   rng = np.random.default_rng(0)
   bins = [5, 20, 50, 100]
   counts = np.concatenate([rng.integers(0, 400, 5000), [0, 5, 6, 20, 21, 50, 100, 101]])
-  groups = report.long_tail_groups(counts, bins)
+  groups = long_tail.long_tail_groups(counts, bins)
   assert groups.shape == counts.shape and groups.dtype == np.int64
   edges = [-np.inf] + bins + [np.inf]
   membership = np.stack([(counts > lo) & (counts <= hi) for lo, hi in zip(edges[:-1], edges[1:])])
   np.testing.assert_array_equal(membership.sum(axis=0), 1)  # exactly one group each
   np.testing.assert_array_equal(np.argmax(membership, axis=0), groups)
   assert np.bincount(groups, minlength=len(bins) + 1).sum() == counts.size
-  assert report.group_labels(bins) == ["[0,5]", "(5,20]", "(20,50]", "(50,100]", ">100"]
-  np.testing.assert_array_equal(report.long_tail_groups([5, 6, 100, 101], bins), [0, 1, 3, 4])
+  assert long_tail.group_labels(bins) == ["[0,5]", "(5,20]", "(20,50]", "(50,100]", ">100"]
+  np.testing.assert_array_equal(long_tail.long_tail_groups([5, 6, 100, 101], bins), [0, 1, 3, 4])
 
 
 def test_automatic_long_tail_bins_split_the_prefixes_into_groups():
   counts = np.random.default_rng(1).zipf(1.6, 3000).clip(max=5000)
-  bins = report.auto_bins(counts)
+  bins = long_tail.auto_bins(counts)
   assert bins == sorted(set(bins)) and len(bins) >= 1
-  groups = report.long_tail_groups(counts, bins)
+  groups = long_tail.long_tail_groups(counts, bins)
   sizes = np.bincount(groups, minlength=len(bins) + 1)
   assert sizes.sum() == counts.size and (sizes > 0).all()
   with pytest.raises(ValueError):
-    report.long_tail_groups(counts, [10, 5])
+    long_tail.long_tail_groups(counts, [10, 5])
 
 
 # --- report from hand-made runs -----------------------------------------------------------
