@@ -84,7 +84,7 @@ def plot_nfrec(grouped, path, dataset="") -> Optional[str]:
   right.grid(alpha=0.3)
   right.legend(fontsize=9)
   fig.suptitle(f"{name} and its ID / text score parts (Eq. 14){' on ' + dataset if dataset else ''}"
-               f", {_seeds_note(runs)}")
+               f" (test: {_seeds_note(runs)}; loss: {_seeds_note(runs, 'train/loss')})")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
