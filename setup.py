@@ -42,6 +42,7 @@ setup(
             "alterrec-export=alterrec_tf.export:run",
             "alterrec-recommend=alterrec_tf.recommend:run",
             "alterrec-experiments=alterrec_tf.experiments:run",
+            "alterrec-alpha-sweep=alterrec_tf.alpha_sweep:run",
         ],
     },
 )

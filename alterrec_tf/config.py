@@ -8,6 +8,7 @@ defaults to the paper.
 
 import dataclasses
 import json
+import os
 from typing import FrozenSet
 
 from absl import flags
@@ -175,3 +176,25 @@ class TrainConfig:
   @property
   def max_k(self) -> int:
     return max(max(self.ks), self.mrr_k)
+
+
+RUN_CONFIG_FILE = "config.json"
+
+
+def load_run_config(run_dir: str) -> TrainConfig:
+  """The `TrainConfig` a run was trained with (run_dir/config.json); settings
+  this version no longer knows are ignored.
+
+  Raises:
+    ConfigError: run_dir holds no config.json.
+  """
+  path = os.path.join(run_dir, RUN_CONFIG_FILE)
+  if not os.path.exists(path):
+    raise ConfigError(f"{run_dir} is not a training run ({path} missing)")
+  with open(path, encoding="utf-8") as f:
+    values = json.load(f)
+  known = {field.name for field in dataclasses.fields(TrainConfig)}
+  values = {key: value for key, value in values.items() if key in known}
+  if "ks" in values:
+    values["ks"] = tuple(values["ks"])
+  return TrainConfig(**values)

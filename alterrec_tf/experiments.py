@@ -19,7 +19,6 @@ are ignored) are accepted as in `alterrec_tf.train`; --model, --seed and
 --run_dir are replaced by --models, --seeds and --runs_dir.
 """
 
-import dataclasses
 import gc
 import json
 import os
@@ -55,16 +54,6 @@ TEXT_MODELS = ("alterrec", "alterrec_aug", "alterrec_random", "text_only", "nfre
                "nfrec_concat", "fdsa")
 
 
-def config_from_run(run_dir: str):
-  """The `TrainConfig` a run was trained with (its config.json)."""
-  with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
-    values = json.load(f)
-  names = {field.name for field in dataclasses.fields(alter_config.TrainConfig)}
-  values = {k: v for k, v in values.items() if k in names}
-  values["ks"] = tuple(values.get("ks", (10, 20)))
-  return alter_config.TrainConfig(**values)
-
-
 def save_test_ranks(run_dir: str) -> dict:
   """Ranks the test split with a finished run's best weights (runs trained
   before `train` wrote the ranks itself); writes test_ranks.npz.
@@ -78,7 +67,7 @@ def save_test_ranks(run_dir: str) -> dict:
   from alterrec_tf import schema  # pylint: disable=g-import-not-at-top
   from alterrec_tf import train as alter_train  # pylint: disable=g-import-not-at-top
 
-  config = config_from_run(run_dir)
+  config = alter_config.load_run_config(run_dir)
   manifest = schema.load_manifest(config.data_dir)
   text_embeddings = schema.load_text_embeddings(config.data_dir, manifest)
   train_files = schema.split_files(config.data_dir, manifest, "train")

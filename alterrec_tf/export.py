@@ -18,7 +18,6 @@ export leaves nothing behind. This module does not import data_tools, pandas
 or torch (TensorFlow itself imports pandas where it is installed).
 """
 
-import dataclasses
 import json
 import os
 import shutil
@@ -47,16 +46,10 @@ class ExportError(ValueError):
 
 # --- loading a run ------------------------------------------------------------------
 def load_config(run_dir: str) -> "alter_config.TrainConfig":
-  path = os.path.join(run_dir, "config.json")
-  if not os.path.exists(path):
-    raise ExportError(f"{run_dir} is not a training run ({path} missing)")
-  with open(path, encoding="utf-8") as f:
-    values = json.load(f)
-  known = {field.name for field in dataclasses.fields(alter_config.TrainConfig)}
-  values = {key: value for key, value in values.items() if key in known}
-  if "ks" in values:
-    values["ks"] = tuple(values["ks"])
-  return alter_config.TrainConfig(**values)
+  try:
+    return alter_config.load_run_config(run_dir)
+  except alter_config.ConfigError as error:
+    raise ExportError(str(error)) from None
 
 
 def load_run(run_dir: str, data_dir: Optional[str] = None):

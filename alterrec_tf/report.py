@@ -34,7 +34,7 @@ from alterrec_tf import train as alter_train
 RESULTS_FILE = alter_train.RESULTS_FILE
 HISTORY_FILE = "history.json"
 RANKS_FILE = alter_train.TEST_RANKS_FILE
-CONFIG_FILE = "config.json"
+CONFIG_FILE = alter_train.CONFIG_FILE
 
 TABLE_METRICS = ("hits@10", "hits@20", "ndcg@10", "ndcg@20")
 MODEL_ORDER = ("most_popular", "session_knn", "sasrec", "fdsa", "nfrec_sum", "nfrec_concat",

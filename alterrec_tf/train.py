@@ -22,7 +22,7 @@ from alterrec_tf import flagfiles
 
 RESULTS_FILE = "results.json"
 TEST_RANKS_FILE = "test_ranks.npz"
-CONFIG_FILE = "config.json"
+CONFIG_FILE = alter_config.RUN_CONFIG_FILE
 
 
 def train(config, data_dir=None, run_dir=None, save_test_ranks=False):

@@ -1,0 +1,144 @@
+"""Sensitivity of the fused score to alpha (Eq. 12; the paper's Figure 7).
+
+  python -m alterrec_tf.alpha_sweep --run_dir=runs/online_retail \
+      --alphas=0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1
+
+Loads a finished AlterRec run's best weights, scores each validation and test
+prefix once per tower, and ranks the catalogue under
+alpha * ID + (1 - alpha) * text for every alpha in the list (alpha = 1 is the
+ID tower alone, 0 the text tower alone). Prints a table, marks the alpha with
+the best validation Hits@20, and writes run_dir/alpha_sweep.json. The run
+itself is not changed: to use a chosen alpha, train or export with --alpha.
+"""
+
+import os
+import sys
+from typing import Dict, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+
+SWEEP_FILE = "alpha_sweep.json"
+
+
+def sweep(model, split, alphas: Sequence[float], ks=(10, 20), mrr_k=20,
+          batch_size=128) -> Dict[float, Dict[str, float]]:
+  """Fused metrics of a two-tower AlterRec for every alpha, one pass over a split.
+
+  Args:
+    model: an `AlterRec` with both towers.
+    split: a `data.SplitData`.
+    alphas: weights of the ID score.
+
+  Returns:
+    {alpha: {metric: value}} (keras-rs metrics, as the trainer's).
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import data as alter_data  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import evaluation  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.model import scored_positions  # pylint: disable=g-import-not-at-top
+
+  if tuple(model.tower_names) != ("id", "text"):
+    raise ValueError(f"an alpha sweep needs both towers; {model.config.model} has "
+                     f"{model.tower_names}")
+  max_k = max(max(ks), mrr_k)
+  spec = {alter_data.ITEM_IDS: tf.TensorSpec([None, None], tf.int32),
+          alter_data.TARGET_IDS: tf.TensorSpec([None, None], tf.int32),
+          alter_data.TARGET_MASK: tf.TensorSpec([None, None], tf.bool)}
+
+  @tf.function(input_signature=[spec])
+  def ranks_per_alpha(batch):
+    positions, targets = scored_positions(batch)
+    heads = model.prefix_scores(batch[alter_data.ITEM_IDS], positions)
+    return tf.stack([evaluation.target_ranks(a * heads["id"] + (1.0 - a) * heads["text"],
+                                             targets, max_k) for a in alphas])
+
+  ranks = np.concatenate([ranks_per_alpha(batch).numpy()
+                          for batch in split.batches(batch_size)], axis=1)
+  return {float(a): evaluation.ranking_metrics(ranks[i], ks, mrr_k)
+          for i, a in enumerate(alphas)}
+
+
+def run_sweep(run_dir: str, alphas: Sequence[float], data_dir=None) -> dict:
+  """Sweeps a run's valid and test splits; writes and returns alpha_sweep.json."""
+  from alterrec_tf import callbacks as alter_callbacks  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import data as alter_data  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import export as alter_export  # pylint: disable=g-import-not-at-top
+
+  model, config, manifest, data_dir = alter_export.load_run(run_dir, data_dir)
+  out = {"run_dir": run_dir, "alphas": [float(a) for a in alphas],
+         "trained_alpha": config.alpha}
+  for split_name in ("valid", "test"):
+    split = alter_data.load_split(data_dir, manifest, split_name, config.max_len,
+                                  config.eval_window_stride)
+    if split is not None:
+      values = sweep(model, split, alphas, config.ks, config.mrr_k, config.eval_batch_size)
+      out[split_name] = {f"{a:g}": metrics for a, metrics in values.items()}
+  if "valid" in out:
+    out["best_valid_alpha"] = float(max(
+        alphas, key=lambda a: (out["valid"][f"{a:g}"]["hits@20"], -abs(a - config.alpha))))
+  alter_callbacks.write_json_atomic(os.path.join(run_dir, SWEEP_FILE), out)
+  return out
+
+
+def format_sweep(out: dict) -> str:
+  """Markdown table: one row per alpha, valid and test Hits@20 / NDCG@20 (%)."""
+  lines = ["| alpha | valid Hits@20 | valid NDCG@20 | test Hits@20 | test NDCG@20 |",
+           "|---:|---:|---:|---:|---:|"]
+  for alpha in out["alphas"]:
+    key = f"{alpha:g}"
+    cells = []
+    for split in ("valid", "test"):
+      metrics = out.get(split, {}).get(key)
+      cells += ([f"{100 * metrics['hits@20']:.2f}", f"{100 * metrics['ndcg@20']:.2f}"]
+                if metrics else ["", ""])
+    marks = []
+    if alpha == out.get("best_valid_alpha"):
+      marks.append("best on valid")
+    if alpha == out["trained_alpha"]:
+      marks.append("trained with")
+    label = f"{key}" + (f" ({', '.join(marks)})" if marks else "")
+    lines.append(f"| {label} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def define_flags():
+  flags.DEFINE_string("run_dir", None, "A finished AlterRec run (two towers).")
+  flags.DEFINE_string("data_dir", None, "Prepared data; default: the run's own.")
+  flags.DEFINE_list("alphas", [f"{a / 10:g}" for a in range(11)], "ID weights to try.")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  from alterrec_tf import config as alter_config  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import export as alter_export  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import schema  # pylint: disable=g-import-not-at-top
+  values = flags.FLAGS
+  if not values.run_dir:
+    raise SystemExit("error: --run_dir is required")
+  try:
+    alphas = sorted({float(a) for a in values.alphas})
+  except ValueError as error:
+    raise SystemExit(f"error: --alphas takes numbers: {error}") from None
+  if not alphas or not all(0.0 <= a <= 1.0 for a in alphas):
+    raise SystemExit(f"error: --alphas must be in [0, 1], got {values.alphas}")
+  try:
+    out = run_sweep(values.run_dir, alphas, values.data_dir)
+  except (alter_config.ConfigError, alter_export.ExportError, schema.DataError,
+          ValueError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    raise SystemExit(1) from None
+  print(format_sweep(out))
+  print(f"written: {os.path.join(values.run_dir, SWEEP_FILE)}")
+
+
+def run():
+  define_flags()
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,56 @@
+"""The alpha sweep (Eq. 12 sensitivity): its ends are the towers, its trained
+alpha is the run's fused score, the best alpha is chosen on validation."""
+
+import json
+import os
+
+import pytest
+
+from alterrec_tf import alpha_sweep
+from alterrec_tf import data as alter_data
+from alterrec_tf import export
+from alterrec_tf.config import TrainConfig
+from alterrec_tf.train import train
+from tests import synthetic
+
+ALPHAS = (0.0, 0.3, 0.5, 1.0)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp("sweep_data"))
+  synthetic.write_dataset(data_dir, num_items=90, num_sessions=150, max_session_length=24)
+  run_dir = str(tmp_path_factory.mktemp("sweep_run"))
+  results = train(TrainConfig(data_dir=data_dir, run_dir=run_dir, embedding_dim=16,
+                              max_len=10, train_window_stride=5, k1=2, k2=20, m_random=1,
+                              m_gap=1, m_max=2, batch_size=32, eval_batch_size=64,
+                              verbose=0, alpha=0.3, text_temperature=0.5))
+  return run_dir, results
+
+
+def test_sweep_ends_are_the_towers_and_the_trained_alpha_is_the_fused_score(finished_run):
+  run_dir, results = finished_run
+  out = alpha_sweep.run_sweep(run_dir, ALPHAS)
+  for split in ("valid", "test"):
+    expected = {"0.3": results[split]["fused"], "1": results[split]["id"],
+                "0": results[split]["text"]}
+    for alpha, heads in expected.items():
+      for metric, value in heads.items():
+        assert out[split][alpha][metric] == pytest.approx(value, abs=1e-6), (split, alpha)
+  best = out["best_valid_alpha"]
+  assert out["valid"][f"{best:g}"]["hits@20"] == max(
+      out["valid"][f"{a:g}"]["hits@20"] for a in ALPHAS)
+  with open(os.path.join(run_dir, alpha_sweep.SWEEP_FILE)) as f:
+    assert json.load(f) == json.loads(json.dumps(out))
+  table = alpha_sweep.format_sweep(out)
+  assert "(best on valid" in table and "trained with" in table
+  assert len(table.splitlines()) == 2 + len(ALPHAS)
+
+
+def test_sweep_refuses_a_single_tower_model(finished_run):
+  run_dir, _ = finished_run
+  model, config, manifest, data_dir = export.load_run(run_dir)
+  model.tower_names = ("id",)
+  split = alter_data.load_split(data_dir, manifest, "valid", config.max_len, 25)
+  with pytest.raises(ValueError, match="both towers"):
+    alpha_sweep.sweep(model, split, ALPHAS)
