@@ -19,6 +19,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from alterrec_tf import config as alter_config
+
 SWEEP_FILE = "alpha_sweep.json"
 
 
@@ -105,20 +107,17 @@ def format_sweep(out: dict) -> str:
 
 
 def define_flags():
-  flags.DEFINE_string("run_dir", None, "A finished AlterRec run (two towers).")
-  flags.DEFINE_string("data_dir", None, "Prepared data; default: the run's own.")
+  # --run_dir (a finished two-tower run) and --data_dir (default: the run's own)
+  # are the training flags of alterrec_tf.config.
   flags.DEFINE_list("alphas", [f"{a / 10:g}" for a in range(11)], "ID weights to try.")
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  from alterrec_tf import config as alter_config  # pylint: disable=g-import-not-at-top
   from alterrec_tf import export as alter_export  # pylint: disable=g-import-not-at-top
   from alterrec_tf import schema  # pylint: disable=g-import-not-at-top
   values = flags.FLAGS
-  if not values.run_dir:
-    raise SystemExit("error: --run_dir is required")
   try:
     alphas = sorted({float(a) for a in values.alphas})
   except ValueError as error:
