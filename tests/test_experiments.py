@@ -117,7 +117,7 @@ def test_report_writes_table_json_and_three_figures(tmp_path):
 
 
 # --- the whole grid through the CLI ---------------------------------------------------------
-def test_experiments_cli_trains_every_model_then_skips_finished_runs(tmp_path):
+def test_experiments_cli_trains_every_model_in_two_workers_then_skips_finished_runs(tmp_path):
   data_dir = str(tmp_path / "data")
   synthetic.write_dataset(data_dir, num_items=50, num_sessions=60, max_session_length=16)
   runs_dir, report_dir = tmp_path / "runs", tmp_path / "report"
@@ -126,7 +126,7 @@ def test_experiments_cli_trains_every_model_then_skips_finished_runs(tmp_path):
             "--eval_batch_size=64", "--verbose=0"]
   command = [sys.executable, "-m", "alterrec_tf.experiments", f"--data_dir={data_dir}",
              f"--runs_dir={runs_dir}", f"--report_dir={report_dir}", "--seeds=0",
-             "--models=" + ",".join(ALL_MODELS)] + flags_
+             "--models=" + ",".join(ALL_MODELS), "--workers=2"] + flags_
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   out = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
@@ -155,6 +155,8 @@ def test_experiments_cli_trains_every_model_then_skips_finished_runs(tmp_path):
   for name in ("README.md", "fig3_nfrec.png", "fig5_alterrec.png", "fig6_long_tail.png"):
     assert (report_dir / name).stat().st_size > 0
   assert "| AlterRec |" in out.stdout and "11 runs trained, 0 skipped" in out.stdout
+  # two workers split the grid: every run was trained by exactly one of them
+  assert all(out.stdout.count(f"] {model} seed 0: training into") == 1 for model in ALL_MODELS)
 
   # resumable: a second pass over the grid trains nothing
   from alterrec_tf import experiments  # pylint: disable=g-import-not-at-top
