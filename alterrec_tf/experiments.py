@@ -48,7 +48,7 @@ flags.DEFINE_list("long_tail_bins", [],
 flags.DEFINE_integer("workers", 1,
                      "Training processes run in parallel, each with cpu_count / workers TF "
                      "threads (runs are split between them). On 2 cores, 2 single-thread "
-                     "workers got through the Online Retail grid about 1.6x faster than one "
+                     "workers got through the Online Retail grid about 1.4x faster than one "
                      "2-thread process (BUILD_NOTES.md).")
 flags.DEFINE_integer("worker", -1, "Internal: the index of this worker process.")
 flags.DEFINE_string("long_tail_reference", "sasrec",
