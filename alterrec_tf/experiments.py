@@ -87,6 +87,25 @@ def save_test_ranks(run_dir: str) -> dict:
   return alter_train.rank_test_split(config, model, manifest, test_split, run_dir)
 
 
+def check_grid(base_config, models) -> None:
+  """Fails before training anything (not at the 30th run) when a model of the
+  grid cannot run on the data.
+
+  Raises:
+    DataError / ConfigError: naming the model and what is missing.
+  """
+  from alterrec_tf import schema  # pylint: disable=g-import-not-at-top
+  manifest = schema.load_manifest(base_config.data_dir)
+  if not manifest.get("text_dim"):
+    needing = [m for m in models if m in TEXT_MODELS]
+    if needing:
+      raise alter_config.ConfigError(
+          f"{base_config.data_dir} has no item text, which {', '.join(needing)} need; "
+          "drop them from --models or prepare the data with --text_fields")
+  for model in models:
+    alter_train._check_config(base_config.replace(model=model), manifest)  # pylint: disable=protected-access
+
+
 def run_grid(base_config, models, seeds, runs_dir: str, log=print, shard=(0, 1)) -> dict:
   """Trains every missing (model, seed) run and stores its test ranks.
 
@@ -96,17 +115,8 @@ def run_grid(base_config, models, seeds, runs_dir: str, log=print, shard=(0, 1))
     {"trained": n, "skipped": n, "seconds": wall seconds of this call}.
   """
   import keras  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import schema  # pylint: disable=g-import-not-at-top
 
-  manifest = schema.load_manifest(base_config.data_dir)
-  if not manifest.get("text_dim"):
-    needing = [m for m in models if m in TEXT_MODELS]
-    if needing:
-      raise alter_config.ConfigError(
-          f"{base_config.data_dir} has no item text, which {', '.join(needing)} need; "
-          "drop them from --models or prepare the data with --text_fields")
-  for model in models:  # fail before training anything, not at the 30th run
-    alter_train._check_config(base_config.replace(model=model), manifest)  # pylint: disable=protected-access
+  check_grid(base_config, models)
   # Seed-major: an interrupted grid has whole seeds of every model, not all
   # seeds of the first models only.
   grid = [(m, s) for s in seeds for m in models]
@@ -180,10 +190,6 @@ def run_workers(models, seeds, runs_dir: str, workers: int) -> dict:
           "seconds": time.perf_counter() - start}
 
 
-def alter_train_results_file():
-  return alter_train.RESULTS_FILE
-
-
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
@@ -213,9 +219,7 @@ def main(argv):
           + (f", {workers} workers" if workers > 1 else ""), flush=True)
   try:
     if workers > 1 and worker < 0:
-      for model in models:  # fail here, not in every worker
-        alter_train._check_config(config.replace(model=model),  # pylint: disable=protected-access
-                                  schema.load_manifest(config.data_dir))
+      check_grid(config, models)  # here, not in every worker
       grid = run_workers(models, seeds, runs_dir, workers)
     else:
       grid = run_grid(config, models, seeds, runs_dir,
