@@ -44,6 +44,12 @@ def _seeds_note(model_runs, key="test/fused/hits@20"):
   return f"mean of {count} seed{'s' if count != 1 else ''}"
 
 
+def _save(plt, fig, path, rect=None):
+  fig.tight_layout(rect=rect)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def _plot_parts(axis, runs, name, keys, scale=1.0, fused_label=None):
   """Draws a model's fused curve (solid black) and its ID / text parts (dashed
   red / green) from the history keys (fused, id, text), mean over seeds."""
@@ -85,9 +91,7 @@ def plot_nfrec(grouped, path, dataset="") -> Optional[str]:
   right.legend(fontsize=9)
   fig.suptitle(f"{name} and its ID / text score parts (Eq. 14){' on ' + dataset if dataset else ''}"
                f" (test: {_seeds_note(runs)}; loss: {_seeds_note(runs, 'train/loss')})")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(plt, fig, path)
   return model
 
 
@@ -124,9 +128,7 @@ def plot_alterrec(grouped, path, dataset="") -> Optional[str]:
   axis.grid(alpha=0.3)
   axis.set_title(f"{name}: fused score and its ID / text networks"
                  f"{' on ' + dataset if dataset else ''}, {_seeds_note(runs)}")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(plt, fig, path)
   return model
 
 
@@ -178,9 +180,7 @@ def plot_long_tail(analysis, path, dataset="") -> bool:
   title = (f"Long tail: improvement over {reference} by target popularity" if relative
            else "Long tail: metrics by target popularity")
   fig.suptitle(title + (f" on {dataset}" if dataset else ""))
-  fig.tight_layout(rect=(0, 0.06 + 0.035 * ((len(names) - 1) // 4), 1, 1))
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(plt, fig, path, rect=(0, 0.06 + 0.035 * ((len(names) - 1) // 4), 1, 1))
   return True
 
 

@@ -116,12 +116,18 @@ def training_item_counts(files, num_items):
   return counts
 
 
+def build_floor(dataset, name):
+  """A count-based floor built from the synthetic training split: (model, V, files)."""
+  data_dir, manifest = dataset
+  train_files = schema.split_files(data_dir, manifest, "train")
+  model = baselines.build_baseline(tiny_config(data_dir, model=name), manifest["num_items"],
+                                   None, train_files)
+  return model, manifest["num_items"], train_files
+
+
 def test_most_popular_ranks_every_prefix_by_training_counts(dataset):
   data_dir, manifest = dataset
-  num_items = manifest["num_items"]
-  train_files = schema.split_files(data_dir, manifest, "train")
-  model = baselines.build_baseline(tiny_config(data_dir, model="most_popular"), num_items,
-                                   None, train_files)
+  model, num_items, train_files = build_floor(dataset, "most_popular")
   assert not model.trainable_variables
   counts = training_item_counts(train_files, num_items)
   np.testing.assert_array_equal(model.counts.numpy(), counts.astype(np.float32))
@@ -170,10 +176,7 @@ def test_session_knn_counts_training_sessions_only(tmp_path):
 
 def test_session_knn_scores_are_recency_weighted_votes(dataset):
   data_dir, manifest = dataset
-  num_items = manifest["num_items"]
-  train_files = schema.split_files(data_dir, manifest, "train")
-  model = baselines.build_baseline(tiny_config(data_dir, model="session_knn"), num_items,
-                                   None, train_files)
+  model, num_items, train_files = build_floor(dataset, "session_knn")
   neighbours = model.neighbours.numpy().astype(np.float64)
   popularity = model.popularity.numpy().astype(np.float64)
   batch = first_batch(data_dir, manifest, "test", 10)
