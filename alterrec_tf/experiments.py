@@ -8,7 +8,9 @@ Each (model, seed) trains with `alterrec_tf.train.train` (same flags, data
 pipeline and evaluation as a single run) into runs_dir/<model>/seed<k>/. A run
 whose results.json exists is skipped, and a run killed half-way resumes from
 its own backup, so re-running the command after an interruption finishes the
-grid. Runs go seed by seed. Only the first seed of the models drawn per epoch
+grid. Runs already in runs_dir must have been trained with the same settings
+and data (checked before anything trains; a changed flag is refused, naming
+the runs and flags); --overwrite trains every run of the grid again. Runs go seed by seed. Only the first seed of the models drawn per epoch
 in the figures ranks the test split after every epoch; every run ranks it once
 with its selected epoch's weights and stores the per-prefix ranks
 (test_ranks.npz, for the long-tail analysis). Finally `alterrec_tf.report`
@@ -87,12 +89,24 @@ def save_test_ranks(run_dir: str) -> dict:
   return alter_train.rank_test_split(config, model, manifest, test_split, run_dir)
 
 
-def check_grid(base_config, models) -> None:
+def run_config(base_config, model: str, seed: int, seeds, runs_dir: str):
+  """The TrainConfig of one (model, seed) run of the grid."""
+  # Per-epoch test curves only where the figures draw them (first seed); every
+  # other run ranks the test split once, at its selected epoch.
+  return base_config.replace(
+      model=model, seed=seed, run_dir=alter_report.run_dir_of(runs_dir, model, seed),
+      test_every_epoch=base_config.test_every_epoch and (
+          seed == seeds[0] and model in PER_EPOCH_TEST_MODELS))
+
+
+def check_grid(base_config, models, seeds=(), runs_dir=None) -> None:
   """Fails before training anything (not at the 30th run) when a model of the
-  grid cannot run on the data.
+  grid cannot run on the data, or when a run already in runs_dir was trained
+  with other settings or data (it would be skipped, and the report would mix
+  settings), unless --overwrite.
 
   Raises:
-    DataError / ConfigError: naming the model and what is missing.
+    DataError / ConfigError: naming the model (or runs) and what is wrong.
   """
   from alterrec_tf import schema  # pylint: disable=g-import-not-at-top
   manifest = schema.load_manifest(base_config.data_dir)
@@ -104,6 +118,21 @@ def check_grid(base_config, models) -> None:
           "drop them from --models or prepare the data with --text_fields")
   for model in models:
     alter_train._check_config(base_config.replace(model=model), manifest)  # pylint: disable=protected-access
+  if runs_dir is None or base_config.overwrite:
+    return
+  conflicts = []
+  for seed in seeds:
+    for model in models:
+      config = run_config(base_config, model, seed, seeds, runs_dir)
+      changed, _ = alter_train.run_conflicts(config, manifest)
+      if changed:
+        conflicts.append(f"{config.run_dir}: {', '.join(changed)}")
+  if conflicts:
+    shown = "\n  ".join(conflicts[:5]) + (
+        f"\n  ... and {len(conflicts) - 5} more" if len(conflicts) > 5 else "")
+    raise alter_config.ConfigError(
+        f"{len(conflicts)} run(s) in {runs_dir} were trained with other settings:\n  {shown}\n"
+        "choose another --runs_dir, or pass --overwrite to train them again")
 
 
 def run_grid(base_config, models, seeds, runs_dir: str, log=print, shard=(0, 1)) -> dict:
@@ -116,17 +145,19 @@ def run_grid(base_config, models, seeds, runs_dir: str, log=print, shard=(0, 1))
   """
   import keras  # pylint: disable=g-import-not-at-top
 
-  check_grid(base_config, models)
+  check_grid(base_config, models, seeds, runs_dir)
   # Seed-major: an interrupted grid has whole seeds of every model, not all
   # seeds of the first models only.
   grid = [(m, s) for s in seeds for m in models]
   start = time.perf_counter()
   trained = skipped = 0
   for index, (model, seed) in list(enumerate(grid, 1))[shard[0]::shard[1]]:
-    run_dir = alter_report.run_dir_of(runs_dir, model, seed)
+    config = run_config(base_config, model, seed, seeds, runs_dir)
+    run_dir = config.run_dir
     prefix = f"[{index}/{len(grid)}] {model} seed {seed}"
     elapsed = f"{time.perf_counter() - start:.0f}s elapsed"
-    finished = os.path.exists(os.path.join(run_dir, alter_train.RESULTS_FILE))
+    finished = (not base_config.overwrite
+                and os.path.exists(os.path.join(run_dir, alter_train.RESULTS_FILE)))
     if finished and os.path.exists(os.path.join(run_dir, RANKS_FILE)):
       log(f"{prefix}: finished earlier, skipped ({elapsed})")
       skipped += 1
@@ -134,12 +165,6 @@ def run_grid(base_config, models, seeds, runs_dir: str, log=print, shard=(0, 1))
     run_start = time.perf_counter()
     if not finished:
       log(f"{prefix}: training into {run_dir} ({elapsed})")
-      # Per-epoch test curves only where the figures draw them (first seed);
-      # every other run ranks the test split once, at its selected epoch.
-      config = base_config.replace(
-          model=model, seed=seed, run_dir=run_dir,
-          test_every_epoch=base_config.test_every_epoch and (
-              seed == seeds[0] and model in PER_EPOCH_TEST_MODELS))
       alter_train.train(config, save_test_ranks=True)
       trained += 1
     if not os.path.exists(os.path.join(run_dir, RANKS_FILE)):  # floors; older runs
@@ -158,7 +183,7 @@ def run_grid(base_config, models, seeds, runs_dir: str, log=print, shard=(0, 1))
   return {"trained": trained, "skipped": skipped, "seconds": time.perf_counter() - start}
 
 
-def run_workers(models, seeds, runs_dir: str, workers: int) -> dict:
+def run_workers(models, seeds, runs_dir: str, workers: int, overwrite: bool = False) -> dict:
   """Runs `workers` copies of this command, worker i training runs i, i + n, ...
 
   Each gets cpu_count // workers TF threads (at least 1). Returns the grid
@@ -176,7 +201,7 @@ def run_workers(models, seeds, runs_dir: str, workers: int) -> dict:
     return {(m, s) for m in models for s in seeds if os.path.exists(os.path.join(
         alter_report.run_dir_of(runs_dir, m, s), alter_train.RESULTS_FILE))}
 
-  before = finished()
+  before = set() if overwrite else finished()
   start = time.perf_counter()
   command = [sys.executable, "-m", "alterrec_tf.experiments"] + sys.argv[1:]
   processes = [subprocess.Popen(command + [f"--worker={i}"], env=env)  # pylint: disable=consider-using-with
@@ -219,8 +244,8 @@ def main(argv):
           + (f", {workers} workers" if workers > 1 else ""), flush=True)
   try:
     if workers > 1 and worker < 0:
-      check_grid(config, models)  # here, not in every worker
-      grid = run_workers(models, seeds, runs_dir, workers)
+      check_grid(config, models, seeds, runs_dir)  # here too: fail before starting workers
+      grid = run_workers(models, seeds, runs_dir, workers, config.overwrite)
     else:
       grid = run_grid(config, models, seeds, runs_dir,
                       log=lambda line: print(line, flush=True),

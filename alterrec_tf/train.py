@@ -140,28 +140,30 @@ _RUN_NEUTRAL_SETTINGS = frozenset({"data_dir", "run_dir", "verbose", "resume", "
                                    "eval_batch_size", "test_every_epoch"})
 
 
-def _previous_run(config, manifest):
-  """The results of the same finished run in config.run_dir, else None.
-
-  Raises:
-    ConfigError: run_dir holds a run (finished or resumable) trained with other
-      settings or on other data, and --overwrite was not given.
-  """
+def remove_run(run_dir: str) -> None:
+  """Deletes what a run leaves in run_dir (nothing else there is touched)."""
   import shutil  # pylint: disable=g-import-not-at-top
   from alterrec_tf import callbacks as alter_callbacks  # pylint: disable=g-import-not-at-top
-  run_dir = config.run_dir
-  if config.overwrite:  # what a run leaves in run_dir; nothing else is removed
-    for name in (CONFIG_FILE, RESULTS_FILE, TEST_RANKS_FILE, alter_callbacks.HISTORY_FILE,
-                 alter_callbacks.BEST_WEIGHTS_FILE, alter_callbacks.BACKUP_DIR, "tb"):
-      path = os.path.join(run_dir, name)
-      if os.path.isdir(path):
-        shutil.rmtree(path)
-      elif os.path.exists(path):
-        os.remove(path)
-    return None
-  config_path = os.path.join(run_dir, CONFIG_FILE)
+  for name in (CONFIG_FILE, RESULTS_FILE, TEST_RANKS_FILE, alter_callbacks.HISTORY_FILE,
+               alter_callbacks.BEST_WEIGHTS_FILE, alter_callbacks.BACKUP_DIR, "tb"):
+    path = os.path.join(run_dir, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    elif os.path.exists(path):
+      os.remove(path)
+
+
+def run_conflicts(config, manifest) -> tuple:
+  """How the run already in config.run_dir differs from `config`.
+
+  Returns:
+    (differences, results): a list of "--flag=old (now new)" strings (plus a
+    data content_hash line when the data changed), empty when the run matches
+    or run_dir holds none; and the run's results dict when it finished, else None.
+  """
+  config_path = os.path.join(config.run_dir, CONFIG_FILE)
   if not os.path.exists(config_path):
-    return None
+    return [], None
   with open(config_path, encoding="utf-8") as f:
     previous = json.load(f)
   current = json.loads(config.to_json())
@@ -169,16 +171,32 @@ def _previous_run(config, manifest):
              for name, value in sorted(current.items())
              if name not in _RUN_NEUTRAL_SETTINGS and previous.get(name) != value]
   results = None
-  results_path = os.path.join(run_dir, RESULTS_FILE)
+  results_path = os.path.join(config.run_dir, RESULTS_FILE)
   if os.path.exists(results_path):
     with open(results_path, encoding="utf-8") as f:
       results = json.load(f)
     if results.get("data_content_hash") != manifest.get("content_hash"):
       changed.append(f"data content_hash {results.get('data_content_hash')} "
                      f"(now {manifest.get('content_hash')})")
+  return changed, results
+
+
+def _previous_run(config, manifest):
+  """The results of the same finished run in config.run_dir, else None.
+
+  With --overwrite, the run's files are removed first (and None returned).
+
+  Raises:
+    ConfigError: run_dir holds a run (finished or resumable) trained with other
+      settings or on other data, and --overwrite was not given.
+  """
+  if config.overwrite:
+    remove_run(config.run_dir)
+    return None
+  changed, results = run_conflicts(config, manifest)
   if changed:
     raise alter_config.ConfigError(
-        f"{run_dir} holds a run trained with other settings: {', '.join(changed)}; "
+        f"{config.run_dir} holds a run trained with other settings: {', '.join(changed)}; "
         "choose another --run_dir, or pass --overwrite to replace it")
   return results
 

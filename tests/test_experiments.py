@@ -13,6 +13,7 @@ import pytest
 from alterrec_tf import evaluation
 from alterrec_tf import long_tail
 from alterrec_tf import report
+from alterrec_tf.config import ConfigError
 from alterrec_tf.config import TrainConfig
 from tests import synthetic
 
@@ -161,8 +162,23 @@ def test_experiments_cli_trains_every_model_in_two_workers_then_skips_finished_r
   # resumable: a second pass over the grid trains nothing
   from alterrec_tf import experiments  # pylint: disable=g-import-not-at-top
   lines = []
-  config = TrainConfig(data_dir=data_dir, m_max=1, embedding_dim=8, max_len=8, k1=2, k2=12,
-                       p=2, verbose=0)
+  config = TrainConfig(data_dir=data_dir, m_max=1, m_random=1, embedding_dim=8, max_len=8,
+                       num_layers=1, k1=2, k2=12, p=2, batch_size=32, verbose=0)
   grid = experiments.run_grid(config, list(ALL_MODELS), [0], str(runs_dir), log=lines.append)
   assert grid["trained"] == 0 and grid["skipped"] == len(ALL_MODELS)
   assert all("finished earlier, skipped" in line for line in lines)
+
+  # a changed flag is refused before anything trains (skipping would mix settings) ...
+  with pytest.raises(ConfigError, match=r"(?s)runs/sasrec/seed0: --embedding_dim=8 \(now 16\)"):
+    experiments.run_grid(config.replace(embedding_dim=16), ["sasrec", "alterrec"], [0],
+                         str(runs_dir), log=lines.append)
+  assert json.loads((runs_dir / "sasrec" / "seed0" / "config.json").read_text())[
+      "embedding_dim"] == 8
+  # ... and --overwrite trains the grid's runs again with the new flags
+  lines.clear()
+  grid = experiments.run_grid(config.replace(embedding_dim=16, overwrite=True), ["sasrec"], [0],
+                              str(runs_dir), log=lines.append)
+  assert grid["trained"] == 1 and grid["skipped"] == 0, lines
+  assert json.loads((runs_dir / "sasrec" / "seed0" / "config.json").read_text())[
+      "embedding_dim"] == 16
+  assert (runs_dir / "sasrec" / "seed0" / "test_ranks.npz").exists()
