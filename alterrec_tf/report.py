@@ -227,10 +227,14 @@ def format_cost_markdown(costs) -> str:
            "|---|---:|---:|---:|---:|---:|---:|---:|"]
   for model in sorted(costs, key=_model_key):
     c = costs[model]
-    lines.append(f"| {display_name(model)} | {c['epochs_run']:.1f} | {c['best_epoch']:.1f} | "
-                 f"{c['train_seconds_per_epoch']:.1f} | {c['train_examples_per_second']:.0f} | "
-                 f"{c['eval_seconds_per_epoch']:.1f} | {c['fit_seconds']:.1f} | "
-                 f"{c['total_seconds_all_seeds']:.0f} |")
+    if c["epochs_run"]:  # trained by gradient descent
+      training = (f"{c['epochs_run']:.1f} | {c['best_epoch']:.1f} | "
+                  f"{c['train_seconds_per_epoch']:.1f} | {c['train_examples_per_second']:.0f}")
+      fit = "–"
+    else:  # a count-based floor: no epochs, one pass over the training sessions
+      training, fit = "– | – | – | –", f"{c['fit_seconds']:.1f}"
+    lines.append(f"| {display_name(model)} | {training} | {c['eval_seconds_per_epoch']:.1f} | "
+                 f"{fit} | {c['total_seconds_all_seeds']:.0f} |")
   return "\n".join(lines)
 
 

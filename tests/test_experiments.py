@@ -156,6 +156,10 @@ def test_experiments_cli_trains_every_model_in_two_workers_then_skips_finished_r
   for name in ("README.md", "fig3_nfrec.png", "fig5_alterrec.png", "fig6_long_tail.png"):
     assert (report_dir / name).stat().st_size > 0
   assert "| AlterRec |" in out.stdout and "11 runs trained, 0 skipped" in out.stdout
+  # the cost table leaves the training columns of the count-based floors empty
+  cost_rows = (report_dir / "README.md").read_text(encoding="utf-8").split("## Cost")[1]
+  assert "| MostPopular | – | – | – | – |" in cost_rows
+  assert "| SASRec | 1.0 | 1.0 |" in cost_rows
   # two workers split the grid: every run was trained by exactly one of them
   assert all(out.stdout.count(f"] {model} seed 0: training into") == 1 for model in ALL_MODELS)
 
