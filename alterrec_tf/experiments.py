@@ -10,10 +10,11 @@ whose results.json exists is skipped, and a run killed half-way resumes from
 its own backup, so re-running the command after an interruption finishes the
 grid. Runs already in runs_dir must have been trained with the same settings
 and data (checked before anything trains; a changed flag is refused, naming
-the runs and flags); --overwrite trains every run of the grid again. Runs go seed by seed. Only the first seed of the models drawn per epoch
-in the figures ranks the test split after every epoch; every run ranks it once
-with its selected epoch's weights and stores the per-prefix ranks
-(test_ranks.npz, for the long-tail analysis). Finally `alterrec_tf.report`
+the runs and flags); --overwrite trains every run of the grid again. Runs go
+seed by seed. Only the first seed of the models drawn per epoch in the figures
+ranks the test split after every epoch; every run ranks it once with its
+selected epoch's weights and stores the per-prefix ranks (test_ranks.npz, for
+the long-tail analysis). Finally `alterrec_tf.report`
 writes report_dir/.
 
 The training flags (and the data preparation flags of a shared flagfile, which
