@@ -14,8 +14,7 @@ the runs and flags); --overwrite trains every run of the grid again. Runs go
 seed by seed. Only the first seed of the models drawn per epoch in the figures
 ranks the test split after every epoch; every run ranks it once with its
 selected epoch's weights and stores the per-prefix ranks (test_ranks.npz, for
-the long-tail analysis). Finally `alterrec_tf.report`
-writes report_dir/.
+the long-tail analysis). Finally `alterrec_tf.report` writes report_dir/.
 
 The training flags (and the data preparation flags of a shared flagfile, which
 are ignored) are accepted as in `alterrec_tf.train`; --model, --seed and
@@ -57,7 +56,6 @@ flags.DEFINE_integer("worker", -1, "Internal: the index of this worker process."
 flags.DEFINE_string("long_tail_reference", "sasrec",
                     "Model whose per-group metrics the long-tail plot divides by.")
 
-RANKS_FILE = alter_report.RANKS_FILE
 # Models whose per-epoch test curves the figures draw (report_plots).
 PER_EPOCH_TEST_MODELS = ("alterrec", "nfrec_concat", "id_only", "text_only")
 TEXT_MODELS = ("alterrec", "alterrec_aug", "alterrec_random", "text_only", "nfrec_sum",
@@ -159,7 +157,8 @@ def run_grid(base_config, models, seeds, runs_dir: str, log=print, shard=(0, 1))
     elapsed = f"{time.perf_counter() - start:.0f}s elapsed"
     finished = (not base_config.overwrite
                 and os.path.exists(os.path.join(run_dir, alter_train.RESULTS_FILE)))
-    if finished and os.path.exists(os.path.join(run_dir, RANKS_FILE)):
+    ranks_path = os.path.join(run_dir, alter_train.TEST_RANKS_FILE)
+    if finished and os.path.exists(ranks_path):
       log(f"{prefix}: finished earlier, skipped ({elapsed})")
       skipped += 1
       continue
@@ -168,7 +167,7 @@ def run_grid(base_config, models, seeds, runs_dir: str, log=print, shard=(0, 1))
       log(f"{prefix}: training into {run_dir} ({elapsed})")
       alter_train.train(config, save_test_ranks=True)
       trained += 1
-    if not os.path.exists(os.path.join(run_dir, RANKS_FILE)):  # floors; older runs
+    if not os.path.exists(ranks_path):  # floors (no best weights); runs from older versions
       if finished:
         log(f"{prefix}: trained earlier, ranking its test prefixes ({elapsed})")
       save_test_ranks(run_dir)
