@@ -106,6 +106,14 @@ def _split_counts(sessions: pd.DataFrame) -> Dict[str, Dict[str, int]]:
       "num_examples": {s: int(scored[m].sum()) for s, m in by_split.items()}}
 
 
+def _guest_counts(sessions: pd.DataFrame) -> Dict[str, Dict[str, int]]:
+  """Sessions and scored prefixes of guests (`sessions.is_guest`) per split."""
+  guest = S.is_guest(sessions)
+  counts = _split_counts(sessions[guest])
+  return {"num_sessions": counts["num_sessions"],
+          "num_examples": counts["num_examples"]}
+
+
 def _num_users(sessions: pd.DataFrame) -> Optional[int]:
   users = sessions.loc[sessions[S.USER_ID] != "", S.USER_ID]
   return int(users.nunique()) if len(users) else None
@@ -160,7 +168,10 @@ def build_manifest(raw: S.RawSessions, options: PrepareOptions,
       "text_dim": written["text_dim"],
       "text_fields": list(options.text_fields) if written["text_dim"] else [],
       "text_model": options.text_model if written["text_dim"] else None,
-      "eval_protocol": raw.eval_protocol, "split_rule": rule, "filters": report,
+      "eval_protocol": raw.eval_protocol, "split_rule": rule,
+      "guests": _guest_counts(sessions) if not raw.split_rule else None,
+      "sessions_deduplicated": bool(raw.sessions_deduplicated),
+      "filters": report,
       "flags": options.as_flags(), "files": written["files"],
       "file_hashes": written["file_hashes"],
       "content_hash": schema.content_hash(written["file_hashes"])}

@@ -9,6 +9,8 @@ A reader turns one raw layout into `RawSessions`:
   `split` ("train", "valid", "test", or "" while the split is still to be
   assigned) and `eval_start` (the first scored position: 1 scores every prefix,
   len-1 is leave-one-out).
+  A guest session (a purchase without a known user) has user_id "" or
+  `guest_user_id(session_id)` ("guest-<session_id>"); `is_guest` finds both.
 * `catalog`: a DataFrame indexed by raw item id (str) with one str column per
   text field ("" where the item has no text in that field).
 * `item_origin`: where each raw item first appears in the input (file, row,
@@ -20,6 +22,7 @@ Row numbers in messages count data rows from 1, the header not included.
 import dataclasses
 from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence
 
+import numpy as np
 import pandas as pd
 
 SESSION_ID = "session_id"
@@ -30,6 +33,7 @@ SPLIT = "split"
 EVAL_START = "eval_start"
 SESSION_COLUMNS = (SESSION_ID, USER_ID, TIMESTAMP, ITEMS, SPLIT, EVAL_START)
 UNSPLIT = ""
+GUEST_PREFIX = "guest-"
 
 
 class DataToolsError(ValueError):
@@ -80,6 +84,8 @@ class RawSessions:
     split_rule: how the reader assigned splits; "" if `sessions` is unsplit.
     item_origin: first place of every raw item id in the input.
     cleaning: reader-specific counts and rules, stored in the manifest.
+    sessions_deduplicated: True if the reader removed repeated items within
+      sessions (`dedup_items`, `dedup_with_target`); stored in the manifest.
   """
   sessions: pd.DataFrame
   catalog: pd.DataFrame
@@ -88,6 +94,20 @@ class RawSessions:
   split_rule: str
   item_origin: Dict[str, Location]
   cleaning: Dict[str, object] = dataclasses.field(default_factory=dict)
+  sessions_deduplicated: bool = False
+
+
+def guest_user_id(session_id: str) -> str:
+  """The user id of a guest session: a one-session user "guest-<session_id>"."""
+  return GUEST_PREFIX + session_id
+
+
+def is_guest(sessions: pd.DataFrame) -> np.ndarray:
+  """Boolean mask of guest sessions: user_id "" or `guest_user_id(session_id)`."""
+  users = sessions[USER_ID].to_numpy(dtype=object)
+  guest_ids = (GUEST_PREFIX + sessions[SESSION_ID].astype(str)).to_numpy(
+      dtype=object)
+  return (users == "") | (users == guest_ids)
 
 
 def dedup_items(items: Iterable[str]) -> List[str]:

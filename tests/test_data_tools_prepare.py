@@ -83,6 +83,13 @@ def test_manifest_counts_and_files(with_text, read_prepared):
     assert manifest["num_examples"][split] == sum(
         len(r[S.ITEMS]) - r[S.EVAL_START] for r in mine)
   assert manifest["num_users"] == len({r[S.USER_ID] for r in rows})
+  assert manifest["sessions_deduplicated"] is True
+  for split in schema.SPLITS:
+    guests = [r for r in rows if r["split"] == split
+              and r[S.USER_ID] == "guest-" + r[S.SESSION_ID]]
+    assert manifest["guests"]["num_sessions"][split] == len(guests)
+    assert manifest["guests"]["num_examples"][split] == sum(
+        len(r[S.ITEMS]) - r[S.EVAL_START] for r in guests)
   assert manifest["eval_protocol"] == schema.EVAL_ALL_PREFIXES
   assert manifest["text_dim"] == 384 and manifest["text_fields"] == ["title"]
   assert manifest["flags"] == with_text.manifest["flags"]

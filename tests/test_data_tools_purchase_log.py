@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 
 from alterrec_tf import schema
-
 from data_tools import embed, filtering, prepare, splits
 from data_tools import sessions as S
 from data_tools.options import PrepareOptions
@@ -119,17 +118,104 @@ def test_online_retail_split_fractions(retail):
   assert report["frequency_filter"]["iterations"] >= 1
 
 
+def test_online_retail_guests_share_every_split(retail):
+  """Guest and registered sessions are split in the same shares (issue 15)."""
+  _, selected, _, _ = retail
+  guest = S.is_guest(selected)
+  assert guest.sum() > 1000
+  guests = selected.loc[guest, S.SPLIT].value_counts(normalize=True)
+  registered = selected.loc[~guest, S.SPLIT].value_counts(normalize=True)
+  for split, fraction in (("train", 0.7), ("valid", 0.1), ("test", 0.2)):
+    assert abs(guests[split] - registered[split]) < 0.01, split
+    assert abs(guests[split] - fraction) < 0.01, split
+  # The guests' training sessions are their oldest, their test sessions the newest.
+  times = selected[guest].groupby(S.SPLIT)[S.TIMESTAMP].agg(["min", "max"])
+  assert times.loc["train", "max"] <= times.loc["valid", "min"]
+  assert times.loc["valid", "max"] <= times.loc["test", "min"]
+
+
 def test_chronological_split_takes_most_recent_sessions_of_distinct_users():
   records = [{S.SESSION_ID: f"s{i}", S.USER_ID: user, S.TIMESTAMP: time,
               S.ITEMS: ["a", "b"], S.SPLIT: "", S.EVAL_START: 1}
              for i, (user, time) in enumerate(
                  [("u1", 1), ("u1", 2), ("u1", 3), ("u1", 4), ("u2", 5),
-                  ("u2", 6), ("u3", 7), ("", 8), ("u4", 2), ("u4", 9)])]
+                  ("u2", 6), ("u3", 7), ("u4", 2), ("u4", 9)])]
   result = splits.chronological_user_split(S.make_sessions(records), 0.1, 0.2)
   split = dict(zip(result[S.SESSION_ID], result[S.SPLIT]))
-  # rank 0 sessions: s3 (t4), s5 (t6), s6 (t7), s7 (t8, guest), s9 (t9)
-  assert [s for s, v in split.items() if v == "test"] == ["s7", "s9"]
-  assert [s for s, v in split.items() if v == "valid"] == ["s6"]
+  # rank 0 sessions: s3 (t4), s5 (t6), s6 (t7), s8 (t9); 9 sessions -> 2 test,
+  # 1 validation, newest first.
+  assert [s for s, v in split.items() if v == "test"] == ["s6", "s8"]
+  assert [s for s, v in split.items() if v == "valid"] == ["s5"]
+
+
+def _guest_records(times):
+  return [{S.SESSION_ID: f"g{i}", S.USER_ID: S.guest_user_id(f"g{i}"),
+           S.TIMESTAMP: time, S.ITEMS: ["a", "b"], S.SPLIT: "",
+           S.EVAL_START: 1} for i, time in enumerate(times)]
+
+
+def test_guests_are_split_by_time_with_the_same_fractions():
+  """Guests ("" or guest-<session>) no longer all land in validation/test."""
+  registered = [{S.SESSION_ID: f"s{i}", S.USER_ID: f"u{i % 3}", S.TIMESTAMP: i,
+                 S.ITEMS: ["a", "b"], S.SPLIT: "", S.EVAL_START: 1}
+                for i in range(20)]
+  guests = _guest_records([5, 1, 9, 3, 7, 2, 8, 4, 6, 0])
+  guests[4][S.USER_ID] = ""  # an unknown user is a guest too
+  result = splits.chronological_user_split(S.make_sessions(registered + guests),
+                                           0.1, 0.2)
+  split = dict(zip(result[S.SESSION_ID], result[S.SPLIT]))
+  # 10 guests: the 2 newest (t9 g2, t8 g6) test, the next (t7 g4) validation.
+  assert sorted(s for s, v in split.items() if s.startswith("g") and v == "test") == [
+      "g2", "g6"]
+  assert [s for s, v in split.items() if s.startswith("g") and v == "valid"] == [
+      "g4"]
+  # 20 registered sessions: 4 test, 2 validation, as without guests.
+  alone = splits.chronological_user_split(S.make_sessions(registered), 0.1, 0.2)
+  assert (result[S.SPLIT][:20] == alone[S.SPLIT]).all()
+  assert alone[S.SPLIT].value_counts().to_dict() == {"train": 14, "test": 4,
+                                                     "valid": 2}
+
+
+def test_guest_split_ties_are_broken_by_session_id():
+  guests = _guest_records([3] * 10)
+  result = splits.chronological_user_split(S.make_sessions(guests), 0.1, 0.2)
+  split = dict(zip(result[S.SESSION_ID], result[S.SPLIT]))
+  assert [s for s, v in split.items() if v == "test"] == ["g8", "g9"]
+  assert [s for s, v in split.items() if v == "valid"] == ["g7"]
+
+
+RETAIL_HEADER = ["InvoiceNo", "StockCode", "Description", "Quantity",
+                 "InvoiceDate", "UnitPrice", "CustomerID", "Country"]
+
+
+def _retail_lines(num_invoices=40, lines_per_invoice=3):
+  """Invoices of 3 lines each; every other invoice is a guest's (no CustomerID)."""
+  lines = []
+  for invoice in range(num_invoices):
+    customer = "" if invoice % 2 else str(12000 + invoice % 4)
+    for line in range(lines_per_invoice):
+      code = str(10000 + (invoice + line) % 7)
+      lines.append([str(500000 + invoice), code, f"ITEM {code}", "1",
+                    f"2011-01-{1 + invoice % 28:02d} 10:{line:02d}", "1.5",
+                    customer, "United Kingdom"])
+  return lines
+
+
+def test_guest_invoices_stay_whole(tmp_path):
+  path = tmp_path / "retail.csv"
+  pd.DataFrame(_retail_lines(), columns=RETAIL_HEADER).to_csv(path, index=False)
+  options = PrepareOptions(raw_path=str(path), output_dir="unused",
+                           min_item_count=1)
+  raw = purchase_log.read_online_retail(options)
+  selected, _, _ = prepare.select_sessions(raw, options)
+  guests = selected[S.is_guest(selected)]
+  assert len(guests) == 20 and guests[S.SESSION_ID].is_unique
+  assert set(guests[S.SPLIT]) == {"train", "valid", "test"}
+  table = pd.read_csv(path, dtype=str)
+  for session, items in zip(guests[S.SESSION_ID], guests[S.ITEMS]):
+    assert items == list(table.loc[table["InvoiceNo"] == session, "StockCode"])
+  assert guests[S.SPLIT].value_counts().to_dict() == {"train": 14, "test": 4,
+                                                      "valid": 2}
 
 
 def test_remap_eval_start():
@@ -238,6 +324,8 @@ def test_homedepot_layout_end_to_end(tmp_path, monkeypatch, read_prepared,
                  ("valid", "s3", "u1", ["i3", "i1"]),
                  ("test", "s5", "u2", ["i2", "i4"])]
   assert manifest["num_items"] == 5 and manifest["num_users"] == 2
+  assert manifest["sessions_deduplicated"] is True
+  assert manifest["guests"]["num_sessions"] == {"train": 0, "valid": 0, "test": 0}
   assert manifest["filters"]["unseen_items"]["unseen_items_removed"] == 1
   table = schema.load_text_embeddings(result.output_dir, manifest)
   texts = ["title i3", "description of i3", "home > tools"]

@@ -249,4 +249,5 @@ def read_amazon_m2(options: PrepareOptions) -> S.RawSessions:
   return S.RawSessions(sessions=S.normalize_sessions(sessions), catalog=catalog,
                        raw_format="amazon_m2",
                        eval_protocol=schema.EVAL_ALL_PREFIXES, split_rule=rule,
-                       item_origin=origin, cleaning=cleaning)
+                       item_origin=origin, cleaning=cleaning,
+                       sessions_deduplicated=True)

@@ -18,7 +18,8 @@ each step counted in the manifest:
     products (this removes POST, DOT, M, C2, D, S, B, BANK CHARGES, AMAZONFEE,
     CRUK, PADS, DCGS*, gift_*, m), plus the codes in `--excluded_stock_codes`.
 Then InvoiceNo = session, CustomerID = user (a guest line without CustomerID
-makes the invoice a one-session user "guest-<InvoiceNo>"), StockCode = item,
+makes the invoice a one-session user "guest-<InvoiceNo>", a guest session
+that the split handles apart from the registered users'), StockCode = item,
 session timestamp = the invoice's earliest InvoiceDate, items in line order;
 title = the most frequent Description of the StockCode among the kept lines
 (ties: alphabetically first; whitespace runs collapsed).
@@ -154,7 +155,8 @@ def read_purchase_log(options: PrepareOptions) -> S.RawSessions:
       sessions=sessions, catalog=catalog, raw_format="purchase_log",
       eval_protocol=schema.EVAL_ALL_PREFIXES, split_rule="",
       item_origin=_origin(lines, path, names["item_id"]),
-      cleaning={"rows_read": len(table), "sessions_read": len(sessions)})
+      cleaning={"rows_read": len(table), "sessions_read": len(sessions)},
+      sessions_deduplicated=True)
 
 
 def read_catalog(options: PrepareOptions, interactions_path: str) -> pd.DataFrame:
@@ -250,7 +252,7 @@ def read_online_retail(options: PrepareOptions) -> S.RawSessions:
   invoice = tables.id_strings(kept["InvoiceNo"], path, "InvoiceNo")
   customer = customer_ids(kept["CustomerID"])
   guest = (customer == "").to_numpy()
-  users = np.where(guest, "guest-" + invoice, customer)
+  users = np.where(guest, invoice.map(S.guest_user_id), customer)
   lines = pd.DataFrame({
       S.SESSION_ID: invoice.to_numpy(), S.USER_ID: users,
       "item_id": tables.id_strings(kept["StockCode"], path, "StockCode").to_numpy(),
@@ -267,6 +269,7 @@ def read_online_retail(options: PrepareOptions) -> S.RawSessions:
   return S.RawSessions(
       sessions=sessions, catalog=catalog, raw_format="online_retail",
       eval_protocol=schema.EVAL_ALL_PREFIXES, split_rule="",
-      item_origin=_origin(lines, path, "StockCode"), cleaning=cleaning)
+      item_origin=_origin(lines, path, "StockCode"), cleaning=cleaning,
+      sessions_deduplicated=True)
 
 

@@ -181,4 +181,5 @@ def read_recbole(options: PrepareOptions) -> S.RawSessions:
   return S.RawSessions(
       sessions=S.make_sessions(records), catalog=read_catalog(options, prefix),
       raw_format="recbole", eval_protocol=schema.EVAL_LEAVE_ONE_OUT,
-      split_rule=rule, item_origin=origin, cleaning=cleaning)
+      split_rule=rule, item_origin=origin, cleaning=cleaning,
+      sessions_deduplicated=True)
