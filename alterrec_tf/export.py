@@ -29,15 +29,16 @@ from typing import List, Optional
 import numpy as np
 
 from alterrec_tf import config as alter_config
-from alterrec_tf import export_check
-from alterrec_tf import new_items as alter_new_items
-from alterrec_tf import schema
-from alterrec_tf import warmup as serving_warmup
+from alterrec_tf import runs as alter_runs
+from alterrec_tf.formats import new_items as alter_new_items
+from alterrec_tf.formats import schema
+from alterrec_tf.serving import check as export_check
+from alterrec_tf.serving import warmup as serving_warmup
 
 EXPORT_INFO_FILE = "alterrec_export.json"
 WARMUP_FILE = "tf_serving_warmup_requests"
 ASSETS_EXTRA = "assets.extra"
-WEIGHTS_FILE = "best.weights.h5"
+WEIGHTS_FILE = alter_runs.BEST_WEIGHTS_FILE
 
 
 class ExportError(ValueError):
@@ -47,14 +48,14 @@ class ExportError(ValueError):
 # --- loading a run ------------------------------------------------------------------
 def load_config(run_dir: str) -> "alter_config.TrainConfig":
   try:
-    return alter_config.load_run_config(run_dir)
+    return alter_runs.load_config(run_dir)
   except alter_config.ConfigError as error:
     raise ExportError(str(error)) from None
 
 
 def load_run(run_dir: str, data_dir: Optional[str] = None):
   """(Keras model with the best weights, TrainConfig, manifest, data_dir) of a run."""
-  from alterrec_tf import models  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.models import registry as models  # pylint: disable=g-import-not-at-top
   config = load_config(run_dir)
   if config.model not in models.ALTERREC_TOWERS:
     raise ExportError(f"--model={config.model} cannot be exported; exportable: "
@@ -109,7 +110,7 @@ def write_vocab(path: str, rows) -> None:
 
 def serving_parts(model, config, num_items: int, new_rows: Optional[np.ndarray] = None):
   """(item matrix [V, D], [TowerPart]) of a model, with optional new text rows."""
-  from alterrec_tf import serving  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.serving import module as serving  # pylint: disable=g-import-not-at-top
   scales = serving.tower_scales(config, model.tower_names)
   num_new = 0 if new_rows is None else len(new_rows)
   blocks, parts = [], []
@@ -129,8 +130,8 @@ def serving_parts(model, config, num_items: int, new_rows: Optional[np.ndarray] 
 def build_module(model, config, manifest, data_dir: str, scratch_dir: str, k: int,
                  exclude_session_items: bool, new_items_path: Optional[str] = None):
   """(`ServingModule` of a loaded run, vocabulary rows it serves, new text rows or None)."""
-  from alterrec_tf import data as alter_data  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import serving  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.data import windows as alter_data  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.serving import module as serving  # pylint: disable=g-import-not-at-top
   num_items = manifest["num_items"]
   rows = schema.read_vocab(data_dir)
   if len(rows) != num_items:
@@ -195,7 +196,8 @@ def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
     "path" the final version folder.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import serving  # pylint: disable=g-import-not-at-top
+
+  from alterrec_tf.serving import module as serving  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
   model, config, manifest, data_dir = loaded_run or load_run(run_dir, data_dir)
   versions = existing_versions(export_dir)
@@ -306,8 +308,10 @@ def define_flags():
 
 def main(argv):
   del argv
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from absl import logging  # pylint: disable=g-import-not-at-top
+  from absl import (
+    flags,  # pylint: disable=g-import-not-at-top
+    logging,  # pylint: disable=g-import-not-at-top
+  )
   logging.set_verbosity(logging.WARNING)
   values = flags.FLAGS
   if not values.export_dir:

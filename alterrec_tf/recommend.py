@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
-from alterrec_tf import serving
+from alterrec_tf.serving import module as serving
 
 TITLE_WIDTH = 60
 

@@ -28,28 +28,12 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from alterrec_tf import long_tail
-from alterrec_tf import train as alter_train
-
-RESULTS_FILE = alter_train.RESULTS_FILE
-HISTORY_FILE = "history.json"
-RANKS_FILE = alter_train.TEST_RANKS_FILE
-CONFIG_FILE = alter_train.CONFIG_FILE
+from alterrec_tf import runs as alter_runs
+from alterrec_tf.analysis import long_tail
+from alterrec_tf.models import names as model_names
 
 TABLE_METRICS = ("hits@10", "hits@20", "ndcg@10", "ndcg@20")
-MODEL_ORDER = ("most_popular", "session_knn", "sasrec", "fdsa", "nfrec_sum", "nfrec_concat",
-               "id_only", "text_only", "alterrec_random", "alterrec", "alterrec_aug")
-DISPLAY_NAMES = {
-    "most_popular": "MostPopular", "session_knn": "SessionKNN", "sasrec": "SASRec",
-    "fdsa": "FDSA", "nfrec_sum": "NFRec (sum)", "nfrec_concat": "NFRec (concat)",
-    "id_only": "AlterRec w/o text (ID only)", "text_only": "AlterRec w/o ID (text only)",
-    "alterrec_random": "AlterRec_random", "alterrec": "AlterRec",
-    "alterrec_aug": "AlterRec_aug",
-}
-
-
-def display_name(model: str) -> str:
-  return DISPLAY_NAMES.get(model, model)
+display_name = model_names.display_name
 
 
 # --- reading runs -------------------------------------------------------------------
@@ -58,14 +42,14 @@ class Run:
 
   def __init__(self, model: str, seed: int, run_dir: str):
     self.model, self.seed, self.run_dir = model, seed, run_dir
-    with open(os.path.join(run_dir, RESULTS_FILE), encoding="utf-8") as f:
+    with open(os.path.join(run_dir, alter_runs.RESULTS_FILE), encoding="utf-8") as f:
       self.results = json.load(f)
-    history_path = os.path.join(run_dir, HISTORY_FILE)
+    history_path = os.path.join(run_dir, alter_runs.HISTORY_FILE)
     self.history = []
     if os.path.exists(history_path):
       with open(history_path, encoding="utf-8") as f:
         self.history = json.load(f)
-    ranks_path = os.path.join(run_dir, RANKS_FILE)
+    ranks_path = os.path.join(run_dir, alter_runs.TEST_RANKS_FILE)
     self.ranks_path = ranks_path if os.path.exists(ranks_path) else None
 
   def ranks(self) -> Optional[Dict[str, np.ndarray]]:
@@ -75,16 +59,12 @@ class Run:
       return {key: data[key] for key in data.files}
 
 
-def run_dir_of(runs_dir: str, model: str, seed: int) -> str:
-  return os.path.join(runs_dir, model, f"seed{seed}")
-
-
 def load_runs(runs_dir: str, models: Optional[Sequence[str]] = None,
               seeds: Optional[Sequence[int]] = None) -> List[Run]:
   """Every finished run (results.json present) under runs_dir, in model order."""
   if models is None:
     models = sorted((m for m in os.listdir(runs_dir)
-                     if os.path.isdir(os.path.join(runs_dir, m))), key=_model_key)
+                     if os.path.isdir(os.path.join(runs_dir, m))), key=model_names.order_key)
   runs = []
   for model in models:
     folder = os.path.join(runs_dir, model)
@@ -95,18 +75,14 @@ def load_runs(runs_dir: str, models: Optional[Sequence[str]] = None,
     for seed in found:
       if seeds is not None and seed not in seeds:
         continue
-      run_dir = run_dir_of(runs_dir, model, seed)
-      if os.path.exists(os.path.join(run_dir, RESULTS_FILE)):
+      run_dir = alter_runs.run_dir_of(runs_dir, model, seed)
+      if os.path.exists(os.path.join(run_dir, alter_runs.RESULTS_FILE)):
         runs.append(Run(model, seed, run_dir))
   return runs
 
 
-def _model_key(model):
-  return (MODEL_ORDER.index(model) if model in MODEL_ORDER else len(MODEL_ORDER), model)
-
-
 def _by_model(runs) -> Dict[str, List[Run]]:
-  grouped = {}
+  grouped: Dict[str, List[Run]] = {}
   for run in runs:
     grouped.setdefault(run.model, []).append(run)
   return grouped
@@ -195,7 +171,7 @@ def format_results_markdown(table, metrics=TABLE_METRICS) -> str:
            "ndcg@20": "NDCG@20", "mrr@20": "MRR@20"}
   lines = ["| Model | seeds | " + " | ".join(names.get(m, m) for m in metrics) + " |",
            "|---|---:|" + "---:|" * len(metrics)]
-  for model in sorted(table, key=_model_key):
+  for model in sorted(table, key=model_names.order_key):
     row = table[model]
     cells = []
     for metric in metrics:
@@ -203,7 +179,8 @@ def format_results_markdown(table, metrics=TABLE_METRICS) -> str:
         cells.append("")
         continue
       text = f"{_pct(row[metric]['mean'])} ± {_pct(row[metric]['std'])}"
-      if best[metric] is not None and row[metric]["mean"] >= best[metric] - 1e-12:
+      column_best = best[metric]
+      if column_best is not None and row[metric]["mean"] >= column_best - 1e-12:
         text = f"**{text}**"
       cells.append(text)
     seeds = len(next(iter(row.values()))["values"])
@@ -213,7 +190,7 @@ def format_results_markdown(table, metrics=TABLE_METRICS) -> str:
 
 def format_parts_markdown(parts) -> str:
   lines = ["| Model | head | Hits@20 | NDCG@20 |", "|---|---|---:|---:|"]
-  for model in sorted(parts, key=_model_key):
+  for model in sorted(parts, key=model_names.order_key):
     for head, values in parts[model].items():
       lines.append(f"| {display_name(model)} | {head} | "
                    f"{_pct(values['hits@20']['mean'])} ± {_pct(values['hits@20']['std'])} | "
@@ -225,7 +202,7 @@ def format_cost_markdown(costs) -> str:
   lines = ["| Model | epochs run | best epoch | train s/epoch | train prefixes/s | "
            "eval s/epoch | fit s (floors) | compute s, all seeds |",
            "|---|---:|---:|---:|---:|---:|---:|---:|"]
-  for model in sorted(costs, key=_model_key):
+  for model in sorted(costs, key=model_names.order_key):
     c = costs[model]
     if c["epochs_run"]:  # trained by gradient descent
       training = (f"{c['epochs_run']:.1f} | {c['best_epoch']:.1f} | "
@@ -244,7 +221,7 @@ def format_long_tail_markdown(analysis) -> str:
   lines = ["| Model | metric | " + " | ".join(labels) + " |",
            "|---|---|" + "---:|" * len(labels),
            "| share of test prefixes | | " + " | ".join(_pct(s) for s in analysis["share"]) + " |"]
-  for model in sorted(analysis["metrics"], key=_model_key):
+  for model in sorted(analysis["metrics"], key=model_names.order_key):
     for metric in long_tail.METRICS:
       cells = [_pct(v) for v in analysis["metrics"][model][metric]]
       if model in analysis["improvement"]:
@@ -270,7 +247,7 @@ def _json_safe(value):
 def write_report(runs_dir: str, report_dir: str, models=None, seeds=None, bins=None,
                  reference: str = "sasrec", meta: Optional[dict] = None) -> dict:
   """Writes README.md, results.json and the figures; returns the JSON dict."""
-  from alterrec_tf import report_plots  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.analysis import plots as report_plots  # pylint: disable=g-import-not-at-top
   runs = load_runs(runs_dir, models, seeds)
   if not runs:
     raise FileNotFoundError(f"no finished runs (results.json) under {runs_dir}")

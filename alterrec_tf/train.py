@@ -14,15 +14,11 @@ import os
 import sys
 import time
 
-from absl import app
-from absl import logging
+from absl import app, logging
 
 from alterrec_tf import config as alter_config
 from alterrec_tf import flagfiles
-
-RESULTS_FILE = "results.json"
-TEST_RANKS_FILE = "test_ranks.npz"
-CONFIG_FILE = alter_config.RUN_CONFIG_FILE
+from alterrec_tf import runs as alter_runs
 
 
 def train(config, data_dir=None, run_dir=None, save_test_ranks=False):
@@ -42,24 +38,24 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False):
     {"best_epoch", "valid", "test", "history_file", ...}.
   """
   import keras  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import callbacks as alter_callbacks  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import data as alter_data  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import models  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import schema  # pylint: disable=g-import-not-at-top
+
+  from alterrec_tf.data import windows as alter_data  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.models import registry as models  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.training import callbacks as alter_callbacks  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.training import schedule  # pylint: disable=g-import-not-at-top
 
   config = config.replace(data_dir=data_dir or config.data_dir,
                           run_dir=run_dir or config.run_dir)
   manifest = schema.load_manifest(config.data_dir)
   text_embeddings = schema.load_text_embeddings(config.data_dir, manifest)
-  _check_config(config, manifest)
+  alter_config.check_against_dataset(config, manifest)
   finished = _previous_run(config, manifest)
   if finished is not None:
     print(f"{config.run_dir} already holds this finished run: showing its results "
           "(--overwrite trains it again)", flush=True)
     return finished
-  os.makedirs(config.run_dir, exist_ok=True)
-  with open(os.path.join(config.run_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
-    f.write(config.to_json())
+  alter_runs.write_config(config.run_dir, config)
 
   keras.utils.set_random_seed(config.seed)
   train_split = alter_data.load_split(config.data_dir, manifest, "train", config.max_len,
@@ -77,7 +73,7 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False):
   backup = alter_callbacks.RunBackup(model, config.run_dir)
   epochs_done = backup.restore() if config.resume else 0
   history = []
-  history_path = os.path.join(config.run_dir, alter_callbacks.HISTORY_FILE)
+  history_path = os.path.join(config.run_dir, alter_runs.HISTORY_FILE)
   if epochs_done and os.path.exists(history_path):
     with open(history_path, encoding="utf-8") as f:
       history = [h for h in json.load(f) if h["epoch"] <= epochs_done]
@@ -86,11 +82,13 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False):
   evaluation_callback = alter_callbacks.EpochEvaluation(
       config, config.run_dir, valid_split, test_split, train_split.num_examples, history)
   callbacks = [
-      alter_callbacks.PhaseSchedule(config),
+      alter_callbacks.DropoutReseed(config.seed),
       evaluation_callback,
       backup,
-      keras.callbacks.TensorBoard(os.path.join(config.run_dir, "tb"), write_graph=False),
+      keras.callbacks.TensorBoard(os.path.join(config.run_dir, alter_runs.TENSORBOARD_DIR), write_graph=False),
   ]
+  if model.tower_names:  # AlterRec and its ablations: Algorithm 1's phases
+    callbacks.insert(1, schedule.PhaseSchedule(config))
   steps = train_split.steps(config.batch_size)
   model.compile(jit_compile=False)
   start = time.perf_counter()
@@ -101,7 +99,7 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False):
               callbacks=callbacks, verbose=config.verbose, shuffle=False)
   best = evaluation_callback.best()
   test = None
-  best_weights = os.path.join(config.run_dir, alter_callbacks.BEST_WEIGHTS_FILE)
+  best_weights = os.path.join(config.run_dir, alter_runs.BEST_WEIGHTS_FILE)
   if (test_split is not None and best is not None and os.path.exists(best_weights)
       and (save_test_ranks or not config.test_every_epoch)):
     model.load_weights(best_weights)
@@ -114,71 +112,8 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False):
               f"epoch {best['epoch']} logged {logged:.4f}", flush=True)
   results = _results(config, manifest, best, evaluation_callback.history,
                      train_split, time.perf_counter() - start, test)
-  alter_callbacks.write_json_atomic(os.path.join(config.run_dir, RESULTS_FILE), results)
+  alter_runs.write_json_atomic(os.path.join(config.run_dir, alter_runs.RESULTS_FILE), results)
   return results
-
-
-def _check_config(config, manifest):
-  from alterrec_tf import models  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import schema  # pylint: disable=g-import-not-at-top
-  if config.model not in models.ALTERREC_TOWERS:  # baselines: no sampled negatives
-    return
-  if config.k2 >= manifest["num_items"] - 1:
-    raise schema.DataError(
-        f"--k2={config.k2} must be below the number of items "
-        f"({manifest['num_items'] - 1}) of {config.data_dir}")
-  if not 0 <= config.k1 < config.k2:
-    raise alter_config.ConfigError(f"need 0 <= --k1 < --k2, got k1={config.k1} k2={config.k2}")
-  if config.model == "alterrec_aug" and not 0 < config.p <= config.k1:
-    raise alter_config.ConfigError(
-        f"alterrec_aug needs 0 < --p <= --k1 (augmented positives rank above the "
-        f"hard negatives), got p={config.p} k1={config.k1}")
-
-
-# Settings that change neither the weights nor the metrics of a run.
-_RUN_NEUTRAL_SETTINGS = frozenset({"data_dir", "run_dir", "verbose", "resume", "overwrite",
-                                   "eval_batch_size", "test_every_epoch"})
-
-
-def remove_run(run_dir: str) -> None:
-  """Deletes what a run leaves in run_dir (nothing else there is touched)."""
-  import shutil  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import callbacks as alter_callbacks  # pylint: disable=g-import-not-at-top
-  for name in (CONFIG_FILE, RESULTS_FILE, TEST_RANKS_FILE, alter_callbacks.HISTORY_FILE,
-               alter_callbacks.BEST_WEIGHTS_FILE, alter_callbacks.BACKUP_DIR, "tb"):
-    path = os.path.join(run_dir, name)
-    if os.path.isdir(path):
-      shutil.rmtree(path)
-    elif os.path.exists(path):
-      os.remove(path)
-
-
-def run_conflicts(config, manifest) -> tuple:
-  """How the run already in config.run_dir differs from `config`.
-
-  Returns:
-    (differences, results): a list of "--flag=old (now new)" strings (plus a
-    data content_hash line when the data changed), empty when the run matches
-    or run_dir holds none; and the run's results dict when it finished, else None.
-  """
-  config_path = os.path.join(config.run_dir, CONFIG_FILE)
-  if not os.path.exists(config_path):
-    return [], None
-  with open(config_path, encoding="utf-8") as f:
-    previous = json.load(f)
-  current = json.loads(config.to_json())
-  changed = [f"--{name}={previous.get(name)} (now {value})"
-             for name, value in sorted(current.items())
-             if name not in _RUN_NEUTRAL_SETTINGS and previous.get(name) != value]
-  results = None
-  results_path = os.path.join(config.run_dir, RESULTS_FILE)
-  if os.path.exists(results_path):
-    with open(results_path, encoding="utf-8") as f:
-      results = json.load(f)
-    if results.get("data_content_hash") != manifest.get("content_hash"):
-      changed.append(f"data content_hash {results.get('data_content_hash')} "
-                     f"(now {manifest.get('content_hash')})")
-  return changed, results
 
 
 def _previous_run(config, manifest):
@@ -191,9 +126,9 @@ def _previous_run(config, manifest):
       settings or on other data, and --overwrite was not given.
   """
   if config.overwrite:
-    remove_run(config.run_dir)
+    alter_runs.remove_run(config.run_dir)
     return None
-  changed, results = run_conflicts(config, manifest)
+  changed, results = alter_runs.run_conflicts(config, manifest)
   if changed:
     raise alter_config.ConfigError(
         f"{config.run_dir} holds a run trained with other settings: {', '.join(changed)}; "
@@ -213,9 +148,10 @@ def rank_test_split(config, model, manifest, test_split, ranks_dir=None):
     {head: {metric: value}}.
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import data as alter_data  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import evaluation  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import schema  # pylint: disable=g-import-not-at-top
+
+  from alterrec_tf.data import windows as alter_data  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.training import evaluation  # pylint: disable=g-import-not-at-top
 
   evaluator = evaluation.Evaluator(model, config.ks, config.mrr_k)
   metrics, per_prefix = evaluator(test_split.batches(config.eval_batch_size), keep_ranks=True)
@@ -227,7 +163,7 @@ def rank_test_split(config, model, manifest, test_split, ranks_dir=None):
     arrays.update({head: ranks.astype(np.int32) for head, ranks in per_prefix.items()})
     tmp = os.path.join(ranks_dir, "test_ranks.tmp.npz")
     np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, os.path.join(ranks_dir, TEST_RANKS_FILE))
+    os.replace(tmp, os.path.join(ranks_dir, alter_runs.TEST_RANKS_FILE))
   return metrics
 
 
@@ -258,8 +194,7 @@ def _results(config, manifest, best, history, train_split, seconds, test=None):
 
 
 def _finish_without_training(config, model, manifest, valid_split, test_split):
-  from alterrec_tf import callbacks as alter_callbacks  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import evaluation  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.training import evaluation  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
   record = {"epoch": 0, "train_seconds": float(getattr(model, "fit_seconds", 0.0)),
             "train_examples_per_second": 0.0}
@@ -271,10 +206,10 @@ def _finish_without_training(config, model, manifest, valid_split, test_split):
       for metric, value in values.items():
         record[f"{split_name}/{head}/{metric}"] = value
   history = [record]
-  alter_callbacks.write_json_atomic(
-      os.path.join(config.run_dir, alter_callbacks.HISTORY_FILE), history)
+  alter_runs.write_json_atomic(
+      os.path.join(config.run_dir, alter_runs.HISTORY_FILE), history)
   results = _results(config, manifest, record, history, None, time.perf_counter() - start)
-  alter_callbacks.write_json_atomic(os.path.join(config.run_dir, RESULTS_FILE), results)
+  alter_runs.write_json_atomic(os.path.join(config.run_dir, alter_runs.RESULTS_FILE), results)
   return results
 
 
@@ -295,7 +230,7 @@ def format_table(results) -> str:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  from alterrec_tf import schema  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
   config = alter_config.TrainConfig.from_flags()
   if not config.data_dir:
     raise SystemExit("error: --data_dir is required (the output_dir of data_tools.prepare)")
@@ -307,7 +242,7 @@ def main(argv):
   print(f"\n{config.model} on {results['dataset']} (seed {config.seed}), test metrics (%) "
         f"at best validation epoch {results['best_epoch']}:")
   print(format_table(results))
-  print(f"results: {os.path.join(config.run_dir, RESULTS_FILE)}")
+  print(f"results: {os.path.join(config.run_dir, alter_runs.RESULTS_FILE)}")
 
 
 def run():

@@ -38,9 +38,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from benchmarks import common  # pylint: disable=wrong-import-position
 from alterrec_tf import config as alter_config  # pylint: disable=wrong-import-position
 from alterrec_tf import flagfiles  # pylint: disable=wrong-import-position
+from benchmarks import common  # pylint: disable=wrong-import-position
 
 flags.DEFINE_string("split", "test", "Split of --data_dir to evaluate.")
 flags.DEFINE_boolean("real", True, "Evaluate --data_dir (false: synthetic only).")
@@ -98,9 +98,10 @@ def sum_flops(config, shapes, num_items, text_dim, tower_names):
 def evaluate_dataset(label, data_dir, manifest, text, config, peak, split_name):
   """Times the Evaluator over one split; returns the result dict."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import data as alter_data  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import evaluation  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import models  # pylint: disable=g-import-not-at-top
+
+  from alterrec_tf.data import windows as alter_data  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.models import registry as models  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.training import evaluation  # pylint: disable=g-import-not-at-top
 
   num_items = manifest["num_items"]
   text_dim = int(manifest.get("text_dim") or 0)
@@ -210,7 +211,8 @@ def synthetic_dataset(num_items, num_sessions):
 
 def run(config):
   import keras  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import schema  # pylint: disable=g-import-not-at-top
+
+  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
   machine = common.machine_info()
   print(common.machine_line(machine), flush=True)
   matmul = common.matmul_flops_per_second(FLAGS.matmul_size)

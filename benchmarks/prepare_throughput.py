@@ -70,7 +70,8 @@ def resolve_raw_path(path):
 
 def run(options):
   import dataclasses  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import schema  # pylint: disable=g-import-not-at-top
+
+  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
   from data_tools import embed  # pylint: disable=g-import-not-at-top
   machine = common.machine_info()
   print(common.machine_line(machine), flush=True)

@@ -50,7 +50,8 @@ def prefix_sessions(rng, count, data_dir, max_len):
   """Random prefixes (>= 1 item, last max_len kept) of the test split's sessions."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import schema  # pylint: disable=g-import-not-at-top
+
+  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
   manifest = schema.load_manifest(data_dir)
   files = schema.split_files(data_dir, manifest, "test") or schema.split_files(
       data_dir, manifest, "train")

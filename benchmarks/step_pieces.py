@@ -15,8 +15,9 @@ from benchmarks import common
 def breakdown(model, batch, config, repeats=3):
   """Median seconds of the pieces of the hard-negative steps of each tower."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import model as alter_model  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import negatives as alter_negatives  # pylint: disable=g-import-not-at-top
+
+  from alterrec_tf.models import alterrec as alter_model  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.models import negatives as alter_negatives  # pylint: disable=g-import-not-at-top
   batch = {k: tf.constant(v) for k, v in batch.items()}
   positions, targets = alter_model.scored_positions(batch)
   item_ids = batch["item_ids"]

@@ -51,10 +51,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from benchmarks import common  # pylint: disable=wrong-import-position
-from benchmarks import step_pieces  # pylint: disable=wrong-import-position
 from alterrec_tf import config as alter_config  # pylint: disable=wrong-import-position
 from alterrec_tf import flagfiles  # pylint: disable=wrong-import-position
+from benchmarks import (
+  common,  # pylint: disable=wrong-import-position
+  step_pieces,  # pylint: disable=wrong-import-position
+)
 
 flags.DEFINE_integer("num_batches", 8, "Sample batches spread over epoch 0.")
 flags.DEFINE_integer("repeats", 1, "Timed passes over the sample per phase (one pass).")
@@ -92,7 +94,8 @@ def synthetic_dataset(out_dir, num_items=3701, num_sessions=14000, text_dim=384,
 def load_dataset(config):
   """(data_dir, manifest, text table) of --data_dir, or of a synthetic dataset."""
   import tempfile  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import schema  # pylint: disable=g-import-not-at-top
+
+  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
   data_dir = config.data_dir or DEFAULT_DATA_DIR
   if FLAGS.synthetic:
     scratch = tempfile.mkdtemp(prefix="alterrec_bench_")
@@ -160,7 +163,8 @@ class BatchStream:
 
   def __init__(self, batches, expand=False, max_len=None):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    from alterrec_tf import per_prefix  # pylint: disable=g-import-not-at-top
+
+    from alterrec_tf.data import per_prefix  # pylint: disable=g-import-not-at-top
     if expand:
       batches = [{k: v.numpy() for k, v in per_prefix.expand_to_prefixes(b, max_len).items()}
                  for b in batches]
@@ -228,10 +232,10 @@ def summarise(timed, config, tower, hard, num_items, text_dim, peak, memory):
 
 def schedule_weights(config, tower_names):
   """Epochs spent in each (tower, hard) phase over m_max epochs."""
-  from alterrec_tf import callbacks  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.training import schedule  # pylint: disable=g-import-not-at-top
   weights = {}
   for epoch in range(config.m_max):
-    phase, hard = callbacks.phase_for_epoch(epoch, config, tower_names)
+    phase, hard = schedule.phase_for_epoch(epoch, config, tower_names)
     key = f"{'id' if phase == 0 else 'text'}/{'hard' if hard else 'random'}"
     weights[key] = weights.get(key, 0) + 1
   return weights
@@ -239,9 +243,10 @@ def schedule_weights(config, tower_names):
 
 def run(config):
   import keras  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import data as alter_data  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import models  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import schema  # pylint: disable=g-import-not-at-top
+
+  from alterrec_tf.data import windows as alter_data  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.models import registry as models  # pylint: disable=g-import-not-at-top
 
   machine = common.machine_info()
   print(common.machine_line(machine), flush=True)

@@ -19,8 +19,8 @@ import os
 import sys
 from typing import List, Optional, Sequence
 
-from alterrec_tf import new_items as alter_new_items
-from alterrec_tf import schema
+from alterrec_tf.formats import new_items as alter_new_items
+from alterrec_tf.formats import schema
 from data_tools import embed, tables
 from data_tools.options import DEFAULT_TEXT_MODEL
 from data_tools.sessions import DataToolsError, clean_text

@@ -20,7 +20,8 @@ from typing import Dict, List, Optional
 import pandas as pd
 from absl import app, flags
 
-from alterrec_tf import flagfiles, schema
+from alterrec_tf import flagfiles
+from alterrec_tf.formats import schema
 from data_tools import embed, filtering, readers, splits, writer
 from data_tools import sessions as S
 from data_tools.options import PrepareOptions, option_fields

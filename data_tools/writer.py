@@ -27,7 +27,7 @@ import pandas as pd
 import tensorflow as tf
 from tqdm import tqdm
 
-from alterrec_tf import schema
+from alterrec_tf.formats import schema
 from data_tools import sessions as S
 
 

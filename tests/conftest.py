@@ -41,7 +41,8 @@ def text_encoder():
 def read_prepared():
   """A function data_dir -> (manifest, sessions read back through tf.data)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import schema  # pylint: disable=g-import-not-at-top
+
+  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
 
   def read(data_dir: str, parallel: bool = False):
     manifest = schema.load_manifest(data_dir, verify_hashes=True)

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from alterrec_tf import schema
+from alterrec_tf.formats import schema
 
 
 def write_dataset(out_dir, num_items=120, num_sessions=240, text_dim=16, num_clusters=6,

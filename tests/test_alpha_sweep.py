@@ -6,10 +6,9 @@ import os
 
 import pytest
 
-from alterrec_tf import alpha_sweep
-from alterrec_tf import data as alter_data
-from alterrec_tf import export
+from alterrec_tf import alpha_sweep, export
 from alterrec_tf.config import TrainConfig
+from alterrec_tf.data import windows as alter_data
 from alterrec_tf.train import train
 from tests import synthetic
 

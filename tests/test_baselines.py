@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alterrec_tf import baselines
-from alterrec_tf import data as alter_data
-from alterrec_tf import evaluation
-from alterrec_tf import schema
-from alterrec_tf.baselines import floors
 from alterrec_tf.config import TrainConfig
+from alterrec_tf.data import windows as alter_data
+from alterrec_tf.formats import schema
+from alterrec_tf.models import baselines
+from alterrec_tf.models.baselines import floors
+from alterrec_tf.training import evaluation
 from tests import synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

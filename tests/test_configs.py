@@ -14,7 +14,8 @@ CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.flags")))
 TRAIN_PARSE = """
 import dataclasses, json, sys
 from absl import flags
-from alterrec_tf import config, flagfiles
+from alterrec_tf import config
+from alterrec_tf import flagfiles
 parsed = {}
 for path in sys.argv[1:]:
   flags.FLAGS.unparse_flags()

@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from alterrec_tf import flagfiles, schema
+from alterrec_tf import flagfiles
+from alterrec_tf.formats import schema
 from data_tools import embed, prepare
 from data_tools import sessions as S
 from data_tools.options import PrepareOptions, option_fields

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alterrec_tf import schema
+from alterrec_tf.formats import schema
 from data_tools import embed, filtering, prepare, splits
 from data_tools import sessions as S
 from data_tools.options import PrepareOptions

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from alterrec_tf import schema
+from alterrec_tf.formats import schema
 from data_tools import embed, filtering, prepare
 from data_tools import sessions as S
 from data_tools.options import PrepareOptions

@@ -10,9 +10,9 @@ import textwrap
 import numpy as np
 import tensorflow as tf
 
-from alterrec_tf import data as alter_data
-from alterrec_tf import evaluation
-from alterrec_tf import towers
+from alterrec_tf.data import windows as alter_data
+from alterrec_tf.models import towers
+from alterrec_tf.training import evaluation
 
 MAX_LEN = 4
 

@@ -10,15 +10,15 @@ import sys
 import numpy as np
 import pytest
 
-from alterrec_tf import evaluation
-from alterrec_tf import long_tail
 from alterrec_tf import report
-from alterrec_tf.config import ConfigError
-from alterrec_tf.config import TrainConfig
+from alterrec_tf.analysis import long_tail
+from alterrec_tf.config import ConfigError, TrainConfig
+from alterrec_tf.models import names as model_names
+from alterrec_tf.training import evaluation
 from tests import synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ALL_MODELS = report.MODEL_ORDER
+ALL_MODELS = model_names.ALL
 
 
 # --- long-tail grouping ---------------------------------------------------------------------

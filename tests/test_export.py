@@ -10,16 +10,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alterrec_tf import data as alter_data
-from alterrec_tf import export
-from alterrec_tf import export_check
-from alterrec_tf import warmup
-from alterrec_tf import model as alter_model
-from alterrec_tf import new_items
-from alterrec_tf import recommend
-from alterrec_tf import schema
-from alterrec_tf import serving
+from alterrec_tf import export, recommend
 from alterrec_tf.config import TrainConfig
+from alterrec_tf.data import windows as alter_data
+from alterrec_tf.formats import new_items, schema
+from alterrec_tf.models import alterrec as alter_model
+from alterrec_tf.serving import check as export_check
+from alterrec_tf.serving import module as serving
+from alterrec_tf.serving import warmup
 from alterrec_tf.train import train
 from tests import synthetic
 

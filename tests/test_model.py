@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alterrec_tf import callbacks as alter_callbacks
-from alterrec_tf import data as alter_data
-from alterrec_tf import layers as alter_layers
-from alterrec_tf import negatives
 from alterrec_tf.config import TrainConfig
-from alterrec_tf.model import ID_PHASE, TEXT_PHASE, AlterRec
+from alterrec_tf.data import windows as alter_data
+from alterrec_tf.models import layers as alter_layers
+from alterrec_tf.models import negatives
+from alterrec_tf.models.alterrec import ID_PHASE, TEXT_PHASE, AlterRec
+from alterrec_tf.training import schedule
 
 NUM_ITEMS = 40
 MAX_LEN = 8
@@ -180,17 +180,17 @@ def test_augmented_positives_come_from_their_source_and_negatives_from_the_partn
 
 
 def alter_data_positions(batch):
-  from alterrec_tf.model import scored_positions  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.models.alterrec import scored_positions  # pylint: disable=g-import-not-at-top
   return scored_positions(batch)
 
 
 def test_schedule_follows_algorithm_1():
   config = small_config(m_random=2, m_gap=2, m_max=12)
-  phases = [alter_callbacks.phase_for_epoch(e, config, ("id", "text")) for e in range(12)]
+  phases = [schedule.phase_for_epoch(e, config, ("id", "text")) for e in range(12)]
   i, t = ID_PHASE, TEXT_PHASE
   assert phases == [(i, 0), (i, 0), (t, 0), (t, 0), (i, 1), (i, 1), (t, 1), (t, 1),
                     (i, 1), (i, 1), (t, 1), (t, 1)]
-  assert alter_callbacks.phase_for_epoch(5, config, ("text",)) == (t, 0)
+  assert schedule.phase_for_epoch(5, config, ("text",)) == (t, 0)
 
 
 def test_fused_score_is_alpha_weighted_sum_of_towers():

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alterrec_tf import data as alter_data
-from alterrec_tf import per_prefix
 from alterrec_tf.config import TrainConfig
-from alterrec_tf.model import AlterRec
+from alterrec_tf.data import per_prefix
+from alterrec_tf.data import windows as alter_data
+from alterrec_tf.models.alterrec import AlterRec
 
 NUM_ITEMS = 40
 MAX_LEN = 8

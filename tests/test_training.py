@@ -8,10 +8,11 @@ import sys
 
 import pytest
 
-from alterrec_tf import callbacks as alter_callbacks
-from alterrec_tf import schema
+from alterrec_tf import runs as alter_runs
 from alterrec_tf.config import TrainConfig
+from alterrec_tf.formats import schema
 from alterrec_tf.train import train
+from alterrec_tf.training import callbacks as alter_callbacks
 from tests import synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,17 +50,17 @@ def test_two_epoch_cli_run_writes_results_history_and_tensorboard(dataset, tmp_p
       assert math.isfinite(value) and 0.0 <= value <= 1.0
   assert results["test"]["fused"]["hits@20"] >= results["test"]["fused"]["hits@10"]
   assert history[0]["train/phase"] == 0.0 and history[1]["train/phase"] == 1.0
-  assert (run_dir / alter_callbacks.BEST_WEIGHTS_FILE).exists()
+  assert (run_dir / alter_runs.BEST_WEIGHTS_FILE).exists()
   events = [f for _, _, files in os.walk(run_dir / "tb") for f in files if "tfevents" in f]
   assert events
-  assert not (run_dir / alter_callbacks.BACKUP_DIR).exists()  # finished: backup removed
+  assert not (run_dir / alter_runs.BACKUP_DIR).exists()  # finished: backup removed
 
 
 def test_killed_run_resumes_and_ends_like_an_uninterrupted_one(dataset, tmp_path, monkeypatch):
   config = tiny_config(dataset, str(tmp_path / "full"))
   uninterrupted = train(config)
 
-  original = alter_callbacks.PhaseSchedule.on_epoch_begin
+  original = alter_callbacks.DropoutReseed.on_epoch_begin
 
   def die_at_epoch_3(self, epoch, logs=None):
     if epoch == 2:
@@ -67,11 +68,11 @@ def test_killed_run_resumes_and_ends_like_an_uninterrupted_one(dataset, tmp_path
     return original(self, epoch, logs)
 
   interrupted_dir = str(tmp_path / "killed")
-  monkeypatch.setattr(alter_callbacks.PhaseSchedule, "on_epoch_begin", die_at_epoch_3)
+  monkeypatch.setattr(alter_callbacks.DropoutReseed, "on_epoch_begin", die_at_epoch_3)
   with pytest.raises(KeyboardInterrupt):
     train(config.replace(run_dir=interrupted_dir))
-  assert os.path.exists(os.path.join(interrupted_dir, alter_callbacks.BACKUP_DIR))
-  monkeypatch.setattr(alter_callbacks.PhaseSchedule, "on_epoch_begin", original)
+  assert os.path.exists(os.path.join(interrupted_dir, alter_runs.BACKUP_DIR))
+  monkeypatch.setattr(alter_callbacks.DropoutReseed, "on_epoch_begin", original)
   resumed = train(config.replace(run_dir=interrupted_dir))
   assert resumed["epochs_run"] == uninterrupted["epochs_run"] == 4
   assert resumed["best_epoch"] == uninterrupted["best_epoch"]
@@ -82,7 +83,8 @@ def test_killed_run_resumes_and_ends_like_an_uninterrupted_one(dataset, tmp_path
 def test_test_split_ranked_once_at_the_selected_epoch_matches_per_epoch_ranking(
     dataset, tmp_path):
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import evaluation  # pylint: disable=g-import-not-at-top
+
+  from alterrec_tf.training import evaluation  # pylint: disable=g-import-not-at-top
   every_epoch = train(tiny_config(dataset, str(tmp_path / "every")))
   once_dir = tmp_path / "once"
   once = train(tiny_config(dataset, str(once_dir), test_every_epoch=False),

@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from alterrec_tf import schema
+from alterrec_tf.formats import schema
 from data_tools import sessions as S
 from data_tools import splits, tables
 from data_tools.options import PrepareOptions

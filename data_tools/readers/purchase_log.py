@@ -35,7 +35,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from alterrec_tf import schema
+from alterrec_tf.formats import schema
 from data_tools import sessions as S
 from data_tools import tables
 from data_tools.options import PrepareOptions

@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Tuple
 
 import pandas as pd
 
-from alterrec_tf import schema
+from alterrec_tf.formats import schema
 from data_tools import sessions as S
 from data_tools import tables
 from data_tools.options import PrepareOptions

@@ -4,8 +4,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from alterrec_tf import layers as alter_layers
-from alterrec_tf import schema
+from alterrec_tf.models import layers as alter_layers
+from alterrec_tf.formats import schema
 
 NEG_INF = -1e9
 
@@ -52,6 +52,36 @@ def mask_padding(scores):
   """Puts the padding column (index 0) of [..., V] scores at -1e9."""
   is_padding = tf.equal(tf.range(tf.shape(scores)[-1]), schema.PADDING_INDEX)
   return tf.where(is_padding, tf.cast(NEG_INF, scores.dtype), scores)
+
+
+def mask_seen_items(scores, item_ids, positions):
+  """Scores the items of each prefix out: they get -1e9, like padding.
+
+  The prefix at window position t holds the window's items 0..t (what the
+  model reads; serving sends the same last max_len items). Sessions prepared
+  with de-duplication never have such an item as their next item, so every
+  model scores them out by default (`--seen_items`).
+
+  Args:
+    scores: float [P, V] scores of the scored prefixes.
+    item_ids: int [B, L] window batch (0 = padding).
+    positions: int64 [P, 2] (window, position t) of each scored prefix.
+
+  Returns:
+    float [P, V]: `scores` with every item of each prefix at -1e9; no gradient
+    flows to the replaced entries.
+  """
+  item_ids = tf.cast(item_ids, tf.int32)
+  positions = tf.cast(positions, tf.int32)
+  length = tf.shape(item_ids)[1]
+  rows = tf.gather(item_ids, positions[:, 0])  # [P, L]
+  in_prefix = tf.range(length)[None, :] <= positions[:, 1:2]  # [P, L]
+  rows = tf.where(in_prefix, rows, schema.PADDING_INDEX)  # later items -> padding
+  num_prefixes = tf.shape(rows)[0]
+  prefix_index = tf.broadcast_to(tf.range(num_prefixes)[:, None], tf.shape(rows))
+  indices = tf.reshape(tf.stack([prefix_index, rows], axis=-1), [-1, 2])
+  fill = tf.fill([tf.shape(indices)[0]], tf.cast(NEG_INF, scores.dtype))
+  return tf.tensor_scatter_nd_update(scores, indices, fill)
 
 
 def build_tower(kind: str, config, num_items: int, text_embeddings=None, name=None):

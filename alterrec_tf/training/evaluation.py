@@ -16,7 +16,7 @@ import keras_rs
 import numpy as np
 import tensorflow as tf
 
-from alterrec_tf import data as alter_data
+from alterrec_tf.data import windows as alter_data
 
 
 def metric_names(ks: Iterable[int], mrr_k: int):
@@ -109,7 +109,8 @@ class Evaluator:
       {head: {metric: value}} and, with keep_ranks, {"targets": [N], head: ranks [N]}
       (1-based rank of the target, max_k + 1 when outside the top max_k).
     """
-    ranks, targets_seen = {}, []
+    ranks: Dict[str, list] = {}
+    targets_seen = []
     for batch in batches:
       batch_ranks, targets = self._top_lists(batch)
       for name, head_ranks in batch_ranks.items():

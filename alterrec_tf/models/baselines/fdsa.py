@@ -17,9 +17,9 @@ split, so FDSA reports only the "fused" head.
 import keras
 import tensorflow as tf
 
-from alterrec_tf import towers as alter_towers
-from alterrec_tf.baselines import base
-from alterrec_tf.baselines import sasrec
+from alterrec_tf.models import towers as alter_towers
+from alterrec_tf.models.baselines import base
+from alterrec_tf.models.baselines import sasrec
 
 
 class FDSA(base.FullSoftmaxModel):

@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from alterrec_tf import evaluation
+from alterrec_tf.training import evaluation
 
 METRICS = ("hits@20", "ndcg@20")
 
@@ -26,11 +26,11 @@ def long_tail_groups(target_counts, bins: Sequence[float]) -> np.ndarray:
   Returns:
     int64 [N] in 0..len(bins); every prefix is in exactly one group.
   """
-  bins = np.asarray(bins, dtype=np.float64)
-  if bins.ndim != 1 or np.any(np.diff(bins) <= 0):
-    raise ValueError(f"long-tail bins must be strictly increasing, got {bins.tolist()}")
+  edges = np.asarray(bins, dtype=np.float64)
+  if edges.ndim != 1 or np.any(np.diff(edges) <= 0):
+    raise ValueError(f"long-tail bins must be strictly increasing, got {edges.tolist()}")
   counts = np.asarray(target_counts, dtype=np.float64)
-  return np.searchsorted(bins, counts, side="left").astype(np.int64)
+  return np.searchsorted(edges, counts, side="left").astype(np.int64)
 
 
 def group_labels(bins: Sequence[float]) -> List[str]:
@@ -88,7 +88,7 @@ def long_tail_analysis(runs, bins=None, reference="sasrec", head="fused") -> Opt
   num_groups = len(bins) + 1
   sizes = np.bincount(groups, minlength=num_groups)
   per_model = {}
-  by_model = {}
+  by_model: Dict[str, list] = {}
   for run in with_ranks:
     by_model.setdefault(run.model, []).append(run)
   for model, model_runs in by_model.items():

@@ -8,8 +8,8 @@ from typing import Optional
 
 import numpy as np
 
-from alterrec_tf import long_tail
-from alterrec_tf import report as tables
+from alterrec_tf.analysis import long_tail
+from alterrec_tf.models import names as model_names
 
 
 def epoch_curve(model_runs, key):
@@ -69,7 +69,7 @@ def plot_nfrec(grouped, path, dataset="") -> Optional[str]:
   plt = _pyplot()
   runs = grouped[model]
   fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
-  name = tables.display_name(model)
+  name = model_names.display_name(model)
   _plot_parts(left, runs, name, ("test/fused/hits@20", "test/id/hits@20",
                                   "test/text/hits@20"), scale=100)
   for other, color in (("id_only", "tab:red"), ("text_only", "tab:green")):
@@ -113,7 +113,7 @@ def plot_alterrec(grouped, path, dataset="") -> Optional[str]:
     color = "tab:red" if phase == 0 else "tab:green"
     axis.axvspan(epoch - 0.5, epoch + 0.5, color=color, alpha=0.08, lw=0,
                  hatch=None if hard else "//")
-  name = tables.display_name(model)
+  name = model_names.display_name(model)
   _plot_parts(axis, runs, name, ("test/fused/hits@20", "test/id/hits@20",
                                   "test/text/hits@20"), scale=100,
               fused_label=f"{name} (fused, Eq. 12)")
@@ -143,9 +143,9 @@ def plot_long_tail(analysis, path, dataset="") -> bool:
   fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
   relative = bool(analysis["improvement"])
   lines = analysis["improvement"] if relative else analysis["metrics"]
-  models = sorted(lines, key=tables._model_key)
+  models = sorted(lines, key=model_names.order_key)
   markers = "osD^vP*Xh<>"
-  reference = tables.display_name(analysis["reference"]) if relative else None
+  reference = model_names.display_name(analysis["reference"]) if relative else None
   for axis, metric in zip(axes, long_tail.METRICS):
     bars = axis.twinx()
     bars.bar(x, 100 * np.array(analysis["share"]), width=0.6, color="lightgray",
@@ -157,7 +157,7 @@ def plot_long_tail(analysis, path, dataset="") -> bool:
     values = {m: 100 * np.array(lines[m][metric], dtype=np.float64) for m in models}
     for i, model in enumerate(models):
       axis.plot(x, values[model], marker=markers[i % len(markers)], lw=1.6,
-                label=tables.display_name(model))
+                label=model_names.display_name(model))
     name = "Hits@20" if metric == "hits@20" else "NDCG@20"
     if relative:
       axis.axhline(0.0, color="black", lw=0.8)

@@ -9,15 +9,13 @@ Non-neural floors (counts from the training sessions only; `floors`):
   session_knn              recency-weighted item co-occurrence neighbours
 """
 
-from alterrec_tf.baselines import fdsa
-from alterrec_tf.baselines import floors
-from alterrec_tf.baselines import nfrec
-from alterrec_tf.baselines import sasrec
+from alterrec_tf.models.baselines import fdsa
+from alterrec_tf.models.baselines import floors
+from alterrec_tf.models.baselines import nfrec
+from alterrec_tf.models.baselines import sasrec
 
-NEURAL = ("nfrec_sum", "nfrec_concat", "sasrec", "fdsa")
-FLOORS = ("most_popular", "session_knn")
-NAMES = NEURAL + FLOORS
-NEEDS_TEXT = ("nfrec_sum", "nfrec_concat", "fdsa")
+from alterrec_tf.models.names import BASELINES as NAMES
+from alterrec_tf.models.names import FLOORS
 
 
 def build_baseline(config, num_items: int, text_embeddings, train_files):

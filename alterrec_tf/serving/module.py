@@ -45,7 +45,7 @@ from typing import Dict, Sequence
 
 import tensorflow as tf
 
-from alterrec_tf import schema
+from alterrec_tf.formats import schema
 
 NEG_INF = -1e9  # score of excluded items (as towers.NEG_INF)
 PADDING_SCORE = 2 * NEG_INF  # the padding column: below every item

@@ -10,9 +10,9 @@ AlterRec's default); the rest is AlterRec's uni-modal tower.
 
 import tensorflow as tf
 
-from alterrec_tf import layers as alter_layers
-from alterrec_tf import towers as alter_towers
-from alterrec_tf.baselines import base
+from alterrec_tf.models import layers as alter_layers
+from alterrec_tf.models import towers as alter_towers
+from alterrec_tf.models.baselines import base
 
 
 def recbole_id_tower(config, num_items: int, name: str):

@@ -25,17 +25,18 @@ loop (`train._finish_without_training`).
 """
 
 import time
+from typing import Tuple
 
 import keras
 import numpy as np
 import scipy.sparse
 import tensorflow as tf
 
-from alterrec_tf import data as alter_data
-from alterrec_tf import layers as alter_layers
-from alterrec_tf import schema
-from alterrec_tf import towers as alter_towers
-from alterrec_tf.model import scored_positions
+from alterrec_tf.data import windows as alter_data
+from alterrec_tf.models import layers as alter_layers
+from alterrec_tf.formats import schema
+from alterrec_tf.models import towers as alter_towers
+from alterrec_tf.models.alterrec import scored_positions
 
 MAX_DENSE_ITEMS = 20_000  # 20k x 20k float32 = 1.6 GB
 TIE_BREAK = 1e-6
@@ -104,6 +105,8 @@ def neighbour_matrix(sessions, num_items: int, window: int, backward_weight: flo
 class MostPopular(keras.Model):
   """Scores every item by its training count, the same for every prefix."""
 
+  tower_names: Tuple[str, ...] = ()
+
   def __init__(self, counts, **kwargs):
     super().__init__(**kwargs)
     self.counts = tf.constant(np.asarray(counts, np.float32))
@@ -135,6 +138,8 @@ class SessionKNN(keras.Model):
     neighbours: float32 [V, V] matrix C.
     counts: training occurrences [V] (tie-break by popularity).
   """
+
+  tower_names: Tuple[str, ...] = ()
 
   def __init__(self, neighbours, counts, **kwargs):
     super().__init__(**kwargs)

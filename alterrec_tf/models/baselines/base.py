@@ -12,12 +12,14 @@ logged every epoch as `<part>_loss` without any gradient, so the imbalance of
 the paper's Figure 3 can be drawn from history.json.
 """
 
+from typing import Tuple
+
 import keras
 import tensorflow as tf
 
-from alterrec_tf import data as alter_data
-from alterrec_tf import negatives as alter_negatives
-from alterrec_tf.model import scored_positions
+from alterrec_tf.data import windows as alter_data
+from alterrec_tf.models import negatives as alter_negatives
+from alterrec_tf.models.alterrec import scored_positions
 
 
 class FullSoftmaxModel(keras.Model):
@@ -26,13 +28,13 @@ class FullSoftmaxModel(keras.Model):
   Subclasses create their layers in `__init__` and implement `prefix_heads`.
 
   Attributes:
-    tower_names: empty: there is no alternation, so `PhaseSchedule` leaves the
-      model alone.
+    tower_names: empty: there is no alternation (the trainer adds no
+      `PhaseSchedule`).
     part_names: heads (besides "fused") whose training CE is logged.
   """
 
-  tower_names = ()
-  part_names = ()
+  tower_names: Tuple[str, ...] = ()
+  part_names: Tuple[str, ...] = ()
 
   def __init__(self, config, num_items: int, **kwargs):
     super().__init__(**kwargs)

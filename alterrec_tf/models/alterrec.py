@@ -10,9 +10,9 @@ the frozen tower does not move at all (no Adam momentum leaks into it).
 import keras
 import tensorflow as tf
 
-from alterrec_tf import data as alter_data
-from alterrec_tf import negatives as alter_negatives
-from alterrec_tf import towers as alter_towers
+from alterrec_tf.data import windows as alter_data
+from alterrec_tf.models import negatives as alter_negatives
+from alterrec_tf.models import towers as alter_towers
 
 ID_PHASE = 0
 TEXT_PHASE = 1

@@ -28,8 +28,8 @@ from typing import Dict, Optional
 
 import tensorflow as tf
 
-from alterrec_tf import data as alter_data
-from alterrec_tf import schema
+from alterrec_tf.data import windows as alter_data
+from alterrec_tf.formats import schema
 
 
 def expand_to_prefixes(batch: Dict[str, tf.Tensor],

@@ -10,8 +10,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from alterrec_tf import schema
-from alterrec_tf import serving
+from alterrec_tf.formats import schema
+from alterrec_tf.serving import module as serving
 
 
 def pad_sessions(sessions: Sequence[Sequence[int]], max_len: int) -> np.ndarray:

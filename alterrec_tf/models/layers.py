@@ -9,7 +9,7 @@ to the session vector of every prefix [batch, L, d] in one causal pass
 import keras
 from keras import ops
 
-from alterrec_tf import schema
+from alterrec_tf.formats import schema
 
 
 class IdItemEncoder(keras.layers.Layer):

@@ -21,7 +21,7 @@ from typing import Dict, Optional
 
 import tensorflow as tf
 
-from alterrec_tf import schema
+from alterrec_tf.formats import schema
 
 ITEM_IDS = "item_ids"
 TARGET_IDS = "target_ids"
@@ -119,7 +119,7 @@ class SplitData:
         lambda acc, w: (acc[0] + 1, acc[1] + tf.reduce_sum(tf.cast(w[TARGET_MASK], tf.int64))))
     self.num_windows = int(counts[0].numpy())
     self.num_examples = int(counts[1].numpy())
-    self._steps = {}
+    self._steps: Dict[int, int] = {}
 
   def _bucketed(self, windows: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
     boundaries = length_buckets(self.max_len)

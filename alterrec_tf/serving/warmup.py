@@ -12,7 +12,7 @@ from typing import Dict
 import numpy as np
 import tensorflow as tf
 
-from alterrec_tf import serving
+from alterrec_tf.serving import module as serving
 
 
 def _varint(value: int) -> bytes:
@@ -58,9 +58,11 @@ def encode_predict_log(model_name: str, signature_name: str, inputs: Dict[str, n
 def predict_log_bytes(model_name: str, signature_name: str, inputs: Dict[str, np.ndarray]) -> bytes:
   """PredictionLog bytes, from tensorflow-serving-api if installed."""
   try:
-    from tensorflow_serving.apis import model_pb2  # pylint: disable=g-import-not-at-top
-    from tensorflow_serving.apis import predict_pb2  # pylint: disable=g-import-not-at-top
-    from tensorflow_serving.apis import prediction_log_pb2  # pylint: disable=g-import-not-at-top
+    from tensorflow_serving.apis import (
+      model_pb2,  # pylint: disable=g-import-not-at-top
+      predict_pb2,  # pylint: disable=g-import-not-at-top
+      prediction_log_pb2,  # pylint: disable=g-import-not-at-top
+    )
   except ImportError:
     return encode_predict_log(model_name, signature_name, inputs)
   request = predict_pb2.PredictRequest(
@@ -81,13 +83,13 @@ def warmup_requests(rows, popularity: np.ndarray, max_len: int, k: int):
   full[0, :len(order)] = order
   full[1, :min(5, len(order))] = order[:5][::-1]
   raw = np.array([[rows[i][0].encode("utf-8") for i in order[:3]]], dtype=object)
-  k = np.int32(min(k, 5))
+  top_k = np.int32(min(k, 5))
   return [
       (serving.SIGNATURE_DEFAULT, {serving.INPUT_ITEM_IDS: short}),
       (serving.SIGNATURE_DEFAULT, {serving.INPUT_ITEM_IDS: full}),
-      (serving.SIGNATURE_TOP_K, {serving.INPUT_ITEM_IDS: short, serving.INPUT_K: k}),
+      (serving.SIGNATURE_TOP_K, {serving.INPUT_ITEM_IDS: short, serving.INPUT_K: top_k}),
       (serving.SIGNATURE_RAW, {serving.INPUT_RAW_ITEM_IDS: raw}),
-      (serving.SIGNATURE_RAW_TOP_K, {serving.INPUT_RAW_ITEM_IDS: raw, serving.INPUT_K: k}),
+      (serving.SIGNATURE_RAW_TOP_K, {serving.INPUT_RAW_ITEM_IDS: raw, serving.INPUT_K: top_k}),
   ]
 
 

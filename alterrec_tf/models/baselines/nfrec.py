@@ -20,9 +20,9 @@ logs the cross-entropy of each part as id_loss / text_loss (no gradient).
 
 import tensorflow as tf
 
-from alterrec_tf import layers as alter_layers
-from alterrec_tf import towers as alter_towers
-from alterrec_tf.baselines import base
+from alterrec_tf.models import layers as alter_layers
+from alterrec_tf.models import towers as alter_towers
+from alterrec_tf.models.baselines import base
 
 FUSIONS = ("sum", "concat")
 

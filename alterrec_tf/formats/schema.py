@@ -169,7 +169,7 @@ def split_files(data_dir: str, manifest: dict, split: str) -> List[str]:
 
 def read_vocab(data_dir: str) -> List[List[str]]:
   """Rows [raw_item_id, title] of the item vocabulary, indexed by dense index."""
-  rows = []
+  rows: List[List[str]] = []
   with open(os.path.join(data_dir, VOCAB_FILE), encoding="utf-8") as f:
     header = f.readline()
     del header

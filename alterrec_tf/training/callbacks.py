@@ -1,6 +1,6 @@
-"""Keras callbacks of a training run: phase schedule, per-epoch evaluation with
-model selection, learning-rate decay (reference-code option) and resumable
-backups."""
+"""Keras callbacks of every training run: dropout reseeding, per-epoch evaluation
+with model selection, and resumable backups. AlterRec's phase schedule is in
+`training.schedule`."""
 
 import json
 import os
@@ -10,29 +10,8 @@ import time
 import keras
 import tensorflow as tf
 
-from alterrec_tf import evaluation
-from alterrec_tf.model import ID_PHASE, TEXT_PHASE
-
-HISTORY_FILE = "history.json"
-BEST_WEIGHTS_FILE = "best.weights.h5"
-BACKUP_DIR = "backup"
-
-
-def phase_for_epoch(epoch: int, config, tower_names):
-  """(phase, hard_negatives) of a 0-based epoch under Algorithm 1.
-
-  Epochs [0, m_random): ID with random negatives; [m_random, 2 m_random): text
-  with random negatives; then ID and text alternate every m_gap epochs with the
-  partner's hard negatives, ID first.
-  """
-  if len(tower_names) == 1:
-    return (ID_PHASE if tower_names[0] == "id" else TEXT_PHASE), 0
-  if epoch < config.m_random:
-    return ID_PHASE, 0
-  if epoch < 2 * config.m_random:
-    return TEXT_PHASE, 0
-  turn = (epoch - 2 * config.m_random) % (2 * config.m_gap)
-  return (ID_PHASE if turn < config.m_gap else TEXT_PHASE), 1
+from alterrec_tf import runs as alter_runs
+from alterrec_tf.training import evaluation
 
 
 def reseed_dropout(model, seed: int, epoch: int) -> None:
@@ -44,45 +23,15 @@ def reseed_dropout(model, seed: int, epoch: int) -> None:
     state.assign([seed * 7919 + index, epoch * 10_000_000])
 
 
-class PhaseSchedule(keras.callbacks.Callback):
-  """Sets the model's phase variables (no retracing) and, optionally, decays each
-  tower's learning rate by `lr_decay` every `lr_decay_epochs_*` epochs it trained."""
+class DropoutReseed(keras.callbacks.Callback):
+  """Reseeds dropout at the start of every epoch (`reseed_dropout`), for every model."""
 
-  def __init__(self, config):
+  def __init__(self, seed: int):
     super().__init__()
-    self.config = config
+    self.seed = seed
 
   def on_epoch_begin(self, epoch, logs=None):
-    model = self.model
-    reseed_dropout(model, self.config.seed, epoch)
-    if not hasattr(model, "phase"):  # baselines: no alternation, constant rate
-      return
-    phase, hard = phase_for_epoch(epoch, self.config, model.tower_names)
-    model.phase.assign(phase)
-    model.hard_negatives.assign(hard)
-    for name, every in (("id", self.config.lr_decay_epochs_id),
-                        ("text", self.config.lr_decay_epochs_text)):
-      if name not in model.tower_names:
-        continue
-      phase_of_tower = ID_PHASE if name == "id" else TEXT_PHASE
-      trained = sum(phase_for_epoch(e, self.config, model.tower_names)[0] == phase_of_tower
-                    for e in range(epoch))
-      rate = self.config.learning_rate * self.config.lr_decay ** (trained // max(every, 1))
-      model.optimizer_of(name).learning_rate.assign(rate)
-
-  def on_epoch_end(self, epoch, logs=None):
-    if logs is not None and hasattr(self.model, "phase"):
-      logs["phase"] = float(self.model.phase.numpy())
-      logs["hard_negatives"] = float(self.model.hard_negatives.numpy())
-      for name in self.model.tower_names:
-        logs[f"lr_{name}"] = float(self.model.optimizer_of(name).learning_rate.numpy())
-
-
-def write_json_atomic(path: str, value) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+    reseed_dropout(self.model, self.seed, epoch)
 
 
 class EpochEvaluation(keras.callbacks.Callback):
@@ -142,10 +91,10 @@ class EpochEvaluation(keras.callbacks.Callback):
     previous_best = self.best()
     self.history.append(record)
     if self.best() is record:
-      self.model.save_weights(os.path.join(self.run_dir, BEST_WEIGHTS_FILE))
+      self.model.save_weights(os.path.join(self.run_dir, alter_runs.BEST_WEIGHTS_FILE))
     elif previous_best and epoch + 1 - previous_best["epoch"] >= self.config.early_stopping_patience:
       self.model.stop_training = True
-    write_json_atomic(os.path.join(self.run_dir, HISTORY_FILE), self.history)
+    alter_runs.write_json_atomic(os.path.join(self.run_dir, alter_runs.HISTORY_FILE), self.history)
     fused = f"valid/fused/{self.selection_metric}"
     if self.config.verbose and fused in record:
       print(f"epoch {epoch + 1}: valid fused {self.selection_metric} "
@@ -164,7 +113,7 @@ class RunBackup(keras.callbacks.Callback):
 
   def __init__(self, model, run_dir):
     super().__init__()
-    self.directory = os.path.join(run_dir, BACKUP_DIR)
+    self.directory = os.path.join(run_dir, alter_runs.BACKUP_DIR)
     self.checkpoint = tf.train.Checkpoint(model=model)
     self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=1)
 
@@ -180,7 +129,7 @@ class RunBackup(keras.callbacks.Callback):
 
   def on_epoch_end(self, epoch, logs=None):
     self.manager.save(checkpoint_number=epoch + 1)
-    write_json_atomic(os.path.join(self.directory, "epoch.json"), {"epochs_done": epoch + 1})
+    alter_runs.write_json_atomic(os.path.join(self.directory, "epoch.json"), {"epochs_done": epoch + 1})
 
   def on_train_end(self, logs=None):
     shutil.rmtree(self.directory, ignore_errors=True)

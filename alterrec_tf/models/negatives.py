@@ -6,7 +6,7 @@ Logits are gathered from the full-catalogue score matrix [P, V]; a
 
 import tensorflow as tf
 
-from alterrec_tf import schema
+from alterrec_tf.formats import schema
 
 
 def partner_ranking(partner_scores, k1: int, k2: int, p: int):

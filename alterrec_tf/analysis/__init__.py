@@ -1,0 +1,1 @@
+"""Analysis of finished runs: long-tail groups and report figures."""

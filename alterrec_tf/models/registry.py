@@ -1,0 +1,29 @@
+"""Model registry: `--model` name -> a built model for the trainer.
+
+Every model it returns satisfies `contract.RankingModel` (AlterRec and its
+ablations also `contract.AlternatingModel`); the names are `models.names`.
+"""
+
+from alterrec_tf.models import alterrec as alter_model
+from alterrec_tf.models import baselines, contract
+from alterrec_tf.models.names import ALTERREC_TOWERS, BASELINES
+
+
+def build_model(config, manifest, text_embeddings, train_files=None) -> contract.RankingModel:
+  """Builds (creates all variables of) the model named by `config.model`.
+
+  `train_files` (the training TFRecords) are read only by the count-based
+  floors (most_popular, session_knn).
+  """
+  num_items = manifest["num_items"]
+  if config.model in ALTERREC_TOWERS:
+    model = alter_model.AlterRec(config, num_items, text_embeddings,
+                                 towers=ALTERREC_TOWERS[config.model])
+    model.build_all()
+  elif config.model in BASELINES:
+    model = baselines.build_baseline(config, num_items, text_embeddings, train_files)
+  else:
+    raise ValueError(f"--model={config.model} is not available yet")
+  if not isinstance(model, contract.RankingModel):
+    raise TypeError(f"{type(model).__name__} does not satisfy models.contract.RankingModel")
+  return model

@@ -1,0 +1,1 @@
+"""TF Serving: the exported tf.Module, its checks and its warm-up requests."""

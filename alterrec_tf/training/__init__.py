@@ -1,0 +1,1 @@
+"""Training loop pieces: the epoch callbacks (phase schedule, evaluation, backup) and full-catalogue evaluation."""
