@@ -19,6 +19,7 @@ from absl import app, flags, logging
 
 from alterrec_tf import config as alter_config
 from alterrec_tf import runs as alter_runs
+from alterrec_tf import train as alter_train
 
 SWEEP_FILE = alter_runs.SWEEP_FILE
 
@@ -72,8 +73,9 @@ def run_sweep(run_dir: str, alphas: Sequence[float], data_dir=None) -> dict:
   out = {"run_dir": run_dir, "alphas": [float(a) for a in alphas],
          "trained_alpha": config.alpha}
   for split_name in ("valid", "test"):
-    split = alter_data.load_split(data_dir, manifest, split_name, config.max_len,
-                                  config.eval_window_stride)
+    stride = (alter_train.TEST_WINDOW_STRIDE if split_name == "test"
+              else config.eval_window_stride)
+    split = alter_data.load_split(data_dir, manifest, split_name, config.max_len, stride)
     if split is not None:
       values = sweep(model, split, alphas, config.ks, config.mrr_k, config.eval_batch_size)
       out[split_name] = {f"{a:g}": metrics for a, metrics in values.items()}

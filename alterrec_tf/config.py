@@ -54,6 +54,12 @@ _define("enum", "nfrec_fusion", "concat", ["sum", "concat"],
 
 # --- optimisation ----------------------------------------------------------------
 _define("float", "learning_rate", 1e-3, "Adam learning rate of each tower.")
+_define("enum", "loss_weighting", "prefix", ["prefix", "batch"],
+        "'prefix': a batch's loss is the sum over its scored prefixes divided by the "
+        "training split's mean prefixes per batch, so every prefix weighs the same in "
+        "every step (the paper's sum over sessions, Eq. 8-9, up to one constant). "
+        "'batch': the mean over the batch's prefixes (earlier behaviour: prefixes of "
+        "short-window batches weigh more).")
 _define("float", "lr_decay", 1.0,
         "Reference code: multiply a tower's learning rate by this every "
         "lr_decay_epochs_{id,text} epochs it trains (paper: 1.0 = none; ref: 0.1).")
@@ -85,6 +91,13 @@ _define("enum", "augmentation_source", "partner", ["partner", "id"],
         "Where augmented positives come from (paper: partner; reference: always ID).")
 
 # --- evaluation and operations -------------------------------------------------
+_define("enum", "seen_items", "auto", ["auto", "exclude", "keep"],
+        "Items already in the prefix: 'exclude' scores them out (-1e9) in training "
+        "(never a negative or an augmented positive), evaluation and export; 'keep' "
+        "ranks them like any item (the paper's plain setting); 'auto' excludes them "
+        "when the dataset's manifest says sessions were de-duplicated (so such an "
+        "item is never the answer), else keeps them. The run's config.json records "
+        "the resolved value.")
 _define("list", "ks", ["10", "20"], "Cut-offs for Hits@K and NDCG@K.")
 _define("integer", "mrr_k", 20, "Cut-off of MRR.")
 _define("integer", "early_stopping_patience", 15,
@@ -141,6 +154,7 @@ class TrainConfig:
   dropout: float = _default("dropout")
   nfrec_fusion: str = _default("nfrec_fusion")
   learning_rate: float = _default("learning_rate")
+  loss_weighting: str = _default("loss_weighting")
   lr_decay: float = _default("lr_decay")
   lr_decay_epochs_id: int = _default("lr_decay_epochs_id")
   lr_decay_epochs_text: int = _default("lr_decay_epochs_text")
@@ -157,6 +171,7 @@ class TrainConfig:
   random_negative_share: float = _default("random_negative_share")
   text_temperature: float = _default("text_temperature")
   augmentation_source: str = _default("augmentation_source")
+  seen_items: str = _default("seen_items")
   ks: tuple = _default("ks")
   mrr_k: int = _default("mrr_k")
   early_stopping_patience: int = _default("early_stopping_patience")
@@ -188,6 +203,14 @@ class TrainConfig:
   @property
   def max_k(self) -> int:
     return max(max(self.ks), self.mrr_k)
+
+
+def resolve_seen_items(config: TrainConfig, manifest: dict) -> TrainConfig:
+  """`config` with --seen_items=auto resolved from the manifest (idempotent)."""
+  if config.seen_items != "auto":
+    return config
+  deduplicated = bool(manifest.get("sessions_deduplicated", False))
+  return config.replace(seen_items="exclude" if deduplicated else "keep")
 
 
 def check_against_dataset(config: TrainConfig, manifest: dict) -> None:

@@ -74,7 +74,7 @@ def save_test_ranks(run_dir: str) -> dict:
   text_embeddings = schema.load_text_embeddings(config.data_dir, manifest)
   train_files = schema.split_files(config.data_dir, manifest, "train")
   test_split = alter_data.load_split(config.data_dir, manifest, "test", config.max_len,
-                                     config.eval_window_stride)
+                                     alter_train.TEST_WINDOW_STRIDE)
   if test_split is None:
     return {}
   model = models.build_model(config, manifest, text_embeddings, train_files=train_files)

@@ -183,12 +183,15 @@ def existing_versions(export_dir: str) -> List[int]:
 
 # --- export -----------------------------------------------------------------------------
 def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
-           version: Optional[int] = None, k: int = 20, exclude_session_items: bool = False,
+           version: Optional[int] = None, k: int = 20,
+           exclude_session_items: Optional[bool] = None,
            new_items: Optional[str] = None, model_name: Optional[str] = None,
            warmup: bool = True, verify: bool = True, loaded_run=None) -> dict:
   """Exports `run_dir` as version `version` (default: next) of `export_dir`.
 
   Args:
+    exclude_session_items: never recommend an item of the request; None: as the
+      run was trained and evaluated (its --seen_items).
     loaded_run: an already loaded (model, config, manifest, data_dir) (tests).
 
   Returns:
@@ -200,6 +203,15 @@ def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
   from alterrec_tf.serving import module as serving  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
   model, config, manifest, data_dir = loaded_run or load_run(run_dir, data_dir)
+  excluded_in_training = (
+      alter_config.resolve_seen_items(config, manifest).seen_items == "exclude")
+  if exclude_session_items is None:
+    exclude_session_items = excluded_in_training
+  elif excluded_in_training and not exclude_session_items:
+    raise ExportError(
+        f"{run_dir} was trained and evaluated with --seen_items=exclude: its scores of "
+        "the session's own items were never trained; export it with session items "
+        "excluded (leave --exclude_session_items unset)")
   versions = existing_versions(export_dir)
   version = int(version) if version else (versions[-1] + 1 if versions else 1)
   if version < 1:
@@ -295,8 +307,10 @@ def define_flags():
   flags.DEFINE_integer("version", 0, "Version number N; 0 = one above the highest existing.")
   flags.DEFINE_integer("k", 20, "Recommendations per session of the fixed-k signatures "
                        "(serving_default, raw_ids).")
-  flags.DEFINE_boolean("exclude_session_items", False,
-                       "Never recommend an item already in the request's session.")
+  flags.DEFINE_boolean("exclude_session_items", None,
+                       "Never recommend an item already in the request's session. Unset: "
+                       "as the run was trained and evaluated (its --seen_items; excluded "
+                       "by default on de-duplicated data).")
   flags.DEFINE_string("new_items", None, "Cold-start item table to add (folder from "
                       "data_tools.embed_items, or EMB.npy,ITEMS.tsv); scored by text only.")
   flags.DEFINE_string("model_name", None, "Model name in the warmup requests (default: "
@@ -308,10 +322,7 @@ def define_flags():
 
 def main(argv):
   del argv
-  from absl import (
-    flags,  # pylint: disable=g-import-not-at-top
-    logging,  # pylint: disable=g-import-not-at-top
-  )
+  from absl import flags, logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
   values = flags.FLAGS
   if not values.export_dir:

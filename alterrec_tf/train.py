@@ -20,6 +20,8 @@ from alterrec_tf import config as alter_config
 from alterrec_tf import flagfiles
 from alterrec_tf import runs as alter_runs
 
+TEST_WINDOW_STRIDE = 1  # test prefixes see exactly their last max_len items
+
 
 def train(config, data_dir=None, run_dir=None, save_test_ranks=False):
   """Trains `config.model` and returns the results dict (also written to disk).
@@ -48,6 +50,7 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False):
   config = config.replace(data_dir=data_dir or config.data_dir,
                           run_dir=run_dir or config.run_dir)
   manifest = schema.load_manifest(config.data_dir)
+  config = alter_config.resolve_seen_items(config, manifest)
   text_embeddings = schema.load_text_embeddings(config.data_dir, manifest)
   alter_config.check_against_dataset(config, manifest)
   finished = _previous_run(config, manifest)
@@ -62,8 +65,11 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False):
                                       config.train_window_stride)
   valid_split = alter_data.load_split(config.data_dir, manifest, "valid", config.max_len,
                                       config.eval_window_stride)
+  # The exact protocol: every test prefix is scored with exactly its last max_len
+  # items (stride 1), as the paper and serving do; --eval_window_stride applies
+  # to the per-epoch validation only.
   test_split = alter_data.load_split(config.data_dir, manifest, "test", config.max_len,
-                                     config.eval_window_stride)
+                                     TEST_WINDOW_STRIDE)
 
   model = models.build_model(config, manifest, text_embeddings,
                              train_files=schema.split_files(config.data_dir, manifest, "train"))
@@ -90,6 +96,8 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False):
   if model.tower_names:  # AlterRec and its ablations: Algorithm 1's phases
     callbacks.insert(1, schedule.PhaseSchedule(config))
   steps = train_split.steps(config.batch_size)
+  if config.loss_weighting == "prefix":  # every prefix weighs the same in every step
+    model.prefixes_per_batch = train_split.num_examples / max(steps, 1)
   model.compile(jit_compile=False)
   start = time.perf_counter()
   if epochs_done < config.m_max:

@@ -14,7 +14,9 @@ o = o_0, o_0 + stride, ..., the last one aligned to the session's end. Each
 target is scored in exactly one window: the earliest that holds it, i.e. the
 one giving it the most context (at most max_len items, counted from the oldest
 kept item, as the per-prefix reference does). With stride 1 every prefix sees
-exactly its last min(t, max_len) items, which is what evaluation uses.
+exactly its last min(t, max_len) items: the test split always uses it (the
+exact protocol, `train.TEST_WINDOW_STRIDE`); training and per-epoch validation
+use `--train_window_stride` / `--eval_window_stride`.
 """
 
 from typing import Dict, Optional
@@ -36,12 +38,15 @@ def session_windows(item_ids: tf.Tensor, eval_start: tf.Tensor, max_len: int,
     item_ids: int64 [n], n >= 2, no padding.
     eval_start: int64 scalar, first scored target position.
     max_len: inputs per window.
-    stride: offset between consecutive windows of a long session.
+    stride: offset between consecutive windows of a long session; above
+      max_len it is taken as max_len (a larger one would skip the targets
+      between two windows).
 
   Returns:
     Dict of `ITEM_IDS`, `TARGET_IDS` int32 [windows, max_len] and
     `TARGET_MASK` bool [windows, max_len].
   """
+  stride = min(stride, max_len)
   item_ids = tf.cast(item_ids, tf.int32)
   n = tf.size(item_ids)
   eval_start = tf.cast(eval_start, tf.int32)

@@ -5,6 +5,13 @@
 (0: uniform random negatives, 1: the partner's ranks k1..k2). Only the active
 tower's gradients are computed, and each tower has its own Adam optimizer, so
 the frozen tower does not move at all (no Adam momentum leaks into it).
+
+With `config.seen_items == "exclude"` every score the model computes (the
+trained tower's logits, the partner's ranking, evaluation heads) has the
+prefix's own items at -1e9 (`towers.mask_seen_items`): they are never hard
+negatives or augmented positives, add nothing as uniform negatives, and are
+never recommended. With `loss_weighting == "prefix"` the trainer sets
+`prefixes_per_batch` and every scored prefix weighs the same in every step.
 """
 
 import keras
@@ -52,6 +59,7 @@ class AlterRec(keras.Model):
     self.train_steps = keras.Variable(0, dtype="int64", trainable=False, name="train_steps")
     self.id_optimizer = keras.optimizers.Adam(config.learning_rate, name="id_adam")
     self.text_optimizer = keras.optimizers.Adam(config.learning_rate, name="text_adam")
+    self.prefixes_per_batch = None  # set by the trainer (loss_weighting="prefix")
     self.id_loss_tracker = keras.metrics.Mean(name="id_loss")
     self.text_loss_tracker = keras.metrics.Mean(name="text_loss")
 
@@ -84,12 +92,19 @@ class AlterRec(keras.Model):
     return [self.id_loss_tracker, self.text_loss_tracker]
 
   # --- training ---------------------------------------------------------------
+  def exclude_seen(self, scores, item_ids, positions):
+    """`scores` [P, V] with the prefix's items scored out when the config says so."""
+    if self.config.seen_items == "exclude":
+      return alter_towers.mask_seen_items(scores, item_ids, positions)
+    return scores
+
   def _frozen_scores(self, name, item_ids, positions):
     """Tower `name`'s scores at the prefixes, dropout off, no gradient: [P, V]."""
     tower = self.tower(name)
     matrix = tower.item_matrix(training=False)
     vectors = tf.gather_nd(tower.prefix_vectors(item_ids, matrix, training=False), positions)
-    return tf.stop_gradient(tower.scores(vectors, matrix))
+    return tf.stop_gradient(
+        self.exclude_seen(tower.scores(vectors, matrix), item_ids, positions))
 
   def _partner_signal(self, name, item_ids, positions, targets, seed):
     """Negatives [P, K] and augmented positives [P, p] for a step of tower `name`.
@@ -161,10 +176,10 @@ class AlterRec(keras.Model):
       matrix = tower.item_matrix(training=training)
       vectors = tf.gather_nd(tower.prefix_vectors(item_ids, matrix, training=training),
                              positions)
-      logits = tower.scores(vectors, matrix)
+      logits = self.exclude_seen(tower.scores(vectors, matrix), item_ids, positions)
       loss = alter_negatives.sampled_softmax_loss(
           logits, targets, negative_ids, augmented_ids if self._augments() else None,
-          self.config.beta)
+          self.config.beta, self.prefixes_per_batch)
     return loss, tape.gradient(loss, tower.trainable_variables), negative_ids
 
   def _tower_step(self, name, batch, seed):
@@ -204,7 +219,7 @@ class AlterRec(keras.Model):
       tower = self.tower(name)
       matrix = tower.item_matrix(training=training)
       vectors = tf.gather_nd(tower.prefix_vectors(item_ids, matrix, training), positions)
-      scores[name] = tower.scores(vectors, matrix)
+      scores[name] = self.exclude_seen(tower.scores(vectors, matrix), item_ids, positions)
     return scores
 
   def score_heads(self, batch):
@@ -224,7 +239,9 @@ class AlterRec(keras.Model):
 
   def call(self, item_ids, training=False):
     """Fused scores of every prefix: int [B, L] -> [B, L, V]."""
-    scores = [self.tower(name)(item_ids, training=training) for name in self.tower_names]
-    if len(scores) == 1:
-      return scores[0]
-    return self.config.alpha * scores[0] + (1.0 - self.config.alpha) * scores[1]
+    positions = tf.where(tf.ones_like(item_ids, tf.bool))
+    heads = self.prefix_scores(item_ids, positions, training)
+    fused = (heads[self.tower_names[0]] if len(self.tower_names) == 1 else
+             self.config.alpha * heads["id"] + (1.0 - self.config.alpha) * heads["text"])
+    shape = tf.shape(item_ids)
+    return tf.reshape(fused, [shape[0], shape[1], -1])

@@ -8,6 +8,8 @@ import tensorflow as tf
 
 from alterrec_tf.formats import schema
 
+SCORED_OUT = -1e8  # logits at or below this are scored-out items (-1e9)
+
 
 def partner_ranking(partner_scores, k1: int, k2: int, p: int):
   """Hard negatives and augmented positives from the partner's ranking (Eq. 7).
@@ -49,13 +51,25 @@ def mix_negatives(hard_negative_ids, seed, random_share: float, num_items: int):
   return tf.concat([subset, random_ids], axis=1)
 
 
+def reduce_prefix_losses(per_prefix, prefixes_per_batch=None):
+  """Batch loss from per-prefix losses [P]: their mean, or (with
+  `prefixes_per_batch`, a constant of the split) their sum divided by it, so
+  that every prefix weighs the same whatever its batch."""
+  if prefixes_per_batch:
+    return tf.reduce_sum(per_prefix) / tf.cast(prefixes_per_batch, per_prefix.dtype)
+  return tf.reduce_mean(per_prefix)
+
+
 def sampled_softmax_loss(logits, target_ids, negative_ids, augmented_ids=None,
-                         beta: float = 0.0):
+                         beta: float = 0.0, prefixes_per_batch=None):
   """Mean over prefixes of -log softmax(target | target + negatives) (Eq. 8-9),
   plus beta * sum over augmented positives of the same with their logit (Eq. 10-11).
 
   A negative or augmented positive equal to the target is dropped: the target
   is never its own negative, and counting it as augmented would double it.
+  Items whose logit is -1e9 or less (padding, and the prefix's own items when
+  they are scored out, `towers.mask_seen_items`) add nothing as negatives
+  (exp(-1e9) = 0) and are dropped as augmented positives.
 
   Args:
     logits: float [P, V] full-catalogue scores of the trained tower.
@@ -63,6 +77,7 @@ def sampled_softmax_loss(logits, target_ids, negative_ids, augmented_ids=None,
     negative_ids: int [P, K].
     augmented_ids: int [P, p] or None.
     beta: weight of the augmented positives.
+    prefixes_per_batch: see `reduce_prefix_losses`.
 
   Returns:
     Scalar loss.
@@ -79,14 +94,16 @@ def sampled_softmax_loss(logits, target_ids, negative_ids, augmented_ids=None,
   if augmented_ids is not None and augmented_ids.shape[1]:
     augmented_ids = tf.cast(augmented_ids, tf.int32)
     augmented_logits = tf.gather(logits, augmented_ids, batch_dims=1)
-    keep = tf.logical_and(tf.not_equal(augmented_ids, target_ids[:, None]),
-                          tf.not_equal(augmented_ids, schema.PADDING_INDEX))
+    keep = (tf.not_equal(augmented_ids, target_ids[:, None])
+            & tf.not_equal(augmented_ids, schema.PADDING_INDEX)
+            & (augmented_logits > SCORED_OUT))
     augmented = tf.nn.softplus(negatives_lse[:, None] - augmented_logits)
     per_prefix += beta * tf.reduce_sum(tf.where(keep, augmented, 0.0), axis=1)
-  return tf.reduce_mean(per_prefix)
+  return reduce_prefix_losses(per_prefix, prefixes_per_batch)
 
 
-def full_softmax_loss(logits, target_ids):
-  """Mean cross-entropy over the whole catalogue (baselines): [P, V], [P]."""
-  return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-      labels=tf.cast(target_ids, tf.int32), logits=logits))
+def full_softmax_loss(logits, target_ids, prefixes_per_batch=None):
+  """Cross-entropy over the whole catalogue (baselines): [P, V], [P] -> scalar
+  (`reduce_prefix_losses`)."""
+  return reduce_prefix_losses(tf.nn.sparse_softmax_cross_entropy_with_logits(
+      labels=tf.cast(target_ids, tf.int32), logits=logits), prefixes_per_batch)

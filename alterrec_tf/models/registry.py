@@ -4,6 +4,7 @@ Every model it returns satisfies `contract.RankingModel` (AlterRec and its
 ablations also `contract.AlternatingModel`); the names are `models.names`.
 """
 
+from alterrec_tf import config as alter_config
 from alterrec_tf.models import alterrec as alter_model
 from alterrec_tf.models import baselines, contract
 from alterrec_tf.models.names import ALTERREC_TOWERS, BASELINES
@@ -15,6 +16,7 @@ def build_model(config, manifest, text_embeddings, train_files=None) -> contract
   `train_files` (the training TFRecords) are read only by the count-based
   floors (most_popular, session_knn).
   """
+  config = alter_config.resolve_seen_items(config, manifest)
   num_items = manifest["num_items"]
   if config.model in ALTERREC_TOWERS:
     model = alter_model.AlterRec(config, num_items, text_embeddings,

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from alterrec_tf.data import windows as alter_data
 from alterrec_tf.models import negatives as alter_negatives
+from alterrec_tf.models import towers as alter_towers
 from alterrec_tf.models.alterrec import scored_positions
 
 
@@ -40,6 +41,7 @@ class FullSoftmaxModel(keras.Model):
     super().__init__(**kwargs)
     self.config = config
     self.num_items = num_items
+    self.prefixes_per_batch = None  # set by the trainer (loss_weighting="prefix")
     self.adam = keras.optimizers.Adam(config.learning_rate, name="adam")
     self.train_steps = keras.Variable(0, dtype="int64", trainable=False, name="train_steps")
     self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -58,6 +60,16 @@ class FullSoftmaxModel(keras.Model):
       at -1e9.
     """
     raise NotImplementedError
+
+  def heads(self, item_ids, positions, training=False):
+    """`prefix_heads` with the prefix's items scored out when
+    `config.seen_items == "exclude"` (`towers.mask_seen_items`): they are never
+    recommended and, in training, never in the softmax."""
+    heads = self.prefix_heads(item_ids, positions, training=training)
+    if self.config.seen_items != "exclude":
+      return heads
+    return {name: alter_towers.mask_seen_items(scores, item_ids, positions)
+            for name, scores in heads.items()}
 
   # --- building ---------------------------------------------------------------
   def build_all(self):
@@ -81,8 +93,9 @@ class FullSoftmaxModel(keras.Model):
     self.train_steps.assign_add(1)
     positions, targets = scored_positions(batch)
     with tf.GradientTape() as tape:
-      heads = self.prefix_heads(batch[alter_data.ITEM_IDS], positions, training=True)
-      loss = alter_negatives.full_softmax_loss(heads["fused"], targets)
+      heads = self.heads(batch[alter_data.ITEM_IDS], positions, training=True)
+      loss = alter_negatives.full_softmax_loss(heads["fused"], targets,
+                                               self.prefixes_per_batch)
     variables = self.trainable_variables
     self.adam.apply(tape.gradient(loss, variables), variables)
     self.loss_tracker.update_state(loss)
@@ -97,11 +110,11 @@ class FullSoftmaxModel(keras.Model):
   def score_heads(self, batch):
     """Evaluation heads {"fused", *part_names}: [P, V], and targets [P]."""
     positions, targets = scored_positions(batch)
-    return self.prefix_heads(batch[alter_data.ITEM_IDS], positions), targets
+    return self.heads(batch[alter_data.ITEM_IDS], positions), targets
 
   def call(self, item_ids, training=False):
     """Fused scores of every prefix: int [B, L] -> [B, L, V]."""
     positions = tf.where(tf.ones_like(item_ids, tf.bool))
-    fused = self.prefix_heads(item_ids, positions, training=training)["fused"]
+    fused = self.heads(item_ids, positions, training=training)["fused"]
     shape = tf.shape(item_ids)
     return tf.reshape(fused, [shape[0], shape[1], -1])
