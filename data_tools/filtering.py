@@ -23,6 +23,14 @@ Rules, applied in this order by `data_tools.prepare`:
    touched, so one pass suffices; the vocabulary then holds exactly the items of
    the training split.
 
+Layouts whose validation and test rows are a published benchmark
+(`RawSessions.keep_eval_rows`, the RecBole / UniSRec files) keep those rows
+whole: rule 1 still counts them but removes items from, and drops, training
+sessions only (`protected_splits`), and rule 4 is replaced by a count
+(`items_without_training`): an item that only validation/test rows hold stays
+in the vocabulary, with its text row and an ID row that training never fits.
+So validation/test rows in = rows out.
+
 Removing items keeps the scored targets honest (`remap_eval_start`): a session
 keeps `eval_start` = the number of kept items before the first originally
 scored position (at least 1); a leave-one-out session whose target is removed
@@ -35,8 +43,7 @@ from typing import Container, Dict, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from data_tools.sessions import (EVAL_START, ITEMS, SPLIT, DataToolsError,
-                                 normalize_sessions)
+from data_tools.sessions import EVAL_START, ITEMS, SPLIT, DataToolsError, normalize_sessions
 
 
 def remap_eval_start(keep: Sequence[bool], eval_start: int) -> int:
@@ -63,7 +70,7 @@ def drop_items(sessions: pd.DataFrame, dropped: Container[str],
     sessions: the sessions (standard columns).
     dropped: the raw item ids to remove.
     min_session_length: sessions shorter than this afterwards are dropped.
-    only_rows: if given, only rows whose flag is True are changed.
+    only_rows: if given, only rows whose flag is True are changed (or dropped).
 
   Returns:
     The filtered sessions.
@@ -76,7 +83,7 @@ def drop_items(sessions: pd.DataFrame, dropped: Container[str],
     keep = [not apply or item not in dropped for item in items]
     start = remap_eval_start(keep, int(eval_start)) if apply else eval_start
     kept = [item for item, flag in zip(items, keep) if flag]
-    ok = start > 0 and len(kept) >= min_session_length
+    ok = not apply or (start > 0 and len(kept) >= min_session_length)
     kept_rows.append(ok)
     new_items.append(kept)
     new_starts.append(start)
@@ -97,8 +104,16 @@ def summary(sessions: pd.DataFrame) -> Dict[str, int]:
 
 
 def filter_rare_items(sessions: pd.DataFrame, min_item_count: int,
-                      min_session_length: int) -> Tuple[pd.DataFrame, dict]:
+                      min_session_length: int,
+                      protected_splits: Sequence[str] = ()
+                      ) -> Tuple[pd.DataFrame, dict]:
   """Rule 1 of the module docstring, repeated until stable.
+
+  Args:
+    sessions: the sessions (standard columns).
+    min_item_count: items in fewer sessions than this are removed.
+    min_session_length: sessions shorter than this are dropped.
+    protected_splits: sessions of these splits count but are never changed.
 
   Returns:
     The filtered sessions and a dict of before/after counts and iterations.
@@ -106,12 +121,15 @@ def filter_rare_items(sessions: pd.DataFrame, min_item_count: int,
   before = summary(sessions)
   iterations = 0
   while True:
+    free = ~sessions[SPLIT].isin(list(protected_splits)).to_numpy()
     counts = _item_counts(sessions)
-    rare = {item for item, count in counts.items() if count < min_item_count}
-    too_short = (sessions[ITEMS].map(len) < min_session_length).any()
+    rare = {item for item in _item_counts(sessions[free])
+            if counts[item] < min_item_count}
+    too_short = (sessions[ITEMS].map(len)[free] < min_session_length).any()
     if not rare and not too_short:
       break
-    sessions = drop_items(sessions, rare, min_session_length)
+    sessions = drop_items(sessions, rare, min_session_length,
+                          only_rows=list(free))
     iterations += 1
   return sessions, {"before": before, "after": summary(sessions),
                     "iterations": iterations}
@@ -129,21 +147,34 @@ def truncate(sessions: pd.DataFrame, max_session_length: int) -> pd.DataFrame:
   return normalize_sessions(result)
 
 
-def drop_unseen_items(sessions: pd.DataFrame,
-                      min_session_length: int) -> Tuple[pd.DataFrame, dict]:
-  """Rule 4: removes validation/test items that no training session has."""
+def _unseen(sessions: pd.DataFrame):
+  """(training-row mask, items of validation/test sessions not in training)."""
   is_train = (sessions[SPLIT] == "train").to_numpy()
   seen = set(_item_counts(sessions[is_train]))
   unseen = {item for items, train in zip(sessions[ITEMS], is_train)
             if not train for item in items if item not in seen}
+  return is_train, unseen
+
+
+def drop_unseen_items(sessions: pd.DataFrame,
+                      min_session_length: int) -> Tuple[pd.DataFrame, dict]:
+  """Rule 4: removes validation/test items that no training session has."""
+  is_train, unseen = _unseen(sessions)
   before = sessions[SPLIT].value_counts().to_dict()
   result = drop_items(sessions, unseen, min_session_length,
                       only_rows=list(~is_train))
   after = result[SPLIT].value_counts().to_dict()
   return result, {
-      "unseen_items_removed": len(unseen),
+      "unseen_items_removed": len(unseen), "items_without_training": 0,
       "sessions_dropped": {split: int(before.get(split, 0) - after.get(split, 0))
                            for split in ("valid", "test")}}
+
+
+def items_without_training(sessions: pd.DataFrame) -> dict:
+  """Rule 4 for `keep_eval_rows` layouts: counts unseen items, removes none."""
+  _, unseen = _unseen(sessions)
+  return {"unseen_items_removed": 0, "items_without_training": len(unseen),
+          "sessions_dropped": {"valid": 0, "test": 0}}
 
 
 def require_sessions(sessions: pd.DataFrame, source: str, required_splits:

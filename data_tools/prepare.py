@@ -6,8 +6,9 @@
 
 Steps: read the raw layout (`data_tools.readers`), filter rare items and short
 sessions (`data_tools.filtering`), split layouts that come unsplit
-(`data_tools.splits`), truncate, drop validation/test items unseen in training,
-then write the folder atomically (`data_tools.writer`) with the item text table
+(`data_tools.splits`), truncate, drop validation/test items unseen in training
+(except for layouts whose validation/test rows are kept whole: RecBole), then
+write the folder atomically (`data_tools.writer`) with the item text table
 (`data_tools.embed`) and `manifest.json`. Bad input raises `DataToolsError`;
 the command line prints `error: <message>` and exits with status 1.
 """
@@ -32,6 +33,14 @@ FILTER_RULE = (
     "stable; then the split; then sessions longer than max_session_length "
     "(0 = no limit) keep their last items; then validation/test items never "
     "seen in training are removed and sessions that become too short dropped")
+KEEP_EVAL_ROWS_RULE = (
+    "validation/test rows are kept whole (rows in = rows out): items seen in "
+    "fewer than min_item_count sessions (all splits counted) are removed from "
+    "training sessions only, and training sessions shorter than "
+    "min_session_length dropped, repeated until stable; then sessions longer "
+    "than max_session_length (0 = no limit) keep their last items (the scored "
+    "target stays); validation/test items never seen in training stay in the "
+    "vocabulary (counted as items_without_training)")
 
 
 @dataclasses.dataclass
@@ -53,16 +62,21 @@ def select_sessions(raw: S.RawSessions, options: PrepareOptions):
   Returns:
     (sessions in written order, split rule text, filter report dict).
   """
+  protected = ("valid", "test") if raw.keep_eval_rows else ()
   sessions, frequency = filtering.filter_rare_items(
-      raw.sessions, options.min_item_count, options.min_session_length)
+      raw.sessions, options.min_item_count, options.min_session_length,
+      protected)
   rule = raw.split_rule
   if not rule:
     sessions = splits.chronological_user_split(
         sessions, options.valid_fraction, options.test_fraction)
     rule = splits.chronological_rule(options.valid_fraction, options.test_fraction)
   sessions = filtering.truncate(sessions, options.max_session_length)
-  sessions, unseen = filtering.drop_unseen_items(sessions,
-                                                 options.min_session_length)
+  if raw.keep_eval_rows:
+    unseen = filtering.items_without_training(sessions)
+  else:
+    sessions, unseen = filtering.drop_unseen_items(sessions,
+                                                   options.min_session_length)
   required = ["train", "test"] + (["valid"] if options.valid_fraction > 0 else [])
   filtering.require_sessions(
       sessions, options.raw_path, required,
@@ -70,7 +84,8 @@ def select_sessions(raw: S.RawSessions, options: PrepareOptions):
       f"{' and --locale=' + options.locale if options.locale else ''}")
   ordered = [writer.sort_for_writing(sessions[sessions[S.SPLIT] == split])
              for split in schema.SPLITS]
-  report = {"rule": FILTER_RULE, "min_item_count": options.min_item_count,
+  report = {"rule": KEEP_EVAL_ROWS_RULE if raw.keep_eval_rows else FILTER_RULE,
+            "min_item_count": options.min_item_count,
             "min_session_length": options.min_session_length,
             "max_session_length": options.max_session_length,
             "require_text": options.require_text, "cleaning": raw.cleaning,
@@ -113,6 +128,21 @@ def _guest_counts(sessions: pd.DataFrame) -> Dict[str, Dict[str, int]]:
   counts = _split_counts(sessions[guest])
   return {"num_sessions": counts["num_sessions"],
           "num_examples": counts["num_examples"]}
+
+
+def _items_without_training(sessions: pd.DataFrame) -> int:
+  train = {item for items in sessions.loc[sessions[S.SPLIT] == "train", S.ITEMS]
+           for item in items}
+  return len({item for items in sessions[S.ITEMS] for item in items} - train)
+
+
+def _rows(raw: S.RawSessions, sessions: pd.DataFrame) -> Optional[dict]:
+  """Rows read and rows scored per split, for layouts read as rows."""
+  if raw.rows_read is None:
+    return None
+  return {"read": {split: int(raw.rows_read.get(split, 0))
+                   for split in schema.SPLITS},
+          "scored": _split_counts(sessions)["num_examples"]}
 
 
 def _num_users(sessions: pd.DataFrame) -> Optional[int]:
@@ -172,6 +202,8 @@ def build_manifest(raw: S.RawSessions, options: PrepareOptions,
       "eval_protocol": raw.eval_protocol, "split_rule": rule,
       "guests": _guest_counts(sessions) if not raw.split_rule else None,
       "sessions_deduplicated": bool(raw.sessions_deduplicated),
+      "rows": _rows(raw, sessions),
+      "num_items_without_training": _items_without_training(sessions),
       "filters": report,
       "flags": options.as_flags(), "files": written["files"],
       "file_hashes": written["file_hashes"],

@@ -86,6 +86,9 @@ class RawSessions:
     cleaning: reader-specific counts and rules, stored in the manifest.
     sessions_deduplicated: True if the reader removed repeated items within
       sessions (`dedup_items`, `dedup_with_target`); stored in the manifest.
+    keep_eval_rows: True if the validation/test sessions are a benchmark's rows
+      that no filter may change or drop (`data_tools.filtering`).
+    rows_read: input rows per split, for layouts that come as rows per split.
   """
   sessions: pd.DataFrame
   catalog: pd.DataFrame
@@ -95,6 +98,8 @@ class RawSessions:
   item_origin: Dict[str, Location]
   cleaning: Dict[str, object] = dataclasses.field(default_factory=dict)
   sessions_deduplicated: bool = False
+  keep_eval_rows: bool = False
+  rows_read: Optional[Dict[str, int]] = None
 
 
 def guest_user_id(session_id: str) -> str:
@@ -103,7 +108,7 @@ def guest_user_id(session_id: str) -> str:
 
 
 def is_guest(sessions: pd.DataFrame) -> np.ndarray:
-  """Boolean mask of guest sessions: user_id "" or `guest_user_id(session_id)`."""
+  """Mask of guest sessions: user_id "" or `guest_user_id(session_id)`."""
   users = sessions[USER_ID].to_numpy(dtype=object)
   guest_ids = (GUEST_PREFIX + sessions[SESSION_ID].astype(str)).to_numpy(
       dtype=object)
