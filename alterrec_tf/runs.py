@@ -105,6 +105,7 @@ def run_conflicts(config, manifest) -> Tuple[List[str], Optional[dict]]:
   config_path = os.path.join(config.run_dir, CONFIG_FILE)
   if not os.path.exists(config_path):
     return [], None
+  config = alter_config.resolve_seen_items(config, manifest)  # runs store it resolved
   previous = read_json(config_path)
   current = json.loads(config.to_json())
   changed = [f"--{name}={previous.get(name)} (now {value})"

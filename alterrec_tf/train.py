@@ -192,6 +192,10 @@ def _results(config, manifest, best, history, train_split, seconds, test=None):
       "data_content_hash": manifest.get("content_hash"),
       "best_epoch": best.get("epoch"), "epochs_run": len(history),
       "selection": "valid fused hits@20", "valid": pick("valid"),
+      "seen_items": config.seen_items, "loss_weighting": config.loss_weighting,
+      "test_protocol": f"every scored prefix with exactly its last {config.max_len} items "
+                       f"(window stride {TEST_WINDOW_STRIDE}); validation stride "
+                       f"{config.eval_window_stride}",
       "test": test if test is not None else pick("test"),
       "train_examples_per_epoch": train_split.num_examples if train_split else 0,
       "wall_seconds_this_process": seconds,
@@ -250,6 +254,10 @@ def main(argv):
   print(f"\n{config.model} on {results['dataset']} (seed {config.seed}), test metrics (%) "
         f"at best validation epoch {results['best_epoch']}:")
   print(format_table(results))
+  seen = results.get("seen_items", config.seen_items)
+  print("items already in the session: " + (
+      "scored out, never recommended (--seen_items=exclude)" if seen == "exclude" else
+      "ranked like any item (--seen_items=keep)"))
   print(f"results: {os.path.join(config.run_dir, alter_runs.RESULTS_FILE)}")
 
 

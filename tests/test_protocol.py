@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from alterrec_tf import config as alter_config
+from alterrec_tf import runs as alter_runs
 from alterrec_tf import train as alter_train
 from alterrec_tf.config import TrainConfig
 from alterrec_tf.data import windows as alter_data
@@ -196,3 +197,12 @@ def test_trainer_records_the_resolved_protocol_and_scores_every_training_prefix(
   assert saved["seen_items"] == "exclude" and saved["loss_weighting"] == "prefix"
   assert results["train_examples_per_epoch"] == sum(
       n - 1 for n in [5, 9, 14, 3] * 5)
+
+
+def test_a_run_stored_with_resolved_seen_items_matches_the_auto_flag(dedup_data, tmp_path):
+  data_dir, manifest, _ = dedup_data
+  config = tiny_config(data_dir, run_dir=str(tmp_path / "run"))
+  alter_runs.write_config(config.run_dir, alter_config.resolve_seen_items(config, manifest))
+  assert alter_runs.run_conflicts(config, manifest)[0] == []  # auto == exclude here
+  kept = config.replace(seen_items="keep")
+  assert alter_runs.run_conflicts(kept, manifest)[0] == ["--seen_items=exclude (now keep)"]
