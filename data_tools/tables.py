@@ -1,9 +1,9 @@
-"""Reading raw tables (CSV, TSV, Parquet) with progress and checked columns."""
+"""Reading raw tables (CSV, TSV, Parquet, .xlsx) with progress and checked columns."""
 
 import csv
 import glob
 import os
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -14,6 +14,7 @@ from data_tools.sessions import DataToolsError, input_error
 
 PARQUET_EXTENSIONS = (".parquet", ".pq")
 CSV_EXTENSIONS = (".csv", ".tsv", ".txt", ".inter", ".item", ".text")
+EXCEL_EXTENSIONS = (".xlsx", ".xlsm")
 _CHUNK_ROWS = 100_000
 
 
@@ -51,6 +52,50 @@ def read_table(path: str, sep: Optional[str] = None,
     raise DataToolsError(f"{path}: cannot read the file: {error}") from error
   raise DataToolsError(f"{path}: unknown file type {extension!r} (expected "
                        f"{', '.join(PARQUET_EXTENSIONS + CSV_EXTENSIONS)})")
+
+
+def read_workbook(path: str, sheet: str = "") -> List[Tuple[str, pd.DataFrame]]:
+  """The sheets of an .xlsx workbook, in workbook order, as (name, table).
+
+  Cells keep the types the workbook gives them (dates, numbers, text), like
+  Parquet columns. Reading needs the openpyxl package.
+
+  Args:
+    path: the workbook.
+    sheet: read only this sheet; "" reads every sheet.
+
+  Returns:
+    (sheet name, table) pairs.
+
+  Raises:
+    DataToolsError: the file is missing, openpyxl is not installed, the sheet
+      does not exist, or the workbook cannot be read.
+  """
+  if not os.path.isfile(path):
+    raise DataToolsError(f"{path}: no such file")
+  try:
+    import openpyxl  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError as error:
+    raise DataToolsError(
+        f"{path}: reading .xlsx workbooks needs the openpyxl package, which is "
+        "not installed (pip install openpyxl); or save the sheets as .csv or "
+        ".parquet") from error
+  try:
+    with pd.ExcelFile(path, engine="openpyxl") as book:
+      names = list(book.sheet_names)
+      if sheet and sheet not in names:
+        raise DataToolsError(f"{path}: no sheet {sheet!r}; the workbook has "
+                             f"{', '.join(map(repr, names))}")
+      chosen = [sheet] if sheet else names
+      sheets = []
+      for name in tqdm(chosen, desc=f"read {os.path.basename(path)}",
+                       unit=" sheets", leave=False):
+        sheets.append((name, pd.read_excel(book, sheet_name=name)))
+  except DataToolsError:
+    raise
+  except (OSError, ValueError, KeyError) as error:
+    raise DataToolsError(f"{path}: cannot read the workbook: {error}") from error
+  return sheets
 
 
 def _progress(path: str, total: Optional[int]):

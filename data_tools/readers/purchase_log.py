@@ -7,16 +7,26 @@ user_id, session_id, item_id, timestamp (unix seconds or a date-time);
 with item_id and the text columns named by `--text_fields` (e.g. title,
 description, taxonomy). Every interaction row is one item of its session.
 
-`online_retail`: the UCI Online Retail table (InvoiceNo, StockCode,
-Description, Quantity, InvoiceDate, UnitPrice, CustomerID). Cleaning, in order,
-each step counted in the manifest:
+`online_retail`: the UCI Online Retail table (dataset 352: InvoiceNo,
+StockCode, Description, Quantity, InvoiceDate, UnitPrice, CustomerID, Country)
+or Online Retail II (dataset 502, its 2009-2011 continuation: Invoice,
+StockCode, Description, Quantity, InvoiceDate, Price, Customer ID, Country),
+as .csv, .parquet or an .xlsx workbook (every sheet, in workbook order: the II
+workbook has one sheet per year; an invoice found in several sheets is one
+session). Column names match case-insensitively under either naming; Country
+is not used and the price column is optional. Cleaning, in order, each step
+counted in the manifest:
   * cancellations (InvoiceNo starting with "C") are dropped;
   * lines with Quantity <= 0 are dropped;
-  * lines with UnitPrice <= 0 are dropped (stock adjustments such as "check",
-    "found", "amazon" and the "Unknown" lines; sales have a price);
+  * lines with UnitPrice (or Price) <= 0 are dropped (stock adjustments such
+    as "check", "found", "amazon" and the "Unknown" lines; sales have a price);
   * non-product codes are dropped: only StockCodes starting with a digit are
     products (this removes POST, DOT, M, C2, D, S, B, BANK CHARGES, AMAZONFEE,
     CRUK, PADS, DCGS*, gift_*, m), plus the codes in `--excluded_stock_codes`.
+A cell that cannot be read (an empty InvoiceNo or StockCode, a Quantity or
+price that is not a number, an InvoiceDate that is not a date) is an error
+naming the file (and sheet), the 1-based data row of that file or sheet (the
+header not counted) and the column, whether or not the line would be kept.
 Then InvoiceNo = session, CustomerID = user (a guest line without CustomerID
 makes the invoice a one-session user "guest-<InvoiceNo>", a guest session
 that the split handles apart from the registered users'), StockCode = item,
@@ -30,7 +40,7 @@ sessions are listed by (timestamp, session_id). They come unsplit: the split is
 """
 
 import os
-from typing import Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -47,18 +57,29 @@ INTERACTION_COLUMNS = {
     S.TIMESTAMP: ("timestamp", "time", "datetime", "date"),
 }
 CATALOG_ITEM_COLUMN = ("item_id", "item", "product_id", "id")
-RETAIL_COLUMNS = ("InvoiceNo", "StockCode", "Description", "Quantity",
-                  "InvoiceDate", "CustomerID")
+RETAIL_NAMES = {  # canonical name: (Online Retail name, Online Retail II name)
+    "InvoiceNo": ("InvoiceNo", "Invoice"),
+    "StockCode": ("StockCode", "StockCode"),
+    "Description": ("Description", "Description"),
+    "Quantity": ("Quantity", "Quantity"),
+    "InvoiceDate": ("InvoiceDate", "InvoiceDate"),
+    "UnitPrice": ("UnitPrice", "Price"),
+    "CustomerID": ("CustomerID", "Customer ID"),
+}
+OPTIONAL_RETAIL_COLUMNS = ("UnitPrice",)
+ROW_NOTE = "(rows are 1-based data rows, the header line not counted)"
 UNKNOWN_DESCRIPTION = "Unknown"
 
 
-def _data_file(path: str, stems: Sequence[str]) -> str:
+def _data_file(path: str, stems: Sequence[str],
+               extensions: Sequence[str] = tables.PARQUET_EXTENSIONS
+               + tables.CSV_EXTENSIONS) -> str:
   """`path` itself, or the one table in folder `path` whose name starts with a stem."""
   if not os.path.isdir(path):
     return path
   patterns = [f"{stem}*" for stem in stems]
   found = [name for name in tables.list_files(path, patterns)
-           if name.lower().endswith(tables.PARQUET_EXTENSIONS + tables.CSV_EXTENSIONS)]
+           if name.lower().endswith(tuple(extensions))]
   if len(found) != 1:
     raise S.DataToolsError(
         f"{path}: expected exactly one table named {' or '.join(patterns)}, "
@@ -98,25 +119,28 @@ def lines_to_sessions(lines: pd.DataFrame, path: str,
 
   Args:
     lines: columns session_id, user_id, item_id, timestamp, row (1-based data
-      row in `path`), in file order.
-    path: the interactions file, for errors.
+      row in `path`), in file order; optionally source (the file, or file and
+      sheet, of each line, when the lines come from several).
+    path: the interactions file, for errors (unless lines has source).
     user_column: its user column, for errors.
 
   Returns:
     Unsplit sessions sorted by (timestamp, session_id); items in
-    (timestamp, row) order without repeats.
+    (timestamp, line order) without repeats.
 
   Raises:
     DataToolsError: a session has lines of two users.
   """
-  lines = lines.sort_values([S.SESSION_ID, S.TIMESTAMP, "row"], kind="stable")
+  lines = lines.assign(order=np.arange(len(lines))).sort_values(
+      [S.SESSION_ID, S.TIMESTAMP, "order"])
   users = lines.groupby(S.SESSION_ID, sort=False)[S.USER_ID].nunique()
   if (users > 1).any():
     session = users.index[users > 1][0]
     rows = lines.loc[lines[S.SESSION_ID] == session]
-    second = rows.loc[rows[S.USER_ID] != rows[S.USER_ID].iloc[0], "row"].iloc[0]
-    raise S.input_error(f"session {session!r} belongs to two users", path,
-                        row=int(second), column=user_column)
+    second = rows.loc[rows[S.USER_ID] != rows[S.USER_ID].iloc[0]].iloc[0]
+    raise S.input_error(f"session {session!r} belongs to two users",
+                        second.get("source", path), row=int(second["row"]),
+                        column=user_column)
   grouped = lines.groupby(S.SESSION_ID, sort=False).agg(
       **{S.USER_ID: (S.USER_ID, "first"), S.TIMESTAMP: (S.TIMESTAMP, "min"),
          S.ITEMS: ("item_id", list)}).reset_index()
@@ -129,8 +153,9 @@ def lines_to_sessions(lines: pd.DataFrame, path: str,
 
 def _origin(lines: pd.DataFrame, path: str, column: str):
   first = lines.drop_duplicates("item_id", keep="first")
-  return {item: S.Location(path, int(row), column)
-          for item, row in zip(first["item_id"], first["row"])}
+  sources = first["source"] if "source" in first else [path] * len(first)
+  return {item: S.Location(source, int(row), column)
+          for item, row, source in zip(first["item_id"], first["row"], sources)}
 
 
 def read_purchase_log(options: PrepareOptions) -> S.RawSessions:
@@ -205,17 +230,89 @@ def _numbers(table: pd.DataFrame, column: str, path: str) -> pd.Series:
   return values
 
 
-def _keep_mask(table: pd.DataFrame, excluded: Sequence[str], path: str):
+def retail_columns(table: pd.DataFrame, source: str) -> Dict[str, Optional[str]]:
+  """{canonical name: the table's column} under either Online Retail naming.
+
+  Raises:
+    DataToolsError: naming the file, the missing columns, both namings and
+      the columns the file has.
+  """
+  found = {name: tables.find_column(table, source, aliases, False)
+           for name, aliases in RETAIL_NAMES.items()}
+  missing = [name for name, column in found.items()
+             if column is None and name not in OPTIONAL_RETAIL_COLUMNS]
+  if missing:
+    second = any(  # the file uses an Online Retail II name: show those
+        column is not None and column.lower() == RETAIL_NAMES[name][1].lower()
+        != RETAIL_NAMES[name][0].lower() for name, column in found.items())
+    shown = [RETAIL_NAMES[name][1 if second else 0] for name in missing]
+    expected = [", ".join(names[i] for names in RETAIL_NAMES.values())
+                for i in (0, 1)]
+    raise S.input_error(
+        f"missing column{'s' if len(shown) > 1 else ''} "
+        f"{', '.join(map(repr, shown))}; online_retail expects the Online Retail "
+        f"columns {expected[0]} (UCI 352) or the Online Retail II columns "
+        f"{expected[1]} (UCI 502; Country is not used, the price is optional); "
+        f"the file has {', '.join(repr(str(c)) for c in table.columns)}",
+        source, row=0, column=shown[0])
+  return found
+
+
+def _retail_part(table: pd.DataFrame, source: str) -> pd.DataFrame:
+  """One file or sheet of Online Retail lines with parsed, canonical columns.
+
+  Raises:
+    DataToolsError: a missing column, or a cell that cannot be read, named by
+      file (and sheet), 1-based data row and column.
+  """
+  columns = retail_columns(table, source)
+  price = columns["UnitPrice"]
+  try:
+    part = pd.DataFrame({
+        "invoice": tables.id_strings(table[columns["InvoiceNo"]], source,
+                                     columns["InvoiceNo"]).to_numpy(),
+        "code": tables.id_strings(table[columns["StockCode"]], source,
+                                  columns["StockCode"]).to_numpy(),
+        "title": table[columns["Description"]].map(S.clean_text).to_numpy(),
+        "quantity": _numbers(table, columns["Quantity"], source).to_numpy(),
+        S.TIMESTAMP: to_unix_seconds(table[columns["InvoiceDate"]], source,
+                                     columns["InvoiceDate"]).to_numpy(),
+        "price": (_numbers(table, price, source).to_numpy() if price
+                  else np.full(len(table), np.nan)),
+        "customer": customer_ids(table[columns["CustomerID"]]).to_numpy(),
+        "source": source, "row": np.arange(1, len(table) + 1)})
+  except S.DataToolsError as error:
+    raise S.DataToolsError(f"{error} {ROW_NOTE}") from error
+  part.attrs["has_price"] = price is not None
+  part.attrs["columns"] = {name: column for name, column in columns.items()
+                           if column is not None}
+  return part
+
+
+def read_retail_parts(path: str, sheet: str = "") -> List[pd.DataFrame]:
+  """The parsed lines of each sheet of a workbook, or of the one table file."""
+  if path.lower().endswith(tables.EXCEL_EXTENSIONS):
+    sheets = tables.read_workbook(path, sheet)
+    parts = []
+    for name, table in sheets:
+      parts.append(_retail_part(table, f"{path}, sheet {name!r}"))
+      parts[-1].attrs["sheet"] = name
+    return parts
+  if sheet:
+    raise S.DataToolsError(f"{path}: --sheet={sheet} needs an .xlsx workbook")
+  return [_retail_part(tables.read_table(path), path)]
+
+
+def _keep_masks(lines: pd.DataFrame, excluded: Sequence[str], has_price: bool):
   """Boolean masks of the Online Retail cleaning steps, in order."""
-  invoice = table["InvoiceNo"].astype(str)
-  code = table["StockCode"].astype(str).str.strip()
+  code = lines["code"].str.strip()
   excluded_upper = {value.strip().upper() for value in excluded}
   masks = {
-      "cancellations": ~invoice.str.upper().str.startswith("C"),
-      "non_positive_quantity": _numbers(table, "Quantity", path) > 0,
+      "cancellations": ~lines["invoice"].str.upper().str.startswith("C"),
+      "non_positive_quantity": lines["quantity"] > 0,
   }
-  if "UnitPrice" in table.columns:
-    masks["non_positive_price"] = _numbers(table, "UnitPrice", path) > 0
+  if has_price:
+    masks["non_positive_price"] = lines["price"] > 0
   masks["non_product_codes"] = (code.str.match(r"\d").fillna(False)
                                 & ~code.str.upper().isin(excluded_upper))
   return masks
@@ -232,35 +329,41 @@ def _retail_titles(lines: pd.DataFrame) -> pd.Series:
 
 
 def read_online_retail(options: PrepareOptions) -> S.RawSessions:
-  """Reads UCI Online Retail (see the module docstring)."""
+  """Reads UCI Online Retail or Online Retail II (see the module docstring)."""
   extra = [field for field in options.text_fields if field != "title"]
   if extra:
     raise S.DataToolsError(f"--text_fields={','.join(options.text_fields)}: "
                            "online_retail has only the text field 'title'")
-  path = _data_file(options.raw_path, ("online_retail", ""))
-  table = tables.read_table(path)
-  actual = {name: tables.find_column(table, path, (name,), name != "UnitPrice")
-            for name in RETAIL_COLUMNS + ("UnitPrice",)}
-  table = table.rename(columns={found: name for name, found in actual.items()
-                                if found is not None})
+  path = _data_file(options.raw_path, ("online_retail", ""),
+                    tables.PARQUET_EXTENSIONS + tables.CSV_EXTENSIONS
+                    + tables.EXCEL_EXTENSIONS)
+  parts = read_retail_parts(path)
+  has_price = all(part.attrs["has_price"] for part in parts)
+  table = pd.concat(parts, ignore_index=True)
+  cleaning = {"rows_read": len(table),
+              "columns": parts[0].attrs["columns"]}
+  if len(parts) > 1:
+    cleaning["rows_read_per_sheet"] = {part.attrs["sheet"]: len(part)
+                                       for part in parts}
+    sheets_per_invoice = table.groupby("invoice")["source"].nunique()
+    cleaning["invoices_in_several_sheets"] = int((sheets_per_invoice > 1).sum())
   keep = pd.Series(True, index=table.index)
-  cleaning = {"rows_read": len(table)}
-  for step, mask in _keep_mask(table, options.excluded_stock_codes, path).items():
+  for step, mask in _keep_masks(table, options.excluded_stock_codes,
+                                has_price).items():
     cleaning[f"rows_dropped_{step}"] = int((keep & ~mask.fillna(False)).sum())
     keep &= mask.fillna(False)
   kept = table[keep.to_numpy()]
-  invoice = tables.id_strings(kept["InvoiceNo"], path, "InvoiceNo")
-  customer = customer_ids(kept["CustomerID"])
-  guest = (customer == "").to_numpy()
-  users = np.where(guest, invoice.map(S.guest_user_id), customer)
+  guest = (kept["customer"] == "").to_numpy()
+  users = np.where(guest, kept["invoice"].map(S.guest_user_id), kept["customer"])
   lines = pd.DataFrame({
-      S.SESSION_ID: invoice.to_numpy(), S.USER_ID: users,
-      "item_id": tables.id_strings(kept["StockCode"], path, "StockCode").to_numpy(),
-      S.TIMESTAMP: to_unix_seconds(kept["InvoiceDate"], path, "InvoiceDate").to_numpy(),
-      "row": np.flatnonzero(keep.to_numpy()) + 1,
-      "title": kept["Description"].map(S.clean_text).to_numpy()})
+      S.SESSION_ID: kept["invoice"].to_numpy(), S.USER_ID: users,
+      "item_id": kept["code"].to_numpy(),
+      S.TIMESTAMP: kept[S.TIMESTAMP].to_numpy(),
+      "row": kept["row"].to_numpy(), "source": kept["source"].to_numpy(),
+      "title": kept["title"].to_numpy()})
   cleaning["rows_kept"] = len(lines)
-  sessions = lines_to_sessions(lines, path, "CustomerID")
+  names = parts[0].attrs["columns"]
+  sessions = lines_to_sessions(lines, path, names["CustomerID"])
   cleaning["sessions_read"] = len(sessions)
   cleaning["guest_sessions"] = int(pd.Series(users[guest]).nunique())
   titles = _retail_titles(lines)
@@ -269,7 +372,5 @@ def read_online_retail(options: PrepareOptions) -> S.RawSessions:
   return S.RawSessions(
       sessions=sessions, catalog=catalog, raw_format="online_retail",
       eval_protocol=schema.EVAL_ALL_PREFIXES, split_rule="",
-      item_origin=_origin(lines, path, "StockCode"), cleaning=cleaning,
-      sessions_deduplicated=True)
-
-
+      item_origin=_origin(lines, path, names["StockCode"]),
+      cleaning=cleaning, sessions_deduplicated=True)
