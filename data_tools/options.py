@@ -61,6 +61,9 @@ class PrepareOptions:
   locale: str = _option("", "amazon_m2 locale (e.g. FR, ES, IT); empty = all.")
   excluded_stock_codes: Tuple[str, ...] = _option(
       (), "online_retail: stock codes to drop besides the non-numeric ones.")
+  sheet: str = _option(
+      "", "online_retail .xlsx workbook: read only this sheet (empty = every "
+      "sheet, in workbook order).")
   split_seed: int = _option(
       0, "Seed of random splits (amazon_m2 validation hold-out).")
 

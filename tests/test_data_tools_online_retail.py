@@ -144,6 +144,21 @@ def test_two_sheet_workbook_reads_every_sheet(tmp_path):
       "StockCode")
 
 
+def test_sheet_option_reads_one_sheet(tmp_path):
+  pytest.importorskip("openpyxl")
+  write_workbook(tmp_path / "retail.xlsx", _two_sheets())
+  raw = _read(tmp_path / "retail.xlsx", sheet="Year 2010-2011")
+  assert _sessions(raw) == {"536381": EXPECTED["536381"]}
+  assert raw.cleaning["rows_read"] == 5
+  with pytest.raises(S.DataToolsError, match=r"retail.xlsx: no sheet 'Year "
+                     r"2011'; the workbook has 'Year 2009-2010', 'Year 2010-2011'"):
+    _read(tmp_path / "retail.xlsx", sheet="Year 2011")
+  with pytest.raises(S.DataToolsError, match=r"--sheet=Year 2011 needs an "
+                     r".xlsx workbook"):
+    retail_table().to_csv(tmp_path / "retail.csv", index=False)
+    _read(tmp_path / "retail.csv", sheet="Year 2011")
+
+
 def test_workbook_error_names_sheet_and_row(tmp_path):
   pytest.importorskip("openpyxl")
   first, second = _two_sheets()

@@ -11,9 +11,9 @@ description, taxonomy). Every interaction row is one item of its session.
 StockCode, Description, Quantity, InvoiceDate, UnitPrice, CustomerID, Country)
 or Online Retail II (dataset 502, its 2009-2011 continuation: Invoice,
 StockCode, Description, Quantity, InvoiceDate, Price, Customer ID, Country),
-as .csv, .parquet or an .xlsx workbook (every sheet, in workbook order: the II
-workbook has one sheet per year; an invoice found in several sheets is one
-session). Column names match case-insensitively under either naming; Country
+as .csv, .parquet or an .xlsx workbook (every sheet, in workbook order, or the
+one named by `--sheet`: the II workbook has one sheet per year; an invoice
+found in several sheets is one session). Column names match case-insensitively under either naming; Country
 is not used and the price column is optional. Cleaning, in order, each step
 counted in the manifest:
   * cancellations (InvoiceNo starting with "C") are dropped;
@@ -337,7 +337,7 @@ def read_online_retail(options: PrepareOptions) -> S.RawSessions:
   path = _data_file(options.raw_path, ("online_retail", ""),
                     tables.PARQUET_EXTENSIONS + tables.CSV_EXTENSIONS
                     + tables.EXCEL_EXTENSIONS)
-  parts = read_retail_parts(path)
+  parts = read_retail_parts(path, options.sheet)
   has_price = all(part.attrs["has_price"] for part in parts)
   table = pd.concat(parts, ignore_index=True)
   cleaning = {"rows_read": len(table),
