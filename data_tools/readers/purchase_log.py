@@ -13,9 +13,9 @@ or Online Retail II (dataset 502, its 2009-2011 continuation: Invoice,
 StockCode, Description, Quantity, InvoiceDate, Price, Customer ID, Country),
 as .csv, .parquet or an .xlsx workbook (every sheet, in workbook order, or the
 one named by `--sheet`: the II workbook has one sheet per year; an invoice
-found in several sheets is one session). Column names match case-insensitively under either naming; Country
-is not used and the price column is optional. Cleaning, in order, each step
-counted in the manifest:
+found in several sheets is one session). Column names match case-insensitively
+under either naming; Country is not used and the price column is optional.
+Cleaning, in order, each step counted in the manifest:
   * cancellations (InvoiceNo starting with "C") are dropped;
   * lines with Quantity <= 0 are dropped;
   * lines with UnitPrice (or Price) <= 0 are dropped (stock adjustments such
