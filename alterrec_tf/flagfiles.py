@@ -38,7 +38,14 @@ def make_parser(foreign_flag_names: Iterable[str]):
   foreign = frozenset(foreign_flag_names)
 
   def parse(argv: List[str]) -> List[str]:
-    expanded = flags.FLAGS.read_flags_from_files(argv[1:], force_gnu=False)
+    try:
+      expanded = flags.FLAGS.read_flags_from_files(argv[1:], force_gnu=False)
+    except flags.CantOpenFlagFileError as error:
+      message = str(error).replace("ERROR::", "").strip()
+      raise SystemExit(f"error: {message}; check the --flagfile path (configs/<dataset>.flags)"
+                       ) from None
+    except flags.Error as error:
+      raise SystemExit(f"error: {error}") from None
     kept = [argv[0]]
     for arg in expanded:
       name = _flag_name(arg, foreign)
@@ -48,12 +55,14 @@ def make_parser(foreign_flag_names: Iterable[str]):
     try:
       return flags.FLAGS(kept)
     except flags.Error as error:
-      raise SystemExit(f"FATAL flags error: {error}") from None
+      raise SystemExit(f"error: {' '.join(str(error).split())} (--helpfull lists the flags)"
+                       ) from None
 
   return parse
 
 
 def training_flag_names() -> frozenset:
-  """Names of every flag `alterrec_tf` defines (for `data_tools.prepare`)."""
-  from alterrec_tf import config  # pylint: disable=g-import-not-at-top
-  return frozenset(config.defined_flag_names())
+  """Names of every flag `alterrec_tf` defines (for `data_tools.prepare`): the
+  training flags and those of the shared command line (`cli.FLAG_NAMES`)."""
+  from alterrec_tf import cli, config  # pylint: disable=g-import-not-at-top
+  return frozenset(config.defined_flag_names()) | cli.FLAG_NAMES
