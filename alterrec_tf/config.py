@@ -213,18 +213,92 @@ def resolve_seen_items(config: TrainConfig, manifest: dict) -> TrainConfig:
   return config.replace(seen_items="exclude" if deduplicated else "keep")
 
 
-def check_against_dataset(config: TrainConfig, manifest: dict) -> None:
-  """Refuses flags that contradict the prepared dataset (before anything is built).
+def _need(ok: bool, message: str) -> None:
+  if not ok:
+    raise ConfigError(message)
+
+
+def check_flags(config: TrainConfig) -> None:
+  """Refuses flag values outside their range (no dataset needed, nothing built).
 
   Raises:
-    ConfigError: naming the flag and the limit it breaks.
+    ConfigError: naming the flag, its value and the range it must be in.
   """
+  positive = ("batch_size", "eval_batch_size", "embedding_dim", "max_len",
+              "train_window_stride", "eval_window_stride", "num_layers", "num_heads",
+              "m_max", "m_gap", "lr_decay_epochs_id", "lr_decay_epochs_text", "mrr_k",
+              "early_stopping_patience")
+  for name in positive:
+    value = getattr(config, name)
+    _need(value >= 1, f"--{name}={value} must be at least 1")
+  _need(config.seed >= 0, f"--seed={config.seed} must be 0 or more")
+  _need(config.m_random >= 0, f"--m_random={config.m_random} must be 0 or more")
+  _need(config.num_heads <= config.embedding_dim,
+        f"--num_heads={config.num_heads} must be at most --embedding_dim="
+        f"{config.embedding_dim} (each head has embedding_dim / num_heads dimensions)")
+  _need(0.0 <= config.dropout < 1.0, f"--dropout={config.dropout} must be in [0, 1)")
+  _need(config.learning_rate > 0.0, f"--learning_rate={config.learning_rate} must be above 0")
+  _need(0.0 < config.lr_decay <= 1.0, f"--lr_decay={config.lr_decay} must be in (0, 1] "
+        "(1 = no decay)")
+  for name in ("alpha", "random_negative_share"):
+    value = getattr(config, name)
+    _need(0.0 <= value <= 1.0, f"--{name}={value} must be in [0, 1]")
+  _need(config.beta >= 0.0, f"--beta={config.beta} must be 0 or more")
+  _need(config.text_temperature > 0.0,
+        f"--text_temperature={config.text_temperature} must be above 0")
+  _need(bool(config.ks) and min(config.ks) >= 1,
+        f"--ks={','.join(map(str, config.ks))} must be cut-offs of at least 1")
+  _need(config.verbose in (0, 1, 2), f"--verbose={config.verbose} must be 0, 1 or 2")
+
+
+def check_against_dataset(config: TrainConfig, manifest: dict, text_embeddings=None) -> None:
+  """Refuses flags that contradict the prepared dataset (before anything is built).
+
+  Checks the flags' ranges (`check_flags`) first, then what the model needs of
+  the data: item text for `models.names.NEEDS_TEXT` (a table that is not all
+  zeros), a validation split for every trained model (model selection), and
+  cut-offs and hard-negative ranks within the catalogue.
+
+  Args:
+    config: the run's flags.
+    manifest: the dataset's manifest.
+    text_embeddings: its text table; None: read from config.data_dir when the
+      model needs text.
+
+  Raises:
+    ConfigError: naming the flag and the limit it breaks, or what the data lacks.
+  """
+  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
+  check_flags(config)
+  data_dir = config.data_dir
+  catalogue = manifest["num_items"] - 1  # without the padding row
+  if config.model in model_names.NEEDS_TEXT:
+    _need(bool(manifest.get("text_dim")),
+          f"--model={config.model} needs item text, and {data_dir} was prepared without "
+          "it; prepare the data with --text_fields, or train a model without text "
+          "(id_only, sasrec or a floor)")
+    if text_embeddings is None:
+      text_embeddings = schema.load_text_embeddings(data_dir, manifest)
+    without = schema.items_without_text(text_embeddings)
+    _need(without < catalogue,
+          f"--model={config.model} needs item text, and every item's text vector in "
+          f"{data_dir}/{schema.TEXT_EMBEDDINGS_FILE} is zero (prepared with "
+          "--norequire_text and no text matched); fix --text_fields / --catalog_path and "
+          "prepare again, or train a model without text (id_only, sasrec or a floor)")
+  if config.model not in model_names.FLOORS:
+    _need(bool(manifest["files"].get("valid")),
+          f"{data_dir} has no validation split (prepared with --valid_fraction=0), which "
+          f"--model={config.model} needs to select its epoch; prepare with "
+          "--valid_fraction above 0")
+  for k in sorted(set(config.ks) | {config.mrr_k}):
+    _need(k <= catalogue,
+          f"cut-off {k} (--ks / --mrr_k) is above the {catalogue} items of {data_dir}")
   if config.model not in model_names.ALTERREC_TOWERS:  # baselines: no sampled negatives
     return
-  if config.k2 >= manifest["num_items"] - 1:
+  if config.k2 >= catalogue:
     raise ConfigError(
         f"--k2={config.k2} must be below the number of items "
-        f"({manifest['num_items'] - 1}) of {config.data_dir}")
+        f"({catalogue}) of {data_dir}")
   if not 0 <= config.k1 < config.k2:
     raise ConfigError(f"need 0 <= --k1 < --k2, got k1={config.k1} k2={config.k2}")
   if config.model == "alterrec_aug" and not 0 < config.p <= config.k1:
