@@ -7,6 +7,11 @@ Writes into run_dir: config.json, history.json (every epoch, every head and
 metric, valid and test), best.weights.h5, TensorBoard logs in tb/, and
 results.json (test metrics at the epoch of best validation Hits@20 of the fused
 score). A killed run resumes from run_dir/backup on the next start.
+
+Before TensorFlow is loaded, the command line checks the flags, the dataset (the
+SHA-256 of every shard and table, --verify_data) and the flags against it, and
+that run_dir can be written (`check_command`); a refused command prints one line
+(`alterrec_tf.cli`).
 """
 
 import json
@@ -14,16 +19,16 @@ import os
 import sys
 import time
 
-from absl import app, logging
+from absl import logging
 
+from alterrec_tf import cli, flagfiles
 from alterrec_tf import config as alter_config
-from alterrec_tf import flagfiles
 from alterrec_tf import runs as alter_runs
 
 TEST_WINDOW_STRIDE = 1  # test prefixes see exactly their last max_len items
 
 
-def train(config, data_dir=None, run_dir=None, save_test_ranks=False):
+def train(config, data_dir=None, run_dir=None, save_test_ranks=False, verify_data=True):
   """Trains `config.model` and returns the results dict (also written to disk).
 
   Test metrics are those of the epoch with the best validation Hits@20: read
@@ -35,6 +40,8 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False):
     data_dir, run_dir: override config.data_dir / config.run_dir.
     save_test_ranks: also write the per-prefix test ranks of the selected
       epoch to run_dir/test_ranks.npz (`rank_test_split`).
+    verify_data: check every file of the dataset against its manifest hash
+      before anything is built (`schema.verify_dataset`; once per process).
 
   Returns:
     {"best_epoch", "valid", "test", "history_file", ...}.
@@ -49,10 +56,10 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False):
 
   config = config.replace(data_dir=data_dir or config.data_dir,
                           run_dir=run_dir or config.run_dir)
-  manifest = schema.load_manifest(config.data_dir)
+  manifest = schema.load_manifest(config.data_dir, verify_hashes=verify_data)
   config = alter_config.resolve_seen_items(config, manifest)
   text_embeddings = schema.load_text_embeddings(config.data_dir, manifest)
-  alter_config.check_against_dataset(config, manifest)
+  alter_config.check_against_dataset(config, manifest, text_embeddings)
   finished = _previous_run(config, manifest)
   if finished is not None:
     print(f"{config.run_dir} already holds this finished run: showing its results "
@@ -239,18 +246,83 @@ def format_table(results) -> str:
   return "\n".join(lines)
 
 
+# --- command line -----------------------------------------------------------------------
+# Files that show a run finished at least one epoch (RunBackup writes
+# backup/epoch.json after each epoch); a run folder without any of them holds
+# nothing to resume.
+_STARTED_RUN_FILES = (alter_runs.HISTORY_FILE, alter_runs.RESULTS_FILE,
+                      alter_runs.BEST_WEIGHTS_FILE, alter_runs.TEST_RANKS_FILE,
+                      alter_runs.SWEEP_FILE, os.path.join(alter_runs.BACKUP_DIR, "epoch.json"))
+
+
+def clear_unstarted_run(run_dir: str) -> bool:
+  """Removes what a run that never finished an epoch left (its config.json,
+  tb/, backup/), so that a corrected command is not refused as "a run trained
+  with other settings". Returns whether anything was removed."""
+  if not os.path.exists(os.path.join(run_dir, alter_runs.CONFIG_FILE)):
+    return False
+  if any(os.path.exists(os.path.join(run_dir, name)) for name in _STARTED_RUN_FILES):
+    return False
+  alter_runs.remove_run(run_dir)
+  return True
+
+
+def check_command(config, verify_data: bool = True):
+  """What the command line checks before TensorFlow is loaded (about a second):
+  the flags' ranges, the dataset (manifest, and with `verify_data` the SHA-256
+  of every shard and table), the flags against the dataset, and run_dir.
+
+  Returns:
+    The manifest.
+
+  Raises:
+    CommandError, ConfigError, DataError: one line naming the flag or file.
+  """
+  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
+  if not config.data_dir:
+    raise cli.CommandError("--data_dir is required (the output_dir of data_tools.prepare)")
+  alter_config.check_flags(config)
+  manifest = schema.load_manifest(config.data_dir, verify_hashes=verify_data)
+  alter_config.check_against_dataset(alter_config.resolve_seen_items(config, manifest),
+                                     manifest)
+  if not os.path.exists(os.path.join(config.run_dir, alter_runs.RESULTS_FILE)):
+    cli.check_writable(config.run_dir, "--run_dir")
+  if not config.overwrite and clear_unstarted_run(config.run_dir):
+    print(f"{config.run_dir}: removed the config of a run that never finished an epoch "
+          "(nothing to resume)", flush=True)
+  return manifest
+
+
+def damaged_data(error: BaseException, data_dir: str):
+  """A DataError naming the damaged shard behind a TensorFlow read or parse
+  error of training (data not verified, --noverify_data), else None."""
+  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
+  tf = sys.modules.get("tensorflow")
+  if tf is None or not isinstance(error, (tf.errors.DataLossError,
+                                          tf.errors.InvalidArgumentError)):
+    return None
+  problems = schema.find_damaged_shards(data_dir, schema.load_manifest(data_dir))
+  if not problems:
+    return None
+  more = f" (and {len(problems) - 1} more shards)" if len(problems) > 1 else ""
+  return schema.DataError(
+      f"{problems[0]}{more}; restore the shard or prepare the dataset again (--verify_data, "
+      "the default, refuses a changed shard before training)")
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
   config = alter_config.TrainConfig.from_flags()
-  if not config.data_dir:
-    raise SystemExit("error: --data_dir is required (the output_dir of data_tools.prepare)")
+  verify_data = bool(cli.flag_value("verify_data", True))
+  check_command(config, verify_data)
   try:
-    results = train(config)
-  except (schema.DataError, alter_config.ConfigError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    raise SystemExit(1) from None
+    results = train(config, verify_data=verify_data)
+  except Exception as error:  # pylint: disable=broad-except
+    damaged = damaged_data(error, config.data_dir)
+    if damaged is None:
+      raise
+    raise damaged from error
   print(f"\n{config.model} on {results['dataset']} (seed {config.seed}), test metrics (%) "
         f"at best validation epoch {results['best_epoch']}:")
   print(format_table(results))
@@ -262,7 +334,8 @@ def main(argv):
 
 
 def run():
-  app.run(main, flags_parser=flagfiles.make_parser(flagfiles.PREPARE_FLAG_NAMES))
+  cli.run(main, flagfiles.PREPARE_FLAG_NAMES,
+          io_hint="a run resumes from its last finished epoch when the same command runs again")
 
 
 if __name__ == "__main__":
