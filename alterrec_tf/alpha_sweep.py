@@ -9,17 +9,21 @@ alpha * ID + (1 - alpha) * text for every alpha in the list (alpha = 1 is the
 ID tower alone, 0 the text tower alone). Prints a table, marks the alpha with
 the best validation Hits@20, and writes run_dir/alpha_sweep.json. The run
 itself is not changed: to use a chosen alpha, train or export with --alpha.
+The run, its dataset (the SHA-256 of every shard and table, --verify_data),
+--alphas and that run_dir can be written are checked before TensorFlow is
+loaded (`check_request`); a refused command prints one line (`alterrec_tf.cli`).
 """
 
 import os
-import sys
 from typing import Dict, Sequence
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from alterrec_tf import cli
 from alterrec_tf import config as alter_config
 from alterrec_tf import runs as alter_runs
 from alterrec_tf import train as alter_train
+from alterrec_tf.models import names as model_names
 
 SWEEP_FILE = alter_runs.SWEEP_FILE
 
@@ -64,12 +68,54 @@ def sweep(model, split, alphas: Sequence[float], ks=(10, 20), mrr_k=20,
           for i, a in enumerate(alphas)}
 
 
-def run_sweep(run_dir: str, alphas: Sequence[float], data_dir=None) -> dict:
+def parse_alphas(values: Sequence[str]) -> list:
+  """--alphas as sorted distinct floats in [0, 1].
+
+  Raises:
+    CommandError: naming the value that is not a number in [0, 1].
+  """
+  alphas = set()
+  for value in values:
+    try:
+      alpha = float(value)
+    except ValueError:
+      raise cli.CommandError(f"--alphas: {value!r} is not a number") from None
+    if not 0.0 <= alpha <= 1.0:
+      raise cli.CommandError(f"--alphas: {value} is outside [0, 1] (the ID score's weight)")
+    alphas.add(alpha)
+  if not alphas:
+    raise cli.CommandError("--alphas is empty; give weights in [0, 1], e.g. 0,0.5,1")
+  return sorted(alphas)
+
+
+def check_request(run_dir: str, data_dir=None, verify_data: bool = True):
+  """The run (two towers, best weights), its dataset and run_dir's
+  writability, checked before TensorFlow is loaded; returns `export.check_run`'s
+  (config, manifest, data_dir).
+
+  Raises:
+    ExportError, ConfigError, DataError, CommandError: one line.
+  """
+  from alterrec_tf import export as alter_export  # pylint: disable=g-import-not-at-top
+  checked = alter_export.check_run(run_dir, data_dir, verify_data)
+  config = checked[0]
+  if model_names.ALTERREC_TOWERS.get(config.model) != ("id", "text"):
+    two_towers = [m for m, towers in model_names.ALTERREC_TOWERS.items() if len(towers) == 2]
+    raise alter_config.ConfigError(
+        f"{run_dir} is a --model={config.model} run: an alpha sweep needs both towers "
+        f"({', '.join(two_towers)})")
+  cli.check_writable(run_dir, "--run_dir")
+  return checked
+
+
+def run_sweep(run_dir: str, alphas: Sequence[float], data_dir=None,
+              verify_data: bool = True) -> dict:
   """Sweeps a run's valid and test splits; writes and returns alpha_sweep.json."""
   from alterrec_tf import export as alter_export  # pylint: disable=g-import-not-at-top
-  from alterrec_tf.data import windows as alter_data  # pylint: disable=g-import-not-at-top
 
-  model, config, manifest, data_dir = alter_export.load_run(run_dir, data_dir)
+  checked = check_request(run_dir, data_dir, verify_data)  # before TensorFlow is loaded
+  from alterrec_tf.data import windows as alter_data  # pylint: disable=g-import-not-at-top
+  model, config, manifest, data_dir = alter_export.load_run(run_dir, checked=checked)
   out = {"run_dir": run_dir, "alphas": [float(a) for a in alphas],
          "trained_alpha": config.alpha}
   for split_name in ("valid", "test"):
@@ -116,28 +162,19 @@ def define_flags():
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  from alterrec_tf import export as alter_export  # pylint: disable=g-import-not-at-top
-  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
   values = flags.FLAGS
-  try:
-    alphas = sorted({float(a) for a in values.alphas})
-  except ValueError as error:
-    raise SystemExit(f"error: --alphas takes numbers: {error}") from None
-  if not alphas or not all(0.0 <= a <= 1.0 for a in alphas):
-    raise SystemExit(f"error: --alphas must be in [0, 1], got {values.alphas}")
-  try:
-    out = run_sweep(values.run_dir, alphas, values.data_dir)
-  except (alter_config.ConfigError, alter_export.ExportError, schema.DataError,
-          ValueError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    raise SystemExit(1) from None
+  alphas = parse_alphas(values.alphas)
+  out = run_sweep(values.run_dir, alphas, values.data_dir,
+                  bool(cli.flag_value("verify_data", True)))
   print(format_sweep(out))
   print(f"written: {os.path.join(values.run_dir, SWEEP_FILE)}")
 
 
 def run():
+  from alterrec_tf import export as alter_export  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import flagfiles  # pylint: disable=g-import-not-at-top
   define_flags()
-  app.run(main)
+  cli.run(main, flagfiles.PREPARE_FLAG_NAMES, known=(alter_export.ExportError,))
 
 
 if __name__ == "__main__":

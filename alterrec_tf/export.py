@@ -14,26 +14,29 @@ writes models/alterrec/N/ (N = the next integer version unless --version):
 The version folder is written under a hidden temporary name inside export_dir,
 checked (loaded back and compared with the Keras model) and then renamed, so a
 model server watching export_dir never sees a partial version, and a failed
-export leaves nothing behind. This module does not import data_tools, pandas
-or torch (TensorFlow itself imports pandas where it is installed).
+export leaves nothing behind (also on a full disk). Before TensorFlow is
+loaded, the command checks the run, the dataset (the SHA-256 of every shard and
+table, --verify_data), --k against the catalogue and that export_dir can be
+written (`check_request`); a refused command prints one line (`alterrec_tf.cli`).
+This module does not import data_tools, pandas or torch (TensorFlow itself
+imports pandas where it is installed).
 """
 
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from typing import List, Optional
 
 import numpy as np
 
+from alterrec_tf import cli
 from alterrec_tf import config as alter_config
 from alterrec_tf import runs as alter_runs
 from alterrec_tf.formats import new_items as alter_new_items
 from alterrec_tf.formats import schema
-from alterrec_tf.serving import check as export_check
-from alterrec_tf.serving import warmup as serving_warmup
+from alterrec_tf.models import names as model_names
 
 EXPORT_INFO_FILE = "alterrec_export.json"
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -53,19 +56,82 @@ def load_config(run_dir: str) -> "alter_config.TrainConfig":
     raise ExportError(str(error)) from None
 
 
-def load_run(run_dir: str, data_dir: Optional[str] = None):
-  """(Keras model with the best weights, TrainConfig, manifest, data_dir) of a run."""
-  from alterrec_tf.models import registry as models  # pylint: disable=g-import-not-at-top
+def check_run(run_dir: str, data_dir: Optional[str] = None, verify_data: bool = True,
+              weights: bool = True):
+  """(TrainConfig, manifest, data_dir) of an exportable run, its dataset
+  verified (`verify_data`) and (`weights`) its best weights present; nothing is
+  built, TensorFlow is not loaded.
+
+  Raises:
+    ExportError, DataError: one line naming the run, file or flag.
+  """
   config = load_config(run_dir)
-  if config.model not in models.ALTERREC_TOWERS:
-    raise ExportError(f"--model={config.model} cannot be exported; exportable: "
-                      f"{', '.join(models.ALTERREC_TOWERS)}")
+  if config.model not in model_names.ALTERREC_TOWERS:
+    raise ExportError(f"{run_dir} is a --model={config.model} run, which cannot be "
+                      f"exported; exportable: {', '.join(model_names.ALTERREC_TOWERS)}")
   data_dir = data_dir or config.data_dir
-  manifest = schema.load_manifest(data_dir)
-  text_embeddings = schema.load_text_embeddings(data_dir, manifest)
+  manifest = schema.load_manifest(data_dir, verify_hashes=verify_data)
+  if weights:
+    check_weights(run_dir)
+  return config, manifest, data_dir
+
+
+def check_weights(run_dir: str) -> None:
+  """Refuses a run without best weights (one that never finished an epoch)."""
   weights = os.path.join(run_dir, WEIGHTS_FILE)
   if not os.path.exists(weights):
-    raise ExportError(f"{weights} is missing (the run has not finished an epoch)")
+    reason = ("the run has not finished an epoch" if not alter_runs.load_results(run_dir)
+              else "the run finished without best weights")
+    raise ExportError(f"{weights} is missing ({reason}); train it to the end with "
+                      "python -m alterrec_tf.train and export again")
+
+
+def check_k(k: int, manifest: dict, data_dir: str, new_items: Optional[str] = None) -> None:
+  """Refuses a list length outside [1, items of the catalogue].
+
+  With --new_items the upper end is checked again once the table is read.
+  """
+  catalogue = manifest["num_items"] - 1
+  if k < 1 or (k > catalogue and not new_items):
+    raise ExportError(f"--k={k} must be in [1, {catalogue}] (the items of {data_dir})")
+
+
+def check_request(run_dir: str, export_dir: Optional[str], data_dir: Optional[str] = None,
+                  k: int = 20, version: Optional[int] = None, new_items: Optional[str] = None,
+                  verify_data: bool = True):
+  """Everything `export` checks before TensorFlow is loaded (about a second).
+
+  Returns:
+    (TrainConfig, manifest, data_dir) as `check_run`.
+
+  Raises:
+    CommandError, ExportError, DataError: one line naming the flag, run or file.
+  """
+  if not export_dir:
+    raise cli.CommandError("--export_dir is required (TF Serving's model base folder)")
+  if version is not None and version < 0:
+    raise ExportError(f"--version={version}: TF Serving versions are integers >= 1 "
+                      "(0 = the next one)")
+  if k < 1:  # before reading anything
+    raise ExportError(f"--k={k} must be at least 1 (items per recommendation list)")
+  config, manifest, data_dir = check_run(run_dir, data_dir, verify_data, weights=False)
+  check_k(k, manifest, data_dir, new_items)
+  cli.check_writable(export_dir, "--export_dir")
+  check_weights(run_dir)
+  return config, manifest, data_dir
+
+
+def load_run(run_dir: str, data_dir: Optional[str] = None, verify_data: bool = True,
+             checked=None):
+  """(Keras model with the best weights, TrainConfig, manifest, data_dir) of a run.
+
+  Args:
+    checked: the result of `check_run` / `check_request` (not checked again).
+  """
+  from alterrec_tf.models import registry as models  # pylint: disable=g-import-not-at-top
+  config, manifest, data_dir = checked or check_run(run_dir, data_dir, verify_data)
+  text_embeddings = schema.load_text_embeddings(data_dir, manifest)
+  weights = os.path.join(run_dir, WEIGHTS_FILE)
   model = models.build_model(config, manifest, text_embeddings)
   model.load_weights(weights)
   return model, config, manifest, data_dir
@@ -142,6 +208,9 @@ def build_module(model, config, manifest, data_dir: str, scratch_dir: str, k: in
     table = read_new_items(new_items_path, model, manifest, rows)
     new_rows = project_new_items(model, table.embeddings)
     rows = rows + [[raw_id, title] for raw_id, title in zip(table.raw_ids, table.titles)]
+  if not 1 <= k <= len(rows) - 1:
+    raise ExportError(f"--k={k} must be in [1, {len(rows) - 1}] (the items of {data_dir}"
+                      + (f" and {new_items_path}" if new_items_path else "") + ")")
   matrix, parts = serving_parts(model, config, num_items, new_rows)
   counts = np.asarray(alter_data.item_counts(
       schema.split_files(data_dir, manifest, "train"), num_items), dtype=np.float32)
@@ -186,23 +255,35 @@ def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
            version: Optional[int] = None, k: int = 20,
            exclude_session_items: Optional[bool] = None,
            new_items: Optional[str] = None, model_name: Optional[str] = None,
-           warmup: bool = True, verify: bool = True, loaded_run=None) -> dict:
+           warmup: bool = True, verify: bool = True, loaded_run=None,
+           verify_data: bool = True) -> dict:
   """Exports `run_dir` as version `version` (default: next) of `export_dir`.
 
   Args:
     exclude_session_items: never recommend an item of the request; None: as the
       run was trained and evaluated (its --seen_items).
     loaded_run: an already loaded (model, config, manifest, data_dir) (tests).
+    verify_data: check the dataset's files against its manifest hashes first.
 
   Returns:
     The export info (also written to assets.extra/alterrec_export.json), with
     "path" the final version folder.
+
+  Raises:
+    ExportError: the export cannot be done as asked, or writing it failed (a
+      full disk): one line; nothing is left in export_dir.
   """
+  start = time.perf_counter()
+  if loaded_run is None:  # every check before TensorFlow is loaded
+    checked = check_request(run_dir, export_dir, data_dir, k, version, new_items, verify_data)
+    loaded_run = load_run(run_dir, checked=checked)
+  model, config, manifest, data_dir = loaded_run
+  check_k(k, manifest, data_dir, new_items)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+  from alterrec_tf.serving import check as export_check  # pylint: disable=g-import-not-at-top
   from alterrec_tf.serving import module as serving  # pylint: disable=g-import-not-at-top
-  start = time.perf_counter()
-  model, config, manifest, data_dir = loaded_run or load_run(run_dir, data_dir)
+  from alterrec_tf.serving import warmup as serving_warmup  # pylint: disable=g-import-not-at-top
   excluded_in_training = (
       alter_config.resolve_seen_items(config, manifest).seen_items == "exclude")
   if exclude_session_items is None:
@@ -269,6 +350,11 @@ def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
     if os.path.exists(final):
       raise ExportError(f"{final} appeared during the export (another exporter?)")
     os.rename(target, final)
+  except Exception as error:  # pylint: disable=broad-except
+    problem = cli.io_problem(error)
+    if problem is None:
+      raise
+    raise ExportError(f"writing the export failed, nothing was exported: {problem}") from error
   finally:
     shutil.rmtree(staging, ignore_errors=True)
   info["path"] = final
@@ -325,24 +411,17 @@ def main(argv):
   from absl import flags, logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
   values = flags.FLAGS
-  if not values.export_dir:
-    raise SystemExit("error: --export_dir is required")
-  if not os.path.exists(os.path.join(values.run_dir, "config.json")):
-    raise SystemExit(f"error: --run_dir={values.run_dir} is not a training run")
-  try:
-    info = export(values.run_dir, values.export_dir, values.data_dir, values.version,
-                  values.k, values.exclude_session_items, values.new_items,
-                  values.model_name, values.warmup, values.verify)
-  except (ExportError, schema.DataError, alter_new_items.NewItemsError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    raise SystemExit(1) from None
+  verify_data = bool(cli.flag_value("verify_data", True))
+  info = export(values.run_dir, values.export_dir, values.data_dir, values.version,
+                values.k, values.exclude_session_items, values.new_items,
+                values.model_name, values.warmup, values.verify, verify_data=verify_data)
   print(format_info(info))
 
 
 def run():
-  from absl import app  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import flagfiles  # pylint: disable=g-import-not-at-top
   define_flags()
-  app.run(main)
+  cli.run(main, flagfiles.PREPARE_FLAG_NAMES, known=(ExportError, alter_new_items.NewItemsError))
 
 
 if __name__ == "__main__":

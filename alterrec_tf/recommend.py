@@ -6,16 +6,21 @@
 --export_dir is a version folder or its parent (the highest version is used).
 It needs only TensorFlow and the export: the SavedModel's `raw_ids` signature
 maps raw ids (unknown ones are ignored and counted), and the titles come from
-its assets/serving_vocab.tsv.
+its assets/serving_vocab.tsv. The padding token "[PAD]" is not an item: given
+as an id, it is ignored and counted like any unknown id. --k and --export_dir
+are checked before TensorFlow is loaded; a refused command prints one line.
 """
 
+import json
 import os
-import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from alterrec_tf.serving import module as serving
+from alterrec_tf import cli
+from alterrec_tf.formats import schema
 
 TITLE_WIDTH = 60
+VOCAB_ASSET = "serving_vocab.tsv"  # = serving.module.VOCAB_ASSET (without importing TF)
+EXPORT_INFO = os.path.join("assets.extra", "alterrec_export.json")  # = export.py's
 
 
 def resolve_version_dir(export_dir: str) -> str:
@@ -34,13 +39,58 @@ def resolve_version_dir(export_dir: str) -> str:
 
 
 def read_titles(version_dir: str) -> Dict[str, str]:
-  """raw id -> title from the export's vocabulary asset."""
+  """raw id -> title of every item in the export's vocabulary asset (not the
+  padding row 0)."""
   titles = {}
-  with open(os.path.join(version_dir, "assets", serving.VOCAB_ASSET), encoding="utf-8") as f:
+  with open(os.path.join(version_dir, "assets", VOCAB_ASSET), encoding="utf-8") as f:
     for line in f:
-      _, raw_id, title = (line.rstrip("\n").split("\t", 2) + ["", ""])[:3]
-      titles[raw_id] = title
+      index, raw_id, title = (line.rstrip("\n").split("\t", 2) + ["", ""])[:3]
+      if index != str(schema.PADDING_INDEX):
+        titles[raw_id] = title
   return titles
+
+
+def catalogue_size(version_dir: str) -> Optional[int]:
+  """Items an export can recommend (its vocabulary without padding), or None
+  where the export holds no alterrec_export.json."""
+  path = os.path.join(version_dir, EXPORT_INFO)
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return int(json.load(f)["num_items"]) - 1
+
+
+def check_request(export_dir: Optional[str], k: Optional[int]) -> str:
+  """Checks --export_dir and --k before TensorFlow is loaded; returns the
+  version folder.
+
+  Raises:
+    CommandError: one line naming the flag.
+  """
+  if not export_dir:
+    raise cli.CommandError("--export_dir is required (a version folder of "
+                           "alterrec_tf.export, or its parent)")
+  if k is not None and k < 1:
+    raise cli.CommandError(f"--k={k} must be at least 1 (items to recommend); leave it "
+                           "unset for the k fixed at export")
+  try:
+    version_dir = resolve_version_dir(export_dir)
+  except FileNotFoundError as error:
+    raise cli.CommandError(f"--export_dir: {error}; export a run with "
+                           "python -m alterrec_tf.export") from None
+  items = catalogue_size(version_dir)
+  if k is not None and items is not None and k > items:
+    raise cli.CommandError(f"--k={k} is above the {items} items of {version_dir}")
+  return version_dir
+
+
+def split_padding(items: Sequence[str]) -> Tuple[List[str], int]:
+  """(the session without the padding token, how many times it was given).
+
+  "[PAD]" names vocabulary row 0, the padding index: it is not an item, so it
+  is ignored and counted with the unknown ids instead of being sent."""
+  kept = [i for i in items if i != schema.PADDING_TOKEN]
+  return kept, len(items) - len(kept)
 
 
 def recommend(version_dir: str, items: Sequence[str], k: Optional[int] = None, loaded=None):
@@ -49,6 +99,8 @@ def recommend(version_dir: str, items: Sequence[str], k: Optional[int] = None, l
   rows: [(rank, raw_id, score)] best first.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  from alterrec_tf.serving import module as serving  # pylint: disable=g-import-not-at-top
   loaded = loaded or tf.saved_model.load(version_dir)
   session = tf.constant([[str(i) for i in items] or [""]], tf.string)
   if k is None:
@@ -97,23 +149,19 @@ def main(argv: List[str]):
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
   values = flags.FLAGS
-  if not values.export_dir:
-    raise SystemExit("error: --export_dir is required")
-  try:
-    version_dir = resolve_version_dir(values.export_dir)
-  except FileNotFoundError as error:
-    print(f"error: {error}", file=sys.stderr)
-    raise SystemExit(1) from None
+  version_dir = check_request(values.export_dir, values.k)
   items = [i.strip() for i in values.items if i.strip()]
-  rows, ignored, fallback = recommend(version_dir, items, values.k)
+  request, padding = split_padding(items)
+  rows, ignored, fallback = recommend(version_dir, request, values.k)
   print(f"model: {version_dir}")
-  print(format_recommendations(items, rows, ignored, fallback, read_titles(version_dir)))
+  print(format_recommendations(items, rows, ignored + padding, fallback,
+                               read_titles(version_dir)))
 
 
 def run():
-  from absl import app  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import flagfiles  # pylint: disable=g-import-not-at-top
   define_flags()
-  app.run(main)
+  cli.run(main, flagfiles.PREPARE_FLAG_NAMES, verify_data=False)
 
 
 if __name__ == "__main__":
