@@ -270,10 +270,12 @@ def clear_unstarted_run(run_dir: str) -> bool:
 def check_command(config, verify_data: bool = True):
   """What the command line checks before TensorFlow is loaded (about a second):
   the flags' ranges, the dataset (manifest, and with `verify_data` the SHA-256
-  of every shard and table), the flags against the dataset, and run_dir.
+  of every shard and table), the flags against the dataset, and run_dir (a run
+  there with other settings is refused, as `train` does).
 
   Returns:
-    The manifest.
+    The results of the same finished run in run_dir (shown, not retrained),
+    else None.
 
   Raises:
     CommandError, ConfigError, DataError: one line naming the flag or file.
@@ -285,12 +287,20 @@ def check_command(config, verify_data: bool = True):
   manifest = schema.load_manifest(config.data_dir, verify_hashes=verify_data)
   alter_config.check_against_dataset(alter_config.resolve_seen_items(config, manifest),
                                      manifest)
-  if not os.path.exists(os.path.join(config.run_dir, alter_runs.RESULTS_FILE)):
+  if config.overwrite:
     cli.check_writable(config.run_dir, "--run_dir")
-  if not config.overwrite and clear_unstarted_run(config.run_dir):
+    return None
+  if clear_unstarted_run(config.run_dir):
     print(f"{config.run_dir}: removed the config of a run that never finished an epoch "
           "(nothing to resume)", flush=True)
-  return manifest
+  changed, results = alter_runs.run_conflicts(config, manifest)
+  if changed:  # the message of `_previous_run`, before TensorFlow is loaded
+    raise alter_config.ConfigError(
+        f"{config.run_dir} holds a run trained with other settings: {', '.join(changed)}; "
+        "choose another --run_dir, or pass --overwrite to replace it")
+  if results is None:
+    cli.check_writable(config.run_dir, "--run_dir")
+  return results
 
 
 def damaged_data(error: BaseException, data_dir: str):
@@ -315,14 +325,18 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   config = alter_config.TrainConfig.from_flags()
   verify_data = bool(cli.flag_value("verify_data", True))
-  check_command(config, verify_data)
-  try:
-    results = train(config, verify_data=verify_data)
-  except Exception as error:  # pylint: disable=broad-except
-    damaged = damaged_data(error, config.data_dir)
-    if damaged is None:
-      raise
-    raise damaged from error
+  results = check_command(config, verify_data)
+  if results is not None:
+    print(f"{config.run_dir} already holds this finished run: showing its results "
+          "(--overwrite trains it again)", flush=True)
+  else:
+    try:
+      results = train(config, verify_data=verify_data)
+    except Exception as error:  # pylint: disable=broad-except
+      damaged = damaged_data(error, config.data_dir)
+      if damaged is None:
+        raise
+      raise damaged from error
   print(f"\n{config.model} on {results['dataset']} (seed {config.seed}), test metrics (%) "
         f"at best validation epoch {results['best_epoch']}:")
   print(format_table(results))

@@ -336,6 +336,18 @@ def test_the_corrected_command_after_a_crash_before_the_first_epoch_trains(backg
   assert os.path.exists(os.path.join(run_dir, alter_runs.BEST_WEIGHTS_FILE))
 
 
+def test_the_finished_run_is_shown_and_a_changed_flag_refused_by_name(background, data):
+  background["train"].result()
+  run_dir = background["run_dir"]
+  shown = command("train", f"--data_dir={data}", f"--run_dir={run_dir}", *TINY,
+                  "--model=id_only")
+  assert shown.returncode == 0, shown.stderr[-3000:]
+  assert "already holds this finished run" in shown.stdout and "| id |" in shown.stdout
+  out = command("train", f"--data_dir={data}", f"--run_dir={run_dir}", *TINY,
+                "--model=id_only", "--embedding_dim=16")
+  error_line(out, "--embedding_dim=8 (now 16)", "--overwrite")
+
+
 def test_a_full_disk_during_export_is_one_line_and_leaves_nothing(background):
   error_line(background["export"].result(), "nothing was exported", "File too large",
              "disk is full")
