@@ -23,6 +23,7 @@ setup(
         "numpy>=1.26",
         "scipy>=1.11",
         "pyarrow>=15",
+        "openpyxl>=3.1",  # Online Retail (II) .xlsx workbooks
         "pandas>=2.1",
         "tqdm>=4.66",
         "matplotlib>=3.8",

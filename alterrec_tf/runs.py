@@ -116,3 +116,23 @@ def run_conflicts(config, manifest) -> Tuple[List[str], Optional[dict]]:
     changed.append(f"data content_hash {results.get('data_content_hash')} "
                    f"(now {manifest.get('content_hash')})")
   return changed, results
+
+
+# Files that show a run finished at least one epoch (RunBackup writes
+# backup/epoch.json after each epoch); a run folder without any of them holds
+# nothing to resume.
+_STARTED_RUN_FILES = (HISTORY_FILE, RESULTS_FILE,
+                      BEST_WEIGHTS_FILE, TEST_RANKS_FILE,
+                      SWEEP_FILE, os.path.join(BACKUP_DIR, "epoch.json"))
+
+
+def clear_unstarted_run(run_dir: str) -> bool:
+  """Removes what a run that never finished an epoch left (its config.json,
+  tb/, backup/), so that a corrected command is not refused as "a run trained
+  with other settings". Returns whether anything was removed."""
+  if not os.path.exists(os.path.join(run_dir, CONFIG_FILE)):
+    return False
+  if any(os.path.exists(os.path.join(run_dir, name)) for name in _STARTED_RUN_FILES):
+    return False
+  remove_run(run_dir)
+  return True

@@ -247,26 +247,6 @@ def format_table(results) -> str:
 
 
 # --- command line -----------------------------------------------------------------------
-# Files that show a run finished at least one epoch (RunBackup writes
-# backup/epoch.json after each epoch); a run folder without any of them holds
-# nothing to resume.
-_STARTED_RUN_FILES = (alter_runs.HISTORY_FILE, alter_runs.RESULTS_FILE,
-                      alter_runs.BEST_WEIGHTS_FILE, alter_runs.TEST_RANKS_FILE,
-                      alter_runs.SWEEP_FILE, os.path.join(alter_runs.BACKUP_DIR, "epoch.json"))
-
-
-def clear_unstarted_run(run_dir: str) -> bool:
-  """Removes what a run that never finished an epoch left (its config.json,
-  tb/, backup/), so that a corrected command is not refused as "a run trained
-  with other settings". Returns whether anything was removed."""
-  if not os.path.exists(os.path.join(run_dir, alter_runs.CONFIG_FILE)):
-    return False
-  if any(os.path.exists(os.path.join(run_dir, name)) for name in _STARTED_RUN_FILES):
-    return False
-  alter_runs.remove_run(run_dir)
-  return True
-
-
 def check_command(config, verify_data: bool = True):
   """What the command line checks before TensorFlow is loaded (about a second):
   the flags' ranges, the dataset (manifest, and with `verify_data` the SHA-256
@@ -290,7 +270,7 @@ def check_command(config, verify_data: bool = True):
   if config.overwrite:
     cli.check_writable(config.run_dir, "--run_dir")
     return None
-  if clear_unstarted_run(config.run_dir):
+  if alter_runs.clear_unstarted_run(config.run_dir):
     print(f"{config.run_dir}: removed the config of a run that never finished an epoch "
           "(nothing to resume)", flush=True)
   changed, results = alter_runs.run_conflicts(config, manifest)

@@ -370,9 +370,6 @@ def test_recommend_counts_the_padding_token_as_an_unknown_id(tmp_path):
   assert "1 unknown item id(s) ignored" in text
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="needs the serving/module.py change of issue 13 (raw id '[PAD]' "
-                   "maps to index 0, taken for padding): remove this mark once it is made")
 def test_serving_counts_a_raw_padding_token_as_unknown(tmp_path):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 

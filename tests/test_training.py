@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from alterrec_tf import config as alter_config
 from alterrec_tf import runs as alter_runs
 from alterrec_tf.config import TrainConfig
 from alterrec_tf.formats import schema
@@ -136,5 +137,5 @@ def test_mismatched_data_is_refused(dataset, tmp_path):
   (broken / schema.MANIFEST_FILE).write_text(json.dumps(manifest))
   with pytest.raises(schema.DataError, match="format_version"):
     train(tiny_config(str(broken), str(tmp_path / "r")))
-  with pytest.raises(schema.DataError, match="k2"):
+  with pytest.raises(alter_config.ConfigError, match="k2"):
     train(tiny_config(dataset, str(tmp_path / "r2"), k2=500))

@@ -200,9 +200,10 @@ class ServingModule(tf.Module):
   def _from_raw(self, raw_item_ids):
     """string [B, L] -> (valid dense indices int32 [B, L], ignored counts [B])."""
     index = self.raw_to_index.lookup(raw_item_ids)
-    unknown = (index < 0) & (raw_item_ids != "")
-    ignored = tf.reduce_sum(tf.cast(unknown, tf.int32), axis=1)
-    dense = tf.where(index < 0, tf.constant(schema.PADDING_INDEX, tf.int64), index)
+    # "[PAD]" names row 0 of the vocabulary, the padding index: not an item
+    known = index > schema.PADDING_INDEX
+    ignored = tf.reduce_sum(tf.cast(~known & (raw_item_ids != ""), tf.int32), axis=1)
+    dense = tf.where(known, index, tf.constant(schema.PADDING_INDEX, tf.int64))
     return tf.cast(dense, tf.int32), ignored
 
   def session_query(self, session):
