@@ -40,6 +40,8 @@ SIGNATURE_ENCODE_FIELDS = "encode_fields"
 INPUT_TEXTS = "texts"
 INPUT_FIELDS = "fields"
 OUTPUT_EMBEDDINGS = "embeddings"
+# Python's str.split() whitespace (what data_tools.sessions.clean_text collapses), in RE2
+WHITESPACE_ONLY = r"[\s\p{Z}\x{1c}-\x{1f}\x{85}]*"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,16 +180,18 @@ class SentenceEncoder(keras.layers.Layer):
 class FieldMeanEncoder(keras.layers.Layer):
   """An item's text vector: the mean of its fields' sentence vectors.
 
-  Each non-empty field is encoded on its own; an item's vector is the mean over
-  its non-empty fields (not re-normalized), zeros where every field is empty,
-  as `data_tools.embed.item_text_table` (with `require_text` off) builds the
-  table the model was trained on. Only non-empty fields reach the encoder.
+  Each field with text is encoded on its own; an item's vector is the mean over
+  those fields (not re-normalized), zeros where no field has text, as
+  `data_tools.embed.item_text_table` (with `require_text` off) builds the table
+  the model was trained on. A field that is empty or only whitespace has no
+  text (data_tools' `clean_text` turns such a cell into ""); other fields reach
+  the encoder as they are (whitespace does not change the tokens).
 
   Args:
     encoder: the `SentenceEncoder`.
 
   Call args:
-    fields: string [B, F], "" = no text.
+    fields: string [B, F].
 
   Returns:
     float32 [B, d].
@@ -201,7 +205,7 @@ class FieldMeanEncoder(keras.layers.Layer):
 
   def call(self, fields):
     fields = tf.convert_to_tensor(fields, tf.string)
-    present = tf.not_equal(fields, "")
+    present = tf.logical_not(tf.strings.regex_full_match(fields, WHITESPACE_ONLY))
     where = tf.where(present)  # [n, 2] (item, field)
     vectors = self.encoder(tf.gather_nd(fields, where))  # [n, d]
     sums = tf.math.unsorted_segment_sum(vectors, where[:, 0], tf.shape(fields)[0])
@@ -290,7 +294,7 @@ class TextEncoderModule(tf.Module):
   """A tf.Module to save a `SentenceEncoder` with its two signatures.
 
     encode         texts string [B]            -> embeddings float32 [B, d]
-    encode_fields  fields string [B, F] ("")   -> embeddings float32 [B, d]
+    encode_fields  fields string [B, F]        -> embeddings float32 [B, d]
 
   Save with `tf.saved_model.save(module, path, signatures=module.signatures())`;
   load with tensorflow_text imported.
