@@ -24,6 +24,7 @@ setup(
         "scipy>=1.11",
         "pyarrow>=15",
         "openpyxl>=3.1",  # Online Retail (II) .xlsx workbooks
+        "safetensors>=0.4",  # alterrec_tf.text.convert reads the SBERT weights without torch
         "pandas>=2.1",
         "tqdm>=4.66",
         "matplotlib>=3.8",
