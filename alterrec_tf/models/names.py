@@ -15,17 +15,18 @@ ALTERREC_TOWERS: Dict[str, Tuple[str, ...]] = {
     "text_only": ("text",),
 }
 NEURAL_BASELINES = ("nfrec_sum", "nfrec_concat", "sasrec", "fdsa")
-FLOORS = ("most_popular", "session_knn")
+FLOORS = ("most_popular", "transition", "sequential_rules", "session_knn")
 BASELINES = NEURAL_BASELINES + FLOORS
 
 # Report order: floors, baselines, ablations, AlterRec.
-ALL = ("most_popular", "session_knn", "sasrec", "fdsa", "nfrec_sum", "nfrec_concat",
-       "id_only", "text_only", "alterrec_random", "alterrec", "alterrec_aug")
+ALL = FLOORS + ("sasrec", "fdsa", "nfrec_sum", "nfrec_concat", "id_only", "text_only",
+                "alterrec_random", "alterrec", "alterrec_aug")
 NEEDS_TEXT = ("alterrec", "alterrec_aug", "alterrec_random", "text_only", "nfrec_sum",
               "nfrec_concat", "fdsa")
 
 DISPLAY_NAMES = {
-    "most_popular": "MostPopular", "session_knn": "SessionKNN", "sasrec": "SASRec",
+    "most_popular": "MostPopular", "transition": "Transitions (1st order)",
+    "sequential_rules": "SequentialRules (SR)", "session_knn": "V-SKNN", "sasrec": "SASRec",
     "fdsa": "FDSA", "nfrec_sum": "NFRec (sum)", "nfrec_concat": "NFRec (concat)",
     "id_only": "AlterRec w/o text (ID only)", "text_only": "AlterRec w/o ID (text only)",
     "alterrec_random": "AlterRec_random", "alterrec": "AlterRec",

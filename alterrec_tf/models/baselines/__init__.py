@@ -6,14 +6,13 @@ Neural (one Adam, full-softmax cross-entropy; `base.FullSoftmaxModel`):
   fdsa                     ID and text Transformers, concatenated session vectors
 Non-neural floors (counts from the training sessions only; `floors`):
   most_popular             training popularity
-  session_knn              recency-weighted item co-occurrence neighbours
+  transition               first-order transitions: count(last item -> j)
+  sequential_rules         SR: recency-weighted sequential rules (Ludewig & Jannach 2018)
+  session_knn              V-SKNN: position-weighted session kNN (Ludewig & Jannach 2018)
+With `config.seen_items == "exclude"` every floor scores the prefix's own items out.
 """
 
-from alterrec_tf.models.baselines import fdsa
-from alterrec_tf.models.baselines import floors
-from alterrec_tf.models.baselines import nfrec
-from alterrec_tf.models.baselines import sasrec
-
+from alterrec_tf.models.baselines import fdsa, floors, nfrec, sasrec
 from alterrec_tf.models.names import BASELINES as NAMES
 from alterrec_tf.models.names import FLOORS
 
@@ -31,9 +30,16 @@ def build_baseline(config, num_items: int, text_embeddings, train_files):
   if name in FLOORS:
     if not train_files:
       raise ValueError(f"--model={name} is built from the training split, which is empty")
+    exclude_seen = config.seen_items == "exclude"
     if name == "most_popular":
-      return floors.MostPopular.from_files(train_files, num_items)
-    return floors.SessionKNN.from_files(train_files, num_items, window=config.max_len)
+      return floors.MostPopular.from_files(train_files, num_items, exclude_seen=exclude_seen)
+    if name == "transition":
+      return floors.FirstOrderTransition.from_files(train_files, num_items,
+                                                    exclude_seen=exclude_seen)
+    if name == "sequential_rules":
+      return floors.SequentialRules.from_files(train_files, num_items, window=config.max_len,
+                                               exclude_seen=exclude_seen)
+    return floors.SessionKNN.from_files(train_files, num_items, exclude_seen=exclude_seen)
   if name in ("nfrec_sum", "nfrec_concat"):
     fusion = name.split("_", 1)[1]
     model = nfrec.NFRec(config.replace(nfrec_fusion=fusion), num_items, text_embeddings,

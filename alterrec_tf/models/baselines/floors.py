@@ -1,31 +1,56 @@
 """Non-neural floors, scored by the same evaluation code as the neural models.
 
-Both are built from the training TFRecords only (never valid or test) and have
-no trainable variables, so the trainer evaluates them once without a training
-loop (`train._finish_without_training`).
+Every floor is built from the training TFRecords only (never valid or test)
+and has no trainable variables, so the trainer evaluates it once without a
+training loop (`train._finish_without_training`). All of them put the padding
+column at -1e9 and, with `exclude_seen` (`--seen_items=exclude`), the items of
+the prefix too (`towers.mask_seen_items`; in de-duplicated sessions such an
+item is never the answer). A tiny popularity term, TIE_BREAK x training count
+/ largest count, orders the items a floor gives the same score (items no
+neighbour or rule reaches fall back to popularity order).
 
 * `MostPopular`: every prefix gets the same ranking, items by their number of
   occurrences in the training sessions (ties: lower index first).
-* `SessionKNN`: an item-to-item neighbourhood recommender in the family of
-  item-kNN / sequential rules (Ludewig & Jannach 2018). From the training
-  sessions it counts, for every ordered item pair (i, j), how often j occurs
-  `d` positions after i (d = 1..window, window = max_len) with weight 1/d
+* `FirstOrderTransition`: a prefix [s_1..s_t] scores item j by the number of
+  training sessions' consecutive pairs (s_t -> j): a first-order Markov chain
+  on the last item (Ludewig & Jannach 2018 call its recency-weighted extension
+  "SR"). Dense float32 [V, V] counts.
+* `SequentialRules` ("SR", Ludewig & Jannach 2018, "Evaluation of
+  session-based recommendation algorithms"): from the training sessions it
+  counts, for every ordered item pair (i, j), how often j occurs `d`
+  positions after i (d = 1..window, window = max_len) with weight 1/d
   (optionally plus `backward_weight` times the same for j before i; 0 by
   default); each row i is then divided by its sum, so that C[i, :] is a
   distribution over the items that follow i. A prefix [s_1..s_t] scores item j
   by sum_u C[s_u, j] / (t - u + 1): every item of the prefix votes, the last
-  item with weight 1, the one before with 1/2, and so on. A tiny popularity
-  term (1e-6 x count / max count) orders the items no prefix item has seen, so
-  the ranking falls back to popularity. The defaults were chosen on the
-  Online Retail validation split (forward-only vs symmetric counting, window
-  1/5/20/50/200, with or without row normalisation: row normalisation matters
-  most, +6 points Hits@20; the rest moves Hits@20 by less than 1.6 points).
-  C is a dense float32 [V, V] matrix (V = catalogue size): 44 MB at V = 3,336;
-  catalogues above `MAX_DENSE_ITEMS` are refused with a message.
+  item with weight 1, the one before with 1/2, and so on. The defaults were
+  chosen on the Online Retail validation split (forward-only vs symmetric
+  counting, window 1/5/20/50/200, with or without row normalisation: row
+  normalisation matters most, +6 points Hits@20; the rest moves Hits@20 by less
+  than 1.6 points). C is a dense float32 [V, V] matrix: 47 MB at V = 3,432.
+* `SessionKNN` (V-SKNN, Ludewig & Jannach 2018): session-based kNN with a
+  position-weighted prefix. The prefix [s_1..s_n] (the window's last max_len
+  items) is the item vector q with q[s_i] = i / n (the "div" decay: the last
+  item weighs 1; a repeated item keeps the weight of its latest position); a
+  training session is its binary item vector b. Candidates are the training
+  sessions sharing at least one item with the prefix, of which only the
+  `sample_size` most recent are kept (0, the default: all); the `neighbours`
+  most similar candidates by cosine(q, b) = q.b / (|q| |b|) vote: score(j) =
+  sum over the neighbours of cosine x 1[j in neighbour] (equal similarities:
+  the more recent session first). "Most recent" is the sessions' timestamp
+  (stable, so sessions of equal or missing timestamps keep file order;
+  `data_tools` writes each split sorted by timestamp). Unlike the session-rec
+  code it has no second decay by the position of the shared item in the
+  prefix (weighting_score) and uses a plain cosine. It holds the training
+  sessions as inverted lists (item -> sessions, session -> items); evaluation
+  holds a few dense [P, N] float32 tensors per batch of P prefixes (about
+  330 MB each at P = 6,400 and N = 12,784 training sessions).
+
+Dense [V, V] floors refuse catalogues above `MAX_DENSE_ITEMS` with a message.
 """
 
 import time
-from typing import Tuple
+from typing import List, Tuple
 
 import keras
 import numpy as np
@@ -33,22 +58,41 @@ import scipy.sparse
 import tensorflow as tf
 
 from alterrec_tf.data import windows as alter_data
-from alterrec_tf.models import layers as alter_layers
 from alterrec_tf.formats import schema
+from alterrec_tf.models import layers as alter_layers
 from alterrec_tf.models import towers as alter_towers
 from alterrec_tf.models.alterrec import scored_positions
 
 MAX_DENSE_ITEMS = 20_000  # 20k x 20k float32 = 1.6 GB
 TIE_BREAK = 1e-6
+# V-SKNN defaults, chosen on the Online Retail validation split (--seen_items=exclude,
+# Hits@20 %; neighbours/sample: 50/all 23.33, 100/all 24.10, 200/all 24.06,
+# 500/all 22.47, 100/5000 23.97, 50/1000 21.02, 100/1000 21.44, 200/1000 21.03,
+# 500/1000 18.84): the neighbours that vote, and how many of the most recent
+# candidate sessions are considered (0: all of them; session-rec's 1000 costs
+# 2.7 points here).
+SKNN_NEIGHBOURS = 100
+SKNN_SAMPLE_SIZE = 0
 
 
-def read_sessions(files):
+def read_sessions(files) -> List[np.ndarray]:
   """Item index sequences of every session in `files`: list of int64 arrays."""
-  sessions = []
+  return read_sessions_and_times(files)[0]
+
+
+def read_sessions_and_times(files) -> Tuple[List[np.ndarray], np.ndarray]:
+  """Sessions of `files` in file order and their timestamps.
+
+  Returns:
+    (list of int64 item index arrays, int64 [N] unix seconds, 0 where unknown).
+  """
+  sessions: List[np.ndarray] = []
+  times = []
   dataset = tf.data.TFRecordDataset(files).batch(1024).map(schema.parse_examples)
   for batch in dataset:
     sessions.extend(batch[schema.ITEM_IDS].numpy())
-  return sessions
+    times.append(batch[schema.TIMESTAMP].numpy())
+  return sessions, (np.concatenate(times) if times else np.zeros([0], np.int64))
 
 
 def training_counts(sessions, num_items: int) -> np.ndarray:
@@ -56,6 +100,23 @@ def training_counts(sessions, num_items: int) -> np.ndarray:
   if not sessions:
     return np.zeros([num_items], np.int64)
   return np.bincount(np.concatenate(sessions), minlength=num_items).astype(np.int64)
+
+
+def check_dense_items(model: str, num_items: int) -> None:
+  """Refuses a dense [V, V] matrix for catalogues above `MAX_DENSE_ITEMS`."""
+  if num_items > MAX_DENSE_ITEMS:
+    raise ValueError(f"{model} holds a dense [V, V] float32 matrix; V={num_items} is "
+                     f"above its limit of {MAX_DENSE_ITEMS} items "
+                     f"({4 * num_items ** 2 / 1e9:.1f} GB)")
+
+
+def transition_matrix(sessions, num_items: int) -> np.ndarray:
+  """C[i, j]: how often j directly follows i in the sessions: float32 [V, V]."""
+  check_dense_items("transition", num_items)
+  counts = np.zeros([num_items, num_items], np.float32)
+  for items in sessions:
+    np.add.at(counts, (items[:-1], items[1:]), 1.0)
+  return counts
 
 
 def neighbour_matrix(sessions, num_items: int, window: int, backward_weight: float,
@@ -72,9 +133,7 @@ def neighbour_matrix(sessions, num_items: int, window: int, backward_weight: flo
   Returns:
     float32 [V, V].
   """
-  if num_items > MAX_DENSE_ITEMS:
-    raise ValueError(f"session_knn holds a dense [V, V] matrix; V={num_items} is above "
-                     f"its limit of {MAX_DENSE_ITEMS} items")
+  check_dense_items("sequential_rules", num_items)
   lengths = np.array([len(s) for s in sessions], np.int64)
   flat = np.concatenate(sessions) if sessions else np.zeros([0], np.int64)
   session_of = np.repeat(np.arange(len(sessions)), lengths)
@@ -102,61 +161,157 @@ def neighbour_matrix(sessions, num_items: int, window: int, backward_weight: flo
   return dense.astype(np.float32)
 
 
-class MostPopular(keras.Model):
-  """Scores every item by its training count, the same for every prefix."""
-
-  tower_names: Tuple[str, ...] = ()
-
-  def __init__(self, counts, **kwargs):
-    super().__init__(**kwargs)
-    self.counts = tf.constant(np.asarray(counts, np.float32))
-    self.fit_seconds = 0.0
-
-  @classmethod
-  def from_files(cls, train_files, num_items: int):
-    start = time.perf_counter()
-    model = cls(alter_data.item_counts(train_files, num_items).numpy())
-    model.fit_seconds = time.perf_counter() - start
-    return model
-
-  def score_heads(self, batch):
-    positions, targets = scored_positions(batch)
-    scores = tf.tile(self.counts[None, :], [tf.shape(positions)[0], 1])
-    return {"fused": alter_towers.mask_padding(scores)}, targets
-
-  def call(self, item_ids, training=False):
-    del training
-    shape = tf.shape(item_ids)
-    return alter_towers.mask_padding(
-        tf.broadcast_to(self.counts, [shape[0], shape[1], tf.size(self.counts)]))
-
-
-class SessionKNN(keras.Model):
-  """Recency-weighted item neighbourhood votes of the prefix items (module doc).
+def sessions_newest_first(sessions, timestamps) -> List[np.ndarray]:
+  """The sessions' distinct items (sorted), most recent session first.
 
   Args:
-    neighbours: float32 [V, V] matrix C.
-    counts: training occurrences [V] (tie-break by popularity).
+    sessions: list of N int item index arrays, in file order.
+    timestamps: int [N] start times; equal times keep file order (a later file
+      position is more recent).
+
+  Returns:
+    list of N int64 arrays.
+  """
+  newest_first = np.argsort(np.asarray(timestamps), kind="stable")[::-1]
+  return [np.unique(np.asarray(sessions[n], np.int64)) for n in newest_first]
+
+
+def row_ids(ragged):
+  """Row of each flat value of a ragged [R, (n)] tensor: int64 [total].
+
+  The same as `ragged.value_rowids()`, which builds on `tf.repeat` and is about
+  ten times slower on these sizes (millions of values).
+  """
+  total = tf.shape(ragged.flat_values, out_type=tf.int64)[0]
+  return tf.searchsorted(tf.cast(ragged.row_splits[1:], tf.int64), tf.range(total),
+                         side="right")
+
+
+class CountFloor(keras.Model):
+  """A floor scoring every prefix from training counts (no trainable variables).
+
+  Subclasses define `prefix_scores`; this class adds the padding and
+  seen-item masks and the two entry points the trainer and the exporter use.
+
+  Args:
+    counts: training occurrences of each item, [V] (the popularity tie-break).
+    exclude_seen: score the prefix's own items out (`--seen_items=exclude`).
   """
 
   tower_names: Tuple[str, ...] = ()
 
-  def __init__(self, neighbours, counts, **kwargs):
+  def __init__(self, counts, exclude_seen: bool = False, **kwargs):
     super().__init__(**kwargs)
-    self.neighbours = tf.constant(np.asarray(neighbours, np.float32))
     counts = np.asarray(counts, np.float64)
     self.popularity = tf.constant(
-        (TIE_BREAK * counts / max(counts.max(), 1.0)).astype(np.float32))
+        (TIE_BREAK * counts / max(counts.max(initial=0.0), 1.0)).astype(np.float32))
+    self.exclude_seen = bool(exclude_seen)
     self.fit_seconds = 0.0
+
+  def prefix_scores(self, item_ids, positions):
+    """Raw scores of the whole catalogue at the given prefixes.
+
+    Args:
+      item_ids: int [B, L] window batch (0 = padding).
+      positions: int64 [P, 2] (window b, position t): the prefix item_ids[b, :t+1].
+
+    Returns:
+      float32 [P, V].
+    """
+    raise NotImplementedError
+
+  def scores(self, item_ids, positions):
+    """`prefix_scores` with padding (and, with exclude_seen, the prefix's items) at -1e9."""
+    scores = alter_towers.mask_padding(self.prefix_scores(item_ids, positions))
+    if self.exclude_seen:
+      scores = alter_towers.mask_seen_items(scores, item_ids, positions)
+    return scores
+
+  def score_heads(self, batch):
+    """({"fused": [P, V]}, targets [P]) at the scored prefixes of a window batch."""
+    positions, targets = scored_positions(batch)
+    return {"fused": self.scores(batch[alter_data.ITEM_IDS], positions)}, targets
+
+  def call(self, item_ids, training=False):
+    """Scores at every position of every window: int [B, L] -> [B, L, V]."""
+    del training
+    positions = tf.where(tf.ones_like(item_ids, tf.bool))
+    scores = self.scores(item_ids, positions)
+    shape = tf.shape(item_ids)
+    return tf.reshape(scores, [shape[0], shape[1], -1])
+
+
+class MostPopular(CountFloor):
+  """Scores every item by its training count, the same for every prefix."""
+
+  def __init__(self, counts, exclude_seen: bool = False, **kwargs):
+    super().__init__(counts, exclude_seen, **kwargs)
+    self.counts = tf.constant(np.asarray(counts, np.float32))
+
+  @classmethod
+  def from_files(cls, train_files, num_items: int, exclude_seen: bool = False):
+    """Counts only the sessions of `train_files` (the training split)."""
+    start = time.perf_counter()
+    model = cls(alter_data.item_counts(train_files, num_items).numpy(), exclude_seen)
+    model.fit_seconds = time.perf_counter() - start
+    return model
+
+  def prefix_scores(self, item_ids, positions):
+    """The training counts at every prefix: [P, V]."""
+    return tf.tile(self.counts[None, :], [tf.shape(positions)[0], 1])
+
+
+class FirstOrderTransition(CountFloor):
+  """Counts of (last prefix item -> j) in the training sessions (module doc).
+
+  Args:
+    transitions: float32 [V, V], C[i, j] = consecutive pairs (i, j).
+    counts: training occurrences [V] (tie-break by popularity).
+    exclude_seen: score the prefix's own items out.
+  """
+
+  def __init__(self, transitions, counts, exclude_seen: bool = False, **kwargs):
+    super().__init__(counts, exclude_seen, **kwargs)
+    self.transitions = tf.constant(np.asarray(transitions, np.float32))
+
+  @classmethod
+  def from_files(cls, train_files, num_items: int, exclude_seen: bool = False):
+    """Counts only the sessions of `train_files` (the training split)."""
+    start = time.perf_counter()
+    sessions = read_sessions(train_files)
+    model = cls(transition_matrix(sessions, num_items), training_counts(sessions, num_items),
+                exclude_seen)
+    model.fit_seconds = time.perf_counter() - start
+    return model
+
+  def prefix_scores(self, item_ids, positions):
+    """C[last item of the prefix, :] + popularity: [P, V]."""
+    last_items = tf.gather_nd(item_ids, positions)  # [P]
+    return tf.gather(self.transitions, last_items) + self.popularity[None, :]
+
+
+class SequentialRules(CountFloor):
+  """Recency-weighted sequential-rule votes of the prefix items (module doc).
+
+  Args:
+    neighbours: float32 [V, V] matrix C.
+    counts: training occurrences [V] (tie-break by popularity).
+    exclude_seen: score the prefix's own items out.
+  """
+
+  def __init__(self, neighbours, counts, exclude_seen: bool = False, **kwargs):
+    super().__init__(counts, exclude_seen, **kwargs)
+    self.neighbours = tf.constant(np.asarray(neighbours, np.float32))
 
   @classmethod
   def from_files(cls, train_files, num_items: int, window: int = 50,
-                 backward_weight: float = 0.0, normalize: bool = True):
+                 backward_weight: float = 0.0, normalize: bool = True,
+                 exclude_seen: bool = False):
     """Counts only the sessions of `train_files` (the training split)."""
     start = time.perf_counter()
     sessions = read_sessions(train_files)
     model = cls(neighbour_matrix(sessions, num_items, window, backward_weight, normalize),
-                training_counts(sessions, num_items))
+                training_counts(sessions, num_items), exclude_seen)
     model.fit_seconds = time.perf_counter() - start
     return model
 
@@ -180,16 +335,116 @@ class SessionKNN(keras.Model):
     """
     rows = tf.gather(self.neighbours, item_ids)  # [B, L, V]
     scores = tf.matmul(self.window_weights(item_ids), rows)  # [B, L, V]
-    scores = tf.gather_nd(scores, positions)
-    return alter_towers.mask_padding(scores + self.popularity[None, :])
+    return tf.gather_nd(scores, positions) + self.popularity[None, :]
 
-  def score_heads(self, batch):
-    positions, targets = scored_positions(batch)
-    return {"fused": self.prefix_scores(batch[alter_data.ITEM_IDS], positions)}, targets
 
-  def call(self, item_ids, training=False):
-    del training
-    positions = tf.where(tf.ones_like(item_ids, tf.bool))
-    scores = self.prefix_scores(item_ids, positions)
-    shape = tf.shape(item_ids)
-    return tf.reshape(scores, [shape[0], shape[1], -1])
+class SessionKNN(CountFloor):
+  """V-SKNN: position-weighted session kNN over the training sessions (module doc).
+
+  Both steps are scatter-adds over inverted lists rather than matrix products:
+  the similarities add each prefix item's weight to the sessions holding it
+  (cost: prefix items x their sessions), the scores add each neighbour's
+  similarity to its items (cost: prefixes x neighbours x session length).
+
+  Args:
+    session_items: list of N int arrays, the distinct items of each training
+      session, newest session first (`sessions_newest_first`).
+    counts: training occurrences [V] (tie-break by popularity).
+    neighbours: how many most similar sessions vote.
+    sample_size: only the `sample_size` most recent candidate sessions (those
+      sharing an item with the prefix) are considered; 0: all.
+    exclude_seen: score the prefix's own items out.
+  """
+
+  def __init__(self, session_items, counts, neighbours: int = SKNN_NEIGHBOURS,
+               sample_size: int = SKNN_SAMPLE_SIZE, exclude_seen: bool = False, **kwargs):
+    super().__init__(counts, exclude_seen, **kwargs)
+    self.num_items = int(np.asarray(counts).shape[0])
+    self.num_sessions = len(session_items)
+    lengths = np.array([len(items) for items in session_items], np.int64)
+    flat_items = (np.concatenate(session_items) if session_items
+                  else np.zeros([0], np.int64)).astype(np.int32)
+    session_of = np.repeat(np.arange(self.num_sessions, dtype=np.int32), lengths)
+    by_item = np.argsort(flat_items, kind="stable")  # postings keep newest-first order
+    self.items_of_session = tf.RaggedTensor.from_row_lengths(flat_items, lengths)
+    self.sessions_of_item = tf.RaggedTensor.from_row_lengths(
+        session_of[by_item], np.bincount(flat_items, minlength=self.num_items).astype(np.int64))
+    self.session_norms = tf.constant(np.sqrt(np.maximum(lengths, 1)).astype(np.float32))
+    self.neighbours = int(neighbours)
+    self.sample_size = int(sample_size)
+
+  @classmethod
+  def from_files(cls, train_files, num_items: int, neighbours: int = SKNN_NEIGHBOURS,
+                 sample_size: int = SKNN_SAMPLE_SIZE, exclude_seen: bool = False):
+    """Indexes only the sessions of `train_files` (the training split)."""
+    start = time.perf_counter()
+    sessions, timestamps = read_sessions_and_times(train_files)
+    model = cls(sessions_newest_first(sessions, timestamps),
+                training_counts(sessions, num_items), neighbours, sample_size, exclude_seen)
+    model.fit_seconds = time.perf_counter() - start
+    return model
+
+  def prefix_weights(self, item_ids, positions):
+    """Position weights of the prefix items: (items int32 [P, L], weights float32 [P, L]).
+
+    Position u (0-based) of the prefix ending at t weighs (u + 1) / (t + 1); an
+    item repeated in the prefix keeps only its latest position's weight; later
+    positions and padding weigh 0.
+    """
+    item_ids = tf.cast(item_ids, tf.int32)
+    positions = tf.cast(positions, tf.int32)
+    steps = tf.range(tf.shape(item_ids)[1])
+    rows = tf.gather(item_ids, positions[:, 0])  # [P, L]
+    ends = positions[:, 1:2]  # [P, 1]
+    in_prefix = (steps[None, :] <= ends) & (rows != schema.PADDING_INDEX)  # [P, L]
+    later = steps[:, None] < steps[None, :]  # [L(u), L(v)]: v after u
+    repeated_later = tf.reduce_any(
+        tf.equal(rows[:, :, None], rows[:, None, :]) & later[None, :, :]
+        & in_prefix[:, None, :], axis=2)  # [P, L]
+    decay = tf.cast(steps[None, :] + 1, tf.float32) / tf.cast(ends + 1, tf.float32)
+    return rows, tf.where(in_prefix & ~repeated_later, decay, 0.0)
+
+  def similarities(self, item_ids, positions):
+    """Cosine of each prefix with each training session: float32 [P, N].
+
+    Columns are the training sessions, newest first.
+    """
+    rows, weights = self.prefix_weights(item_ids, positions)
+    num_prefixes = tf.shape(rows)[0]
+    nonzero = weights > 0.0
+    prefix_of = tf.boolean_mask(
+        tf.broadcast_to(tf.range(num_prefixes)[:, None], tf.shape(rows)), nonzero)  # [E]
+    postings = tf.gather(self.sessions_of_item, tf.boolean_mask(rows, nonzero))  # [E, (n)]
+    entry_of = row_ids(postings)  # which prefix item each posting belongs to
+    cells = (tf.cast(tf.gather(prefix_of, entry_of), tf.int64) * self.num_sessions
+             + tf.cast(postings.flat_values, tf.int64))
+    dots = tf.math.unsorted_segment_sum(
+        tf.gather(tf.boolean_mask(weights, nonzero), entry_of), cells,
+        tf.cast(num_prefixes, tf.int64) * self.num_sessions)
+    dots = tf.reshape(dots, [num_prefixes, self.num_sessions])
+    norms = tf.sqrt(tf.reduce_sum(tf.square(weights), axis=1))  # |q|: [P]
+    return dots / self.session_norms[None, :] / tf.maximum(norms, 1e-12)[:, None]
+
+  def prefix_scores(self, item_ids, positions):
+    """sum over the neighbours of cosine x 1[j in neighbour] + popularity: [P, V]."""
+    similarities = self.similarities(item_ids, positions)  # [P, N], newest session first
+    if self.sample_size:
+      candidates = similarities > 0.0
+      recency_rank = tf.cumsum(tf.cast(candidates, tf.float32), axis=1)  # 1 = newest
+      similarities = tf.where(candidates & (recency_rank <= self.sample_size),
+                              similarities, 0.0)
+    top_similarities, top_sessions = tf.math.top_k(  # equal similarities: newest first
+        similarities, k=min(self.neighbours, self.num_sessions))
+    num_prefixes = tf.shape(similarities)[0]
+    voting = top_similarities > 0.0  # fewer candidates than neighbours: the rest is 0
+    prefix_of = tf.boolean_mask(
+        tf.broadcast_to(tf.range(num_prefixes)[:, None], tf.shape(top_sessions)), voting)
+    items = tf.gather(self.items_of_session, tf.boolean_mask(top_sessions, voting))
+    neighbour_of = row_ids(items)  # which neighbour each item belongs to
+    cells = (tf.cast(tf.gather(prefix_of, neighbour_of), tf.int64) * self.num_items
+             + tf.cast(items.flat_values, tf.int64))
+    scores = tf.math.unsorted_segment_sum(
+        tf.gather(tf.boolean_mask(top_similarities, voting), neighbour_of), cells,
+        tf.cast(num_prefixes, tf.int64) * self.num_items)
+    scores = tf.reshape(scores, [num_prefixes, self.num_items])
+    return scores + self.popularity[None, :]
