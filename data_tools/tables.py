@@ -74,7 +74,7 @@ def read_workbook(path: str, sheet: str = "") -> List[Tuple[str, pd.DataFrame]]:
   if not os.path.isfile(path):
     raise DataToolsError(f"{path}: no such file")
   try:
-    import openpyxl  # pylint: disable=g-import-not-at-top,unused-import
+    import openpyxl  # noqa: F401  (only checks that the engine pandas needs is installed)
   except ImportError as error:
     raise DataToolsError(
         f"{path}: reading .xlsx workbooks needs the openpyxl package, which is "
