@@ -16,7 +16,8 @@ from absl import flags
 
 PREPARE_FLAG_NAMES = frozenset({
     "raw_format", "raw_path", "catalog_path", "output_dir", "dataset_name",
-    "text_fields", "text_model", "require_text", "embedding_batch_size",
+    "text_fields", "text_model", "text_backend", "text_encoder_dir", "require_text",
+    "embedding_batch_size",
     "min_item_count", "min_session_length", "max_session_length",
     "valid_fraction", "test_fraction", "num_shards", "locale",
     "excluded_stock_codes", "split_seed", "sheet",

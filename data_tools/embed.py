@@ -7,6 +7,12 @@ looked up in the local Hugging Face cache only (HF_HUB_OFFLINE=1 and
 TRANSFORMERS_OFFLINE=1 are set before sentence_transformers is imported), so
 nothing is downloaded and nothing is cached outside the output folder.
 
+`--text_backend` picks what runs the model: `sentence_transformers` (torch), or
+`keras`, the same BERT converted to Keras by `alterrec_tf.text.convert` (no
+torch; a model folder or all-MiniLM-L6-v2, BERT + mean pooling only). The keras
+backend converts in memory (about 2 s) unless `--text_encoder_dir` names a
+converted folder to reuse (written there from the model when missing).
+
 Each configured text field of each item is embedded separately; an item's
 vector is the mean over its fields that have text (an empty field is left out
 of that item's mean), as the paper averages one embedding per field. An item
@@ -17,6 +23,7 @@ order and re-runs give the same bytes.
 """
 
 import os
+import shutil
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -41,12 +48,25 @@ def resolve_model(name: str) -> str:
   return str(path) if os.path.isdir(path) else name
 
 
-def load_encoder(name: str):
-  """Loads a SentenceTransformer on the CPU without network access.
+def load_encoder(name: str, backend: str = "sentence_transformers", encoder_dir: str = ""):
+  """Loads the sentence model on the CPU without network access.
+
+  Args:
+    name: --text_model (a folder or a name, see `resolve_model`).
+    backend: "sentence_transformers" (a SentenceTransformer) or "keras" (see
+      `load_keras_encoder`).
+    encoder_dir: keras only: the converted encoder folder ("" = in memory).
+
+  Returns:
+    An object with `encode(list_of_str, **kwargs) -> float32 [n, d]`.
 
   Raises:
     DataToolsError: the model cannot be loaded offline.
   """
+  if backend == "keras":
+    return load_keras_encoder(name, encoder_dir)
+  if backend != "sentence_transformers":
+    raise DataToolsError(f"--text_backend={backend}: use sentence_transformers or keras")
   os.environ["HF_HUB_OFFLINE"] = "1"
   os.environ["TRANSFORMERS_OFFLINE"] = "1"
   path = resolve_model(name)
@@ -64,6 +84,81 @@ def load_encoder(name: str):
     raise DataToolsError(
         f"--text_model={name}: cannot load {path} offline ({type(error).__name__}:"
         f" {error}); pass --text_model=<local model folder>") from error
+
+
+def options_encoder(options):
+  """The encoder of `PrepareOptions` (--text_model, --text_backend, --text_encoder_dir)."""
+  if options.text_backend == "sentence_transformers":
+    return load_encoder(options.text_model)  # one argument: tests replace load_encoder
+  return load_encoder(options.text_model, options.text_backend, options.text_encoder_dir)
+
+
+def load_keras_encoder(name: str, encoder_dir: str = ""):
+  """The Keras port of `name` (`alterrec_tf.text`) behind the `encode` interface.
+
+  Args:
+    name: --text_model: a sentence-transformers folder (BERT + mean pooling,
+      optionally Normalize) or all-MiniLM-L6-v2 (the packaged copy).
+    encoder_dir: a converted encoder folder: loaded when it is one, else (absent
+      or empty) written there by `alterrec_tf.text.convert`; "" = convert in
+      memory, nothing written.
+
+  Returns:
+    `alterrec_tf.text.encoder.NumpyTextEncoder`.
+
+  Raises:
+    DataToolsError: the model cannot be converted, or `encoder_dir` is a folder
+      with other files in it.
+  """
+  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.text import convert
+  from alterrec_tf.text import encoder as text_encoder
+  # pylint: enable=g-import-not-at-top
+  where = f"--text_backend=keras --text_model={name}"
+  try:
+    if encoder_dir and text_encoder.is_encoder_folder(encoder_dir):
+      encoder = text_encoder.load_encoder(encoder_dir)
+      check_encoder_source(encoder, name, encoder_dir)
+    else:
+      if encoder_dir and os.path.isdir(encoder_dir) and os.listdir(encoder_dir):
+        raise DataToolsError(
+            f"--text_encoder_dir={encoder_dir} holds other files and no converted encoder "
+            f"({text_encoder.CONFIG_FILE}, {text_encoder.VOCAB_FILE}, "
+            f"{text_encoder.WEIGHTS_FILE}); give an empty or new folder")
+      encoder = (_convert_into(convert, resolve_model(name), encoder_dir) if encoder_dir
+                 else convert.convert(resolve_model(name)))
+  except DataToolsError:
+    raise
+  except (convert.ConversionError, FileNotFoundError, ValueError) as error:
+    raise DataToolsError(f"{where}: cannot build the Keras encoder ({error}); use "
+                         "--text_backend=sentence_transformers") from error
+  except OSError as error:
+    raise DataToolsError(f"{where}: --text_encoder_dir={encoder_dir}: {error}") from error
+  return text_encoder.NumpyTextEncoder(encoder)
+
+
+def _convert_into(convert, model_dir: str, encoder_dir: str):
+  """Converts `model_dir` into `encoder_dir` through a temporary sibling folder,
+  so that a failed conversion leaves no half-written encoder folder."""
+  staging = f"{os.path.normpath(encoder_dir)}.tmp-{os.getpid()}"
+  try:
+    encoder = convert.convert(model_dir, staging)
+    if os.path.isdir(encoder_dir):
+      os.rmdir(encoder_dir)  # empty (checked by the caller)
+    os.rename(staging, encoder_dir)
+    return encoder
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_encoder_source(encoder, name: str, encoder_dir: str) -> None:
+  """Refuses an encoder folder converted from another model than `name`."""
+  source = encoder.config.source
+  model_dir = resolve_model(name)
+  if source and os.path.isdir(model_dir) and (
+      os.path.realpath(source) != os.path.realpath(model_dir)):
+    raise DataToolsError(f"--text_encoder_dir={encoder_dir} was converted from {source}, "
+                         f"--text_model={name} is {model_dir}; use another folder")
 
 
 def embed_texts(encoder, texts: Sequence[str], batch_size: int

@@ -1,7 +1,8 @@
 """Embed a catalogue of new items for cold start at export time.
 
   python -m data_tools.embed_items --catalog=new_products.csv --text_fields=title \\
-      --output=new_items/ [--data_dir=data/online_retail] [--id_column=id]
+      --output=new_items/ [--data_dir=data/online_retail] [--id_column=id] \\
+      [--text_backend=keras [--text_encoder_dir=text_encoder/]]
 
 writes the table that `python -m alterrec_tf.export --new_items=new_items/`
 adds to the served catalogue (format: `alterrec_tf.new_items`): new_items.tsv
@@ -10,9 +11,12 @@ adds to the served catalogue (format: `alterrec_tf.new_items`): new_items.tsv
 Each item is embedded exactly as `data_tools.prepare` embeds the trained
 catalogue (`data_tools.embed.item_text_table`: one vector per text field, the
 mean over the fields that have text), with the same sentence model; with
---data_dir the model and fields default to that dataset's manifest, and items
-already in its vocabulary are skipped (the exporter rejects them), so a whole
-catalogue dump can be passed.
+--data_dir the model, fields and --text_backend default to that dataset's
+manifest, and items already in its vocabulary are skipped (the exporter rejects
+them), so a whole catalogue dump can be passed. `--text_backend=keras` runs the
+model without torch (`data_tools.embed.load_keras_encoder`). An export with text
+signatures (`alterrec_tf.export --text_signatures`) takes raw text instead and
+needs no table at all.
 """
 
 import os
@@ -22,7 +26,7 @@ from typing import List, Optional, Sequence
 from alterrec_tf.formats import new_items as alter_new_items
 from alterrec_tf.formats import schema
 from data_tools import embed, tables
-from data_tools.options import DEFAULT_TEXT_MODEL
+from data_tools.options import DEFAULT_TEXT_MODEL, TEXT_BACKENDS
 from data_tools.sessions import DataToolsError, clean_text
 
 ID_COLUMNS = ("id", "item_id", "raw_item_id", "product_id", "stockcode", "sku")
@@ -31,7 +35,8 @@ ID_COLUMNS = ("id", "item_id", "raw_item_id", "product_id", "stockcode", "sku")
 def embed_catalog(catalog: str, output: str, text_fields: Sequence[str] = ("title",),
                   text_model: Optional[str] = None, data_dir: Optional[str] = None,
                   id_column: Optional[str] = None, batch_size: int = 64,
-                  encoder=None) -> dict:
+                  encoder=None, text_backend: Optional[str] = None,
+                  text_encoder_dir: str = "") -> dict:
   """Reads `catalog`, embeds its new items, writes the table; returns a summary.
 
   Args:
@@ -43,14 +48,22 @@ def embed_catalog(catalog: str, output: str, text_fields: Sequence[str] = ("titl
     id_column: the id column (default: the first of ID_COLUMNS present).
     batch_size: texts per embedding batch.
     encoder: an already loaded encoder (tests); default: load `text_model`.
+    text_backend: sentence_transformers or keras (default: the dataset's, else
+      sentence_transformers).
+    text_encoder_dir: keras: the converted encoder folder ("" = in memory).
   """
   known = set()
   if data_dir:
     manifest = schema.load_manifest(data_dir)
     text_model = text_model or manifest.get("text_model")
+    text_backend = text_backend or manifest.get("text_backend")
     text_fields = list(text_fields) or manifest.get("text_fields") or ["title"]
     known = {raw_id for raw_id, _ in schema.read_vocab(data_dir)}
   text_model = text_model or DEFAULT_TEXT_MODEL
+  text_backend = text_backend or TEXT_BACKENDS[0]
+  if text_backend not in TEXT_BACKENDS:
+    raise DataToolsError(f"--text_backend={text_backend} must be one of "
+                         f"{', '.join(TEXT_BACKENDS)}")
   fields = [field for field in text_fields if field]
   if not fields:
     raise DataToolsError("--text_fields is empty: nothing to embed")
@@ -70,13 +83,14 @@ def embed_catalog(catalog: str, output: str, text_fields: Sequence[str] = ("titl
   texts = texts.loc[[raw_id for raw_id in texts.index if raw_id not in known]]
   if not len(texts):
     raise DataToolsError(f"{catalog}: no new item (all {len(skipped)} are in {data_dir})")
-  encoder = encoder or embed.load_encoder(text_model)
+  encoder = encoder or embed.load_encoder(text_model, text_backend, text_encoder_dir)
   vectors = embed.item_text_table(encoder, texts, fields, batch_size, require_text=True)[1:]
   title_field = "title" if "title" in fields else fields[0]
   alter_new_items.write(output, list(texts.index), list(texts[title_field]), vectors,
                         text_model)
   return {"output": output, "num_items": len(texts), "skipped_known": len(skipped),
-          "text_dim": int(vectors.shape[1]), "text_model": text_model, "fields": fields}
+          "text_dim": int(vectors.shape[1]), "text_model": text_model, "fields": fields,
+          "text_backend": text_backend}
 
 
 def define_flags():
@@ -92,6 +106,12 @@ def define_flags():
                       "sentence model and fields are the defaults, its items are skipped.")
   flags.DEFINE_string("id_column", None, f"Id column; default the first of {ID_COLUMNS}.")
   flags.DEFINE_integer("embedding_batch_size", 64, "Texts per embedding batch.")
+  flags.DEFINE_enum("text_backend", None, list(TEXT_BACKENDS), "What runs the sentence "
+                    "model; default: the dataset's (--data_dir), else "
+                    f"{TEXT_BACKENDS[0]}. keras needs no torch.")
+  flags.DEFINE_string("text_encoder_dir", "", "--text_backend=keras: converted encoder "
+                      "folder to reuse (written from the model when missing); empty = "
+                      "convert in memory.")
 
 
 def main(argv: List[str]):
@@ -104,12 +124,13 @@ def main(argv: List[str]):
     summary = embed_catalog(values.catalog, values.output,
                             values.text_fields or ([] if values.data_dir else ["title"]),
                             values.text_model, values.data_dir, values.id_column,
-                            values.embedding_batch_size)
+                            values.embedding_batch_size, text_backend=values.text_backend,
+                            text_encoder_dir=values.text_encoder_dir)
   except (DataToolsError, schema.DataError, alter_new_items.NewItemsError) as error:
     print(f"error: {error}", file=sys.stderr)
     raise SystemExit(1) from None
   print(f"wrote {summary['num_items']} new items ({summary['text_dim']}-d, "
-        f"{summary['text_model']}, fields {','.join(summary['fields'])}) to "
+        f"{summary['text_model']} via {summary['text_backend']}, fields {','.join(summary['fields'])}) to "
         f"{os.path.abspath(summary['output'])}"
         + (f"; skipped {summary['skipped_known']} already trained" if summary["skipped_known"]
            else ""))

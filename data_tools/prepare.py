@@ -164,7 +164,7 @@ def _write(folder: str, raw: S.RawSessions, options: PrepareOptions,
     written += files[split]
   text_dim = 0
   if fields:
-    encoder = embed.load_encoder(options.text_model)
+    encoder = embed.options_encoder(options)
     table = embed.item_text_table(encoder, item_texts(raw, vocab, fields), fields,
                                   options.embedding_batch_size,
                                   options.require_text, raw.item_origin)
@@ -199,6 +199,7 @@ def build_manifest(raw: S.RawSessions, options: PrepareOptions,
       "text_dim": written["text_dim"],
       "text_fields": list(options.text_fields) if written["text_dim"] else [],
       "text_model": options.text_model if written["text_dim"] else None,
+      "text_backend": options.text_backend if written["text_dim"] else None,
       "eval_protocol": raw.eval_protocol, "split_rule": rule,
       "guests": _guest_counts(sessions) if not raw.split_rule else None,
       "sessions_deduplicated": bool(raw.sessions_deduplicated),
