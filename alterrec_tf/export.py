@@ -2,7 +2,8 @@
 
   python -m alterrec_tf.export --run_dir=runs/online_retail \\
       --export_dir=models/alterrec [--k=20] [--exclude_session_items] \\
-      [--new_items=new_items/] [--version=N]
+      [--new_items=new_items/] [--version=N] \\
+      [--[no]text_signatures] [--text_encoder_dir=text_encoder/]
 
 writes models/alterrec/N/ (N = the next integer version unless --version):
 
@@ -20,6 +21,19 @@ table, --verify_data), --k against the catalogue and that export_dir can be
 written (`check_request`); a refused command prints one line (`alterrec_tf.cli`).
 This module does not import data_tools, pandas or torch (TensorFlow itself
 imports pandas where it is installed).
+
+Text signatures (`--text_signatures`; by default on when the run has a text
+tower and the dataset's sentence model can be rebuilt): the export also holds
+the sentence encoder (`alterrec_tf.text`, all-MiniLM-L6-v2: +90 MB of weights)
+and serves `new_item_vectors` and `score_text_candidates` (raw text fields of
+new items in, see `alterrec_tf.serving.module`). The encoder is read from
+`--text_encoder_dir` (a folder of `alterrec_tf.text.convert`; written there
+from the dataset's text_model when absent or empty), else converted in memory
+from the installed sentence-transformers model files (no torch). Before it is
+used, it must re-embed the dataset's own item titles to its text table
+(datasets whose text field is `title`; median difference <= 1e-3). Loading
+such an export needs `import tensorflow_text` (serving/check.py and
+recommend.py do it).
 """
 
 import json
@@ -42,6 +56,10 @@ EXPORT_INFO_FILE = "alterrec_export.json"
 WARMUP_FILE = "tf_serving_warmup_requests"
 ASSETS_EXTRA = "assets.extra"
 WEIGHTS_FILE = alter_runs.BEST_WEIGHTS_FILE
+TEXT_TABLE_ITEMS = 32  # dataset items re-embedded to check the sentence encoder
+TEXT_TABLE_TOLERANCE = 1e-3  # median max |difference| allowed on those rows
+# the files of an encoder folder (= alterrec_tf.text.encoder's, without importing TF)
+ENCODER_FILES = ("text_encoder.json", "vocab.txt", "text_encoder.npz")
 
 
 class ExportError(ValueError):
@@ -98,7 +116,8 @@ def check_k(k: int, manifest: dict, data_dir: str, new_items: Optional[str] = No
 
 def check_request(run_dir: str, export_dir: Optional[str], data_dir: Optional[str] = None,
                   k: int = 20, version: Optional[int] = None, new_items: Optional[str] = None,
-                  verify_data: bool = True):
+                  verify_data: bool = True, text_signatures: Optional[bool] = None,
+                  text_encoder_dir: Optional[str] = None):
   """Everything `export` checks before TensorFlow is loaded (about a second).
 
   Returns:
@@ -116,6 +135,11 @@ def check_request(run_dir: str, export_dir: Optional[str], data_dir: Optional[st
     raise ExportError(f"--k={k} must be at least 1 (items per recommendation list)")
   config, manifest, data_dir = check_run(run_dir, data_dir, verify_data, weights=False)
   check_k(k, manifest, data_dir, new_items)
+  if text_signatures:
+    reason = text_signature_obstacle(model_names.ALTERREC_TOWERS[config.model], manifest,
+                                     text_encoder_dir)
+    if reason:
+      raise ExportError(f"--text_signatures: {reason}")
   cli.check_writable(export_dir, "--export_dir")
   check_weights(run_dir)
   return config, manifest, data_dir
@@ -164,6 +188,149 @@ def read_new_items(path: str, model, manifest: dict, vocab_rows) -> alter_new_it
   return table
 
 
+# --- text signatures ------------------------------------------------------------------
+def text_signature_obstacle(towers, manifest: dict, text_encoder_dir: Optional[str]
+                            ) -> Optional[str]:
+  """Why text signatures cannot be built (checked without TensorFlow), or None."""
+  if "text" not in towers:
+    return f"the run has no text tower (towers: {', '.join(towers)})"
+  if not manifest.get("text_fields") or not manifest.get("text_dim"):
+    return ("the dataset records no text_fields (prepared without text, or by an "
+            "older data_tools)")
+  if text_encoder_dir and os.path.isdir(text_encoder_dir) and os.listdir(text_encoder_dir) \
+      and not all(os.path.isfile(os.path.join(text_encoder_dir, name))
+                  for name in ENCODER_FILES):
+    return (f"--text_encoder_dir={text_encoder_dir} holds other files and no converted "
+            f"encoder ({', '.join(ENCODER_FILES)}); give an encoder folder, or an empty "
+            "or new one to convert into")
+  if not text_encoder_dir and not manifest.get("text_model"):
+    return "the dataset records no text_model; pass --text_encoder_dir"
+  return None
+
+
+def load_text_encoder(manifest: dict, text_encoder_dir: Optional[str]):
+  """The dataset's sentence encoder (`alterrec_tf.text.encoder.SentenceEncoder`).
+
+  From `text_encoder_dir` when it is an encoder folder; else converted from the
+  manifest's text_model, into `text_encoder_dir` when given (kept for the next
+  export), else in memory.
+
+  Raises:
+    ExportError: one line naming the folder or model.
+  """
+  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.text import convert
+  from alterrec_tf.text import encoder as text_encoder
+  # pylint: enable=g-import-not-at-top
+  model_name = manifest.get("text_model") or ""
+  try:
+    if text_encoder_dir and text_encoder.is_encoder_folder(text_encoder_dir):
+      encoder = text_encoder.load_encoder(text_encoder_dir)
+      model_dir = _model_dir(convert, model_name)
+      source = encoder.config.source
+      if source and model_dir and os.path.realpath(source) != os.path.realpath(model_dir):
+        raise ExportError(f"--text_encoder_dir={text_encoder_dir} was converted from "
+                          f"{source}; the dataset was embedded with {model_name} "
+                          f"({model_dir}); use another folder")
+    elif text_encoder_dir:  # absent or empty (text_signature_obstacle)
+      staging = f"{os.path.normpath(text_encoder_dir)}.tmp-{os.getpid()}"
+      try:  # a failed conversion leaves no half-written encoder folder
+        encoder = convert.convert(model_name, staging)
+        if os.path.isdir(text_encoder_dir):
+          os.rmdir(text_encoder_dir)
+        os.rename(staging, text_encoder_dir)
+      finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    else:
+      encoder = convert.convert(model_name)
+  except ExportError:
+    raise
+  except (convert.ConversionError, ValueError, OSError) as error:
+    what = (f"--text_encoder_dir={text_encoder_dir}" if text_encoder_dir
+            else f"the dataset's text_model {model_name!r}")
+    raise ExportError(f"cannot build the sentence encoder from {what}: {error}") from error
+  dim = manifest.get("text_dim")
+  if encoder.dim != dim:
+    raise ExportError(f"the sentence encoder ({encoder.config.source or text_encoder_dir}) "
+                      f"gives {encoder.dim}-d vectors, the dataset's text table is {dim}-d")
+  return encoder
+
+
+def _model_dir(convert, name: str) -> str:
+  """The model folder `name` resolves to, "" where it is not one here."""
+  try:
+    return convert.resolve_model(name) if name else ""
+  except convert.ConversionError:
+    return ""
+
+
+def check_text_table(field_mean, model, manifest: dict, rows) -> Optional[dict]:
+  """Re-embeds up to TEXT_TABLE_ITEMS titles and compares them with the dataset's
+  text table (the model's); None where the dataset's text is not just the title.
+
+  Returns:
+    {"items", "max_abs_diff", "median_abs_diff"} of the per-item max |difference|.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if list(manifest.get("text_fields") or []) != ["title"]:
+    return None
+  titled = [i for i in range(1, manifest["num_items"]) if str(rows[i][1]).strip()]
+  if not titled:
+    return None
+  step = max(1, len(titled) // TEXT_TABLE_ITEMS)
+  items = titled[::step][:TEXT_TABLE_ITEMS]
+  vectors = field_mean(tf.constant([[rows[i][1]] for i in items], tf.string)).numpy()
+  table = np.asarray(model.text_tower.item_encoder.text_table)[items]
+  diff = np.abs(vectors - table).max(axis=1)
+  return {"items": len(items), "max_abs_diff": float(diff.max()),
+          "median_abs_diff": float(np.median(diff))}
+
+
+def build_text_layer(model, manifest: dict, rows, text_signatures: Optional[bool],
+                     text_encoder_dir: Optional[str]):
+  """(`ItemTextVectors` for the text signatures or None, what was done: a dict).
+
+  `text_signatures` None (the default): built where possible, else skipped with
+  the reason; True: every obstacle is an ExportError; False: skipped.
+  """
+  if text_signatures is False:
+    return None, {"skipped": "--notext_signatures"}
+  reason = text_signature_obstacle(model.tower_names, manifest, text_encoder_dir)
+  try:
+    if reason:
+      raise ExportError(reason)
+    # pylint: disable=g-import-not-at-top
+    from alterrec_tf.text import encoder as text_encoder
+    from alterrec_tf.text import item_space
+    # pylint: enable=g-import-not-at-top
+    encoder = load_text_encoder(manifest, text_encoder_dir)
+    field_mean = text_encoder.FieldMeanEncoder(encoder, name="field_mean")
+    table_check = check_text_table(field_mean, model, manifest, rows)
+    if table_check and table_check["median_abs_diff"] > TEXT_TABLE_TOLERANCE:
+      raise ExportError(
+          f"the sentence encoder ({encoder.config.source}) does not reproduce the "
+          f"dataset's text table (median max |difference| "
+          f"{table_check['median_abs_diff']:.2g} over {table_check['items']} titles); "
+          "pass --text_encoder_dir converted from the dataset's text_model")
+  except ExportError as error:
+    if text_signatures:
+      raise ExportError(f"--text_signatures: {error}") from None
+    return None, {"skipped": str(error)}
+  item_encoder = model.text_tower.item_encoder
+  layer = item_space.ItemTextVectors(field_mean, [item_encoder.projection, item_encoder.norm],
+                                     name="text_item_vectors")
+  weights = sum(int(np.prod(v.shape)) * 4 for v in encoder.named_weights().values())
+  info = {
+      "fields": list(manifest["text_fields"]), "source": encoder.config.source,
+      "text_model": manifest.get("text_model"), "encoder_dir": text_encoder_dir or "",
+      "layers": encoder.config.bert.num_layers, "dim": encoder.dim,
+      "max_seq_length": encoder.config.max_seq_length,
+      "vocabulary_size": encoder.tokenizer.vocabulary_size,
+      "encoder_weights_bytes": weights, "table_check": table_check,
+  }
+  return layer, info
+
+
 def write_vocab(path: str, rows) -> None:
   """index TAB raw id TAB title, no header (the lookup tables read it)."""
   with open(path, "w", encoding="utf-8") as f:
@@ -194,8 +361,11 @@ def serving_parts(model, config, num_items: int, new_rows: Optional[np.ndarray] 
 
 
 def build_module(model, config, manifest, data_dir: str, scratch_dir: str, k: int,
-                 exclude_session_items: bool, new_items_path: Optional[str] = None):
-  """(`ServingModule` of a loaded run, vocabulary rows it serves, new text rows or None)."""
+                 exclude_session_items: bool, new_items_path: Optional[str] = None,
+                 text_layer=None):
+  """(`ServingModule` of a loaded run, vocabulary rows it serves, new text rows or None).
+
+  `text_layer`: the `ItemTextVectors` of the text signatures (`build_text_layer`)."""
   from alterrec_tf.data import windows as alter_data  # pylint: disable=g-import-not-at-top
   from alterrec_tf.serving import module as serving  # pylint: disable=g-import-not-at-top
   num_items = manifest["num_items"]
@@ -217,8 +387,9 @@ def build_module(model, config, manifest, data_dir: str, scratch_dir: str, k: in
   popularity = np.concatenate([counts, np.zeros([len(rows) - num_items], np.float32)])
   vocab_path = os.path.join(scratch_dir, serving.VOCAB_ASSET)
   write_vocab(vocab_path, rows)
-  module = serving.ServingModule(matrix, parts, popularity, vocab_path, config.max_len, k,
-                                 exclude_session_items)
+  module = serving.ServingModule(
+      matrix, parts, popularity, vocab_path, config.max_len, k, exclude_session_items,
+      text_layer, len(manifest.get("text_fields") or []) if text_layer is not None else 0)
   return module, rows, new_rows
 
 
@@ -256,7 +427,8 @@ def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
            exclude_session_items: Optional[bool] = None,
            new_items: Optional[str] = None, model_name: Optional[str] = None,
            warmup: bool = True, verify: bool = True, loaded_run=None,
-           verify_data: bool = True) -> dict:
+           verify_data: bool = True, text_signatures: Optional[bool] = None,
+           text_encoder_dir: Optional[str] = None) -> dict:
   """Exports `run_dir` as version `version` (default: next) of `export_dir`.
 
   Args:
@@ -264,6 +436,9 @@ def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
       run was trained and evaluated (its --seen_items).
     loaded_run: an already loaded (model, config, manifest, data_dir) (tests).
     verify_data: check the dataset's files against its manifest hashes first.
+    text_signatures: add new_item_vectors / score_text_candidates (the sentence
+      encoder in the graph); None: where the run and dataset allow it.
+    text_encoder_dir: the converted sentence encoder (see `load_text_encoder`).
 
   Returns:
     The export info (also written to assets.extra/alterrec_export.json), with
@@ -275,7 +450,8 @@ def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
   """
   start = time.perf_counter()
   if loaded_run is None:  # every check before TensorFlow is loaded
-    checked = check_request(run_dir, export_dir, data_dir, k, version, new_items, verify_data)
+    checked = check_request(run_dir, export_dir, data_dir, k, version, new_items, verify_data,
+                            text_signatures, text_encoder_dir)
     loaded_run = load_run(run_dir, checked=checked)
   model, config, manifest, data_dir = loaded_run
   check_k(k, manifest, data_dir, new_items)
@@ -308,8 +484,10 @@ def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
     scratch = os.path.join(staging, "scratch")
     target = os.path.join(staging, "model")
     os.makedirs(scratch)
+    text_layer, text_info = build_text_layer(model, manifest, schema.read_vocab(data_dir),
+                                             text_signatures, text_encoder_dir)
     module, rows, new_rows = build_module(model, config, manifest, data_dir, scratch, k,
-                                          exclude_session_items, new_items)
+                                          exclude_session_items, new_items, text_layer)
     tf.saved_model.save(module, target, signatures=module.signatures())
     num_warmup = 0
     if warmup:
@@ -319,10 +497,22 @@ def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
     mismatches, checked = None, []
     if verify:
       checked = export_check.sample_sessions(data_dir, manifest)
-      mismatches = export_check.verify_export(target, model, checked, k, new_rows, exclude_session_items)
+      loaded = tf.saved_model.load(target)
+      mismatches = export_check.verify_export(target, model, checked, k, new_rows,
+                                              exclude_session_items, loaded=loaded)
       if mismatches:
         raise ExportError(f"the exported top-{k} differs from the Keras model's in "
                           f"{mismatches} places; nothing was exported")
+      if text_layer is not None:
+        fields = export_check.sample_fields([title for _, title in rows[1:]],
+                                            module.num_text_fields)
+        bad = export_check.verify_text_signatures(
+            loaded, model, text_layer, checked, [raw_id for raw_id, _ in rows], fields)
+        text_info["verified"] = {"candidates": len(fields), "sessions": len(checked)}
+        if any(bad):
+          raise ExportError(f"the exported text signatures differ from the Keras layers "
+                            f"(new_item_vectors: {bad[0]} values, score_text_candidates: "
+                            f"{bad[1]} scores); nothing was exported")
     variables_bytes = folder_bytes(os.path.join(target, "variables"))
     weights_bytes = checkpoint_variable_bytes(target)
     info = {
@@ -334,7 +524,10 @@ def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
         "max_len": config.max_len, "k": k, "exclude_session_items": exclude_session_items,
         "num_items": len(rows), "num_trained_items": manifest["num_items"],
         "num_new_items": len(rows) - manifest["num_items"], "new_items": new_items or "",
-        "signatures": list(serving.SIGNATURES), "warmup_requests": num_warmup,
+        "signatures": list(module.signature_names), "warmup_requests": num_warmup,
+        "text_signatures": text_layer is not None,
+        "text": ({**text_info, "signatures": list(serving.TEXT_SIGNATURES)}
+                 if text_layer is not None else text_info),
         "verified_sessions": None if mismatches is None else len(checked),
         "variables_bytes": variables_bytes, "weights_bytes": weights_bytes,
         "saved_model_pb_bytes": os.path.getsize(os.path.join(target, "saved_model.pb")),
@@ -376,9 +569,26 @@ def format_info(info: dict) -> str:
   if info.get("training_weights_file_bytes"):
     lines.append(f"  (training {WEIGHTS_FILE}, with optimizer state and the ID table: "
                  f"{info['training_weights_file_bytes'] / 1e6:.2f} MB)")
+  text = info.get("text") or {}
+  if info.get("text_signatures"):
+    lines.append(
+        f"  text signatures {', '.join(text['signatures'])}: fields "
+        f"{','.join(text['fields'])}; the sentence encoder ({text['layers']} layers, "
+        f"d={text['dim']}, {text['vocabulary_size']} tokens) adds "
+        f"{text['encoder_weights_bytes'] / 1e6:.1f} MB of weights to variables/ (its graph "
+        "and vocabulary are in saved_model.pb); load with `import tensorflow_text`")
+    if text.get("table_check"):
+      lines.append(f"  sentence encoder re-embeds {text['table_check']['items']} dataset "
+                   f"titles to within {text['table_check']['max_abs_diff']:.1g} of its "
+                   "text table")
+  elif text.get("skipped"):
+    lines.append(f"  no text signatures: {text['skipped']}")
   if info.get("verified_sessions"):
     lines.append(f"  checked: top-{info['k']} of {info['verified_sessions']} test sessions "
                  "equal the Keras model's")
+  if text.get("verified"):
+    lines.append(f"  checked: the text signatures on {text['verified']['candidates']} "
+                 "candidate texts equal the Keras layers")
   lines.append(f"  warmup requests: {info['warmup_requests']}; took "
                f"{info['export_seconds']:.1f}s")
   return "\n".join(lines)
@@ -404,6 +614,15 @@ def define_flags():
   flags.DEFINE_boolean("warmup", True, "Write assets.extra/tf_serving_warmup_requests.")
   flags.DEFINE_boolean("verify", True, "Load the export back and check its top-k against "
                        "the Keras model on test sessions before publishing it.")
+  flags.DEFINE_boolean("text_signatures", None,
+                       "Add the signatures new_item_vectors and score_text_candidates "
+                       "(new items as raw text; the sentence encoder in the graph, ~90 MB). "
+                       "Unset: when the run has a text tower and the dataset's sentence "
+                       "model can be rebuilt.")
+  flags.DEFINE_string("text_encoder_dir", None,
+                      "Sentence encoder folder of alterrec_tf.text.convert for the text "
+                      "signatures (converted into it from the dataset's text_model when "
+                      "absent or empty); unset: convert in memory.")
 
 
 def main(argv):
@@ -414,7 +633,9 @@ def main(argv):
   verify_data = bool(cli.flag_value("verify_data", True))
   info = export(values.run_dir, values.export_dir, values.data_dir, values.version,
                 values.k, values.exclude_session_items, values.new_items,
-                values.model_name, values.warmup, values.verify, verify_data=verify_data)
+                values.model_name, values.warmup, values.verify, verify_data=verify_data,
+                text_signatures=values.text_signatures,
+                text_encoder_dir=values.text_encoder_dir)
   print(format_info(info))
 
 

@@ -1,14 +1,20 @@
 """Checks that an exported SavedModel ranks like the Keras model it came from.
 
 The exporter loads every version back before publishing it and compares its
-top-k with the in-memory model's fused scores on real sessions; the tests use
-the same helpers in a fresh process.
+top-k with the in-memory model's fused scores on real sessions, and (an export
+with text signatures) its text item vectors and candidate scores with the
+Keras layers'; the tests use the same helpers in a fresh process.
+
+tensorflow_text is imported here because an export with text signatures holds
+its tokenizer's ops, which register on import: without it tf.saved_model.load
+of such an export fails ("Op type not registered").
 """
 
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_text  # noqa: F401  # pylint: disable=unused-import
 
 from alterrec_tf.formats import schema
 from alterrec_tf.serving import module as serving
@@ -96,20 +102,73 @@ def expected_scores(model, sessions: Sequence[Sequence[int]],
 
 def verify_export(path: str, model, sessions: Sequence[Sequence[int]], k: int,
                   new_rows: Optional[np.ndarray] = None,
-                  exclude_session_items: bool = False) -> int:
-  """Loads the SavedModel at `path`; counts top-k places that differ from
-  `expected_scores` (0 = the export ranks as the Keras model)."""
+                  exclude_session_items: bool = False, loaded=None) -> int:
+  """Loads the SavedModel at `path` (unless `loaded`); counts top-k places that
+  differ from `expected_scores` (0 = the export ranks as the Keras model)."""
   # the requests are the sessions' last max_len items (what is sent is excluded)
   sessions = [list(s)[-model.config.max_len:] for s in sessions if len(s)]
   if not sessions:
     return 0
-  loaded = tf.saved_model.load(path)
+  loaded = loaded or tf.saved_model.load(path)
   window = pad_sessions(sessions, model.config.max_len)
   out = loaded.signatures[serving.SIGNATURE_TOP_K](
       item_ids=tf.constant(window, tf.int64), k=tf.constant(k, tf.int32))
   return top_k_mismatches(expected_scores(model, sessions, new_rows, exclude_session_items),
                           out[serving.OUTPUT_INDICES].numpy(),
                           out[serving.OUTPUT_SCORES].numpy())
+
+
+def sample_fields(titles: Sequence[str], num_fields: int, count: int = 8) -> List[List[str]]:
+  """Text fields [count + 1, num_fields] to check the text signatures with: title
+  i in field i % F (the other fields empty), and a last row without text."""
+  rows = [["" if f != i % num_fields else str(t) for f in range(num_fields)]
+          for i, t in enumerate(list(titles)[:count])]
+  return rows + [[""] * num_fields]
+
+
+def verify_text_signatures(loaded, model, text_layer, sessions: Sequence[Sequence[int]],
+                           raw_ids: Sequence[str], fields: Sequence[Sequence[str]],
+                           atol: float = 1e-4) -> Tuple[int, int]:
+  """Checks an export's text signatures against the Keras layers.
+
+  Args:
+    loaded: the loaded SavedModel.
+    model: the Keras model it was exported from.
+    text_layer: the `ItemTextVectors` layer the export holds.
+    sessions: dense index sessions (their last max_len items are sent as raw ids).
+    raw_ids: raw id of each dense index (the served vocabulary).
+    fields: candidate text fields [C, F].
+
+  Returns:
+    (values of new_item_vectors' text_item_vectors that differ from
+    `text_layer`, scores of score_text_candidates that differ from the text
+    tower's term (1 - alpha) / temperature * u_text . v).
+  """
+  fields_tensor = tf.constant([list(row) for row in fields], tf.string)
+  expected = text_layer(fields_tensor).numpy()
+  out = loaded.signatures[serving.SIGNATURE_NEW_ITEM_VECTORS](
+      **{serving.INPUT_FIELDS: fields_tensor})
+  served = out[serving.OUTPUT_TEXT_ITEM_VECTORS].numpy()
+  vector_mismatches = int((~np.isclose(served, expected, atol=atol, rtol=1e-5)).sum())
+  rows = out[serving.OUTPUT_ITEM_VECTORS].numpy()
+  text_columns = rows[:, rows.shape[1] - expected.shape[1]:]
+  vector_mismatches += int((~np.isclose(text_columns, served, atol=1e-6)).sum())
+  vector_mismatches += int(np.count_nonzero(rows[:, :rows.shape[1] - expected.shape[1]]))
+  sessions = [list(s)[-model.config.max_len:] for s in sessions if len(s)]
+  if not sessions:
+    return vector_mismatches, 0
+  width = max(len(s) for s in sessions)
+  request = np.full([len(sessions), width], b"", dtype=object)
+  for row, items in enumerate(sessions):
+    request[row, :len(items)] = [raw_ids[i].encode("utf-8") for i in items]
+  scored = loaded.signatures[serving.SIGNATURE_SCORE_TEXT](
+      **{serving.INPUT_RAW_ITEM_IDS: tf.constant(request),
+         serving.INPUT_CANDIDATE_FIELDS: fields_tensor})
+  scale = serving.tower_scales(model.config, model.tower_names)["text"]
+  reference = scale * reference_text_vectors(model, sessions) @ expected.T
+  scores = scored[serving.OUTPUT_CANDIDATE_SCORES].numpy()
+  score_mismatches = int((~np.isclose(scores, reference, atol=atol, rtol=1e-4)).sum())
+  return vector_mismatches, score_mismatches
 
 
 # --- warmup ---------------------------------------------------------------------------

@@ -33,6 +33,19 @@ of the request (also those beyond the last max_len) scores NEG_INF, so it is
 never in a list of k <= V - 1 - (session items) items; the padding column
 scores below that and is never returned.
 
+Text signatures (optional, `text_item_vectors` given): new items as raw text,
+scored without re-exporting. `new_item_vectors` maps text fields [N, F] (the
+dataset's text fields, in the manifest's order; "" = no text; F is declared,
+not enforced: an item's vector is the mean over whichever fields have text,
+so the order does not matter) through the
+sentence encoder and the text tower's item projection to the text tower's item
+vectors [N, d_text] and to rows [N, D] laid out as the cold-start rows of
+item_matrix (zeros in the ID columns). `score_text_candidates` scores such
+candidates [C, F] for sessions of raw ids [B, L]: q @ rows^T [B, C], the very
+score the items would get if exported with --new_items. The sentence encoder
+(an `alterrec_tf.text` Keras BERT with a tensorflow-text tokenizer) is then part
+of the SavedModel: a process that loads it must `import tensorflow_text` first.
+
 Cost: the transformer session encoder dominates (the fused scoring is one
 [B, D] x [D, V] matmul and one top_k). It runs per bucket of session lengths
 (<= 8, 9..16, 17..32, ..., max_len), each bucket padded to its own longest
@@ -55,10 +68,15 @@ SIGNATURE_TOP_K = "top_k"
 SIGNATURE_RAW = "raw_ids"
 SIGNATURE_RAW_TOP_K = "raw_ids_top_k"
 SIGNATURES = (SIGNATURE_DEFAULT, SIGNATURE_TOP_K, SIGNATURE_RAW, SIGNATURE_RAW_TOP_K)
+SIGNATURE_NEW_ITEM_VECTORS = "new_item_vectors"
+SIGNATURE_SCORE_TEXT = "score_text_candidates"
+TEXT_SIGNATURES = (SIGNATURE_NEW_ITEM_VECTORS, SIGNATURE_SCORE_TEXT)
 
 INPUT_ITEM_IDS = "item_ids"
 INPUT_RAW_ITEM_IDS = "raw_item_ids"
 INPUT_K = "k"
+INPUT_FIELDS = "fields"
+INPUT_CANDIDATE_FIELDS = "candidate_fields"
 
 OUTPUT_ITEM_IDS = "top_k_item_ids"
 OUTPUT_INDICES = "top_k_indices"
@@ -66,6 +84,9 @@ OUTPUT_SCORES = "top_k_scores"
 OUTPUT_IGNORED = "num_ignored_items"
 OUTPUT_FALLBACK = "popular_fallback"
 OUTPUTS = (OUTPUT_ITEM_IDS, OUTPUT_INDICES, OUTPUT_SCORES, OUTPUT_IGNORED, OUTPUT_FALLBACK)
+OUTPUT_TEXT_ITEM_VECTORS = "text_item_vectors"
+OUTPUT_ITEM_VECTORS = "item_vectors"
+OUTPUT_CANDIDATE_SCORES = "scores"
 
 VOCAB_ASSET = "serving_vocab.tsv"  # index TAB raw_id TAB title, no header; row 0 = padding
 
@@ -113,10 +134,15 @@ class ServingModule(tf.Module):
     max_len: items of context kept per session.
     k: list length of the fixed-k signatures.
     exclude_session_items: never recommend an item of the request's session.
+    text_item_vectors: optional layer string [N, F] -> float32 [N, d_text], the
+      text tower's item vectors of raw text fields
+      (`alterrec_tf.text.item_space.ItemTextVectors`); adds the text signatures.
+    num_text_fields: F, the text fields a request gives per item.
   """
 
   def __init__(self, item_matrix, towers: Sequence[TowerPart], popularity, vocab_path: str,
-               max_len: int, k: int, exclude_session_items: bool):
+               max_len: int, k: int, exclude_session_items: bool,
+               text_item_vectors=None, num_text_fields: int = 0):
     super().__init__(name="alterrec_serving")
     num_items, width = item_matrix.shape
     if sum(t.dim for t in towers) != width:
@@ -124,6 +150,10 @@ class ServingModule(tf.Module):
                        f"item matrix width {width}")
     if not 1 <= k < num_items:
       raise ValueError(f"k={k} must be in [1, {num_items - 1}] (the number of items)")
+    if text_item_vectors is not None and (
+        "text" not in [t.name for t in towers] or num_text_fields < 1):
+      raise ValueError(f"text signatures need a text tower (towers: "
+                       f"{[t.name for t in towers]}) and text fields ({num_text_fields})")
     self.num_items = int(num_items)
     self.max_len = int(max_len)
     self.k = int(k)
@@ -145,6 +175,19 @@ class ServingModule(tf.Module):
     self.index_to_raw = tf.lookup.StaticHashTable(
         tf.lookup.TextFileInitializer(self.vocab_asset, tf.int64, 0, tf.string, 1,
                                       delimiter="\t"), default_value="")
+    # Tracked only with text signatures: the sentence encoder (~90 MB for
+    # all-MiniLM-L6-v2) and the text tower's projection + LayerNorm.
+    self.num_text_fields = int(num_text_fields)
+    if text_item_vectors is not None:
+      self.text_item_vectors = text_item_vectors
+
+  @property
+  def has_text_signatures(self) -> bool:
+    return hasattr(self, "text_item_vectors")
+
+  @property
+  def signature_names(self) -> tuple:
+    return SIGNATURES + (TEXT_SIGNATURES if self.has_text_signatures else ())
 
   # --- signatures -----------------------------------------------------------------
   def signatures(self) -> Dict[str, tf.types.experimental.ConcreteFunction]:
@@ -152,12 +195,17 @@ class ServingModule(tf.Module):
 
     The four signatures only map their inputs to dense indices and call one
     shared function (`_recommend`), so saved_model.pb holds the scoring graph
-    once. Nothing is a @tf.function attribute of the module: tf.saved_model.save
-    would trace and store such a function again besides the signatures.
+    once; it and `score_text_candidates` share the session query function, and
+    both text signatures share the text function (`_text_rows`). Nothing is a
+    @tf.function attribute of the module: tf.saved_model.save would trace and
+    store such a function again besides the signatures.
     """
-    core = tf.function(self._recommend, input_signature=[
-        tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32),
-        tf.TensorSpec([], tf.int32)])
+    query = tf.function(self._dense_query, input_signature=[
+        tf.TensorSpec([None, None], tf.int32)])
+    core = tf.function(
+        lambda dense, ignored, k: self._recommend(dense, ignored, k, query),
+        input_signature=[tf.TensorSpec([None, None], tf.int32),
+                         tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32)])
     fixed_k = self.k
 
     def with_k(outputs):  # the static list length of the fixed-k signatures
@@ -186,7 +234,48 @@ class ServingModule(tf.Module):
         SIGNATURE_RAW: tf.function(raw_ids, input_signature=[_RAW_IDS]),
         SIGNATURE_RAW_TOP_K: tf.function(raw_ids_top_k, input_signature=[_RAW_IDS, _K]),
     }
+    if self.has_text_signatures:
+      functions.update(self._text_signatures(query))
     return {name: function.get_concrete_function() for name, function in functions.items()}
+
+  def _text_signatures(self, query) -> Dict[str, tf.types.experimental.GenericFunction]:
+    """new_item_vectors and score_text_candidates around one text function."""
+    fields_shape = [None, self.num_text_fields]
+    text_rows = tf.function(self._text_rows, input_signature=[
+        tf.TensorSpec(fields_shape, tf.string)])
+
+    def new_item_vectors(fields):
+      """Text fields string [N, F] ("" = none) -> text_item_vectors float [N, d_text],
+      item_vectors float [N, D] (a cold-start row of item_matrix: ID columns zero)."""
+      text, rows = text_rows(fields)
+      return {OUTPUT_TEXT_ITEM_VECTORS: text, OUTPUT_ITEM_VECTORS: rows}
+
+    def score_text_candidates(raw_item_ids, candidate_fields):
+      """Sessions of raw ids string [B, L] x candidates' text fields string [C, F]
+      -> scores float [B, C] (fused, as --new_items rows), num_ignored_items
+      int32 [B], popular_fallback bool [B] (no known item: scores are 0)."""
+      dense, ignored = self._from_raw(raw_item_ids)
+      _, rows = text_rows(candidate_fields)
+      scores = tf.matmul(query(dense), rows, transpose_b=True)
+      empty = tf.reduce_all(tf.equal(dense, schema.PADDING_INDEX), axis=1)
+      return {OUTPUT_CANDIDATE_SCORES: scores, OUTPUT_IGNORED: ignored,
+              OUTPUT_FALLBACK: empty}
+
+    return {
+        SIGNATURE_NEW_ITEM_VECTORS: tf.function(new_item_vectors, input_signature=[
+            tf.TensorSpec(fields_shape, tf.string, name=INPUT_FIELDS)]),
+        SIGNATURE_SCORE_TEXT: tf.function(score_text_candidates, input_signature=[
+            _RAW_IDS, tf.TensorSpec(fields_shape, tf.string, name=INPUT_CANDIDATE_FIELDS)]),
+    }
+
+  def _text_rows(self, fields):
+    """Text fields string [N, F] -> (text tower item vectors [N, d_text], item
+    matrix rows [N, D]: zeros in the other towers' columns)."""
+    text = self.text_item_vectors(fields)
+    count = tf.shape(text)[0]
+    blocks = [text if part.name == "text" else tf.zeros([count, part.dim], text.dtype)
+              for part in self._parts]
+    return text, (blocks[0] if len(blocks) == 1 else tf.concat(blocks, axis=1))
 
   # --- graph ----------------------------------------------------------------------
   def _from_indices(self, item_ids):
@@ -253,10 +342,19 @@ class ServingModule(tf.Module):
           lambda index=index: tf.zeros([tf.size(index), columns[1] - columns[0]])))
     return tf.dynamic_stitch(parts, outputs)
 
-  def _recommend(self, dense, ignored, k):
-    """dense int32 [B, L] valid indices (0 = padding, any layout) -> outputs."""
+  def _dense_query(self, dense):
+    """dense int32 [B, L] valid indices (0 = padding, any layout) -> fused query [B, D]."""
+    return self.session_query(
+        tf.ragged.boolean_mask(dense, tf.not_equal(dense, schema.PADDING_INDEX)))
+
+  def _recommend(self, dense, ignored, k, query=None):
+    """dense int32 [B, L] valid indices (0 = padding, any layout) -> outputs.
+
+    `query`: the (shared) function dense -> fused query [B, D]; default
+    `_dense_query`."""
     session = tf.ragged.boolean_mask(dense, tf.not_equal(dense, schema.PADDING_INDEX))
-    scores = tf.matmul(self.session_query(session), self.item_matrix, transpose_b=True)
+    scores = tf.matmul((query or self._dense_query)(dense), self.item_matrix,
+                       transpose_b=True)
     empty = tf.equal(session.row_lengths(), 0)
     scores = tf.where(empty[:, None], self.popularity[None, :], scores)
     if self.exclude_session_items:
