@@ -27,16 +27,19 @@ import os
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from alterrec_tf import cli, flagfiles
 from alterrec_tf import config as alter_config
-from alterrec_tf import flagfiles
 from alterrec_tf import report as alter_report
 from alterrec_tf import runs as alter_runs
 from alterrec_tf import train as alter_train
 from alterrec_tf.models import names as model_names
 
-flags.DEFINE_list("models", list(model_names.ALL), "Models of the grid, in report order.")
+flags.DEFINE_list("models", list(model_names.DEFAULT_GRID),
+                  "Models of the grid, in report order; '<model>+keep' adds that model "
+                  "trained with --seen_items=keep (the default grid has sasrec+keep and "
+                  "alterrec+keep).")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the grid.")
 flags.DEFINE_string("runs_dir", "runs/experiments",
                     "Runs go to <runs_dir>/<model>/seed<k>/ (named runs_dir, not output_dir, "
@@ -83,17 +86,24 @@ def save_test_ranks(run_dir: str) -> dict:
   return alter_train.rank_test_split(config, model, manifest, test_split, run_dir)
 
 
-def run_config(base_config, model: str, seed: int, seeds, runs_dir: str):
-  """The TrainConfig of one (model, seed) run of the grid."""
+def run_config(base_config, entry: str, seed: int, seeds, runs_dir: str):
+  """The TrainConfig of one (grid entry, seed) run of the grid.
+
+  An entry is a model name, or "<model>+keep" for that model with
+  --seen_items=keep (`models.names.split_variant`); its runs go to
+  runs_dir/<entry>/seed<k>.
+  """
+  model, seen_items = model_names.split_variant(entry)
   # Per-epoch test curves only where the figures draw them (first seed); every
   # other run ranks the test split once, at its selected epoch.
   return base_config.replace(
-      model=model, seed=seed, run_dir=alter_runs.run_dir_of(runs_dir, model, seed),
+      model=model, seed=seed, run_dir=alter_runs.run_dir_of(runs_dir, entry, seed),
+      seen_items=seen_items or base_config.seen_items,
       test_every_epoch=base_config.test_every_epoch and (
           seed == seeds[0] and model in PER_EPOCH_TEST_MODELS))
 
 
-def check_grid(base_config, models, seeds=(), runs_dir=None) -> None:
+def check_grid(base_config, models, seeds=(), runs_dir=None, verify_data=True) -> None:
   """Fails before training anything (not at the 30th run) when a model of the
   grid cannot run on the data, or when a run already in runs_dir was trained
   with other settings or data (it would be skipped, and the report would mix
@@ -103,21 +113,23 @@ def check_grid(base_config, models, seeds=(), runs_dir=None) -> None:
     DataError / ConfigError: naming the model (or runs) and what is wrong.
   """
   from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
-  manifest = schema.load_manifest(base_config.data_dir)
+  manifest = schema.load_manifest(base_config.data_dir, verify_hashes=verify_data)
   if not manifest.get("text_dim"):
-    needing = [m for m in models if m in model_names.NEEDS_TEXT]
+    needing = [m for m in models if model_names.split_variant(m)[0] in model_names.NEEDS_TEXT]
     if needing:
       raise alter_config.ConfigError(
           f"{base_config.data_dir} has no item text, which {', '.join(needing)} need; "
           "drop them from --models or prepare the data with --text_fields")
-  for model in models:
-    alter_config.check_against_dataset(base_config.replace(model=model), manifest)
+  for entry in models:
+    alter_config.check_against_dataset(
+        base_config.replace(model=model_names.split_variant(entry)[0]), manifest)
   if runs_dir is None or base_config.overwrite:
     return
   conflicts = []
   for seed in seeds:
     for model in models:
       config = run_config(base_config, model, seed, seeds, runs_dir)
+      alter_runs.clear_unstarted_run(config.run_dir)  # crashed before its first epoch
       changed, _ = alter_runs.run_conflicts(config, manifest)
       if changed:
         conflicts.append(f"{config.run_dir}: {', '.join(changed)}")
@@ -129,7 +141,8 @@ def check_grid(base_config, models, seeds=(), runs_dir=None) -> None:
         "choose another --runs_dir, or pass --overwrite to train them again")
 
 
-def run_grid(base_config, models, seeds, runs_dir: str, log=print, shard=(0, 1)) -> dict:
+def run_grid(base_config, models, seeds, runs_dir: str, log=print, shard=(0, 1),
+             verify_data=True) -> dict:
   """Trains every missing (model, seed) run and stores its test ranks.
 
   With shard=(i, n), only runs i, i + n, i + 2n, ... of the grid (worker i of n).
@@ -139,7 +152,7 @@ def run_grid(base_config, models, seeds, runs_dir: str, log=print, shard=(0, 1))
   """
   import keras  # pylint: disable=g-import-not-at-top
 
-  check_grid(base_config, models, seeds, runs_dir)
+  check_grid(base_config, models, seeds, runs_dir, verify_data)
   # Seed-major: an interrupted grid has whole seeds of every model, not all
   # seeds of the first models only.
   grid = [(m, s) for s in seeds for m in models]
@@ -160,7 +173,7 @@ def run_grid(base_config, models, seeds, runs_dir: str, log=print, shard=(0, 1))
     run_start = time.perf_counter()
     if not finished:
       log(f"{prefix}: training into {run_dir} ({elapsed})")
-      alter_train.train(config, save_test_ranks=True)
+      alter_train.train(config, save_test_ranks=True, verify_data=verify_data)
       trained += 1
     if not os.path.exists(ranks_path):  # floors (no best weights); runs from older versions
       if finished:
@@ -215,14 +228,15 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.get_logger().setLevel("ERROR")  # retracing notices of the per-run evaluators
-  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
   config = alter_config.TrainConfig.from_flags()
   if not config.data_dir:
-    raise SystemExit("error: --data_dir is required (the output_dir of data_tools.prepare)")
+    raise cli.CommandError("--data_dir is required (the output_dir of data_tools.prepare)")
+  verify_data = bool(cli.flag_value("verify_data", True))
   models = list(flags.FLAGS.models)
-  unknown = [m for m in models if m not in model_names.ALL]
+  unknown = [m for m in models if model_names.split_variant(m)[0] not in model_names.ALL]
   if unknown:
-    raise SystemExit(f"error: unknown --models {unknown}; choose from {list(model_names.ALL)}")
+    raise SystemExit(f"error: unknown --models {unknown}; choose from {list(model_names.ALL)} "
+                     f"(each optionally with {model_names.KEEP_SEEN_SUFFIX})")
   try:
     seeds = [int(s) for s in flags.FLAGS.seeds]
     bins = [float(b) for b in flags.FLAGS.long_tail_bins]
@@ -237,17 +251,15 @@ def main(argv):
     print(f"grid: {len(models)} models x {len(seeds)} seeds = {len(models) * len(seeds)} "
           f"runs on {config.data_dir} -> {runs_dir}"
           + (f", {workers} workers" if workers > 1 else ""), flush=True)
-  try:
-    if workers > 1 and worker < 0:
-      check_grid(config, models, seeds, runs_dir)  # here too: fail before starting workers
-      grid = run_workers(models, seeds, runs_dir, workers, config.overwrite)
-    else:
-      grid = run_grid(config, models, seeds, runs_dir,
-                      log=lambda line: print(line, flush=True),
-                      shard=(max(worker, 0), workers if worker >= 0 else 1))
-  except (schema.DataError, alter_config.ConfigError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    raise SystemExit(1) from None
+  if workers > 1 and worker < 0:
+    # here too: fail before starting workers
+    check_grid(config, models, seeds, runs_dir, verify_data)
+    grid = run_workers(models, seeds, runs_dir, workers, config.overwrite)
+  else:
+    grid = run_grid(config, models, seeds, runs_dir,
+                    log=lambda line: print(line, flush=True),
+                    shard=(max(worker, 0), workers if worker >= 0 else 1),
+                    verify_data=verify_data)
   if worker >= 0:  # the parent process writes the report
     return
   meta = {"command": " ".join(["python -m alterrec_tf.experiments"] + sys.argv[1:]),
@@ -264,7 +276,8 @@ def main(argv):
 
 
 def run():
-  app.run(main, flags_parser=flagfiles.make_parser(flagfiles.PREPARE_FLAG_NAMES))
+  cli.run(main, flagfiles.PREPARE_FLAG_NAMES,
+          io_hint="finished runs are kept: run the same command again to resume")
 
 
 if __name__ == "__main__":

@@ -244,6 +244,22 @@ def _json_safe(value):
   return value
 
 
+def protocol_lines(runs) -> List[str]:
+  """How the runs were scored (from their results.json): test protocol and
+  treatment of the items already in the session."""
+  protocols = sorted({r.results.get("test_protocol", "windowed (older runs)") for r in runs})
+  kept = sorted({display_name(r.model) for r in runs if r.results.get("seen_items") == "keep"})
+  excluded = any(r.results.get("seen_items") == "exclude" for r in runs)
+  lines = [f"Test protocol: {'; '.join(protocols)}."]
+  if excluded:
+    lines.append("Items already in the session are scored out (never recommended, never "
+                 "negatives) for every model" + (
+                     f" except {', '.join(kept)}" if kept else "") + ".")
+  elif kept:
+    lines.append("Items already in the session are ranked like any item (--seen_items=keep).")
+  return lines + [""]
+
+
 def write_report(runs_dir: str, report_dir: str, models=None, seeds=None, bins=None,
                  reference: str = "sasrec", meta: Optional[dict] = None) -> dict:
   """Writes README.md, results.json and the figures; returns the JSON dict."""
@@ -293,7 +309,7 @@ def write_report(runs_dir: str, report_dir: str, models=None, seeds=None, bins=N
               f"(content hashes {', '.join(h[:12] for h in hashes)}).", ""]
   lines += ["Test metrics (%) at the epoch of best validation Hits@20 of the fused score; "
             "mean ± sample std over seeds; best mean of each column in bold.", "",
-            format_results_markdown(table), ""]
+            format_results_markdown(table), ""] + protocol_lines(runs)
   if parts:
     lines += ["## Score parts", "",
               "Test metrics (%) of each head: `fused` is the model's score, `id` / `text` "

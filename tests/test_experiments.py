@@ -18,7 +18,7 @@ from alterrec_tf.training import evaluation
 from tests import synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ALL_MODELS = model_names.ALL
+ALL_MODELS = model_names.DEFAULT_GRID  # every model, and the seen-items-kept variants
 
 
 # --- long-tail grouping ---------------------------------------------------------------------
@@ -136,7 +136,10 @@ def test_experiments_cli_trains_every_model_in_two_workers_then_skips_finished_r
   for model in ALL_MODELS:
     run_dir = runs_dir / model / "seed0"
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["model"] == model
+    base, seen_items = model_names.split_variant(model)
+    assert results["model"] == base
+    if seen_items:
+      assert results["seen_items"] == seen_items
     for head, metrics in results["test"].items():
       for name, value in metrics.items():
         assert math.isfinite(value) and 0.0 <= value <= 1.0, (model, head, name)
@@ -155,7 +158,10 @@ def test_experiments_cli_trains_every_model_in_two_workers_then_skips_finished_r
   assert set(saved["table"]) == set(ALL_MODELS)
   for name in ("README.md", "fig3_nfrec.png", "fig5_alterrec.png", "fig6_long_tail.png"):
     assert (report_dir / name).stat().st_size > 0
-  assert "| AlterRec |" in out.stdout and "11 runs trained, 0 skipped" in out.stdout
+  assert "| AlterRec |" in out.stdout and f"{len(ALL_MODELS)} runs trained, 0 skipped" in out.stdout
+  readme = (report_dir / "README.md").read_text(encoding="utf-8")
+  assert "| AlterRec (seen items kept) |" in readme and "| SASRec (seen items kept) |" in readme
+  assert "Test protocol: every scored prefix with exactly its last 8 items" in readme
   # the cost table leaves the training columns of the count-based floors empty
   cost_rows = (report_dir / "README.md").read_text(encoding="utf-8").split("## Cost")[1]
   assert "| MostPopular | – | – | – | – |" in cost_rows

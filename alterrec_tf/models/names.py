@@ -4,7 +4,7 @@ Light on purpose (no TensorFlow import), so that flag definitions, the grid
 and the report can read it without building anything.
 """
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 # AlterRec and its ablations: model name -> the towers it has.
 ALTERREC_TOWERS: Dict[str, Tuple[str, ...]] = {
@@ -36,11 +36,29 @@ DISPLAY_NAMES = {
 assert set(ALL) == set(ALTERREC_TOWERS) | set(BASELINES) == set(DISPLAY_NAMES)
 
 
+# Grid entries may carry a variant: "<model>+keep" trains <model> with
+# --seen_items=keep (the paper's plain setting) beside the default runs.
+KEEP_SEEN_SUFFIX = "+keep"
+KEEP_SEEN_GRID = ("sasrec" + KEEP_SEEN_SUFFIX, "alterrec" + KEEP_SEEN_SUFFIX)
+DEFAULT_GRID = ALL + KEEP_SEEN_GRID
+
+
+def split_variant(entry: str) -> Tuple[str, Optional[str]]:
+  """A grid entry -> (model name, --seen_items override or None)."""
+  if entry.endswith(KEEP_SEEN_SUFFIX):
+    return entry[:-len(KEEP_SEEN_SUFFIX)], "keep"
+  return entry, None
+
+
 def display_name(model: str) -> str:
-  """How tables and figures name a model."""
-  return DISPLAY_NAMES.get(model, model)
+  """How tables and figures name a model (or a grid entry with a variant)."""
+  base, seen_items = split_variant(model)
+  name = DISPLAY_NAMES.get(base, base)
+  return f"{name} (seen items kept)" if seen_items == "keep" else name
 
 
 def order_key(model: str):
-  """Sort key putting models in report order (unknown names last, by name)."""
-  return (ALL.index(model) if model in ALL else len(ALL), model)
+  """Sort key putting models in report order (unknown names last, by name); a
+  variant right after its model."""
+  base, seen_items = split_variant(model)
+  return (ALL.index(base) if base in ALL else len(ALL), seen_items is not None, model)

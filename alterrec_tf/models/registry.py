@@ -14,7 +14,7 @@ def build_model(config, manifest, text_embeddings, train_files=None) -> contract
   """Builds (creates all variables of) the model named by `config.model`.
 
   `train_files` (the training TFRecords) are read only by the count-based
-  floors (most_popular, session_knn).
+  floors (models.names.FLOORS).
   """
   config = alter_config.resolve_seen_items(config, manifest)
   num_items = manifest["num_items"]
