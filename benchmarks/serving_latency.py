@@ -76,6 +76,7 @@ def benchmark(version_dir, single_calls=500, batch_size=256, batches=20, warmup_
               seed=0, data_dir=None, signature="serving_default"):
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_text  # noqa: F401  (registers the ops of the export's text signatures)
   info_path = os.path.join(version_dir, "assets.extra", "alterrec_export.json")
   with open(info_path, encoding="utf-8") as f:
     info = json.load(f)
