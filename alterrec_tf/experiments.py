@@ -103,11 +103,15 @@ def run_config(base_config, entry: str, seed: int, seeds, runs_dir: str):
           seed == seeds[0] and model in PER_EPOCH_TEST_MODELS))
 
 
-def check_grid(base_config, models, seeds=(), runs_dir=None, verify_data=True) -> None:
+def check_grid(base_config, models, seeds=(), runs_dir=None, verify_data=True,
+               clear_unstarted=True) -> None:
   """Fails before training anything (not at the 30th run) when a model of the
   grid cannot run on the data, or when a run already in runs_dir was trained
   with other settings or data (it would be skipped, and the report would mix
-  settings), unless --overwrite.
+  settings), unless --overwrite. With `clear_unstarted`, a run that crashed
+  before its first epoch is cleared first (`runs.clear_unstarted_run`); the
+  workers of a parallel grid must not do it, as another worker's run may have
+  just started.
 
   Raises:
     DataError / ConfigError: naming the model (or runs) and what is wrong.
@@ -129,7 +133,8 @@ def check_grid(base_config, models, seeds=(), runs_dir=None, verify_data=True) -
   for seed in seeds:
     for model in models:
       config = run_config(base_config, model, seed, seeds, runs_dir)
-      alter_runs.clear_unstarted_run(config.run_dir)  # crashed before its first epoch
+      if clear_unstarted:
+        alter_runs.clear_unstarted_run(config.run_dir)  # crashed before its first epoch
       changed, _ = alter_runs.run_conflicts(config, manifest)
       if changed:
         conflicts.append(f"{config.run_dir}: {', '.join(changed)}")
@@ -152,7 +157,8 @@ def run_grid(base_config, models, seeds, runs_dir: str, log=print, shard=(0, 1),
   """
   import keras  # pylint: disable=g-import-not-at-top
 
-  check_grid(base_config, models, seeds, runs_dir, verify_data)
+  # a worker (shard[1] > 1) leaves unstarted runs alone: the parent cleared them
+  check_grid(base_config, models, seeds, runs_dir, verify_data, clear_unstarted=shard[1] == 1)
   # Seed-major: an interrupted grid has whole seeds of every model, not all
   # seeds of the first models only.
   grid = [(m, s) for s in seeds for m in models]
