@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from alterrec_tf.config import TrainConfig
-from alterrec_tf.data import windows as alter_data
 from alterrec_tf.formats import schema
 from alterrec_tf.models import baselines
 from tests import synthetic
@@ -34,16 +33,8 @@ def tiny_config(data_dir, **changes):
                      verbose=0).replace(**changes)
 
 
-def first_batch(data_dir, manifest, split, max_len, batch_size=32):
-  windows = alter_data.load_split(data_dir, manifest, split, max_len, 1)
-  return next(iter(windows.batches(batch_size)))
 
 
-def numpy_prefix_rows(batch):
-  """(window, position) of every scored prefix and its context (items 0..t)."""
-  positions = np.argwhere(batch[alter_data.TARGET_MASK].numpy())
-  items = batch[alter_data.ITEM_IDS].numpy()
-  return positions, [items[b, :t + 1] for b, t in positions]
 
 
 @pytest.mark.parametrize("fusion", ["sum", "concat"])
@@ -52,8 +43,8 @@ def test_nfrec_id_and_text_parts_sum_exactly_to_its_score(dataset, fusion):
   config = tiny_config(data_dir, model=f"nfrec_{fusion}")
   text = schema.load_text_embeddings(data_dir, manifest)
   model = baselines.build_baseline(config, manifest["num_items"], text, None)
-  model.train_step(first_batch(data_dir, manifest, "train", config.max_len))  # move off init
-  batch = first_batch(data_dir, manifest, "test", config.max_len)
+  model.train_step(synthetic.first_batch(data_dir, manifest, "train", config.max_len))  # move off init
+  batch = synthetic.first_batch(data_dir, manifest, "test", config.max_len)
   heads, _ = model.score_heads(batch)
   fused, id_part, text_part = (heads[h].numpy()[:, 1:] for h in ("fused", "id", "text"))
   scale = np.abs(fused).max()
@@ -63,7 +54,7 @@ def test_nfrec_id_and_text_parts_sum_exactly_to_its_score(dataset, fusion):
   x, h = (m.numpy() for m in model.item_parts(training=False))
   z = np.concatenate([x, h], axis=1) if fusion == "concat" else x + h
   assert z.shape[1] == (2 if fusion == "concat" else 1) * config.embedding_dim
-  _, prefixes = numpy_prefix_rows(batch)
+  _, prefixes = synthetic.numpy_prefix_rows(batch)
   q = np.stack([z[p[p > 0]].mean(axis=0) for p in prefixes])
   np.testing.assert_allclose((q @ z.T)[:, 1:], fused, rtol=0, atol=1e-5 * scale)
 
@@ -74,7 +65,7 @@ def test_nfrec_train_step_logs_the_cross_entropy_of_each_part(dataset):
   text = schema.load_text_embeddings(data_dir, manifest)
   model = baselines.build_baseline(config, manifest["num_items"], text, None)
   before = [v.numpy().copy() for v in model.trainable_variables]
-  logs = model.train_step(first_batch(data_dir, manifest, "train", config.max_len))
+  logs = model.train_step(synthetic.first_batch(data_dir, manifest, "train", config.max_len))
   assert set(logs) == {"loss", "id_loss", "text_loss"}
   assert all(math.isfinite(float(v)) and float(v) > 0 for v in logs.values())
   moved = [not np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables)]

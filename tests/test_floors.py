@@ -2,9 +2,7 @@
 session_knn (V-SKNN), each checked against hand counts or a plain Python
 reference, for seen-item exclusion, and for reading the training split only."""
 
-import json
 import math
-import os
 
 import numpy as np
 import pytest
@@ -39,39 +37,10 @@ def tiny_config(data_dir, **changes):
                      verbose=0).replace(**changes)
 
 
-def write_sessions(folder, sessions_by_split, num_items):
-  """A prepared dataset (no text) holding exactly the given sessions."""
-  os.makedirs(folder, exist_ok=True)
-  files = {"vocab": schema.VOCAB_FILE, "text_embeddings": None}
-  for split, sessions in sessions_by_split.items():
-    name = schema.shard_name(split, 0, 1)
-    with tf.io.TFRecordWriter(os.path.join(folder, name)) as writer:
-      for i, items in enumerate(sessions):
-        writer.write(schema.make_example(items, f"{split}-{i}"))
-    files[split] = [name]
-  with open(os.path.join(folder, schema.VOCAB_FILE), "w", encoding="utf-8") as f:
-    f.write("index\traw_item_id\ttitle\n0\t[PAD]\t\n")
-    for i in range(1, num_items):
-      f.write(f"{i}\tI{i}\titem {i}\n")
-  hashes = {n: schema.file_sha256(os.path.join(folder, n)) for n in os.listdir(folder)}
-  manifest = {"format_version": schema.FORMAT_VERSION, "dataset_name": "handmade",
-              "num_items": num_items, "text_dim": 0, "files": files, "file_hashes": hashes,
-              "content_hash": schema.content_hash(hashes)}
-  with open(os.path.join(folder, schema.MANIFEST_FILE), "w", encoding="utf-8") as f:
-    json.dump(manifest, f)
-  return manifest
 
 
-def first_batch(data_dir, manifest, split, max_len, batch_size=32):
-  windows = alter_data.load_split(data_dir, manifest, split, max_len, 1)
-  return next(iter(windows.batches(batch_size)))
 
 
-def numpy_prefix_rows(batch):
-  """(window, position) of every scored prefix and its context (items 0..t)."""
-  positions = np.argwhere(batch[alter_data.TARGET_MASK].numpy())
-  items = batch[alter_data.ITEM_IDS].numpy()
-  return positions, [items[b, :t + 1] for b, t in positions]
 
 
 def read_training_split(files):
@@ -102,7 +71,7 @@ def build_floor(data_dir, manifest, name, seen_items="keep", max_len=10, splits=
 def handmade(tmp_path, valid, test, name="handmade"):
   folder = str(tmp_path / name)
   sessions = {"train": HANDMADE_TRAIN, "valid": valid, "test": test}
-  return folder, write_sessions(folder, sessions, HANDMADE_ITEMS)
+  return folder, synthetic.write_sessions(folder, sessions, HANDMADE_ITEMS)
 
 
 def probe_batch(rows, targets):
@@ -179,7 +148,7 @@ def test_sequential_rules_counts_training_sessions_only(tmp_path):
   np.testing.assert_allclose(neighbours, expected, rtol=1e-6, atol=1e-7)
 
   # prefix [5] -> 6: no vote, only the popularity tie-break
-  batch = first_batch(data_dir, manifest, "test", 4)
+  batch = synthetic.first_batch(data_dir, manifest, "test", 4)
   heads, targets = model.score_heads(batch)
   counts = training_item_counts(schema.split_files(data_dir, manifest, "train"), 8)
   first = heads["fused"].numpy()[0]
@@ -192,9 +161,9 @@ def test_sequential_rules_scores_are_recency_weighted_votes(dataset):
   model = build_floor(data_dir, manifest, "sequential_rules")
   neighbours = model.neighbours.numpy().astype(np.float64)
   popularity = model.popularity.numpy().astype(np.float64)
-  batch = first_batch(data_dir, manifest, "test", 10)
+  batch = synthetic.first_batch(data_dir, manifest, "test", 10)
   heads, _ = model.score_heads(batch)
-  _, prefixes = numpy_prefix_rows(batch)
+  _, prefixes = synthetic.numpy_prefix_rows(batch)
   expected = []
   for prefix in prefixes:
     weights = 1.0 / np.arange(len(prefix), 0, -1)  # oldest 1/t ... last 1
@@ -242,9 +211,9 @@ def test_session_knn_equals_a_plain_python_reference(dataset, neighbours, sample
                                        sample_size)
   sessions, times = read_training_split(train_files)
   popularity = model.popularity.numpy().astype(np.float64)
-  batch = first_batch(data_dir, manifest, "test", 10)
+  batch = synthetic.first_batch(data_dir, manifest, "test", 10)
   scores = model.score_heads(batch)[0]["fused"].numpy()
-  _, prefixes = numpy_prefix_rows(batch)
+  _, prefixes = synthetic.numpy_prefix_rows(batch)
   assert any(len(set(p)) < len(p) for p in prefixes), "the data should repeat items"
   compared = 0
   for row, prefix in zip(scores, prefixes):
@@ -269,7 +238,7 @@ def test_session_knn_prefers_recent_sessions(tmp_path):
   # sessions 0..3 in time order (file order, no timestamps); prefix [1]
   sessions = {"train": [[1, 2], [1, 3], [1, 4], [6, 7]], "test": [[1, 5]]}
   folder = str(tmp_path / "recent")
-  manifest = write_sessions(folder, sessions, 8)
+  manifest = synthetic.write_sessions(folder, sessions, 8)
   files = schema.split_files(folder, manifest, "train")
   batch = probe_batch([[1]], [[5]])
   top = lambda model: list(np.argsort(-model.score_heads(batch)[0]["fused"].numpy()[0],
@@ -284,8 +253,8 @@ def test_session_knn_prefers_recent_sessions(tmp_path):
 @pytest.mark.parametrize("name", FLOORS)
 def test_seen_items_excluded_never_rank_a_prefix_item_and_kept_can(dataset, name):
   data_dir, manifest = dataset
-  batch = first_batch(data_dir, manifest, "test", 10)
-  _, prefixes = numpy_prefix_rows(batch)
+  batch = synthetic.first_batch(data_dir, manifest, "test", 10)
+  _, prefixes = synthetic.numpy_prefix_rows(batch)
   top_lists = {}
   for seen_items in ("exclude", "keep"):
     model = build_floor(data_dir, manifest, name, seen_items=seen_items)
@@ -295,7 +264,7 @@ def test_seen_items_excluded_never_rank_a_prefix_item_and_kept_can(dataset, name
       for row, prefix in zip(scores, prefixes):
         assert np.all(row[prefix] == NEG_INF)
       # the serving entry point agrees at the scored positions
-      positions, _ = numpy_prefix_rows(batch)
+      positions, _ = synthetic.numpy_prefix_rows(batch)
       every = model(batch[alter_data.ITEM_IDS]).numpy()
       np.testing.assert_allclose(every[positions[:, 0], positions[:, 1]], scores, rtol=1e-6)
   for seen_items, lists in top_lists.items():

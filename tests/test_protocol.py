@@ -2,7 +2,6 @@
 prefix weights."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from alterrec_tf.formats import schema
 from alterrec_tf.models import negatives, registry
 from alterrec_tf.models.alterrec import scored_positions
 from alterrec_tf.training import evaluation
+from tests import synthetic
 
 NUM_ITEMS = 90
 MAX_LEN = 6
@@ -26,30 +26,12 @@ TEXT_DIM = 8
 def write_dedup_dataset(folder, lengths_by_split, seed=0):
   """A prepared dataset of de-duplicated sessions (no item twice in a session)."""
   rng = np.random.default_rng(seed)
-  os.makedirs(folder, exist_ok=True)
   text = rng.normal(size=(NUM_ITEMS, TEXT_DIM)).astype(np.float32)
   text[0] = 0.0
-  np.save(os.path.join(folder, schema.TEXT_EMBEDDINGS_FILE), text)
-  files = {"vocab": schema.VOCAB_FILE, "text_embeddings": schema.TEXT_EMBEDDINGS_FILE}
-  sessions = {}
-  for split, lengths in lengths_by_split.items():
-    name = schema.shard_name(split, 0, 1)
-    sessions[split] = [rng.permutation(np.arange(1, NUM_ITEMS))[:n] for n in lengths]
-    with tf.io.TFRecordWriter(os.path.join(folder, name)) as writer:
-      for i, items in enumerate(sessions[split]):
-        writer.write(schema.make_example(items, f"{split}-{i}"))
-    files[split] = [name]
-  with open(os.path.join(folder, schema.VOCAB_FILE), "w", encoding="utf-8") as f:
-    f.write("index\traw_item_id\ttitle\n0\t[PAD]\t\n")
-    for i in range(1, NUM_ITEMS):
-      f.write(f"{i}\tI{i}\titem {i}\n")
-  hashes = {n: schema.file_sha256(os.path.join(folder, n)) for n in os.listdir(folder)}
-  manifest = {"format_version": schema.FORMAT_VERSION, "dataset_name": "dedup",
-              "num_items": NUM_ITEMS, "text_dim": TEXT_DIM, "files": files,
-              "file_hashes": hashes, "content_hash": schema.content_hash(hashes),
-              "sessions_deduplicated": True}
-  with open(os.path.join(folder, schema.MANIFEST_FILE), "w", encoding="utf-8") as f:
-    json.dump(manifest, f)
+  sessions = {split: [rng.permutation(np.arange(1, NUM_ITEMS))[:n] for n in lengths]
+              for split, lengths in lengths_by_split.items()}
+  manifest = synthetic.write_sessions(folder, sessions, NUM_ITEMS, text,
+                                      sessions_deduplicated=True)
   return manifest, sessions
 
 
