@@ -18,6 +18,7 @@ import os
 import sys
 from typing import Dict, List, Optional
 
+import numpy as np
 import pandas as pd
 from absl import app, flags
 
@@ -162,7 +163,7 @@ def _write(folder: str, raw: S.RawSessions, options: PrepareOptions,
     files[split] = writer.write_split(folder, split, part, index,
                                       options.num_shards)
     written += files[split]
-  text_dim = 0
+  text_dim, without_text = 0, 0
   if fields:
     encoder = embed.options_encoder(options)
     table = embed.item_text_table(encoder, item_texts(raw, vocab, fields), fields,
@@ -171,7 +172,14 @@ def _write(folder: str, raw: S.RawSessions, options: PrepareOptions,
     files["text_embeddings"] = writer.write_text_table(folder, table)
     written.append(files["text_embeddings"])
     text_dim = int(table.shape[1])
+    without_text = int(np.sum(~table[1:].any(axis=1)))
+    if without_text:  # only possible with --norequire_text
+      print(f"warning: {without_text} of {len(vocab) - 1} items have no text in "
+            f"{', '.join(fields)}: their text vector is zero"
+            + (" (every item: text models will refuse this dataset)"
+               if without_text == len(vocab) - 1 else ""), file=sys.stderr, flush=True)
   return {"files": files, "text_dim": text_dim,
+          "num_items_without_text": without_text if fields else None,
           "file_hashes": writer.file_hashes(folder, written)}
 
 
@@ -205,6 +213,7 @@ def build_manifest(raw: S.RawSessions, options: PrepareOptions,
       "sessions_deduplicated": bool(raw.sessions_deduplicated),
       "rows": _rows(raw, sessions),
       "num_items_without_training": _items_without_training(sessions),
+      "num_items_without_text": written["num_items_without_text"],
       "filters": report,
       "flags": options.as_flags(), "files": written["files"],
       "file_hashes": written["file_hashes"],

@@ -46,6 +46,8 @@ def read_table(path: str, sep: Optional[str] = None,
       if sep is None:
         sep = "," if extension == ".csv" else "\t"
       return _read_csv(path, sep)
+  except UnicodeDecodeError as error:
+    raise DataToolsError(not_utf8_message(path)) from error
   except (OSError, ValueError, pd.errors.ParserError) as error:
     if isinstance(error, DataToolsError):
       raise
@@ -96,6 +98,23 @@ def read_workbook(path: str, sheet: str = "") -> List[Tuple[str, pd.DataFrame]]:
   except (OSError, ValueError, KeyError) as error:
     raise DataToolsError(f"{path}: cannot read the workbook: {error}") from error
   return sheets
+
+
+def not_utf8_message(path: str) -> str:
+  """The error for a text file that is not UTF-8, naming its first bad line.
+
+  The decoder's own position is an offset in a read buffer, useless to a
+  user; the file is scanned line by line to find the row and byte instead.
+  """
+  with open(path, "rb") as f:
+    for line_number, line in enumerate(f, start=1):
+      try:
+        line.decode("utf-8")
+      except UnicodeDecodeError as error:
+        return (f"{path}, line {line_number}, byte {error.start + 1} of the line "
+                f"(0x{line[error.start]:02x}): not UTF-8; save the file as UTF-8 "
+                "(e.g. iconv -f latin1 -t utf-8)")
+  return f"{path}: not UTF-8; save the file as UTF-8"
 
 
 def _progress(path: str, total: Optional[int]):

@@ -14,12 +14,18 @@
   output folder, which replaces the output folder only when all is written; on
   failure the temporary folder is removed and an existing output is untouched.
   An existing non-empty output folder without a manifest is never replaced.
+  Temporary folders left by a killed prepare (its pid no longer runs) are
+  removed, and reported, by the next prepare of the same output folder; a full
+  disk is one error naming the folder and the free space.
 """
 
 import contextlib
+import errno
+import glob
 import json
 import os
 import shutil
+import sys
 from typing import Dict, Iterator, List, Sequence
 
 import numpy as np
@@ -131,24 +137,70 @@ def check_output_dir(output_dir: str) -> None:
         f"{schema.MANIFEST_FILE}; refusing to replace it (choose another folder)")
 
 
+def _process_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's live process
+    return True
+  return True
+
+
+def remove_stale_temporaries(output_dir: str) -> List[str]:
+  """Removes `<output_dir>.tmp-<pid>` / `.old-<pid>` folders whose prepare
+  process no longer runs (killed: no handler could clean up) and reports each
+  on stderr; a live process's folder is left alone. Returns the removed paths."""
+  removed = []
+  for path in sorted(glob.glob(glob.escape(output_dir) + ".tmp-*")
+                     + glob.glob(glob.escape(output_dir) + ".old-*")):
+    pid = path.rsplit("-", 1)[1]
+    if not pid.isdigit() or not os.path.isdir(path) or _process_alive(int(pid)):
+      continue
+    shutil.rmtree(path, ignore_errors=True)
+    print(f"removed {path}: left by a prepare (pid {pid}) that was killed",
+          file=sys.stderr, flush=True)
+    removed.append(path)
+  return removed
+
+
+def _is_disk_full(error: BaseException) -> bool:
+  """A write failed for lack of space: ENOSPC and friends, numpy's
+  "N requested and M written", TensorFlow's "No space left on device"."""
+  if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    return True
+  message = str(getattr(error, "message", "") or error)
+  return ("requested and" in message and "written" in message) or any(
+      words in message for words in ("No space left", "Disk quota", "File too large"))
+
+
 @contextlib.contextmanager
 def atomic_output_dir(output_dir: str) -> Iterator[str]:
   """Yields a temporary folder that replaces `output_dir` on success.
 
   On an exception the temporary folder is removed and `output_dir` is left
-  as it was.
+  as it was; a full disk becomes a `DataToolsError` naming the folder.
+  Temporary folders of killed earlier runs are removed first.
   """
   output_dir = os.path.abspath(output_dir)
   check_output_dir(output_dir)
   parent = os.path.dirname(output_dir)
   os.makedirs(parent, exist_ok=True)
+  remove_stale_temporaries(output_dir)
   temp = f"{output_dir}.tmp-{os.getpid()}"
   shutil.rmtree(temp, ignore_errors=True)
   os.makedirs(temp)
   try:
     yield temp
-  except BaseException:
+  except BaseException as error:
     shutil.rmtree(temp, ignore_errors=True)
+    if _is_disk_full(error):
+      free_mb = shutil.disk_usage(parent).free / 2**20
+      raise S.DataToolsError(
+          f"{temp}: no space left to write the dataset (the disk is full or a "
+          f"file-size limit was reached; {free_mb:,.0f} MB free there); nothing "
+          f"was written to {output_dir}: free space or choose another "
+          "--output_dir, then run the same command again") from error
     raise
   old = f"{output_dir}.old-{os.getpid()}"
   try:

@@ -41,6 +41,7 @@ case where rows out < rows in.
 """
 
 import csv
+import io
 import os
 import re
 from typing import Dict, List, Optional, Tuple
@@ -114,24 +115,28 @@ def read_index_map(path: str) -> Dict[str, str]:
     raise S.DataToolsError(f"{path}: no such file")
   by_index: Dict[str, str] = {}
   originals = set()
-  with open(path, encoding="utf-8", newline="") as f:
-    for line_number, line in enumerate(csv.reader(
-        f, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
-      if not line or line == [""]:
-        continue
-      cells = [cell.strip() for cell in line]
-      if len(cells) != 2 or not all(cells):
-        raise S.DataToolsError(
-            f"{path}, line {line_number}: expected 'original_id<TAB>index', "
-            f"got {chr(9).join(line)!r}")
-      original, index = cells
-      twice = (f"index {index!r}" if index in by_index else
-               f"id {original!r}" if original in originals else None)
-      if twice:
-        raise S.DataToolsError(f"{path}, line {line_number}: {twice} is mapped "
-                               "twice")
-      by_index[index] = original
-      originals.add(original)
+  try:
+    with open(path, encoding="utf-8", newline="") as f:
+      text = f.read()
+  except UnicodeDecodeError as error:
+    raise S.DataToolsError(tables.not_utf8_message(path)) from error
+  for line_number, line in enumerate(csv.reader(
+      io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
+    if not line or line == [""]:
+      continue
+    cells = [cell.strip() for cell in line]
+    if len(cells) != 2 or not all(cells):
+      raise S.DataToolsError(
+          f"{path}, line {line_number}: expected 'original_id<TAB>index', "
+          f"got {chr(9).join(line)!r}")
+    original, index = cells
+    twice = (f"index {index!r}" if index in by_index else
+             f"id {original!r}" if original in originals else None)
+    if twice:
+      raise S.DataToolsError(f"{path}, line {line_number}: {twice} is mapped "
+                             "twice")
+    by_index[index] = original
+    originals.add(original)
   return by_index
 
 
