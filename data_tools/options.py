@@ -75,6 +75,11 @@ class PrepareOptions:
   sheet: str = _option(
       "", "online_retail .xlsx workbook: read only this sheet (empty = every "
       "sheet, in workbook order).")
+  text_keys: str = _option(
+      "auto", "recbole UniSRec layout (.item2index present): the ids of the "
+      ".text file are the original ids ('original') or the .inter indices "
+      "('index'); 'auto' tells them apart and refuses an ambiguous file.",
+      ("auto", "original", "index"))
   split_seed: int = _option(
       0, "Seed of random splits (amazon_m2 validation hold-out).")
 

@@ -201,6 +201,22 @@ def test_unisrec_text_keyed_by_index_is_accepted(tmp_path):
   assert raw.catalog.loc[asin(4), "text"].startswith("b000000004 gadget")
 
 
+@pytest.mark.parametrize("text_keys", ["original", "index"])
+def test_numeric_original_ids_are_never_guessed(tmp_path, text_keys):
+  """Original ids 0..n-1 in another order than the indices: every text id is
+  both an original id and an index, so "auto" refuses instead of giving items
+  other items' text; the flag says which, and each item gets its own text."""
+  permuted = {str(item): str((item * 3 + 1) % 8) for item in range(8)}
+  sequences = {"u1": [permuted[str(i)] for i in (0, 1, 2, 3, 4)],
+               "u2": [permuted[str(i)] for i in (5, 6, 7, 1)]}
+  folder, _ = write_unisrec(tmp_path, sequences, text_keys=text_keys)
+  with pytest.raises(S.DataToolsError, match="--text_keys=original or --text_keys=index"):
+    recbole.read_recbole(_options(folder))
+  raw = recbole.read_recbole(_options(folder, text_keys=text_keys))
+  for item in permuted.values():
+    assert raw.catalog.loc[item, "text"] == f'{item} gadget, "deluxe" edition.'
+
+
 @pytest.mark.parametrize("cap", [50, 4])
 def test_unisrec_folder_prepares_rows_in_rows_out(tmp_path, monkeypatch,
                                                   read_prepared, fake_encoder,

@@ -306,14 +306,42 @@ def read_catalog(options: PrepareOptions, prefix: str,
   id_column = tables.find_column(table, path, ("item_id", "id"))
   ids = tables.id_strings(table[id_column], path, id_column)
   if item_map is not None:
-    originals = set(item_map.values())
-    if not ids.isin(originals).any() and ids.isin(item_map.keys()).all():
-      ids = ids.map(item_map)
+    ids = _original_text_ids(ids, item_map, options.text_keys, path)
   catalog = pd.DataFrame(
       {field: table[tables.find_column(table, path, (field,))].map(S.clean_text)
        .to_numpy() for field in fields},
       index=pd.Index(ids.to_numpy(), name="item_id"))
   return catalog[~catalog.index.duplicated(keep="first")]
+
+
+def _original_text_ids(ids: pd.Series, item_map: Dict[str, str], text_keys: str,
+                       path: str) -> pd.Series:
+  """The text file's ids as original ids (UniSRec layout).
+
+  `text_keys="auto"`: ids that are all .inter indices and never original ids
+  are indices; ids that are original ids and not all indices are original ids.
+  Numeric original ids can be both (every id is an index and an original id,
+  and the map is not the identity): then the file is ambiguous and refused,
+  since a wrong guess gives items other items' text without any error.
+
+  Raises:
+    DataToolsError: an ambiguous file under "auto".
+  """
+  if text_keys == "index":
+    return ids.map(lambda index: item_map.get(index, index))
+  if text_keys == "original":
+    return ids
+  originals = set(item_map.values())
+  as_original, as_index = ids.isin(originals), ids.isin(item_map.keys())
+  if as_index.all() and not as_original.any():
+    return ids.map(item_map)
+  identity = all(index == original for index, original in item_map.items())
+  if as_index.all() and as_original.all() and not identity:
+    raise S.DataToolsError(
+        f"{path}: its ids are both original ids and .inter indices of the "
+        ".item2index map, which maps them differently; say which with "
+        "--text_keys=original or --text_keys=index")
+  return ids
 
 
 def read_recbole(options: PrepareOptions) -> S.RawSessions:
