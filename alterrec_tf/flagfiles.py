@@ -20,7 +20,7 @@ PREPARE_FLAG_NAMES = frozenset({
     "embedding_batch_size",
     "min_item_count", "min_session_length", "max_session_length",
     "valid_fraction", "test_fraction", "num_shards", "locale",
-    "excluded_stock_codes", "split_seed", "sheet",
+    "excluded_stock_codes", "split_seed", "sheet", "text_keys",
 })
 
 
