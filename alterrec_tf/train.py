@@ -237,12 +237,13 @@ def format_table(results) -> str:
   test = results.get("test", {})
   if not test:
     return "(no test split)"
-  metrics = list(next(iter(test.values())).keys())
+  heads = sorted(test, key=lambda h: (h != "fused", h))
+  metrics = list(dict.fromkeys(m for head in heads for m in test[head]))  # fused's first
   lines = ["| head | " + " | ".join(metrics) + " |",
            "|---" * (len(metrics) + 1) + "|"]
-  for head in sorted(test, key=lambda h: (h != "fused", h)):
-    lines.append(f"| {head} | " + " | ".join(f"{100 * test[head][m]:.2f}" for m in metrics)
-                 + " |")
+  for head in heads:  # e.g. tfrs_hits@K only where a fused item matrix exists: "-" elsewhere
+    lines.append(f"| {head} | " + " | ".join(
+        f"{100 * test[head][m]:.2f}" if m in test[head] else "-" for m in metrics) + " |")
   return "\n".join(lines)
 
 

@@ -6,6 +6,9 @@ import zlib
 import numpy as np
 import pytest
 
+# Before any test imports TensorFlow: sets TF_USE_LEGACY_KERAS, which TFRS needs.
+import alterrec_tf  # noqa: F401
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATASETS = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "datasets"))
 

@@ -188,3 +188,19 @@ def test_a_run_stored_with_resolved_seen_items_matches_the_auto_flag(dedup_data,
   assert alter_runs.run_conflicts(config, manifest)[0] == []  # auto == exclude here
   kept = config.replace(seen_items="keep")
   assert alter_runs.run_conflicts(kept, manifest)[0] == ["--seen_items=exclude (now keep)"]
+
+
+@pytest.mark.parametrize("seen_items", ["exclude", "keep"])
+def test_tfrs_factorized_top_k_equals_the_keras_rs_hits(dedup_data, seen_items):
+  """Issue 14: TFRS FactorizedTopK over a BruteForce index of the fused item
+  matrix gives the evaluator's Hits@K, seen items scored out or kept."""
+  data_dir, manifest, _ = dedup_data
+  model = build(data_dir, manifest, model="alterrec", seen_items=seen_items, ks=(1, 5, 10))
+  split = alter_data.load_split(data_dir, manifest, "test", MAX_LEN,
+                                alter_train.TEST_WINDOW_STRIDE)
+  metrics = evaluation.Evaluator(model, ks=(1, 5, 10))(split.batches(8))["fused"]
+  for k in (1, 5, 10):
+    assert metrics[f"tfrs_hits@{k}"] == pytest.approx(metrics[f"hits@{k}"], abs=1e-6), k
+  assert 0.0 < metrics["hits@10"] < 1.0  # neither trivially empty nor full
+  queries_only = evaluation.Evaluator(model, ks=(1, 5, 10), tfrs_metrics=False)
+  assert "tfrs_hits@1" not in queries_only(split.batches(8))["fused"]

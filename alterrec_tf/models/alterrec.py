@@ -26,6 +26,15 @@ TEXT_PHASE = 1
 TOWER_NAMES = ("id", "text")
 
 
+def fused_query_scales(config, tower_names) -> dict:
+  """Weight of each tower's session vector in the fused query (Eq. 12): alpha
+  and (1 - alpha) / text_temperature, or 1 / temperature for a single tower."""
+  text_scale = 1.0 / config.text_temperature
+  if len(tower_names) == 1:
+    return {"id": 1.0, "text": text_scale}
+  return {"id": config.alpha, "text": (1.0 - config.alpha) * text_scale}
+
+
 def scored_positions(batch):
   """Indices [P, 2] of the scored prefixes of a window batch, and targets [P]."""
   positions = tf.where(batch[alter_data.TARGET_MASK])
@@ -228,14 +237,34 @@ class AlterRec(keras.Model):
     fused = alpha * ID + (1 - alpha) * text (Eq. 12); a single-tower model has
     its tower's scores as "fused".
     """
+    heads, targets, _ = self.score_heads_and_queries(batch)
+    return heads, targets
+
+  def score_heads_and_queries(self, batch):
+    """`score_heads` plus each prefix's fused query [P, D]: fused score =
+    query . `fused_item_matrix()` rows (before the prefix's items are scored out)."""
     positions, targets = scored_positions(batch)
-    heads = self.prefix_scores(batch[alter_data.ITEM_IDS], positions)
+    item_ids = batch[alter_data.ITEM_IDS]
+    scales = fused_query_scales(self.config, self.tower_names)
+    heads, queries = {}, []
+    for name in self.tower_names:
+      tower = self.tower(name)
+      matrix = tower.item_matrix(training=False)
+      vectors = tf.gather_nd(tower.prefix_vectors(item_ids, matrix, False), positions)
+      heads[name] = self.exclude_seen(tower.scores(vectors, matrix), item_ids, positions)
+      queries.append(scales[name] * vectors)
     if len(self.tower_names) == 2:
       alpha = self.config.alpha
       heads["fused"] = alpha * heads["id"] + (1.0 - alpha) * heads["text"]
     else:
       heads["fused"] = heads[self.tower_names[0]]
-    return heads, targets
+    return heads, targets, tf.concat(queries, axis=1)
+
+  def fused_item_matrix(self):
+    """The towers' item matrices side by side, in `tower_names` order: [V, D]
+    (what the export serves)."""
+    return tf.concat([self.tower(name).item_matrix(training=False)
+                      for name in self.tower_names], axis=1)
 
   def call(self, item_ids, training=False):
     """Fused scores of every prefix: int [B, L] -> [B, L, V]."""

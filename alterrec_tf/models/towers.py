@@ -54,6 +54,21 @@ def mask_padding(scores):
   return tf.where(is_padding, tf.cast(NEG_INF, scores.dtype), scores)
 
 
+def prefix_items(item_ids, positions):
+  """The items of each scored prefix: int32 [P, L], window items 0..t, later
+  places padding (0).
+
+  Args:
+    item_ids: int [B, L] window batch (0 = padding).
+    positions: int64 [P, 2] (window, position t) of each scored prefix.
+  """
+  item_ids = tf.cast(item_ids, tf.int32)
+  positions = tf.cast(positions, tf.int32)
+  rows = tf.gather(item_ids, positions[:, 0])  # [P, L]
+  in_prefix = tf.range(tf.shape(item_ids)[1])[None, :] <= positions[:, 1:2]  # [P, L]
+  return tf.where(in_prefix, rows, schema.PADDING_INDEX)
+
+
 def mask_seen_items(scores, item_ids, positions):
   """Scores the items of each prefix out: they get -1e9, like padding.
 
@@ -71,12 +86,7 @@ def mask_seen_items(scores, item_ids, positions):
     float [P, V]: `scores` with every item of each prefix at -1e9; no gradient
     flows to the replaced entries.
   """
-  item_ids = tf.cast(item_ids, tf.int32)
-  positions = tf.cast(positions, tf.int32)
-  length = tf.shape(item_ids)[1]
-  rows = tf.gather(item_ids, positions[:, 0])  # [P, L]
-  in_prefix = tf.range(length)[None, :] <= positions[:, 1:2]  # [P, L]
-  rows = tf.where(in_prefix, rows, schema.PADDING_INDEX)  # later items -> padding
+  rows = prefix_items(item_ids, positions)
   num_prefixes = tf.shape(rows)[0]
   prefix_index = tf.broadcast_to(tf.range(num_prefixes)[:, None], tf.shape(rows))
   indices = tf.reshape(tf.stack([prefix_index, rows], axis=-1), [-1, 2])

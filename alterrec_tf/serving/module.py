@@ -59,6 +59,7 @@ from typing import Dict, Sequence
 import tensorflow as tf
 
 from alterrec_tf.formats import schema
+from alterrec_tf.models import alterrec as alterrec_model
 
 NEG_INF = -1e9  # score of excluded items (as towers.NEG_INF)
 PADDING_SCORE = 2 * NEG_INF  # the padding column: below every item
@@ -95,12 +96,7 @@ _RAW_IDS = tf.TensorSpec([None, None], tf.string, name=INPUT_RAW_ITEM_IDS)
 _K = tf.TensorSpec([], tf.int32, name=INPUT_K)
 
 
-def tower_scales(config, tower_names) -> dict:
-  """Weight of each tower's session vector in the fused query (Eq. 12)."""
-  text_scale = 1.0 / config.text_temperature
-  if len(tower_names) == 1:
-    return {"id": 1.0, "text": text_scale}
-  return {"id": config.alpha, "text": (1.0 - config.alpha) * text_scale}
+tower_scales = alterrec_model.fused_query_scales  # one definition for training and serving
 
 
 class TowerPart:

@@ -7,7 +7,9 @@ lists of the whole split at once (y_true marks the target's place, at most one
 relevant item; y_pred is the list order), so no metric runs eagerly per batch.
 Hits@K is keras-rs RecallAtK with one relevant item. `full_ranking_ranks` is the
 numpy reference with the same tie rule (tests), and the per-prefix ranks feed
-the long-tail analysis.
+the long-tail analysis. Models with a fused item matrix (AlterRec and its
+ablations) also get `tfrs_hits@K` in their "fused" head: TFRS FactorizedTopK
+over a BruteForce index of that matrix (`training.retrieval`).
 """
 
 from typing import Dict, Iterable
@@ -17,6 +19,8 @@ import numpy as np
 import tensorflow as tf
 
 from alterrec_tf.data import windows as alter_data
+from alterrec_tf.models import towers
+from alterrec_tf.training import retrieval
 
 
 def metric_names(ks: Iterable[int], mrr_k: int):
@@ -86,7 +90,7 @@ class Evaluator:
     mrr_k: cut-off of MRR.
   """
 
-  def __init__(self, model, ks=(10, 20), mrr_k=20):
+  def __init__(self, model, ks=(10, 20), mrr_k=20, tfrs_metrics: bool = True):
     self.model = model
     self.ks, self.mrr_k = tuple(ks), mrr_k
     self.max_k = max(max(self.ks), mrr_k)
@@ -95,12 +99,30 @@ class Evaluator:
         alter_data.TARGET_IDS: tf.TensorSpec([None, None], tf.int32),
         alter_data.TARGET_MASK: tf.TensorSpec([None, None], tf.bool),
     }
+    # TFRS FactorizedTopK over the fused item matrix, for models that have one.
+    self._tfrs = (retrieval.load_tfrs()
+                  if tfrs_metrics and hasattr(model, "fused_item_matrix") else None)
     self._top_lists = tf.function(self._top_lists_eager, input_signature=[spec])
 
   def _top_lists_eager(self, batch):
-    scores, targets = self.model.score_heads(batch)
+    """Target ranks per head and targets; with TFRS also the fused queries
+    [P, D] and each prefix's items [P, max_len]."""
+    if self._tfrs is None:
+      scores, targets = self.model.score_heads(batch)
+      extra = ()
+    else:
+      scores, targets, queries = self.model.score_heads_and_queries(batch)
+      seen = towers.prefix_items(batch[alter_data.ITEM_IDS],
+                                 tf.where(batch[alter_data.TARGET_MASK]))
+      seen = tf.pad(seen, [[0, 0], [0, self.model.config.max_len - tf.shape(seen)[1]]])
+      extra = (queries, seen)
     ranks = {name: target_ranks(head, targets, self.max_k) for name, head in scores.items()}
-    return ranks, targets
+    return (ranks, targets) + extra
+
+  def _retrieval_hits(self):
+    config = self.model.config
+    return retrieval.RetrievalHits(self._tfrs, self.model.fused_item_matrix(), self.ks,
+                                   config.max_len, config.seen_items == "exclude")
 
   def __call__(self, batches, keep_ranks: bool = False):
     """Evaluates a dataset of window batches.
@@ -111,13 +133,18 @@ class Evaluator:
     """
     ranks: Dict[str, list] = {}
     targets_seen = []
+    hits = self._retrieval_hits() if self._tfrs is not None else None
     for batch in batches:
-      batch_ranks, targets = self._top_lists(batch)
+      batch_ranks, targets, *extra = self._top_lists(batch)
       for name, head_ranks in batch_ranks.items():
         ranks.setdefault(name, []).append(head_ranks.numpy())
       targets_seen.append(targets.numpy())
+      if hits is not None:
+        hits.update(extra[0], targets, extra[1])
     per_prefix = {name: np.concatenate(r) for name, r in ranks.items()}
     results = {name: ranking_metrics(r, self.ks, self.mrr_k) for name, r in per_prefix.items()}
+    if hits is not None and "fused" in results:
+      results["fused"].update(hits.result())
     if not keep_ranks:
       return results
     per_prefix["targets"] = (np.concatenate(targets_seen) if targets_seen
