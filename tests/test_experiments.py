@@ -117,6 +117,24 @@ def test_report_writes_table_json_and_three_figures(tmp_path):
   assert other["figures"] == {"fig5": "fig5_alterrec.png", "fig6": "fig6_long_tail.png"}
 
 
+def test_report_without_matplotlib_writes_the_tables_and_says_why_no_figures(
+    tmp_path, monkeypatch):
+  rng = np.random.default_rng(1)
+  runs_dir, report_dir = str(tmp_path / "runs"), str(tmp_path / "report")
+  targets = rng.integers(1, 50, 100)
+  for seed in (0, 1):
+    fake_run(runs_dir, "alterrec", seed, 0.4, rng, ("fused", "id", "text"), targets,
+             rng.integers(0, 300, 50)[targets])
+  real_find_spec = report.importlib.util.find_spec
+  monkeypatch.setattr(report.importlib.util, "find_spec",
+                      lambda name, *a: None if name == "matplotlib" else real_find_spec(name, *a))
+  output = report.write_report(runs_dir, report_dir, bins=[20, 100])
+  assert output["figures"] == {} and output["table"]["alterrec"]["hits@20"]["seeds"] == [0, 1]
+  assert not [n for n in os.listdir(report_dir) if n.endswith(".png")]
+  markdown = open(os.path.join(report_dir, "README.md"), encoding="utf-8").read()
+  assert "matplotlib is not installed" in markdown and "| AlterRec | 2 |" in markdown
+
+
 # --- the whole grid through the CLI ---------------------------------------------------------
 def test_experiments_cli_trains_every_model_in_two_workers_then_skips_finished_runs(tmp_path):
   data_dir = str(tmp_path / "data")
