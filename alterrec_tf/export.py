@@ -50,6 +50,7 @@ from alterrec_tf import config as alter_config
 from alterrec_tf import runs as alter_runs
 from alterrec_tf.formats import new_items as alter_new_items
 from alterrec_tf.formats import schema
+from alterrec_tf.models import cold_items
 from alterrec_tf.models import names as model_names
 
 EXPORT_INFO_FILE = "alterrec_export.json"
@@ -341,8 +342,10 @@ def write_vocab(path: str, rows) -> None:
       f.write(f"{index}\t{raw_id}\t{alter_new_items.clean_title(title)}\n")
 
 
-def serving_parts(model, config, num_items: int, new_rows: Optional[np.ndarray] = None):
-  """(item matrix [V, D], [TowerPart]) of a model, with optional new text rows."""
+def serving_parts(model, config, num_items: int, new_rows: Optional[np.ndarray] = None,
+                  cold_id_imputer=None):
+  """(item matrix [V, D], [TowerPart]) of a model, with optional new text rows
+  (their ID part: `cold_id_imputer` of their text rows, else zeros)."""
   from alterrec_tf.serving import module as serving  # pylint: disable=g-import-not-at-top
   scales = serving.tower_scales(config, model.tower_names)
   num_new = 0 if new_rows is None else len(new_rows)
@@ -351,7 +354,9 @@ def serving_parts(model, config, num_items: int, new_rows: Optional[np.ndarray] 
     tower = model.tower(name)
     matrix = np.asarray(tower.item_matrix(training=False), dtype=np.float32)
     if name == "id":
-      matrix = np.concatenate([matrix, np.zeros([num_new, matrix.shape[1]], np.float32)])
+      cold = (cold_id_imputer(new_rows) if num_new and cold_id_imputer is not None
+              else np.zeros([num_new, matrix.shape[1]], np.float32))
+      matrix = np.concatenate([matrix, cold])
     elif num_new:
       matrix = np.concatenate([matrix, new_rows])
     blocks.append(matrix)
@@ -362,10 +367,13 @@ def serving_parts(model, config, num_items: int, new_rows: Optional[np.ndarray] 
 
 def build_module(model, config, manifest, data_dir: str, scratch_dir: str, k: int,
                  exclude_session_items: bool, new_items_path: Optional[str] = None,
-                 text_layer=None):
-  """(`ServingModule` of a loaded run, vocabulary rows it serves, new text rows or None).
+                 text_layer=None, cold_id_part: str = "imputed"):
+  """(`ServingModule` of a loaded run, vocabulary rows it serves, new text rows or
+  None, the `ColdIdImputer` of cold items' ID part or None).
 
-  `text_layer`: the `ItemTextVectors` of the text signatures (`build_text_layer`)."""
+  `text_layer`: the `ItemTextVectors` of the text signatures (`build_text_layer`).
+  `cold_id_part`: "imputed" (an ID+text model's new items get the ID rows of
+  the trained items nearest in text, `models.cold_items`) or "zero"."""
   from alterrec_tf.data import windows as alter_data  # pylint: disable=g-import-not-at-top
   from alterrec_tf.serving import module as serving  # pylint: disable=g-import-not-at-top
   num_items = manifest["num_items"]
@@ -381,16 +389,20 @@ def build_module(model, config, manifest, data_dir: str, scratch_dir: str, k: in
   if not 1 <= k <= len(rows) - 1:
     raise ExportError(f"--k={k} must be in [1, {len(rows) - 1}] (the items of {data_dir}"
                       + (f" and {new_items_path}" if new_items_path else "") + ")")
-  matrix, parts = serving_parts(model, config, num_items, new_rows)
   counts = np.asarray(alter_data.item_counts(
       schema.split_files(data_dir, manifest, "train"), num_items), dtype=np.float32)
+  cold_id_imputer = None
+  if cold_id_part == "imputed" and {"id", "text"} <= set(model.tower_names):
+    cold_id_imputer = cold_items.for_model(model, counts)
+  matrix, parts = serving_parts(model, config, num_items, new_rows, cold_id_imputer)
   popularity = np.concatenate([counts, np.zeros([len(rows) - num_items], np.float32)])
   vocab_path = os.path.join(scratch_dir, serving.VOCAB_ASSET)
   write_vocab(vocab_path, rows)
   module = serving.ServingModule(
       matrix, parts, popularity, vocab_path, config.max_len, k, exclude_session_items,
-      text_layer, len(manifest.get("text_fields") or []) if text_layer is not None else 0)
-  return module, rows, new_rows
+      text_layer, len(manifest.get("text_fields") or []) if text_layer is not None else 0,
+      cold_id_imputer)
+  return module, rows, new_rows, cold_id_imputer
 
 
 # --- reference and check ------------------------------------------------------------
@@ -428,7 +440,7 @@ def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
            new_items: Optional[str] = None, model_name: Optional[str] = None,
            warmup: bool = True, verify: bool = True, loaded_run=None,
            verify_data: bool = True, text_signatures: Optional[bool] = None,
-           text_encoder_dir: Optional[str] = None) -> dict:
+           text_encoder_dir: Optional[str] = None, cold_id_part: str = "imputed") -> dict:
   """Exports `run_dir` as version `version` (default: next) of `export_dir`.
 
   Args:
@@ -439,6 +451,9 @@ def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
     text_signatures: add new_item_vectors / score_text_candidates (the sentence
       encoder in the graph); None: where the run and dataset allow it.
     text_encoder_dir: the converted sentence encoder (see `load_text_encoder`).
+    cold_id_part: the ID columns of items added after training (--new_items and
+      the text signatures): "imputed" (the ID rows of the trained items nearest
+      in text, `models.cold_items`) or "zero".
 
   Returns:
     The export info (also written to assets.extra/alterrec_export.json), with
@@ -486,8 +501,9 @@ def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
     os.makedirs(scratch)
     text_layer, text_info = build_text_layer(model, manifest, schema.read_vocab(data_dir),
                                              text_signatures, text_encoder_dir)
-    module, rows, new_rows = build_module(model, config, manifest, data_dir, scratch, k,
-                                          exclude_session_items, new_items, text_layer)
+    module, rows, new_rows, cold_id_imputer = build_module(
+        model, config, manifest, data_dir, scratch, k, exclude_session_items, new_items,
+        text_layer, cold_id_part)
     tf.saved_model.save(module, target, signatures=module.signatures())
     num_warmup = 0
     if warmup:
@@ -499,7 +515,8 @@ def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
       checked = export_check.sample_sessions(data_dir, manifest)
       loaded = tf.saved_model.load(target)
       mismatches = export_check.verify_export(target, model, checked, k, new_rows,
-                                              exclude_session_items, loaded=loaded)
+                                              exclude_session_items, loaded=loaded,
+                                              cold_id_imputer=cold_id_imputer)
       if mismatches:
         raise ExportError(f"the exported top-{k} differs from the Keras model's in "
                           f"{mismatches} places; nothing was exported")
@@ -507,7 +524,8 @@ def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
         fields = export_check.sample_fields([title for _, title in rows[1:]],
                                             module.num_text_fields)
         bad = export_check.verify_text_signatures(
-            loaded, model, text_layer, checked, [raw_id for raw_id, _ in rows], fields)
+            loaded, model, text_layer, checked, [raw_id for raw_id, _ in rows], fields,
+            cold_id_imputer=cold_id_imputer)
         text_info["verified"] = {"candidates": len(fields), "sessions": len(checked)}
         if any(bad):
           raise ExportError(f"the exported text signatures differ from the Keras layers "
@@ -526,6 +544,8 @@ def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
         "num_new_items": len(rows) - manifest["num_items"], "new_items": new_items or "",
         "signatures": list(module.signature_names), "warmup_requests": num_warmup,
         "text_signatures": text_layer is not None,
+        "cold_id_part": ("imputed" if cold_id_imputer is not None else
+                         "zero" if {"id", "text"} <= set(model.tower_names) else None),
         "text": ({**text_info, "signatures": list(serving.TEXT_SIGNATURES)}
                  if text_layer is not None else text_info),
         "verified_sessions": None if mismatches is None else len(checked),
@@ -560,7 +580,8 @@ def format_info(info: dict) -> str:
   lines = [
       f"exported {info['model']} ({'+'.join(info['towers'])}) to {info['path']}",
       f"  items: {info['num_items']} ({info['num_new_items']} cold-start), k={info['k']}, "
-      f"exclude_session_items={info['exclude_session_items']}",
+      f"exclude_session_items={info['exclude_session_items']}"
+      + (f", cold items' ID part: {info['cold_id_part']}" if info.get("cold_id_part") else ""),
       f"  variables/: {info['variables_bytes'] / 1e6:.2f} MB; exported weights "
       f"(sum of nbytes): {info['weights_bytes'] / 1e6:.2f} MB; ratio {ratio:.3f}",
       f"  saved_model.pb: {info['saved_model_pb_bytes'] / 1e6:.2f} MB; whole version "
@@ -608,7 +629,12 @@ def define_flags():
                        "as the run was trained and evaluated (its --seen_items; excluded "
                        "by default on de-duplicated data).")
   flags.DEFINE_string("new_items", None, "Cold-start item table to add (folder from "
-                      "data_tools.embed_items, or EMB.npy,ITEMS.tsv); scored by text only.")
+                      "data_tools.embed_items, or EMB.npy,ITEMS.tsv); see --cold_id_part.")
+  flags.DEFINE_enum("cold_id_part", "imputed", ["imputed", "zero"],
+                    "ID columns of items added after training (--new_items, the text "
+                    "signatures): 'imputed' (the similarity-weighted ID rows of the 20 "
+                    "trained items nearest in text: their fused score on the trained "
+                    "items' scale), or 'zero' (text term only).")
   flags.DEFINE_string("model_name", None, "Model name in the warmup requests (default: "
                       "export_dir's base name, as TF Serving's --model_name).")
   flags.DEFINE_boolean("warmup", True, "Write assets.extra/tf_serving_warmup_requests.")
@@ -635,7 +661,8 @@ def main(argv):
                 values.k, values.exclude_session_items, values.new_items,
                 values.model_name, values.warmup, values.verify, verify_data=verify_data,
                 text_signatures=values.text_signatures,
-                text_encoder_dir=values.text_encoder_dir)
+                text_encoder_dir=values.text_encoder_dir,
+                cold_id_part=values.cold_id_part)
   print(format_info(info))
 
 

@@ -15,6 +15,7 @@ from alterrec_tf.config import TrainConfig
 from alterrec_tf.data import windows as alter_data
 from alterrec_tf.formats import new_items, schema
 from alterrec_tf.models import alterrec as alter_model
+from alterrec_tf.models import cold_items
 from alterrec_tf.serving import check as export_check
 from alterrec_tf.serving import module as serving
 from alterrec_tf.serving import warmup
@@ -352,7 +353,7 @@ def test_single_tower_models_export(run, towers, tmp_path):
   assert tuple(module.item_matrix.shape) == (model.num_items, config.embedding_dim)
 
 
-def test_cold_start_items_score_by_text_only_and_exclusion(run, tmp_path):
+def test_cold_start_items_with_a_zero_id_part_score_by_text_only_and_exclusion(run, tmp_path):
   model, config, manifest, data_dir = run["loaded"]
   text_table = model.text_tower.item_encoder.text_table.numpy()
   twin = 5  # the new item "NEW-TWIN" has exactly item 5's text
@@ -366,7 +367,9 @@ def test_cold_start_items_score_by_text_only_and_exclusion(run, tmp_path):
                   new_items=clash, warmup=False, verify=False)
   assert not os.path.exists(tmp_path / "bad" / "1")
   info = export.export(run["run_dir"], str(tmp_path / "m"), k=K, exclude_session_items=True,
-                       new_items=folder, warmup=False, loaded_run=run["loaded"])
+                       new_items=folder, warmup=False, loaded_run=run["loaded"],
+                       cold_id_part="zero")
+  assert info["cold_id_part"] == "zero"
   V = model.num_items
   assert info["num_items"] == V + 2 and info["num_new_items"] == 2
   module = tf.saved_model.load(info["path"])
@@ -406,6 +409,37 @@ def test_cold_start_items_score_by_text_only_and_exclusion(run, tmp_path):
   assert raw[serving.OUTPUT_IGNORED].tolist() == [0]
   assert not raw[serving.OUTPUT_FALLBACK][0]
   assert b"NEW-TWIN" not in raw[serving.OUTPUT_ITEM_IDS][0]  # excluded: it is the session
+
+
+def test_cold_start_items_get_an_id_part_imputed_from_their_text(run, tmp_path):
+  model, config, manifest, data_dir = run["loaded"]
+  text_table = model.text_tower.item_encoder.text_table.numpy()
+  twin = 5
+  folder = new_items.write(str(tmp_path / "new"), ["NEW-TWIN"], ["twin of five"],
+                           text_table[twin:twin + 1])
+  info = export.export(run["run_dir"], str(tmp_path / "m"), k=K, new_items=folder,
+                       warmup=False, loaded_run=run["loaded"])  # verified by export
+  assert info["cold_id_part"] == "imputed"
+  assert "cold items' ID part: imputed" in export.format_info(info)
+  module = tf.saved_model.load(info["path"])
+  matrix, V, d = module.item_matrix.numpy(), model.num_items, config.embedding_dim
+  counts = alter_data.item_counts(schema.split_files(data_dir, manifest, "train"), V)
+  imputed = cold_items.for_model(model, counts)(matrix[V:, d:])
+  np.testing.assert_allclose(matrix[V:, :d], imputed, rtol=1e-5, atol=1e-6)
+  # its text equals item 5's, so item 5 is its nearest neighbour and weighs most:
+  # the imputed row is nearer to item 5's ID row than a zero row is
+  assert counts[twin] > 0
+  assert (np.linalg.norm(matrix[V, :d] - matrix[twin, :d])
+          < np.linalg.norm(matrix[twin, :d]))
+  # a session of trained items scores it alpha * ID + (1 - alpha) * text, ID on its imputed row
+  session = [11, 12, 13]
+  out = call(module, serving.SIGNATURE_TOP_K, item_ids=np.array([session], np.int64),
+             k=np.int32(V + 10))
+  scores = dict(zip(out[serving.OUTPUT_INDICES][0].tolist(), out[serving.OUTPUT_SCORES][0]))
+  u_id = export_check.reference_text_vectors(model, [session], "id")[0]
+  u_text = export_check.reference_text_vectors(model, [session])[0]
+  expected = ALPHA * u_id @ matrix[V, :d] + (1 - ALPHA) / TEMPERATURE * u_text @ matrix[V, d:]
+  np.testing.assert_allclose(scores[V], expected, rtol=1e-4, atol=1e-4)
 
 
 def test_embed_items_writes_a_table_the_exporter_reads(run, tmp_path):

@@ -17,8 +17,9 @@ import tensorflow as tf
 
 from alterrec_tf import export
 from alterrec_tf.config import TrainConfig
+from alterrec_tf.data import windows as alter_data
 from alterrec_tf.formats import schema
-from alterrec_tf.models import registry
+from alterrec_tf.models import cold_items, registry
 from alterrec_tf.serving import check as export_check
 from alterrec_tf.serving import module as serving
 from alterrec_tf.text import convert, item_space
@@ -94,6 +95,23 @@ def text_layer(model, encoder_dir):
       [item_encoder.projection, item_encoder.norm])
 
 
+def cold_id_imputer(run):
+  """The ID part the export imputes for items known by text only."""
+  model, _, manifest, data_dir = run
+  counts = alter_data.item_counts(schema.split_files(data_dir, manifest, "train"),
+                                  manifest["num_items"])
+  return cold_items.for_model(model, counts)
+
+
+def by_hand_scores(run, sessions, text_vectors):
+  """(1 - alpha) / temperature * u_text . v + alpha * u_id . (imputed ID row of v)."""
+  model = run[0]
+  u_text = export_check.reference_text_vectors(model, sessions)
+  u_id = export_check.reference_text_vectors(model, sessions, "id")
+  return ((1 - ALPHA) / TEMPERATURE * u_text @ text_vectors.T
+          + ALPHA * u_id @ cold_id_imputer(run)(text_vectors).T)
+
+
 def raw_sessions(run, count=6):
   """(dense sessions, raw id rows padded with "") from the test split."""
   _, _, manifest, data_dir = run
@@ -132,7 +150,9 @@ def test_new_item_vectors_equal_item_text_vectors_in_python(run, text_export, en
   d = config.embedding_dim
   assert text.shape == (len(fields), d) and rows.shape == (len(fields), 2 * d)
   np.testing.assert_allclose(text, expected, atol=1e-5)
-  assert not rows[:, :d].any()  # ID columns zero, as the cold-start rows of item_matrix
+  # ID columns: imputed from the text vector, as the cold-start rows of item_matrix
+  np.testing.assert_allclose(rows[:, :d], cold_id_imputer(run)(text), rtol=1e-4, atol=1e-5)
+  assert np.abs(rows[:, :d]).sum() > 0
   np.testing.assert_array_equal(rows[:, d:], text)
   np.testing.assert_allclose(text[len(CANDIDATES)], text[len(CANDIDATES) + 1], atol=1e-6)
 
@@ -169,10 +189,9 @@ def test_score_text_candidates_equal_a_new_items_export(run, text_export, encode
   np.put_along_axis(cold_scores, everything[serving.OUTPUT_INDICES].numpy(),
                     everything[serving.OUTPUT_SCORES].numpy(), axis=1)
   np.testing.assert_allclose(scores[:-1], cold_scores[:, NUM_ITEMS:], rtol=1e-4, atol=1e-4)
-  # == the Keras text tower's term by hand: (1 - alpha) / temperature * u_text . v
+  # == the Keras towers by hand: the text term plus the imputed ID term
   vectors = text_layer(model, encoder_dir)(tf.constant(CANDIDATES)).numpy()
-  by_hand = (1 - ALPHA) / TEMPERATURE * export_check.reference_text_vectors(
-      model, sessions) @ vectors.T
+  by_hand = by_hand_scores(run, sessions, vectors)
   np.testing.assert_allclose(scores[:len(sessions)], by_hand, rtol=1e-4, atol=1e-4)
 
 
@@ -219,8 +238,7 @@ def test_fresh_process_without_torch_ranks_raw_text_candidates(run, text_export,
   assert "without tensorflow_text: True" in out.stdout and "ok" in out.stdout, out.stdout
   assert "rank 4" in out.stdout
   vectors = text_layer(model, encoder_dir)(tf.constant(CANDIDATES)).numpy()
-  expected = (1 - ALPHA) / TEMPERATURE * export_check.reference_text_vectors(
-      model, sessions)[0] @ vectors.T
+  expected = by_hand_scores(run, sessions, vectors)[0]
   np.testing.assert_allclose(np.load(tmp_path / "scores.npy"), expected, rtol=1e-4,
                              atol=1e-4)
 

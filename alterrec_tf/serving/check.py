@@ -70,28 +70,30 @@ def sample_sessions(data_dir: str, manifest: dict, count: int = 32) -> List[List
   return []
 
 
-def reference_text_vectors(model, sessions: Sequence[Sequence[int]]) -> np.ndarray:
-  """The Keras text tower's session vectors [N, d] at each session's last item."""
+def reference_text_vectors(model, sessions: Sequence[Sequence[int]],
+                           tower_name: str = "text") -> np.ndarray:
+  """A Keras tower's session vectors [N, d] at each session's last item (the
+  text tower's unless `tower_name` says otherwise)."""
   window = pad_sessions(sessions, model.config.max_len)
   last = np.maximum((window != schema.PADDING_INDEX).sum(axis=1) - 1, 0)
-  tower = model.text_tower
+  tower = model.tower(tower_name)
   vectors = tower.prefix_vectors(tf.constant(window), tower.item_matrix(training=False))
   return tf.gather(vectors, last, batch_dims=1).numpy()
 
 
 def expected_scores(model, sessions: Sequence[Sequence[int]],
                     new_rows: Optional[np.ndarray] = None,
-                    exclude_session_items: bool = False) -> np.ndarray:
+                    exclude_session_items: bool = False, cold_id_imputer=None) -> np.ndarray:
   """What the export should score [N, V + new], computed from the Keras model.
 
   Trained items: the model's fused score. Cold-start items: (1 - alpha) /
-  temperature * (text session vector . projected new row), the text tower's
-  term alone. Excluded session items: NEG_INF. Padding: below everything.
+  temperature * (text session vector . projected new row), plus, with
+  `cold_id_imputer`, alpha * (ID session vector . imputed ID row). Excluded session
+  items: NEG_INF. Padding: below everything.
   """
   scores = reference_scores(model, sessions)
   if new_rows is not None and len(new_rows):
-    scale = serving.tower_scales(model.config, model.tower_names)["text"]
-    extra = scale * reference_text_vectors(model, sessions) @ new_rows.T
+    extra = cold_item_scores(model, sessions, new_rows, cold_id_imputer)
     scores = np.concatenate([scores, extra.astype(np.float32)], axis=1)
   if exclude_session_items:
     for row, items in enumerate(sessions):
@@ -100,9 +102,22 @@ def expected_scores(model, sessions: Sequence[Sequence[int]],
   return scores
 
 
+def cold_item_scores(model, sessions: Sequence[Sequence[int]], text_rows: np.ndarray,
+                     cold_id_imputer=None) -> np.ndarray:
+  """Fused scores [N, C] of items known only by their text tower rows [C, d_text]:
+  the text term, plus the ID term of their imputed ID rows with `cold_id_imputer`."""
+  scales = serving.tower_scales(model.config, model.tower_names)
+  scores = scales["text"] * reference_text_vectors(model, sessions) @ text_rows.T
+  if cold_id_imputer is not None:
+    scores += scales["id"] * reference_text_vectors(model, sessions, "id") @ cold_id_imputer(
+        text_rows).T
+  return scores
+
+
 def verify_export(path: str, model, sessions: Sequence[Sequence[int]], k: int,
                   new_rows: Optional[np.ndarray] = None,
-                  exclude_session_items: bool = False, loaded=None) -> int:
+                  exclude_session_items: bool = False, loaded=None,
+                  cold_id_imputer=None) -> int:
   """Loads the SavedModel at `path` (unless `loaded`); counts top-k places that
   differ from `expected_scores` (0 = the export ranks as the Keras model)."""
   # the requests are the sessions' last max_len items (what is sent is excluded)
@@ -113,7 +128,8 @@ def verify_export(path: str, model, sessions: Sequence[Sequence[int]], k: int,
   window = pad_sessions(sessions, model.config.max_len)
   out = loaded.signatures[serving.SIGNATURE_TOP_K](
       item_ids=tf.constant(window, tf.int64), k=tf.constant(k, tf.int32))
-  return top_k_mismatches(expected_scores(model, sessions, new_rows, exclude_session_items),
+  return top_k_mismatches(expected_scores(model, sessions, new_rows, exclude_session_items,
+                                          cold_id_imputer),
                           out[serving.OUTPUT_INDICES].numpy(),
                           out[serving.OUTPUT_SCORES].numpy())
 
@@ -128,7 +144,7 @@ def sample_fields(titles: Sequence[str], num_fields: int, count: int = 8) -> Lis
 
 def verify_text_signatures(loaded, model, text_layer, sessions: Sequence[Sequence[int]],
                            raw_ids: Sequence[str], fields: Sequence[Sequence[str]],
-                           atol: float = 1e-4) -> Tuple[int, int]:
+                           atol: float = 1e-4, cold_id_imputer=None) -> Tuple[int, int]:
   """Checks an export's text signatures against the Keras layers.
 
   Args:
@@ -138,11 +154,13 @@ def verify_text_signatures(loaded, model, text_layer, sessions: Sequence[Sequenc
     sessions: dense index sessions (their last max_len items are sent as raw ids).
     raw_ids: raw id of each dense index (the served vocabulary).
     fields: candidate text fields [C, F].
+    cold_id_imputer: the export's `ColdIdImputer` (ID columns imputed), else None
+      (ID columns zero).
 
   Returns:
-    (values of new_item_vectors' text_item_vectors that differ from
-    `text_layer`, scores of score_text_candidates that differ from the text
-    tower's term (1 - alpha) / temperature * u_text . v).
+    (values of new_item_vectors' outputs that differ from `text_layer` and the
+    imputed (or zero) ID columns, scores of score_text_candidates that differ
+    from `cold_item_scores`).
   """
   fields_tensor = tf.constant([list(row) for row in fields], tf.string)
   expected = text_layer(fields_tensor).numpy()
@@ -153,7 +171,10 @@ def verify_text_signatures(loaded, model, text_layer, sessions: Sequence[Sequenc
   rows = out[serving.OUTPUT_ITEM_VECTORS].numpy()
   text_columns = rows[:, rows.shape[1] - expected.shape[1]:]
   vector_mismatches += int((~np.isclose(text_columns, served, atol=1e-6)).sum())
-  vector_mismatches += int(np.count_nonzero(rows[:, :rows.shape[1] - expected.shape[1]]))
+  id_columns = rows[:, :rows.shape[1] - expected.shape[1]]
+  expected_id = (cold_id_imputer(expected) if cold_id_imputer is not None
+                 else np.zeros_like(id_columns))
+  vector_mismatches += int((~np.isclose(id_columns, expected_id, atol=atol, rtol=1e-5)).sum())
   sessions = [list(s)[-model.config.max_len:] for s in sessions if len(s)]
   if not sessions:
     return vector_mismatches, 0
@@ -164,8 +185,7 @@ def verify_text_signatures(loaded, model, text_layer, sessions: Sequence[Sequenc
   scored = loaded.signatures[serving.SIGNATURE_SCORE_TEXT](
       **{serving.INPUT_RAW_ITEM_IDS: tf.constant(request),
          serving.INPUT_CANDIDATE_FIELDS: fields_tensor})
-  scale = serving.tower_scales(model.config, model.tower_names)["text"]
-  reference = scale * reference_text_vectors(model, sessions) @ expected.T
+  reference = cold_item_scores(model, sessions, expected, cold_id_imputer)
   scores = scored[serving.OUTPUT_CANDIDATE_SCORES].numpy()
   score_mismatches = int((~np.isclose(scores, reference, atol=atol, rtol=1e-4)).sum())
   return vector_mismatches, score_mismatches

@@ -5,7 +5,9 @@ serving needs:
 
   item_matrix   float [V, D]: the item vectors of every tower side by side,
                 D = sum of the towers' d (ID columns first); cold-start rows
-                (items added at export) have zeros in the ID columns
+                (items added at export) have in the ID columns the ID row
+                imputed from their text (`models.cold_items`: the ID rows of
+                the trained items nearest in text), or zeros
   popularity    float [V]: training counts, the ranking of an empty session
   the session encoders of the towers (the trained Keras layers themselves)
   two lookup tables read from the vocabulary asset (raw id <-> dense index)
@@ -40,7 +42,7 @@ not enforced: an item's vector is the mean over whichever fields have text,
 so the order does not matter) through the
 sentence encoder and the text tower's item projection to the text tower's item
 vectors [N, d_text] and to rows [N, D] laid out as the cold-start rows of
-item_matrix (zeros in the ID columns). `score_text_candidates` scores such
+item_matrix (imputed ID part, or zeros). `score_text_candidates` scores such
 candidates [C, F] for sessions of raw ids [B, L]: q @ rows^T [B, C], the very
 score the items would get if exported with --new_items. The sentence encoder
 (an `alterrec_tf.text` Keras BERT with a tensorflow-text tokenizer) is then part
@@ -56,10 +58,12 @@ after it, so this equals the full-window model up to float rounding.
 
 from typing import Dict, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from alterrec_tf.formats import schema
 from alterrec_tf.models import alterrec as alterrec_model
+from alterrec_tf.models import cold_items
 
 NEG_INF = -1e9  # score of excluded items (as towers.NEG_INF)
 PADDING_SCORE = 2 * NEG_INF  # the padding column: below every item
@@ -134,11 +138,15 @@ class ServingModule(tf.Module):
       text tower's item vectors of raw text fields
       (`alterrec_tf.text.item_space.ItemTextVectors`); adds the text signatures.
     num_text_fields: F, the text fields a request gives per item.
+    cold_id_imputer: optional `models.cold_items.ColdIdImputer`: the text
+      signatures' rows get ID columns imputed from the trained items' rows of
+      item_matrix (else zeros), as the export's --new_items rows.
   """
 
   def __init__(self, item_matrix, towers: Sequence[TowerPart], popularity, vocab_path: str,
                max_len: int, k: int, exclude_session_items: bool,
-               text_item_vectors=None, num_text_fields: int = 0):
+               text_item_vectors=None, num_text_fields: int = 0,
+               cold_id_imputer=None):
     super().__init__(name="alterrec_serving")
     num_items, width = item_matrix.shape
     if sum(t.dim for t in towers) != width:
@@ -176,6 +184,12 @@ class ServingModule(tf.Module):
     self.num_text_fields = int(num_text_fields)
     if text_item_vectors is not None:
       self.text_item_vectors = text_item_vectors
+      if cold_id_imputer is not None:
+        self.cold_trained_items = tf.Variable(
+            np.asarray(cold_id_imputer.trained_items, np.int32), trainable=False,
+            name="cold_trained_items")
+        self._cold_neighbours = (cold_id_imputer.num_neighbours,
+                                 cold_id_imputer.temperature)
 
   @property
   def has_text_signatures(self) -> bool:
@@ -242,7 +256,8 @@ class ServingModule(tf.Module):
 
     def new_item_vectors(fields):
       """Text fields string [N, F] ("" = none) -> text_item_vectors float [N, d_text],
-      item_vectors float [N, D] (a cold-start row of item_matrix: ID columns zero)."""
+      item_vectors float [N, D] (a cold-start row of item_matrix: imputed ID part
+      or zeros)."""
       text, rows = text_rows(fields)
       return {OUTPUT_TEXT_ITEM_VECTORS: text, OUTPUT_ITEM_VECTORS: rows}
 
@@ -266,11 +281,25 @@ class ServingModule(tf.Module):
 
   def _text_rows(self, fields):
     """Text fields string [N, F] -> (text tower item vectors [N, d_text], item
-    matrix rows [N, D]: zeros in the other towers' columns)."""
+    matrix rows [N, D]: the imputed ID part, or zeros, in the ID columns)."""
     text = self.text_item_vectors(fields)
     count = tf.shape(text)[0]
-    blocks = [text if part.name == "text" else tf.zeros([count, part.dim], text.dtype)
-              for part in self._parts]
+
+    columns, start = {}, 0
+    for part in self._parts:
+      columns[part.name] = slice(start, start + part.dim)
+      start += part.dim
+
+    def block(part):
+      if part.name == "text":
+        return text
+      if part.name == "id" and hasattr(self, "cold_trained_items"):
+        trained = tf.gather(self.item_matrix, self.cold_trained_items)
+        return cold_items.impute_id_rows(text, trained[:, columns["text"]],
+                                         trained[:, columns["id"]], *self._cold_neighbours)
+      return tf.zeros([count, part.dim], text.dtype)
+
+    blocks = [block(part) for part in self._parts]
     return text, (blocks[0] if len(blocks) == 1 else tf.concat(blocks, axis=1))
 
   # --- graph ----------------------------------------------------------------------
