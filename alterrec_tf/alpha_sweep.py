@@ -15,7 +15,7 @@ loaded (`check_request`); a refused command prints one line (`alterrec_tf.cli`).
 """
 
 import os
-from typing import Dict, Sequence
+from typing import Sequence
 
 from absl import flags, logging
 
@@ -24,48 +24,9 @@ from alterrec_tf import config as alter_config
 from alterrec_tf import runs as alter_runs
 from alterrec_tf import train as alter_train
 from alterrec_tf.models import names as model_names
+from alterrec_tf.training import alpha as alter_alpha
 
 SWEEP_FILE = alter_runs.SWEEP_FILE
-
-
-def sweep(model, split, alphas: Sequence[float], ks=(10, 20), mrr_k=20,
-          batch_size=128) -> Dict[float, Dict[str, float]]:
-  """Fused metrics of a two-tower AlterRec for every alpha, one pass over a split.
-
-  Args:
-    model: an `AlterRec` with both towers.
-    split: a `data.SplitData`.
-    alphas: weights of the ID score.
-
-  Returns:
-    {alpha: {metric: value}} (keras-rs metrics, as the trainer's).
-  """
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-  from alterrec_tf.data import windows as alter_data  # pylint: disable=g-import-not-at-top
-  from alterrec_tf.models.alterrec import scored_positions  # pylint: disable=g-import-not-at-top
-  from alterrec_tf.training import evaluation  # pylint: disable=g-import-not-at-top
-
-  if tuple(model.tower_names) != ("id", "text"):
-    raise ValueError(f"an alpha sweep needs both towers; {model.config.model} has "
-                     f"{model.tower_names}")
-  max_k = max(max(ks), mrr_k)
-  spec = {alter_data.ITEM_IDS: tf.TensorSpec([None, None], tf.int32),
-          alter_data.TARGET_IDS: tf.TensorSpec([None, None], tf.int32),
-          alter_data.TARGET_MASK: tf.TensorSpec([None, None], tf.bool)}
-
-  @tf.function(input_signature=[spec])
-  def ranks_per_alpha(batch):
-    positions, targets = scored_positions(batch)
-    heads = model.prefix_scores(batch[alter_data.ITEM_IDS], positions)
-    return tf.stack([evaluation.target_ranks(a * heads["id"] + (1.0 - a) * heads["text"],
-                                             targets, max_k) for a in alphas])
-
-  ranks = np.concatenate([ranks_per_alpha(batch).numpy()
-                          for batch in split.batches(batch_size)], axis=1)
-  return {float(a): evaluation.ranking_metrics(ranks[i], ks, mrr_k)
-          for i, a in enumerate(alphas)}
 
 
 def parse_alphas(values: Sequence[str]) -> list:
@@ -118,16 +79,19 @@ def run_sweep(run_dir: str, alphas: Sequence[float], data_dir=None,
   model, config, manifest, data_dir = alter_export.load_run(run_dir, checked=checked)
   out = {"run_dir": run_dir, "alphas": [float(a) for a in alphas],
          "trained_alpha": config.alpha}
+  best = None
   for split_name in ("valid", "test"):
     stride = (alter_train.TEST_WINDOW_STRIDE if split_name == "test"
               else config.eval_window_stride)
     split = alter_data.load_split(data_dir, manifest, split_name, config.max_len, stride)
     if split is not None:
-      values = sweep(model, split, alphas, config.ks, config.mrr_k, config.eval_batch_size)
+      values = alter_alpha.sweep(model, split, alphas, config.ks, config.mrr_k,
+                                 config.eval_batch_size)
       out[split_name] = {f"{a:g}": metrics for a, metrics in values.items()}
-  if "valid" in out:
-    out["best_valid_alpha"] = float(max(
-        alphas, key=lambda a: (out["valid"][f"{a:g}"]["hits@20"], -abs(a - config.alpha))))
+      if split_name == "valid":
+        best = alter_alpha.best_alpha(values, config.alpha)
+  if best is not None:
+    out["best_valid_alpha"] = best
   alter_runs.write_json_atomic(os.path.join(run_dir, SWEEP_FILE), out)
   return out
 

@@ -78,6 +78,11 @@ _define("integer", "k2", 2000, "End (exclusive) of the hard-negative ranks.")
 _define("integer", "p", 5, "Augmented positives: the partner's top-p (aug model).")
 _define("float", "beta", 0.5, "Weight of augmented positives (Eq. 10-11).")
 _define("float", "alpha", 0.5, "Inference weight of the ID score (Eq. 12).")
+_define("boolean", "tune_alpha", False,
+        "After training, choose alpha on the validation split (grid 0, 0.1, ..., 1; the "
+        "best fused Hits@20 at the selected epoch's weights, ties to --alpha): the test "
+        "figures, results.json ('alpha') and the export use it. The paper tunes alpha "
+        "(its Figure 7); off: --alpha as given.")
 _define("integer", "m_random", 2, "Epochs per tower with random negatives.")
 _define("integer", "m_gap", 2, "Epochs per turn of alternation.")
 _define("integer", "m_max", 30, "Total epochs (including 2 * m_random).")
@@ -165,6 +170,7 @@ class TrainConfig:
   p: int = _default("p")
   beta: float = _default("beta")
   alpha: float = _default("alpha")
+  tune_alpha: bool = _default("tune_alpha")
   m_random: int = _default("m_random")
   m_gap: int = _default("m_gap")
   m_max: int = _default("m_max")

@@ -20,7 +20,8 @@ loaded, the command checks the run, the dataset (the SHA-256 of every shard and
 table, --verify_data), --k against the catalogue and that export_dir can be
 written (`check_request`); a refused command prints one line (`alterrec_tf.cli`).
 This module does not import data_tools, pandas or torch (TensorFlow itself
-imports pandas where it is installed).
+imports pandas where it is installed). The pieces it saves (new items, the text
+layer, the serving module) are built by `alterrec_tf.serving.build`.
 
 Text signatures (`--text_signatures`; by default on when the run has a text
 tower and the dataset's sentence model can be rebuilt): the export also holds
@@ -50,21 +51,16 @@ from alterrec_tf import config as alter_config
 from alterrec_tf import runs as alter_runs
 from alterrec_tf.formats import new_items as alter_new_items
 from alterrec_tf.formats import schema
-from alterrec_tf.models import cold_items
 from alterrec_tf.models import names as model_names
+from alterrec_tf.serving import build as serving_build
+from alterrec_tf.serving.build import ExportError
 
 EXPORT_INFO_FILE = "alterrec_export.json"
 WARMUP_FILE = "tf_serving_warmup_requests"
 ASSETS_EXTRA = "assets.extra"
 WEIGHTS_FILE = alter_runs.BEST_WEIGHTS_FILE
-TEXT_TABLE_ITEMS = 32  # dataset items re-embedded to check the sentence encoder
-TEXT_TABLE_TOLERANCE = 1e-3  # median max |difference| allowed on those rows
-# the files of an encoder folder (= alterrec_tf.text.encoder's, without importing TF)
-ENCODER_FILES = ("text_encoder.json", "vocab.txt", "text_encoder.npz")
 
 
-class ExportError(ValueError):
-  """An export that cannot be done as asked."""
 
 
 # --- loading a run ------------------------------------------------------------------
@@ -137,7 +133,7 @@ def check_request(run_dir: str, export_dir: Optional[str], data_dir: Optional[st
   config, manifest, data_dir = check_run(run_dir, data_dir, verify_data, weights=False)
   check_k(k, manifest, data_dir, new_items)
   if text_signatures:
-    reason = text_signature_obstacle(model_names.ALTERREC_TOWERS[config.model], manifest,
+    reason = serving_build.text_signature_obstacle(model_names.ALTERREC_TOWERS[config.model], manifest,
                                      text_encoder_dir)
     if reason:
       raise ExportError(f"--text_signatures: {reason}")
@@ -150,11 +146,17 @@ def load_run(run_dir: str, data_dir: Optional[str] = None, verify_data: bool = T
              checked=None):
   """(Keras model with the best weights, TrainConfig, manifest, data_dir) of a run.
 
+  The config's alpha is the one the run chose on validation where it tuned it
+  (results.json "alpha", `train --tune_alpha`).
+
   Args:
     checked: the result of `check_run` / `check_request` (not checked again).
   """
   from alterrec_tf.models import registry as models  # pylint: disable=g-import-not-at-top
   config, manifest, data_dir = checked or check_run(run_dir, data_dir, verify_data)
+  results = alter_runs.load_results(run_dir) or {}
+  if "alpha" in results:  # chosen on validation after training (--tune_alpha)
+    config = config.replace(alpha=float(results["alpha"]))
   text_embeddings = schema.load_text_embeddings(data_dir, manifest)
   weights = os.path.join(run_dir, WEIGHTS_FILE)
   model = models.build_model(config, manifest, text_embeddings)
@@ -162,250 +164,7 @@ def load_run(run_dir: str, data_dir: Optional[str] = None, verify_data: bool = T
   return model, config, manifest, data_dir
 
 
-# --- building the serving module ------------------------------------------------------
-def project_new_items(model, embeddings: np.ndarray) -> np.ndarray:
-  """Text item vectors [n, d] of new SBERT rows, as TextItemEncoder in eval mode."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  encoder = model.text_tower.item_encoder
-  projected = encoder.norm(encoder.projection(tf.constant(embeddings, tf.float32)))
-  return np.asarray(projected, dtype=np.float32)
-
-
-def read_new_items(path: str, model, manifest: dict, vocab_rows) -> alter_new_items.NewItems:
-  if "text" not in model.tower_names:
-    raise ExportError(f"--new_items needs a text tower; this run is {model.config.model}")
-  table = alter_new_items.read(path, text_dim=manifest.get("text_dim"))
-  known = {raw_id: index for index, (raw_id, _) in enumerate(vocab_rows)}
-  clashes = [raw_id for raw_id in table.raw_ids if raw_id in known]
-  if clashes:
-    shown = ", ".join(repr(c) for c in clashes[:5])
-    more = f" and {len(clashes) - 5} more" if len(clashes) > 5 else ""
-    raise ExportError(f"--new_items={path}: item {shown}{more} already in the trained "
-                      f"catalogue (index {known[clashes[0]]}); list only new items")
-  trained_model = manifest.get("text_model") or ""
-  if table.text_model and trained_model and table.text_model != trained_model:
-    raise ExportError(f"--new_items={path} was embedded with {table.text_model!r}, the "
-                      f"dataset with {trained_model!r}; embed with the same model")
-  return table
-
-
-# --- text signatures ------------------------------------------------------------------
-def text_signature_obstacle(towers, manifest: dict, text_encoder_dir: Optional[str]
-                            ) -> Optional[str]:
-  """Why text signatures cannot be built (checked without TensorFlow), or None."""
-  if "text" not in towers:
-    return f"the run has no text tower (towers: {', '.join(towers)})"
-  if not manifest.get("text_fields") or not manifest.get("text_dim"):
-    return ("the dataset records no text_fields (prepared without text, or by an "
-            "older data_tools)")
-  if text_encoder_dir and os.path.isdir(text_encoder_dir) and os.listdir(text_encoder_dir) \
-      and not all(os.path.isfile(os.path.join(text_encoder_dir, name))
-                  for name in ENCODER_FILES):
-    return (f"--text_encoder_dir={text_encoder_dir} holds other files and no converted "
-            f"encoder ({', '.join(ENCODER_FILES)}); give an encoder folder, or an empty "
-            "or new one to convert into")
-  if not text_encoder_dir and not manifest.get("text_model"):
-    return "the dataset records no text_model; pass --text_encoder_dir"
-  return None
-
-
-def load_text_encoder(manifest: dict, text_encoder_dir: Optional[str]):
-  """The dataset's sentence encoder (`alterrec_tf.text.encoder.SentenceEncoder`).
-
-  From `text_encoder_dir` when it is an encoder folder; else converted from the
-  manifest's text_model, into `text_encoder_dir` when given (kept for the next
-  export), else in memory.
-
-  Raises:
-    ExportError: one line naming the folder or model.
-  """
-  # pylint: disable=g-import-not-at-top
-  from alterrec_tf.text import convert
-  from alterrec_tf.text import encoder as text_encoder
-  # pylint: enable=g-import-not-at-top
-  model_name = manifest.get("text_model") or ""
-  try:
-    if text_encoder_dir and text_encoder.is_encoder_folder(text_encoder_dir):
-      encoder = text_encoder.load_encoder(text_encoder_dir)
-      model_dir = _model_dir(convert, model_name)
-      source = encoder.config.source
-      if source and model_dir and os.path.realpath(source) != os.path.realpath(model_dir):
-        raise ExportError(f"--text_encoder_dir={text_encoder_dir} was converted from "
-                          f"{source}; the dataset was embedded with {model_name} "
-                          f"({model_dir}); use another folder")
-    elif text_encoder_dir:  # absent or empty (text_signature_obstacle)
-      staging = f"{os.path.normpath(text_encoder_dir)}.tmp-{os.getpid()}"
-      try:  # a failed conversion leaves no half-written encoder folder
-        encoder = convert.convert(model_name, staging)
-        if os.path.isdir(text_encoder_dir):
-          os.rmdir(text_encoder_dir)
-        os.rename(staging, text_encoder_dir)
-      finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    else:
-      encoder = convert.convert(model_name)
-  except ExportError:
-    raise
-  except (convert.ConversionError, ValueError, OSError) as error:
-    what = (f"--text_encoder_dir={text_encoder_dir}" if text_encoder_dir
-            else f"the dataset's text_model {model_name!r}")
-    raise ExportError(f"cannot build the sentence encoder from {what}: {error}") from error
-  dim = manifest.get("text_dim")
-  if encoder.dim != dim:
-    raise ExportError(f"the sentence encoder ({encoder.config.source or text_encoder_dir}) "
-                      f"gives {encoder.dim}-d vectors, the dataset's text table is {dim}-d")
-  return encoder
-
-
-def _model_dir(convert, name: str) -> str:
-  """The model folder `name` resolves to, "" where it is not one here."""
-  try:
-    return convert.resolve_model(name) if name else ""
-  except convert.ConversionError:
-    return ""
-
-
-def check_text_table(field_mean, model, manifest: dict, rows) -> Optional[dict]:
-  """Re-embeds up to TEXT_TABLE_ITEMS titles and compares them with the dataset's
-  text table (the model's); None where the dataset's text is not just the title.
-
-  Returns:
-    {"items", "max_abs_diff", "median_abs_diff"} of the per-item max |difference|.
-  """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  if list(manifest.get("text_fields") or []) != ["title"]:
-    return None
-  titled = [i for i in range(1, manifest["num_items"]) if str(rows[i][1]).strip()]
-  if not titled:
-    return None
-  step = max(1, len(titled) // TEXT_TABLE_ITEMS)
-  items = titled[::step][:TEXT_TABLE_ITEMS]
-  vectors = field_mean(tf.constant([[rows[i][1]] for i in items], tf.string)).numpy()
-  table = np.asarray(model.text_tower.item_encoder.text_table)[items]
-  diff = np.abs(vectors - table).max(axis=1)
-  return {"items": len(items), "max_abs_diff": float(diff.max()),
-          "median_abs_diff": float(np.median(diff))}
-
-
-def build_text_layer(model, manifest: dict, rows, text_signatures: Optional[bool],
-                     text_encoder_dir: Optional[str]):
-  """(`ItemTextVectors` for the text signatures or None, what was done: a dict).
-
-  `text_signatures` None (the default): built where possible, else skipped with
-  the reason; True: every obstacle is an ExportError; False: skipped.
-  """
-  if text_signatures is False:
-    return None, {"skipped": "--notext_signatures"}
-  reason = text_signature_obstacle(model.tower_names, manifest, text_encoder_dir)
-  try:
-    if reason:
-      raise ExportError(reason)
-    # pylint: disable=g-import-not-at-top
-    from alterrec_tf.text import encoder as text_encoder
-    from alterrec_tf.text import item_space
-    # pylint: enable=g-import-not-at-top
-    encoder = load_text_encoder(manifest, text_encoder_dir)
-    field_mean = text_encoder.FieldMeanEncoder(encoder, name="field_mean")
-    table_check = check_text_table(field_mean, model, manifest, rows)
-    if table_check and table_check["median_abs_diff"] > TEXT_TABLE_TOLERANCE:
-      raise ExportError(
-          f"the sentence encoder ({encoder.config.source}) does not reproduce the "
-          f"dataset's text table (median max |difference| "
-          f"{table_check['median_abs_diff']:.2g} over {table_check['items']} titles); "
-          "pass --text_encoder_dir converted from the dataset's text_model")
-  except ExportError as error:
-    if text_signatures:
-      raise ExportError(f"--text_signatures: {error}") from None
-    return None, {"skipped": str(error)}
-  item_encoder = model.text_tower.item_encoder
-  layer = item_space.ItemTextVectors(field_mean, [item_encoder.projection, item_encoder.norm],
-                                     name="text_item_vectors")
-  weights = sum(int(np.prod(v.shape)) * 4 for v in encoder.named_weights().values())
-  info = {
-      "fields": list(manifest["text_fields"]), "source": encoder.config.source,
-      "text_model": manifest.get("text_model"), "encoder_dir": text_encoder_dir or "",
-      "layers": encoder.config.bert.num_layers, "dim": encoder.dim,
-      "max_seq_length": encoder.config.max_seq_length,
-      "vocabulary_size": encoder.tokenizer.vocabulary_size,
-      "encoder_weights_bytes": weights, "table_check": table_check,
-  }
-  return layer, info
-
-
-def write_vocab(path: str, rows) -> None:
-  """index TAB raw id TAB title, no header (the lookup tables read it)."""
-  with open(path, "w", encoding="utf-8") as f:
-    for index, (raw_id, title) in enumerate(rows):
-      if not raw_id or any(c in raw_id for c in "\t\r\n"):
-        raise ExportError(f"vocabulary row {index}: raw id {raw_id!r} cannot be served "
-                          "(empty, or a tab or line break)")
-      f.write(f"{index}\t{raw_id}\t{alter_new_items.clean_title(title)}\n")
-
-
-def serving_parts(model, config, num_items: int, new_rows: Optional[np.ndarray] = None,
-                  cold_id_imputer=None):
-  """(item matrix [V, D], [TowerPart]) of a model, with optional new text rows
-  (their ID part: `cold_id_imputer` of their text rows, else zeros)."""
-  from alterrec_tf.serving import module as serving  # pylint: disable=g-import-not-at-top
-  scales = serving.tower_scales(config, model.tower_names)
-  num_new = 0 if new_rows is None else len(new_rows)
-  blocks, parts = [], []
-  for name in model.tower_names:
-    tower = model.tower(name)
-    matrix = np.asarray(tower.item_matrix(training=False), dtype=np.float32)
-    if name == "id":
-      cold = (cold_id_imputer(new_rows) if num_new and cold_id_imputer is not None
-              else np.zeros([num_new, matrix.shape[1]], np.float32))
-      matrix = np.concatenate([matrix, cold])
-    elif num_new:
-      matrix = np.concatenate([matrix, new_rows])
-    blocks.append(matrix)
-    parts.append(serving.TowerPart(name, tower.session_encoder, matrix.shape[1], scales[name],
-                                   num_items if name == "id" else num_items + num_new))
-  return np.concatenate(blocks, axis=1), parts
-
-
-def build_module(model, config, manifest, data_dir: str, scratch_dir: str, k: int,
-                 exclude_session_items: bool, new_items_path: Optional[str] = None,
-                 text_layer=None, cold_id_part: str = "imputed"):
-  """(`ServingModule` of a loaded run, vocabulary rows it serves, new text rows or
-  None, the `ColdIdImputer` of cold items' ID part or None).
-
-  `text_layer`: the `ItemTextVectors` of the text signatures (`build_text_layer`).
-  `cold_id_part`: "imputed" (an ID+text model's new items get the ID rows of
-  the trained items nearest in text, `models.cold_items`) or "zero"."""
-  from alterrec_tf.data import windows as alter_data  # pylint: disable=g-import-not-at-top
-  from alterrec_tf.serving import module as serving  # pylint: disable=g-import-not-at-top
-  num_items = manifest["num_items"]
-  rows = schema.read_vocab(data_dir)
-  if len(rows) != num_items:
-    raise ExportError(f"{data_dir}/{schema.VOCAB_FILE} has {len(rows)} rows, the "
-                      f"manifest says {num_items} items")
-  new_rows = None
-  if new_items_path:
-    table = read_new_items(new_items_path, model, manifest, rows)
-    new_rows = project_new_items(model, table.embeddings)
-    rows = rows + [[raw_id, title] for raw_id, title in zip(table.raw_ids, table.titles)]
-  if not 1 <= k <= len(rows) - 1:
-    raise ExportError(f"--k={k} must be in [1, {len(rows) - 1}] (the items of {data_dir}"
-                      + (f" and {new_items_path}" if new_items_path else "") + ")")
-  counts = np.asarray(alter_data.item_counts(
-      schema.split_files(data_dir, manifest, "train"), num_items), dtype=np.float32)
-  cold_id_imputer = None
-  if cold_id_part == "imputed" and {"id", "text"} <= set(model.tower_names):
-    cold_id_imputer = cold_items.for_model(model, counts)
-  matrix, parts = serving_parts(model, config, num_items, new_rows, cold_id_imputer)
-  popularity = np.concatenate([counts, np.zeros([len(rows) - num_items], np.float32)])
-  vocab_path = os.path.join(scratch_dir, serving.VOCAB_ASSET)
-  write_vocab(vocab_path, rows)
-  module = serving.ServingModule(
-      matrix, parts, popularity, vocab_path, config.max_len, k, exclude_session_items,
-      text_layer, len(manifest.get("text_fields") or []) if text_layer is not None else 0,
-      cold_id_imputer)
-  return module, rows, new_rows, cold_id_imputer
-
-
-# --- reference and check ------------------------------------------------------------
+# --- sizes and versions ---------------------------------------------------------------
 def folder_bytes(path: str) -> int:
   return sum(os.path.getsize(os.path.join(root, name))
              for root, _, names in os.walk(path) for name in names)
@@ -472,7 +231,6 @@ def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
   check_k(k, manifest, data_dir, new_items)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  from alterrec_tf.serving import check as export_check  # pylint: disable=g-import-not-at-top
   from alterrec_tf.serving import module as serving  # pylint: disable=g-import-not-at-top
   from alterrec_tf.serving import warmup as serving_warmup  # pylint: disable=g-import-not-at-top
   excluded_in_training = (
@@ -499,9 +257,9 @@ def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
     scratch = os.path.join(staging, "scratch")
     target = os.path.join(staging, "model")
     os.makedirs(scratch)
-    text_layer, text_info = build_text_layer(model, manifest, schema.read_vocab(data_dir),
-                                             text_signatures, text_encoder_dir)
-    module, rows, new_rows, cold_id_imputer = build_module(
+    text_layer, text_info = serving_build.build_text_layer(
+        model, manifest, schema.read_vocab(data_dir), text_signatures, text_encoder_dir)
+    module, rows, new_rows, cold_id_imputer = serving_build.build_module(
         model, config, manifest, data_dir, scratch, k, exclude_session_items, new_items,
         text_layer, cold_id_part)
     tf.saved_model.save(module, target, signatures=module.signatures())
@@ -510,27 +268,9 @@ def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
       num_warmup = serving_warmup.write_warmup(
           os.path.join(target, ASSETS_EXTRA, WARMUP_FILE), model_name,
           serving_warmup.warmup_requests(rows, module.popularity.numpy(), config.max_len, k))
-    mismatches, checked = None, []
-    if verify:
-      checked = export_check.sample_sessions(data_dir, manifest)
-      loaded = tf.saved_model.load(target)
-      mismatches = export_check.verify_export(target, model, checked, k, new_rows,
-                                              exclude_session_items, loaded=loaded,
-                                              cold_id_imputer=cold_id_imputer)
-      if mismatches:
-        raise ExportError(f"the exported top-{k} differs from the Keras model's in "
-                          f"{mismatches} places; nothing was exported")
-      if text_layer is not None:
-        fields = export_check.sample_fields([title for _, title in rows[1:]],
-                                            module.num_text_fields)
-        bad = export_check.verify_text_signatures(
-            loaded, model, text_layer, checked, [raw_id for raw_id, _ in rows], fields,
-            cold_id_imputer=cold_id_imputer)
-        text_info["verified"] = {"candidates": len(fields), "sessions": len(checked)}
-        if any(bad):
-          raise ExportError(f"the exported text signatures differ from the Keras layers "
-                            f"(new_item_vectors: {bad[0]} values, score_text_candidates: "
-                            f"{bad[1]} scores); nothing was exported")
+    checked = (verify_before_publishing(target, model, data_dir, manifest, k, module, rows,
+                                        new_rows, exclude_session_items, cold_id_imputer,
+                                        text_layer, text_info) if verify else None)
     variables_bytes = folder_bytes(os.path.join(target, "variables"))
     weights_bytes = checkpoint_variable_bytes(target)
     info = {
@@ -548,7 +288,7 @@ def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
                          "zero" if {"id", "text"} <= set(model.tower_names) else None),
         "text": ({**text_info, "signatures": list(serving.TEXT_SIGNATURES)}
                  if text_layer is not None else text_info),
-        "verified_sessions": None if mismatches is None else len(checked),
+        "verified_sessions": None if checked is None else len(checked),
         "variables_bytes": variables_bytes, "weights_bytes": weights_bytes,
         "saved_model_pb_bytes": os.path.getsize(os.path.join(target, "saved_model.pb")),
         "training_weights_file_bytes": (
@@ -573,6 +313,43 @@ def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
   info["path"] = final
   info["export_seconds"] = time.perf_counter() - start
   return info
+
+
+def verify_before_publishing(target: str, model, data_dir: str, manifest: dict, k: int,
+                             module, rows, new_rows, exclude_session_items: bool,
+                             cold_id_imputer, text_layer, text_info: dict) -> list:
+  """Loads the staged SavedModel back and compares it with the Keras model.
+
+  The top-k of test sessions (with new items and their imputed ID part), and with
+  text signatures, their outputs on sample titles; records what was checked in
+  `text_info["verified"]`. Returns the sessions checked.
+
+  Raises:
+    ExportError: any difference (nothing is published).
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  from alterrec_tf.serving import check as export_check  # pylint: disable=g-import-not-at-top
+  checked = export_check.sample_sessions(data_dir, manifest)
+  loaded = tf.saved_model.load(target)
+  mismatches = export_check.verify_export(target, model, checked, k, new_rows,
+                                          exclude_session_items, loaded=loaded,
+                                          cold_id_imputer=cold_id_imputer)
+  if mismatches:
+    raise ExportError(f"the exported top-{k} differs from the Keras model's in "
+                      f"{mismatches} places; nothing was exported")
+  if text_layer is not None:
+    fields = export_check.sample_fields([title for _, title in rows[1:]],
+                                        module.num_text_fields)
+    bad = export_check.verify_text_signatures(
+        loaded, model, text_layer, checked, [raw_id for raw_id, _ in rows], fields,
+        cold_id_imputer=cold_id_imputer)
+    text_info["verified"] = {"candidates": len(fields), "sessions": len(checked)}
+    if any(bad):
+      raise ExportError(f"the exported text signatures differ from the Keras layers "
+                        f"(new_item_vectors: {bad[0]} values, score_text_candidates: "
+                        f"{bad[1]} scores); nothing was exported")
+  return checked
 
 
 def format_info(info: dict) -> str:

@@ -108,9 +108,12 @@ def run_conflicts(config, manifest) -> Tuple[List[str], Optional[dict]]:
   config = alter_config.resolve_seen_items(config, manifest)  # runs store it resolved
   previous = read_json(config_path)
   current = json.loads(config.to_json())
-  changed = [f"--{name}={previous.get(name)} (now {value})"
+  # a flag added after the run was trained: the run had its default
+  defaults = json.loads(alter_config.TrainConfig().to_json())
+  changed = [f"--{name}={previous.get(name, defaults.get(name))} (now {value})"
              for name, value in sorted(current.items())
-             if name not in RUN_NEUTRAL_SETTINGS and previous.get(name) != value]
+             if name not in RUN_NEUTRAL_SETTINGS
+             and previous.get(name, defaults.get(name)) != value]
   results = load_results(config.run_dir)
   if results is not None and results.get("data_content_hash") != manifest.get("content_hash"):
     changed.append(f"data content_hash {results.get('data_content_hash')} "

@@ -51,6 +51,7 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False, verify_dat
   from alterrec_tf.data import windows as alter_data  # pylint: disable=g-import-not-at-top
   from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
   from alterrec_tf.models import registry as models  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.training import alpha as alter_alpha  # pylint: disable=g-import-not-at-top
   from alterrec_tf.training import callbacks as alter_callbacks  # pylint: disable=g-import-not-at-top
   from alterrec_tf.training import schedule  # pylint: disable=g-import-not-at-top
 
@@ -115,18 +116,28 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False, verify_dat
   best = evaluation_callback.best()
   test = None
   best_weights = os.path.join(config.run_dir, alter_runs.BEST_WEIGHTS_FILE)
+  alpha_tuning = None
+  if (config.tune_alpha and tuple(model.tower_names) == ("id", "text") and best is not None
+      and os.path.exists(best_weights)):
+    model.load_weights(best_weights)
+    alpha_tuning = alter_alpha.tune(model, valid_split, config)
+    config = config.replace(alpha=alpha_tuning["alpha"])
+    model.config = config
+    print(f"alpha chosen on validation: {config.alpha:g} (trained with "
+          f"{alpha_tuning['trained_with']:g})", flush=True)
   if (test_split is not None and best is not None and os.path.exists(best_weights)
-      and (save_test_ranks or not config.test_every_epoch)):
+      and (save_test_ranks or not config.test_every_epoch or alpha_tuning)):
     model.load_weights(best_weights)
     test = rank_test_split(config, model, manifest, test_split,
                            config.run_dir if save_test_ranks else None)
-    for metric, value in test["fused"].items():  # same weights, same figures
+    # same weights, same figures (unless alpha was tuned after the epochs)
+    for metric, value in ({} if alpha_tuning else test["fused"]).items():
       logged = best.get(f"test/fused/{metric}")
       if logged is not None and abs(logged - value) > 1e-4:
         print(f"warning: test fused {metric} of the reloaded best weights is {value:.4f}, "
               f"epoch {best['epoch']} logged {logged:.4f}", flush=True)
   results = _results(config, manifest, best, evaluation_callback.history,
-                     train_split, time.perf_counter() - start, test)
+                     train_split, time.perf_counter() - start, test, alpha_tuning)
   alter_runs.write_json_atomic(os.path.join(config.run_dir, alter_runs.RESULTS_FILE), results)
   return results
 
@@ -182,8 +193,13 @@ def rank_test_split(config, model, manifest, test_split, ranks_dir=None):
   return metrics
 
 
-def _results(config, manifest, best, history, train_split, seconds, test=None):
-  """results.json; `test` ({head: {metric: value}}) replaces the best record's."""
+def _results(config, manifest, best, history, train_split, seconds, test=None,
+             alpha_tuning=None):
+  """results.json; `test` ({head: {metric: value}}) replaces the best record's.
+
+  With `alpha_tuning` (`training.alpha.tune`), "alpha" is the chosen alpha and
+  the fused validation figures are those of that alpha (the test figures were
+  ranked with it)."""
   best = best or (history[-1] if history else {})
 
   def pick(split):
@@ -194,11 +210,14 @@ def _results(config, manifest, best, history, train_split, seconds, test=None):
         out.setdefault(parts[1], {})[parts[2]] = value
     return out
 
-  return {
+  valid = pick("valid")
+  if alpha_tuning is not None:
+    valid["fused"] = dict(alpha_tuning["valid"][f"{alpha_tuning['alpha']:g}"])
+  results = {
       "model": config.model, "seed": config.seed, "dataset": manifest.get("dataset_name"),
       "data_content_hash": manifest.get("content_hash"),
       "best_epoch": best.get("epoch"), "epochs_run": len(history),
-      "selection": "valid fused hits@20", "valid": pick("valid"),
+      "selection": "valid fused hits@20", "valid": valid,
       "seen_items": config.seen_items, "loss_weighting": config.loss_weighting,
       "test_protocol": f"every scored prefix with exactly its last {config.max_len} items "
                        f"(window stride {TEST_WINDOW_STRIDE}); validation stride "
@@ -210,6 +229,9 @@ def _results(config, manifest, best, history, train_split, seconds, test=None):
           sum(h["train_examples_per_second"] for h in history) / len(history)
           if history else 0.0),
   }
+  if alpha_tuning is not None:
+    results.update(alpha=alpha_tuning["alpha"], alpha_tuning=alpha_tuning)
+  return results
 
 
 def _finish_without_training(config, model, manifest, valid_split, test_split):

@@ -10,6 +10,7 @@ from alterrec_tf import alpha_sweep, export
 from alterrec_tf.config import TrainConfig
 from alterrec_tf.data import windows as alter_data
 from alterrec_tf.train import train
+from alterrec_tf.training import alpha as alter_alpha
 from tests import synthetic
 
 ALPHAS = (0.0, 0.3, 0.5, 1.0)
@@ -34,8 +35,8 @@ def test_sweep_ends_are_the_towers_and_the_trained_alpha_is_the_fused_score(fini
     expected = {"0.3": results[split]["fused"], "1": results[split]["id"],
                 "0": results[split]["text"]}
     for alpha, heads in expected.items():
-      for metric, value in heads.items():
-        assert out[split][alpha][metric] == pytest.approx(value, abs=1e-6), (split, alpha)
+      for metric, value in out[split][alpha].items():  # (the trainer adds tfrs_hits@K)
+        assert value == pytest.approx(heads[metric], abs=1e-6), (split, alpha, metric)
   best = out["best_valid_alpha"]
   assert out["valid"][f"{best:g}"]["hits@20"] == max(
       out["valid"][f"{a:g}"]["hits@20"] for a in ALPHAS)
@@ -52,4 +53,39 @@ def test_sweep_refuses_a_single_tower_model(finished_run):
   model.tower_names = ("id",)
   split = alter_data.load_split(data_dir, manifest, "valid", config.max_len, 25)
   with pytest.raises(ValueError, match="both towers"):
-    alpha_sweep.sweep(model, split, ALPHAS)
+    alter_alpha.sweep(model, split, ALPHAS)
+
+
+def test_tune_alpha_picks_the_best_validation_alpha_and_the_test_and_export_use_it(
+    finished_run, tmp_path):
+  run_dir, plain = finished_run
+  config_path = os.path.join(run_dir, "config.json")
+  with open(config_path) as f:
+    config = json.load(f)
+  tuned_dir = str(tmp_path / "tuned")
+  tuned_config = TrainConfig(**{**config, "ks": tuple(config["ks"]), "run_dir": tuned_dir,
+                                "tune_alpha": True})
+  results = train(tuned_config)
+  tuning = results["alpha_tuning"]
+  valid = {float(a): metrics for a, metrics in tuning["valid"].items()}
+  assert sorted(valid) == list(alter_alpha.ALPHA_GRID)
+  best = max(m["hits@20"] for m in valid.values())
+  assert valid[results["alpha"]]["hits@20"] == best and tuning["trained_with"] == 0.3
+  # same training as the untuned run (alpha only mixes the scores): the towers'
+  # figures are equal, and the fused figures are the sweep's at the chosen alpha
+  assert results["best_epoch"] == plain["best_epoch"]
+  for head in ("id", "text"):
+    assert results["test"][head] == pytest.approx(plain["test"][head], abs=1e-6)
+  sweep = alpha_sweep.run_sweep(run_dir, [results["alpha"]])
+  for split in ("valid", "test"):
+    for metric, value in sweep[split][f"{results['alpha']:g}"].items():
+      assert results[split]["fused"][metric] == pytest.approx(value, abs=1e-6), split
+  # the export and the alpha sweep read the chosen alpha
+  model, loaded_config, _, _ = export.load_run(tuned_dir)
+  assert loaded_config.alpha == results["alpha"] and model.config.alpha == results["alpha"]
+  # a run folder written before the flag existed is still the same run
+  del config["tune_alpha"]
+  with open(config_path, "w") as f:
+    json.dump(config, f)
+  again = train(TrainConfig(**{**config, "ks": tuple(config["ks"])}))
+  assert again == plain

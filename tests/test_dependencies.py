@@ -104,3 +104,14 @@ def test_training_and_serving_import_with_the_extras_unavailable():
   out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
                        text=True, timeout=300)
   assert out.returncode == 0 and out.stdout.strip().endswith("imported"), out.stderr[-3000:]
+
+
+def test_export_checks_run_before_tensorflow_is_loaded():
+  """`export.check_request` refuses a bad command before TF starts (seconds, not ~5 s)."""
+  code = ("import sys\n"
+          "import alterrec_tf.export, alterrec_tf.serving.build, alterrec_tf.train\n"
+          "print('tensorflow' in sys.modules)\n")
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "False", (
+      out.stdout + out.stderr[-2000:])

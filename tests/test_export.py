@@ -16,6 +16,7 @@ from alterrec_tf.data import windows as alter_data
 from alterrec_tf.formats import new_items, schema
 from alterrec_tf.models import alterrec as alter_model
 from alterrec_tf.models import cold_items
+from alterrec_tf.serving import build as serving_build
 from alterrec_tf.serving import check as export_check
 from alterrec_tf.serving import module as serving
 from alterrec_tf.serving import warmup
@@ -461,6 +462,6 @@ def test_embed_items_writes_a_table_the_exporter_reads(run, tmp_path):
   assert table.raw_ids == ["NEW1", "NEW2"] and table.titles == ["red mug", "blue lamp"]
   np.testing.assert_allclose(table.embeddings[0], FakeEncoder().encode(["red mug"])[0])
   model, _, manifest, _ = run["loaded"]
-  read = export.read_new_items(str(tmp_path / "out"), model, manifest,
+  read = serving_build.read_new_items(str(tmp_path / "out"), model, manifest,
                                schema.read_vocab(run["data_dir"]))
   assert read.raw_ids == ["NEW1", "NEW2"]

@@ -20,6 +20,7 @@ from alterrec_tf.config import TrainConfig
 from alterrec_tf.data import windows as alter_data
 from alterrec_tf.formats import schema
 from alterrec_tf.models import cold_items, registry
+from alterrec_tf.serving import build as serving_build
 from alterrec_tf.serving import check as export_check
 from alterrec_tf.serving import module as serving
 from alterrec_tf.text import convert, item_space
@@ -247,17 +248,17 @@ def test_auto_text_signatures_skip_with_the_reason(run, tmp_path):
   """Unset --text_signatures: a dataset without a usable text record exports as before."""
   model, config, manifest, data_dir = run
   bare = {k: v for k, v in manifest.items() if k not in ("text_fields", "text_model")}
-  layer, info = export.build_text_layer(model, bare, schema.read_vocab(data_dir), None, None)
+  layer, info = serving_build.build_text_layer(model, bare, schema.read_vocab(data_dir), None, None)
   assert layer is None and "no text_fields" in info["skipped"]
   with pytest.raises(export.ExportError, match="--text_signatures: the dataset records no "
                      "text_fields"):
-    export.build_text_layer(model, bare, schema.read_vocab(data_dir), True, None)
+    serving_build.build_text_layer(model, bare, schema.read_vocab(data_dir), True, None)
   other = tmp_path / "not_an_encoder"
   other.mkdir()
   (other / "notes.txt").write_text("x")
-  reason = export.text_signature_obstacle(("id", "text"), manifest, str(other))
+  reason = serving_build.text_signature_obstacle(("id", "text"), manifest, str(other))
   assert "holds other files" in reason
-  assert "no text tower" in export.text_signature_obstacle(("id",), manifest, None)
+  assert "no text tower" in serving_build.text_signature_obstacle(("id",), manifest, None)
 
 
 # --- data_tools --text_backend=keras -----------------------------------------------------

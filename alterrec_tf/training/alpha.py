@@ -1,0 +1,74 @@
+"""Alpha, the ID score's weight in the fused score (Eq. 12), chosen on validation.
+
+The two towers are trained apart; alpha only mixes their scores at inference:
+fused = alpha * ID + (1 - alpha) * text. The paper tunes it (its Figure 7).
+`sweep` ranks a split once per tower and scores every alpha of a grid from the
+same two score matrices; `tune` picks the alpha with the best validation
+Hits@20 (the selection metric of the epochs), used by `train --tune_alpha` and
+reported by `alterrec_tf.alpha_sweep`.
+"""
+
+from typing import Dict, Sequence
+
+ALPHA_GRID = tuple(i / 10 for i in range(11))
+SELECTION_METRIC = "hits@20"
+
+
+def sweep(model, split, alphas: Sequence[float], ks=(10, 20), mrr_k=20,
+          batch_size=128) -> Dict[float, Dict[str, float]]:
+  """Fused metrics of a two-tower AlterRec for every alpha, one pass over a split.
+
+  Args:
+    model: an `AlterRec` with both towers.
+    split: a `data.SplitData`.
+    alphas: weights of the ID score.
+
+  Returns:
+    {alpha: {metric: value}} (keras-rs metrics, as the trainer's).
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  from alterrec_tf.data import windows as alter_data  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.models.alterrec import scored_positions  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.training import evaluation  # pylint: disable=g-import-not-at-top
+
+  if tuple(model.tower_names) != ("id", "text"):
+    raise ValueError(f"an alpha sweep needs both towers; {model.config.model} has "
+                     f"{model.tower_names}")
+  max_k = max(max(ks), mrr_k)
+  spec = {alter_data.ITEM_IDS: tf.TensorSpec([None, None], tf.int32),
+          alter_data.TARGET_IDS: tf.TensorSpec([None, None], tf.int32),
+          alter_data.TARGET_MASK: tf.TensorSpec([None, None], tf.bool)}
+
+  @tf.function(input_signature=[spec])
+  def ranks_per_alpha(batch):
+    positions, targets = scored_positions(batch)
+    heads = model.prefix_scores(batch[alter_data.ITEM_IDS], positions)
+    return tf.stack([evaluation.target_ranks(a * heads["id"] + (1.0 - a) * heads["text"],
+                                             targets, max_k) for a in alphas])
+
+  ranks = np.concatenate([ranks_per_alpha(batch).numpy()
+                          for batch in split.batches(batch_size)], axis=1)
+  return {float(a): evaluation.ranking_metrics(ranks[i], ks, mrr_k)
+          for i, a in enumerate(alphas)}
+
+
+def best_alpha(metrics_by_alpha: Dict[float, Dict[str, float]], reference: float,
+               metric: str = SELECTION_METRIC) -> float:
+  """The alpha with the best `metric`; ties go to the one nearest `reference`."""
+  return float(max(metrics_by_alpha,
+                   key=lambda a: (metrics_by_alpha[a][metric], -abs(a - reference))))
+
+
+def tune(model, split, config, alphas: Sequence[float] = ALPHA_GRID) -> dict:
+  """Chooses alpha on `split` (validation) for a trained two-tower model.
+
+  Returns:
+    {"alpha": the chosen alpha, "trained_with": config.alpha, "metric": ...,
+     "valid": {"<alpha>": {metric: value}}}.
+  """
+  values = sweep(model, split, alphas, config.ks, config.mrr_k, config.eval_batch_size)
+  return {"alpha": best_alpha(values, config.alpha), "trained_with": config.alpha,
+          "metric": f"valid fused {SELECTION_METRIC}",
+          "valid": {f"{a:g}": metrics for a, metrics in values.items()}}
