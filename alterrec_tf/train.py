@@ -48,10 +48,8 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False, verify_dat
   """
   import keras  # pylint: disable=g-import-not-at-top
 
-  from alterrec_tf.data import windows as alter_data  # pylint: disable=g-import-not-at-top
   from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
   from alterrec_tf.models import registry as models  # pylint: disable=g-import-not-at-top
-  from alterrec_tf.training import alpha as alter_alpha  # pylint: disable=g-import-not-at-top
   from alterrec_tf.training import callbacks as alter_callbacks  # pylint: disable=g-import-not-at-top
   from alterrec_tf.training import schedule  # pylint: disable=g-import-not-at-top
 
@@ -69,29 +67,14 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False, verify_dat
   alter_runs.write_config(config.run_dir, config)
 
   keras.utils.set_random_seed(config.seed)
-  train_split = alter_data.load_split(config.data_dir, manifest, "train", config.max_len,
-                                      config.train_window_stride)
-  valid_split = alter_data.load_split(config.data_dir, manifest, "valid", config.max_len,
-                                      config.eval_window_stride)
-  # The exact protocol: every test prefix is scored with exactly its last max_len
-  # items (stride 1), as the paper and serving do; --eval_window_stride applies
-  # to the per-epoch validation only.
-  test_split = alter_data.load_split(config.data_dir, manifest, "test", config.max_len,
-                                     TEST_WINDOW_STRIDE)
+  train_split, valid_split, test_split = _load_splits(config, manifest)
 
   model = models.build_model(config, manifest, text_embeddings,
                              train_files=schema.split_files(config.data_dir, manifest, "train"))
   if not model.trainable_variables:  # non-neural floors: no training loop
     return _finish_without_training(config, model, manifest, valid_split, test_split)
 
-  backup = alter_callbacks.RunBackup(model, config.run_dir)
-  epochs_done = backup.restore() if config.resume else 0
-  history = []
-  history_path = os.path.join(config.run_dir, alter_runs.HISTORY_FILE)
-  if epochs_done and os.path.exists(history_path):
-    with open(history_path, encoding="utf-8") as f:
-      history = [h for h in json.load(f) if h["epoch"] <= epochs_done]
-    print(f"resuming {config.run_dir} after epoch {epochs_done}", flush=True)
+  backup, epochs_done, history = _restore(model, config)
 
   evaluation_callback = alter_callbacks.EpochEvaluation(
       config, config.run_dir, valid_split, test_split, train_split.num_examples, history)
@@ -114,19 +97,67 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False, verify_dat
               epochs=config.m_max, initial_epoch=epochs_done, steps_per_epoch=steps,
               callbacks=callbacks, verbose=config.verbose, shuffle=False)
   best = evaluation_callback.best()
-  test = None
+  config, test, alpha_tuning = _test_at_best(config, model, manifest, valid_split, test_split,
+                                             best, save_test_ranks)
+  results = _results(config, manifest, best, evaluation_callback.history,
+                     train_split, time.perf_counter() - start, test, alpha_tuning)
+  alter_runs.write_json_atomic(os.path.join(config.run_dir, alter_runs.RESULTS_FILE), results)
+  return results
+
+
+def _load_splits(config, manifest):
+  """(train, valid, test) `SplitData` (None where the dataset has no such split).
+
+  The exact protocol: every test prefix is scored with exactly its last max_len
+  items (stride 1), as the paper and serving do; --eval_window_stride applies to
+  the per-epoch validation only.
+  """
+  from alterrec_tf.data import windows as alter_data  # pylint: disable=g-import-not-at-top
+  return (alter_data.load_split(config.data_dir, manifest, "train", config.max_len,
+                                config.train_window_stride),
+          alter_data.load_split(config.data_dir, manifest, "valid", config.max_len,
+                                config.eval_window_stride),
+          alter_data.load_split(config.data_dir, manifest, "test", config.max_len,
+                                TEST_WINDOW_STRIDE))
+
+
+def _restore(model, config):
+  """(`RunBackup` callback, epochs already done, their history records)."""
+  from alterrec_tf.training import callbacks as alter_callbacks  # pylint: disable=g-import-not-at-top
+  backup = alter_callbacks.RunBackup(model, config.run_dir)
+  epochs_done = backup.restore() if config.resume else 0
+  history = []
+  history_path = os.path.join(config.run_dir, alter_runs.HISTORY_FILE)
+  if epochs_done and os.path.exists(history_path):
+    with open(history_path, encoding="utf-8") as f:
+      history = [h for h in json.load(f) if h["epoch"] <= epochs_done]
+    print(f"resuming {config.run_dir} after epoch {epochs_done}", flush=True)
+  return backup, epochs_done, history
+
+
+def _test_at_best(config, model, manifest, valid_split, test_split, best, save_test_ranks):
+  """With the selected epoch's weights: alpha chosen on validation (--tune_alpha,
+  two towers), then the test split ranked once where the epochs did not.
+
+  Returns:
+    (config, with the chosen alpha; test {head: {metric: value}} or None; the
+    `training.alpha.tune` record or None).
+  """
+  from alterrec_tf.training import alpha as alter_alpha  # pylint: disable=g-import-not-at-top
   best_weights = os.path.join(config.run_dir, alter_runs.BEST_WEIGHTS_FILE)
+  if best is None or not os.path.exists(best_weights):
+    return config, None, None
   alpha_tuning = None
-  if (config.tune_alpha and tuple(model.tower_names) == ("id", "text") and best is not None
-      and os.path.exists(best_weights)):
+  if config.tune_alpha and tuple(model.tower_names) == ("id", "text"):
     model.load_weights(best_weights)
     alpha_tuning = alter_alpha.tune(model, valid_split, config)
     config = config.replace(alpha=alpha_tuning["alpha"])
     model.config = config
     print(f"alpha chosen on validation: {config.alpha:g} (trained with "
           f"{alpha_tuning['trained_with']:g})", flush=True)
-  if (test_split is not None and best is not None and os.path.exists(best_weights)
-      and (save_test_ranks or not config.test_every_epoch or alpha_tuning)):
+  test = None
+  if test_split is not None and (save_test_ranks or not config.test_every_epoch
+                                 or alpha_tuning):
     model.load_weights(best_weights)
     test = rank_test_split(config, model, manifest, test_split,
                            config.run_dir if save_test_ranks else None)
@@ -136,10 +167,7 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False, verify_dat
       if logged is not None and abs(logged - value) > 1e-4:
         print(f"warning: test fused {metric} of the reloaded best weights is {value:.4f}, "
               f"epoch {best['epoch']} logged {logged:.4f}", flush=True)
-  results = _results(config, manifest, best, evaluation_callback.history,
-                     train_split, time.perf_counter() - start, test, alpha_tuning)
-  alter_runs.write_json_atomic(os.path.join(config.run_dir, alter_runs.RESULTS_FILE), results)
-  return results
+  return config, test, alpha_tuning
 
 
 def _previous_run(config, manifest):
@@ -341,7 +369,10 @@ def main(argv):
         raise
       raise damaged from error
   print(f"\n{config.model} on {results['dataset']} (seed {config.seed}), test metrics (%) "
-        f"at best validation epoch {results['best_epoch']}:")
+        f"at best validation epoch {results['best_epoch']} of {results['epochs_run']} "
+        f"(--m_max={config.m_max})"
+        + (f", alpha {results['alpha']:g} chosen on validation" if "alpha" in results else "")
+        + ":")
   print(format_table(results))
   seen = results.get("seen_items", config.seen_items)
   print("items already in the session: " + (
