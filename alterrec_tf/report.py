@@ -261,42 +261,29 @@ def protocol_lines(runs) -> List[str]:
   return lines + [""]
 
 
+_CAPTIONS = {"fig3": "Figure 3: NFRec and its ID / text parts",
+             "fig5": "Figure 5: AlterRec and its ID / text networks",
+             "fig6": "Figure 6: long-tail items"}
+
+
 def write_report(runs_dir: str, report_dir: str, models=None, seeds=None, bins=None,
                  reference: str = "sasrec", meta: Optional[dict] = None) -> dict:
   """Writes README.md, results.json and the figures; returns the JSON dict."""
-  from alterrec_tf.analysis import plots as report_plots  # pylint: disable=g-import-not-at-top
   runs = load_runs(runs_dir, models, seeds)
   if not runs:
     raise FileNotFoundError(f"no finished runs (results.json) under {runs_dir}")
   os.makedirs(report_dir, exist_ok=True)
-  grouped = _by_model(runs)
   dataset = runs[0].results.get("dataset") or ""
   hashes = sorted({r.results.get("data_content_hash") for r in runs} - {None})
-  table = summary_table(runs)
-  parts = parts_table(runs)
-  costs = cost_table(runs)
   analysis = long_tail.long_tail_analysis(runs, bins, reference)
-
-  figures = {}
-  # The figures need matplotlib (the `report` extra); the tables never do.
-  can_plot = importlib.util.find_spec("matplotlib") is not None
-  path = os.path.join(report_dir, "fig3_nfrec.png")
-  if can_plot and report_plots.plot_nfrec(grouped, path, dataset):
-    figures["fig3"] = os.path.basename(path)
-  path = os.path.join(report_dir, "fig5_alterrec.png")
-  if can_plot and report_plots.plot_alterrec(grouped, path, dataset):
-    figures["fig5"] = os.path.basename(path)
-  path = os.path.join(report_dir, "fig6_long_tail.png")
-  if can_plot and report_plots.plot_long_tail(analysis, path, dataset):
-    figures["fig6"] = os.path.basename(path)
-
   output = {
       "meta": dict(meta or {}, dataset=dataset, data_content_hashes=hashes,
                    runs_dir=os.path.abspath(runs_dir),
                    selection="test metrics at the epoch of best validation Hits@20 "
                              "(fused score); mean and sample std (ddof=1) over seeds"),
-      "table": table, "parts": parts, "cost": costs, "long_tail": analysis,
-      "figures": figures,
+      "table": summary_table(runs), "parts": parts_table(runs), "cost": cost_table(runs),
+      "long_tail": analysis,
+      "figures": _draw_figures(_by_model(runs), analysis, report_dir, dataset),
       "runs": [{"model": r.model, "seed": r.seed, "run_dir": os.path.abspath(r.run_dir),
                 "best_epoch": r.results.get("best_epoch"),
                 "epochs_run": r.results.get("epochs_run"),
@@ -305,25 +292,49 @@ def write_report(runs_dir: str, report_dir: str, models=None, seeds=None, bins=N
   }
   with open(os.path.join(report_dir, "results.json"), "w", encoding="utf-8") as f:
     json.dump(_json_safe(output), f, indent=2, sort_keys=True)
+  with open(os.path.join(report_dir, "README.md"), "w", encoding="utf-8") as f:
+    f.write("\n".join(_report_markdown(output, runs, dataset, hashes, meta)))
+  return output
 
+
+def _draw_figures(grouped, analysis, report_dir: str, dataset: str) -> dict:
+  """The paper's figures 3, 5, 6 as PNGs in report_dir: {key: file name} of those
+  drawn. They need matplotlib (the `report` extra); the tables never do."""
+  if importlib.util.find_spec("matplotlib") is None:
+    return {}
+  from alterrec_tf.analysis import plots as report_plots  # pylint: disable=g-import-not-at-top
+  figures = {}
+  for key, name, draw, data in (("fig3", "fig3_nfrec.png", report_plots.plot_nfrec, grouped),
+                                ("fig5", "fig5_alterrec.png", report_plots.plot_alterrec,
+                                 grouped),
+                                ("fig6", "fig6_long_tail.png", report_plots.plot_long_tail,
+                                 analysis)):
+    if draw(data, os.path.join(report_dir, name), dataset):
+      figures[key] = name
+  return figures
+
+
+def _report_markdown(output: dict, runs, dataset: str, hashes, meta) -> List[str]:
+  """The lines of the report's README.md."""
   lines = [f"# Reproduction report{': ' + dataset if dataset else ''}", ""]
   if len(hashes) > 1:
     lines += [f"**Warning:** runs come from {len(hashes)} different datasets "
               f"(content hashes {', '.join(h[:12] for h in hashes)}).", ""]
   lines += ["Test metrics (%) at the epoch of best validation Hits@20 of the fused score; "
             "mean ± sample std over seeds; best mean of each column in bold.", "",
-            format_results_markdown(table), ""] + protocol_lines(runs)
-  if parts:
+            format_results_markdown(output["table"]), ""] + protocol_lines(runs)
+  if output["parts"]:
     lines += ["## Score parts", "",
               "Test metrics (%) of each head: `fused` is the model's score, `id` / `text` "
               "its parts (NFRec: Eq. 14; AlterRec: the two networks of Eq. 12).", "",
-              format_parts_markdown(parts), ""]
+              format_parts_markdown(output["parts"]), ""]
   lines += ["## Cost", "",
             "Per run, mean over seeds: median seconds per training epoch (the first epoch "
             "also builds the graphs), training prefixes per second, evaluation seconds "
             "(valid + test) per epoch; floors: seconds to count the training sessions. "
             "Last column: training + evaluation seconds summed over all seeds.", "",
-            format_cost_markdown(costs), ""]
+            format_cost_markdown(output["cost"]), ""]
+  analysis = output["long_tail"]
   if analysis:
     lines += ["## Long tail", "",
               "Test prefixes grouped by the number of occurrences of their target item in "
@@ -331,21 +342,16 @@ def write_report(runs_dir: str, report_dir: str, models=None, seeds=None, bins=N
               + (f", in brackets the change relative to {display_name(analysis['reference'])}"
                  if analysis["reference"] else "") + ".", "",
               format_long_tail_markdown(analysis), ""]
-  captions = {"fig3": "Figure 3: NFRec and its ID / text parts",
-              "fig5": "Figure 5: AlterRec and its ID / text networks",
-              "fig6": "Figure 6: long-tail items"}
-  if figures:
+  if output["figures"]:
     lines += ["## Figures", ""]
-    for key, name in figures.items():
-      lines += [f"![{captions[key]}]({name})", ""]
-  elif not can_plot:
+    for key, name in output["figures"].items():
+      lines += [f"![{_CAPTIONS[key]}]({name})", ""]
+  elif importlib.util.find_spec("matplotlib") is None:
     lines += ["## Figures", "", "Not drawn: matplotlib is not installed "
               "(`pip install 'alterrec_tf[report]'`).", ""]
   if meta:
     lines += ["## Run", ""] + [f"- {k}: `{v}`" for k, v in meta.items()] + [""]
-  with open(os.path.join(report_dir, "README.md"), "w", encoding="utf-8") as f:
-    f.write("\n".join(lines))
-  return output
+  return lines
 
 
 def main(argv=None):
