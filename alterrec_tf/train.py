@@ -158,7 +158,8 @@ def _test_at_best(config, model, manifest, valid_split, test_split, best, save_t
   test = None
   if test_split is not None and (save_test_ranks or not config.test_every_epoch
                                  or alpha_tuning):
-    model.load_weights(best_weights)
+    if alpha_tuning is None:  # (tuning loaded them already)
+      model.load_weights(best_weights)
     test = rank_test_split(config, model, manifest, test_split,
                            config.run_dir if save_test_ranks else None)
     # same weights, same figures (unless alpha was tuned after the epochs)
