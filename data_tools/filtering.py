@@ -38,7 +38,7 @@ is dropped.
 """
 
 import collections
-from typing import Container, Dict, Optional, Sequence, Tuple
+from typing import Container, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -61,6 +61,28 @@ def remap_eval_start(keep: Sequence[bool], eval_start: int) -> int:
   return max(1, sum(keep[:eval_start]))
 
 
+def drop_from_session(items: Sequence[str], eval_start: int, dropped: Container[str],
+                      min_session_length: int) -> Optional[Tuple[List[str], int]]:
+  """Removes `dropped` items from one session (the per-session step of `drop_items`).
+
+  Args:
+    items: the session's raw item ids, in order.
+    eval_start: its first scored position.
+    dropped: the raw item ids to remove (anything with `in`).
+    min_session_length: the session is dropped if it ends shorter than this.
+
+  Returns:
+    (kept items, new eval_start), or None when the session is dropped (too
+    short, or no scored target left).
+  """
+  keep = [item not in dropped for item in items]
+  start = remap_eval_start(keep, int(eval_start))
+  kept = [item for item, flag in zip(items, keep) if flag]
+  if start <= 0 or len(kept) < min_session_length:
+    return None
+  return kept, start
+
+
 def drop_items(sessions: pd.DataFrame, dropped: Container[str],
                min_session_length: int,
                only_rows: Optional[Sequence[bool]] = None) -> pd.DataFrame:
@@ -80,13 +102,11 @@ def drop_items(sessions: pd.DataFrame, dropped: Container[str],
     only_rows = [True] * len(sessions)
   for items, eval_start, apply in zip(sessions[ITEMS], sessions[EVAL_START],
                                       only_rows):
-    keep = [not apply or item not in dropped for item in items]
-    start = remap_eval_start(keep, int(eval_start)) if apply else eval_start
-    kept = [item for item, flag in zip(items, keep) if flag]
-    ok = not apply or (start > 0 and len(kept) >= min_session_length)
-    kept_rows.append(ok)
-    new_items.append(kept)
-    new_starts.append(start)
+    result = (drop_from_session(items, eval_start, dropped, min_session_length)
+              if apply else (items, eval_start))
+    kept_rows.append(result is not None)
+    new_items.append(result[0] if result else [])
+    new_starts.append(result[1] if result else 0)
   result = sessions.copy()
   result[ITEMS] = new_items
   result[EVAL_START] = new_starts
@@ -97,10 +117,16 @@ def _item_counts(sessions: pd.DataFrame) -> collections.Counter:
   return collections.Counter(item for items in sessions[ITEMS] for item in items)
 
 
+def make_summary(sessions: int, items: int, interactions: int) -> Dict[str, int]:
+  """The before/after record of the frequency filter's report."""
+  return {"sessions": int(sessions), "items": int(items),
+          "interactions": int(interactions)}
+
+
 def summary(sessions: pd.DataFrame) -> Dict[str, int]:
   """Numbers of sessions, distinct items and interactions."""
-  return {"sessions": len(sessions), "items": len(_item_counts(sessions)),
-          "interactions": int(sessions[ITEMS].map(len).sum())}
+  return make_summary(len(sessions), len(_item_counts(sessions)),
+                      sessions[ITEMS].map(len).sum())
 
 
 def filter_rare_items(sessions: pd.DataFrame, min_item_count: int,
@@ -131,8 +157,21 @@ def filter_rare_items(sessions: pd.DataFrame, min_item_count: int,
     sessions = drop_items(sessions, rare, min_session_length,
                           only_rows=list(free))
     iterations += 1
-  return sessions, {"before": before, "after": summary(sessions),
-                    "iterations": iterations}
+  return sessions, frequency_report(before, summary(sessions), iterations)
+
+
+def frequency_report(before: dict, after: dict, iterations: int) -> dict:
+  """The frequency filter's report: `make_summary` before and after, passes."""
+  return {"before": before, "after": after, "iterations": int(iterations)}
+
+
+def truncate_session(items: Sequence[str], eval_start: int,
+                     max_session_length: int) -> Tuple[List[str], int]:
+  """Rule 3 for one session: (its last `max_session_length` items, eval_start)."""
+  if max_session_length <= 0:
+    return list(items), int(eval_start)
+  cut = max(0, len(items) - max_session_length)
+  return list(items[-max_session_length:]), max(1, int(eval_start) - cut)
 
 
 def truncate(sessions: pd.DataFrame, max_session_length: int) -> pd.DataFrame:
@@ -140,10 +179,10 @@ def truncate(sessions: pd.DataFrame, max_session_length: int) -> pd.DataFrame:
   if max_session_length <= 0:
     return sessions
   result = sessions.copy()
-  cut = result[ITEMS].map(lambda items: max(0, len(items) - max_session_length))
-  result[ITEMS] = result[ITEMS].map(lambda items: items[-max_session_length:])
-  result[EVAL_START] = [max(1, start - c)
-                        for start, c in zip(result[EVAL_START], cut)]
+  cut = [truncate_session(items, start, max_session_length)
+         for items, start in zip(result[ITEMS], result[EVAL_START])]
+  result[ITEMS] = [items for items, _ in cut]
+  result[EVAL_START] = [start for _, start in cut]
   return normalize_sessions(result)
 
 
@@ -164,8 +203,14 @@ def drop_unseen_items(sessions: pd.DataFrame,
   result = drop_items(sessions, unseen, min_session_length,
                       only_rows=list(~is_train))
   after = result[SPLIT].value_counts().to_dict()
-  return result, {
-      "unseen_items_removed": len(unseen), "items_without_training": 0,
+  return result, unseen_report(len(unseen), before, after)
+
+
+def unseen_report(unseen_items: int, before: Mapping[str, int],
+                  after: Mapping[str, int]) -> dict:
+  """Rule 4's report: items removed, sessions per split before and after."""
+  return {
+      "unseen_items_removed": int(unseen_items), "items_without_training": 0,
       "sessions_dropped": {split: int(before.get(split, 0) - after.get(split, 0))
                            for split in ("valid", "test")}}
 
@@ -173,18 +218,36 @@ def drop_unseen_items(sessions: pd.DataFrame,
 def items_without_training(sessions: pd.DataFrame) -> dict:
   """Rule 4 for `keep_eval_rows` layouts: counts unseen items, removes none."""
   _, unseen = _unseen(sessions)
-  return {"unseen_items_removed": 0, "items_without_training": len(unseen),
+  return without_training_report(len(unseen))
+
+
+def without_training_report(unseen_items: int) -> dict:
+  """Rule 4's report for `keep_eval_rows` layouts (nothing removed)."""
+  return {"unseen_items_removed": 0, "items_without_training": int(unseen_items),
           "sessions_dropped": {"valid": 0, "test": 0}}
 
 
 def require_sessions(sessions: pd.DataFrame, source: str, required_splits:
                      Sequence[str], hint: str) -> None:
-  """Fails if a required split is empty after filtering.
+  """Fails if a required split is empty after filtering (see `require_splits`)."""
+  require_splits(sessions[SPLIT].value_counts().to_dict(), source,
+                 required_splits, hint)
+
+
+def require_splits(counts: Mapping[str, int], source: str,
+                   required_splits: Sequence[str], hint: str) -> None:
+  """Fails if a required split has no session.
+
+  Args:
+    counts: sessions per split after filtering.
+    source: the input, for the message.
+    required_splits: the splits that must not be empty.
+    hint: what the user can change.
 
   Raises:
     DataToolsError: naming the input, the empty split and what to change.
   """
-  counts = sessions[SPLIT].value_counts().to_dict()
+  counts = {split: int(count) for split, count in counts.items() if count}
   empty = [split for split in required_splits if not counts.get(split)]
   if empty:
     raise DataToolsError(

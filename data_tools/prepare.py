@@ -16,7 +16,7 @@ the command line prints `error: <message>` and exits with status 1.
 import dataclasses
 import os
 import sys
-from typing import Dict, List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -26,6 +26,7 @@ from alterrec_tf import flagfiles
 from alterrec_tf.formats import schema
 from data_tools import embed, filtering, readers, splits, writer
 from data_tools import sessions as S
+from data_tools.counts import SessionStats, SplitCounts, session_stats
 from data_tools.options import PrepareOptions, option_fields
 
 FILTER_RULE = (
@@ -63,49 +64,72 @@ def select_sessions(raw: S.RawSessions, options: PrepareOptions):
   Returns:
     (sessions in written order, split rule text, filter report dict).
   """
-  protected = ("valid", "test") if raw.keep_eval_rows else ()
   sessions, frequency = filtering.filter_rare_items(
       raw.sessions, options.min_item_count, options.min_session_length,
-      protected)
-  rule = raw.split_rule
-  if not rule:
+      protected_splits(raw))
+  if not raw.split_rule:
     sessions = splits.chronological_user_split(
         sessions, options.valid_fraction, options.test_fraction)
-    rule = splits.chronological_rule(options.valid_fraction, options.test_fraction)
+  rule = split_rule(raw, options)
   sessions = filtering.truncate(sessions, options.max_session_length)
   if raw.keep_eval_rows:
     unseen = filtering.items_without_training(sessions)
   else:
     sessions, unseen = filtering.drop_unseen_items(sessions,
                                                    options.min_session_length)
-  required = ["train", "test"] + (["valid"] if options.valid_fraction > 0 else [])
-  filtering.require_sessions(
-      sessions, options.raw_path, required,
-      f"lower --min_item_count={options.min_item_count} or check --raw_path"
-      f"{' and --locale=' + options.locale if options.locale else ''}")
+  filtering.require_sessions(sessions, options.raw_path, required_splits(options),
+                             require_hint(options))
   ordered = [writer.sort_for_writing(sessions[sessions[S.SPLIT] == split])
              for split in schema.SPLITS]
-  report = {"rule": KEEP_EVAL_ROWS_RULE if raw.keep_eval_rows else FILTER_RULE,
-            "min_item_count": options.min_item_count,
-            "min_session_length": options.min_session_length,
-            "max_session_length": options.max_session_length,
-            "require_text": options.require_text, "cleaning": raw.cleaning,
-            "frequency_filter": frequency, "unseen_items": unseen}
+  report = filter_report(options, raw, frequency, unseen)
   return pd.concat(ordered, ignore_index=True), rule, report
 
 
-def item_texts(raw: S.RawSessions, vocab: List[str], fields: List[str]) -> pd.DataFrame:
+def protected_splits(raw: S.RawSessions) -> Tuple[str, ...]:
+  """Splits whose sessions no filter may change (`RawSessions.keep_eval_rows`)."""
+  return ("valid", "test") if raw.keep_eval_rows else ()
+
+
+def split_rule(raw: S.RawSessions, options: PrepareOptions) -> str:
+  """The manifest's split rule: the reader's, else the purchase-log split's."""
+  return raw.split_rule or splits.chronological_rule(options.valid_fraction,
+                                                     options.test_fraction)
+
+
+def required_splits(options: PrepareOptions) -> List[str]:
+  """The splits that must keep sessions after filtering."""
+  return ["train", "test"] + (["valid"] if options.valid_fraction > 0 else [])
+
+
+def require_hint(options: PrepareOptions) -> str:
+  """What to change when a required split ends empty."""
+  return (f"lower --min_item_count={options.min_item_count} or check --raw_path"
+          f"{' and --locale=' + options.locale if options.locale else ''}")
+
+
+def filter_report(options: PrepareOptions, raw: S.RawSessions, frequency: dict,
+                  unseen: dict) -> dict:
+  """The manifest's `filters`: rule text, settings, reader and filter counts."""
+  return {"rule": KEEP_EVAL_ROWS_RULE if raw.keep_eval_rows else FILTER_RULE,
+          "min_item_count": options.min_item_count,
+          "min_session_length": options.min_session_length,
+          "max_session_length": options.max_session_length,
+          "require_text": options.require_text, "cleaning": raw.cleaning,
+          "frequency_filter": frequency, "unseen_items": unseen}
+
+
+def item_texts(catalog: pd.DataFrame, vocab: List[str], fields: List[str]) -> pd.DataFrame:
   """Text of vocabulary items 1..n-1 for `fields` ("" where missing)."""
-  columns = [field for field in fields if field in raw.catalog.columns]
-  texts = raw.catalog.reindex(vocab[1:])[columns].fillna("")
+  columns = [field for field in fields if field in catalog.columns]
+  texts = catalog.reindex(vocab[1:])[columns].fillna("")
   for field in fields:
     if field not in texts.columns:
       texts[field] = ""
   return texts
 
 
-def _titles(raw: S.RawSessions, vocab: List[str], fields: List[str]) -> List[str]:
-  catalog = raw.catalog
+def titles(catalog: pd.DataFrame, vocab: List[str], fields: List[str]) -> List[str]:
+  """The vocabulary file's titles: the title field, else the first text field."""
   column = "title" if "title" in catalog.columns else (
       fields[0] if fields and fields[0] in catalog.columns else None)
   if column is None:
@@ -113,49 +137,20 @@ def _titles(raw: S.RawSessions, vocab: List[str], fields: List[str]) -> List[str
   return [""] + catalog[column].reindex(vocab[1:]).fillna("").tolist()
 
 
-def _split_counts(sessions: pd.DataFrame) -> Dict[str, Dict[str, int]]:
-  lengths = sessions[S.ITEMS].map(len)
-  scored = lengths - sessions[S.EVAL_START]
-  by_split = {split: sessions[S.SPLIT] == split for split in schema.SPLITS}
-  return {
-      "num_sessions": {s: int(m.sum()) for s, m in by_split.items()},
-      "num_interactions": {s: int(lengths[m].sum()) for s, m in by_split.items()},
-      "num_examples": {s: int(scored[m].sum()) for s, m in by_split.items()}}
-
-
-def _guest_counts(sessions: pd.DataFrame) -> Dict[str, Dict[str, int]]:
-  """Sessions and scored prefixes of guests (`sessions.is_guest`) per split."""
-  guest = S.is_guest(sessions)
-  counts = _split_counts(sessions[guest])
-  return {"num_sessions": counts["num_sessions"],
-          "num_examples": counts["num_examples"]}
-
-
-def _items_without_training(sessions: pd.DataFrame) -> int:
-  train = {item for items in sessions.loc[sessions[S.SPLIT] == "train", S.ITEMS]
-           for item in items}
-  return len({item for items in sessions[S.ITEMS] for item in items} - train)
-
-
-def _rows(raw: S.RawSessions, sessions: pd.DataFrame) -> Optional[dict]:
+def _rows(raw: S.RawSessions, counts: SplitCounts) -> Optional[dict]:
   """Rows read and rows scored per split, for layouts read as rows."""
   if raw.rows_read is None:
     return None
   return {"read": {split: int(raw.rows_read.get(split, 0))
                    for split in schema.SPLITS},
-          "scored": _split_counts(sessions)["num_examples"]}
-
-
-def _num_users(sessions: pd.DataFrame) -> Optional[int]:
-  users = sessions.loc[sessions[S.USER_ID] != "", S.USER_ID]
-  return int(users.nunique()) if len(users) else None
+          "scored": counts.totals()["num_examples"]}
 
 
 def _write(folder: str, raw: S.RawSessions, options: PrepareOptions,
            sessions: pd.DataFrame, vocab: List[str]) -> dict:
   """Writes vocabulary, shards and text table into `folder`; returns file info."""
   fields = list(options.text_fields)
-  written = [writer.write_vocab(folder, vocab, _titles(raw, vocab, fields))]
+  written = [writer.write_vocab(folder, vocab, titles(raw.catalog, vocab, fields))]
   index = {item: i for i, item in enumerate(vocab)}
   files = {"vocab": schema.VOCAB_FILE, "text_embeddings": None}
   for split in schema.SPLITS:
@@ -166,53 +161,63 @@ def _write(folder: str, raw: S.RawSessions, options: PrepareOptions,
   text_dim, without_text = 0, 0
   if fields:
     encoder = embed.options_encoder(options)
-    table = embed.item_text_table(encoder, item_texts(raw, vocab, fields), fields,
+    table = embed.item_text_table(encoder, item_texts(raw.catalog, vocab, fields), fields,
                                   options.embedding_batch_size,
                                   options.require_text, raw.item_origin)
     files["text_embeddings"] = writer.write_text_table(folder, table)
     written.append(files["text_embeddings"])
     text_dim = int(table.shape[1])
     without_text = int(np.sum(~table[1:].any(axis=1)))
-    if without_text:  # only possible with --norequire_text
-      print(f"warning: {without_text} of {len(vocab) - 1} items have no text in "
-            f"{', '.join(fields)}: their text vector is zero"
-            + (" (every item: text models will refuse this dataset)"
-               if without_text == len(vocab) - 1 else ""), file=sys.stderr, flush=True)
+    warn_without_text(without_text, len(vocab) - 1, fields)
   return {"files": files, "text_dim": text_dim,
           "num_items_without_text": without_text if fields else None,
           "file_hashes": writer.file_hashes(folder, written)}
 
 
+def warn_without_text(without_text: int, num_items: int, fields: List[str]) -> None:
+  """Warns on stderr about items whose text vector is zero (--norequire_text)."""
+  if without_text:
+    print(f"warning: {without_text} of {num_items} items have no text in "
+          f"{', '.join(fields)}: their text vector is zero"
+          + (" (every item: text models will refuse this dataset)"
+             if without_text == num_items else ""), file=sys.stderr, flush=True)
+
+
 def check_text(raw: S.RawSessions, vocab: List[str], options: PrepareOptions) -> None:
   """With --require_text, fails before embedding on an item without text."""
   fields = list(options.text_fields)
-  if not fields or not options.require_text:
-    return
-  texts = item_texts(raw, vocab, fields)
-  missing = texts.index[(texts[fields] == "").all(axis=1).to_numpy()]
-  if len(missing):
-    raise embed.missing_text_error(list(missing), fields, raw.item_origin)
+  if fields and options.require_text:
+    embed.field_columns(item_texts(raw.catalog, vocab, fields), fields, True,
+                        raw.item_origin)
 
 
-def build_manifest(raw: S.RawSessions, options: PrepareOptions,
-                   sessions: pd.DataFrame, vocab: List[str], rule: str,
-                   report: dict, written: dict) -> dict:
-  """The manifest (no run times, so re-runs give the same content)."""
+def build_manifest(raw: S.RawSessions, options: PrepareOptions, stats: SessionStats,
+                   rule: str, report: dict, written: dict) -> dict:
+  """The manifest (no run times, so re-runs give the same content).
+
+  Args:
+    raw: the reader's result (only its layout facts and counts are read).
+    options: the prepare options.
+    stats: what the written sessions hold (`counts.session_stats`).
+    rule: the split rule text.
+    report: `filter_report`.
+    written: `_write`'s file info (files, text_dim, file hashes).
+  """
   name = options.dataset_name or os.path.basename(
       os.path.normpath(options.output_dir))
   return {
       "format_version": schema.FORMAT_VERSION, "dataset_name": name,
-      "raw_format": raw.raw_format, "num_items": len(vocab),
-      **_split_counts(sessions), "num_users": _num_users(sessions),
+      "raw_format": raw.raw_format, "num_items": stats.num_items,
+      **stats.counts.totals(), "num_users": stats.num_users or None,
       "text_dim": written["text_dim"],
       "text_fields": list(options.text_fields) if written["text_dim"] else [],
       "text_model": options.text_model if written["text_dim"] else None,
       "text_backend": options.text_backend if written["text_dim"] else None,
       "eval_protocol": raw.eval_protocol, "split_rule": rule,
-      "guests": _guest_counts(sessions) if not raw.split_rule else None,
+      "guests": stats.counts.guests() if not raw.split_rule else None,
       "sessions_deduplicated": bool(raw.sessions_deduplicated),
-      "rows": _rows(raw, sessions),
-      "num_items_without_training": _items_without_training(sessions),
+      "rows": _rows(raw, stats.counts),
+      "num_items_without_training": stats.num_items_without_training,
       "num_items_without_text": written["num_items_without_text"],
       "filters": report,
       "flags": options.as_flags(), "files": written["files"],
@@ -234,14 +239,15 @@ def prepare(options: PrepareOptions) -> PrepareResult:
   check_text(raw, vocab, options)
   with writer.atomic_output_dir(options.output_dir) as folder:
     written = _write(folder, raw, options, sessions, vocab)
-    manifest = build_manifest(raw, options, sessions, vocab, rule, report,
-                              written)
+    manifest = build_manifest(raw, options, session_stats(sessions, len(vocab)),
+                              rule, report, written)
     writer.write_manifest(folder, manifest)
-  _print_summary(manifest, options.output_dir)
+  print_summary(manifest, options.output_dir)
   return PrepareResult(manifest, vocab, sessions, options.output_dir)
 
 
-def _print_summary(manifest: dict, output_dir: str) -> None:
+def print_summary(manifest: dict, output_dir: str) -> None:
+  """Prints what was prepared: counts per split and the content hash."""
   sessions, examples = manifest["num_sessions"], manifest["num_examples"]
   print(f"prepared {manifest['dataset_name']} ({manifest['raw_format']}) in "
         f"{output_dir}\n"

@@ -107,12 +107,15 @@ def guest_user_id(session_id: str) -> str:
   return GUEST_PREFIX + session_id
 
 
+def is_guest_user(user_id: str, session_id: str) -> bool:
+  """A guest session: user_id "" or `guest_user_id(session_id)`."""
+  return user_id == "" or user_id == guest_user_id(str(session_id))
+
+
 def is_guest(sessions: pd.DataFrame) -> np.ndarray:
-  """Mask of guest sessions: user_id "" or `guest_user_id(session_id)`."""
-  users = sessions[USER_ID].to_numpy(dtype=object)
-  guest_ids = (GUEST_PREFIX + sessions[SESSION_ID].astype(str)).to_numpy(
-      dtype=object)
-  return (users == "") | (users == guest_ids)
+  """Mask of guest sessions (`is_guest_user` of each row)."""
+  return np.fromiter(map(is_guest_user, sessions[USER_ID], sessions[SESSION_ID]),
+                     dtype=bool, count=len(sessions))
 
 
 def dedup_items(items: Iterable[str]) -> List[str]:

@@ -17,6 +17,10 @@
   Temporary folders left by a killed prepare (its pid no longer runs) are
   removed, and reported, by the next prepare of the same output folder; a full
   disk is one error naming the folder and the free space.
+
+The Beam pipeline (`data_tools.beam`) writes through the same functions:
+`vocab_from_items`, `write_vocab`, `shard_sizes` and `write_shard` per shard,
+`write_text_table`, `file_hashes`, `write_manifest`, inside `atomic_output_dir`.
 """
 
 import contextlib
@@ -26,7 +30,7 @@ import json
 import os
 import shutil
 import sys
-from typing import Dict, Iterator, List, Sequence
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,7 +43,16 @@ from data_tools import sessions as S
 
 def build_vocab(sessions: pd.DataFrame) -> List[str]:
   """Raw item ids of the vocabulary; position i is dense index i (0 = padding)."""
-  items = sorted({item for items in sessions[S.ITEMS] for item in items})
+  return vocab_from_items({item for items in sessions[S.ITEMS] for item in items})
+
+
+def vocab_from_items(items: Iterable[str]) -> List[str]:
+  """The vocabulary of a set of raw item ids (see `build_vocab`).
+
+  Raises:
+    S.DataToolsError: an id cannot be stored in the vocabulary file.
+  """
+  items = sorted(set(items))
   bad = [item for item in items if not item.strip() or any(
       c in item for c in "\t\r\n") or item == schema.PADDING_TOKEN]
   if bad:
@@ -76,6 +89,37 @@ def serialize(row, index: Dict[str, int]) -> bytes:
                              row[S.TIMESTAMP], row[S.EVAL_START])
 
 
+def shard_sizes(num_sessions: int, num_shards: int) -> List[int]:
+  """Sessions per shard of a split: min(num_shards, sessions) near-equal
+  contiguous shards, the first ones one session larger; [] for no session."""
+  count = min(num_shards, num_sessions)
+  return [num_sessions // count + (shard < num_sessions % count)
+          for shard in range(count)]
+
+
+def write_shard(path: str, rows: Iterable[dict], index: Dict[str, int],
+                on_written: Optional[Callable[[], None]] = None) -> int:
+  """Writes sessions (dicts with the standard columns) as one TFRecord file.
+
+  Args:
+    path: the shard file.
+    rows: the sessions, in written order.
+    index: raw item id -> vocabulary index.
+    on_written: called after each record (progress).
+
+  Returns:
+    The number of records written.
+  """
+  written = 0
+  with tf.io.TFRecordWriter(path) as writer:
+    for row in rows:
+      writer.write(serialize(row, index))
+      written += 1
+      if on_written is not None:
+        on_written()
+  return written
+
+
 def write_split(folder: str, split: str, sessions: pd.DataFrame,
                 index: Dict[str, int], num_shards: int) -> List[str]:
   """Writes one split's sessions (already in written order) as shards.
@@ -83,20 +127,16 @@ def write_split(folder: str, split: str, sessions: pd.DataFrame,
   Returns:
     The shard file names, in order.
   """
-  count = min(num_shards, len(sessions))
-  sizes = [len(sessions) // count + (shard < len(sessions) % count)
-           for shard in range(count)]
+  sizes = shard_sizes(len(sessions), num_shards)
   bounds = np.cumsum([0] + sizes)
   names = []
   rows = sessions.to_dict("records")
   with tqdm(total=len(rows), desc=f"write {split}", unit=" sessions",
             leave=False) as bar:
-    for shard in range(count):
-      name = schema.shard_name(split, shard, count)
-      with tf.io.TFRecordWriter(os.path.join(folder, name)) as writer:
-        for row in rows[bounds[shard]:bounds[shard + 1]]:
-          writer.write(serialize(row, index))
-          bar.update(1)
+    for shard in range(len(sizes)):
+      name = schema.shard_name(split, shard, len(sizes))
+      write_shard(os.path.join(folder, name), rows[bounds[shard]:bounds[shard + 1]],
+                  index, lambda: bar.update(1))
       names.append(name)
   return names
 

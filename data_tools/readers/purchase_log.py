@@ -36,19 +36,24 @@ title = the most frequent Description of the StockCode among the kept lines
 
 Both layouts: repeated items in a session keep their first occurrence, and
 sessions are listed by (timestamp, session_id). They come unsplit: the split is
-`data_tools.splits.chronological_user_split`.
+`data_tools.splits.chronological_user_split`. Each is read in two steps that the
+Beam pipeline (`data_tools.beam`) reuses: the cleaned item lines
+(`purchase_log_lines`, `retail_lines`), then sessions grouped from them
+(`data_tools.readers.lines`) with the catalogue (`read_catalog`; Online Retail:
+`best_title` per StockCode).
 """
 
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
-from alterrec_tf.formats import schema
 from data_tools import sessions as S
 from data_tools import tables
 from data_tools.options import PrepareOptions
+from data_tools.readers import lines
+from data_tools.readers.lines import lines_to_sessions
 
 INTERACTION_COLUMNS = {
     S.USER_ID: ("user_id", "user", "customer_id", "visitor_id"),
@@ -113,58 +118,13 @@ def to_unix_seconds(values: pd.Series, path: str, column: str) -> pd.Series:
   return parsed.astype("float64").floordiv(1).astype("int64")
 
 
-def lines_to_sessions(lines: pd.DataFrame, path: str,
-                      user_column: str) -> pd.DataFrame:
-  """Groups item lines into sessions.
-
-  Args:
-    lines: columns session_id, user_id, item_id, timestamp, row (1-based data
-      row in `path`), in file order; optionally source (the file, or file and
-      sheet, of each line, when the lines come from several).
-    path: the interactions file, for errors (unless lines has source).
-    user_column: its user column, for errors.
-
-  Returns:
-    Unsplit sessions sorted by (timestamp, session_id); items in
-    (timestamp, line order) without repeats.
-
-  Raises:
-    DataToolsError: a session has lines of two users.
-  """
-  lines = lines.assign(order=np.arange(len(lines))).sort_values(
-      [S.SESSION_ID, S.TIMESTAMP, "order"])
-  users = lines.groupby(S.SESSION_ID, sort=False)[S.USER_ID].nunique()
-  if (users > 1).any():
-    session = users.index[users > 1][0]
-    rows = lines.loc[lines[S.SESSION_ID] == session]
-    second = rows.loc[rows[S.USER_ID] != rows[S.USER_ID].iloc[0]].iloc[0]
-    raise S.input_error(f"session {session!r} belongs to two users",
-                        second.get("source", path), row=int(second["row"]),
-                        column=user_column)
-  grouped = lines.groupby(S.SESSION_ID, sort=False).agg(
-      **{S.USER_ID: (S.USER_ID, "first"), S.TIMESTAMP: (S.TIMESTAMP, "min"),
-         S.ITEMS: ("item_id", list)}).reset_index()
-  grouped[S.ITEMS] = grouped[S.ITEMS].map(S.dedup_items)
-  grouped[S.SPLIT] = S.UNSPLIT
-  grouped[S.EVAL_START] = 1
-  grouped = grouped.sort_values([S.TIMESTAMP, S.SESSION_ID], kind="stable")
-  return S.normalize_sessions(grouped)
-
-
-def _origin(lines: pd.DataFrame, path: str, column: str):
-  first = lines.drop_duplicates("item_id", keep="first")
-  sources = first["source"] if "source" in first else [path] * len(first)
-  return {item: S.Location(source, int(row), column)
-          for item, row, source in zip(first["item_id"], first["row"], sources)}
-
-
-def read_purchase_log(options: PrepareOptions) -> S.RawSessions:
-  """Reads the Homedepot layout (see the module docstring)."""
+def purchase_log_lines(options: PrepareOptions) -> lines.LineSource:
+  """The interaction lines of the Homedepot layout (see the module docstring)."""
   path = _data_file(options.raw_path, ("interactions", "inter"))
   table = tables.read_table(path)
   names = {key: tables.find_column(table, path, aliases)
            for key, aliases in INTERACTION_COLUMNS.items()}
-  lines = pd.DataFrame({
+  item_lines = pd.DataFrame({
       S.SESSION_ID: tables.id_strings(table[names[S.SESSION_ID]], path,
                                       names[S.SESSION_ID]),
       S.USER_ID: tables.id_strings(table[names[S.USER_ID]], path,
@@ -174,14 +134,15 @@ def read_purchase_log(options: PrepareOptions) -> S.RawSessions:
       S.TIMESTAMP: to_unix_seconds(table[names[S.TIMESTAMP]], path,
                                    names[S.TIMESTAMP]),
       "row": np.arange(1, len(table) + 1)})
-  sessions = lines_to_sessions(lines, path, names[S.USER_ID])
-  catalog = read_catalog(options, path)
-  return S.RawSessions(
-      sessions=sessions, catalog=catalog, raw_format="purchase_log",
-      eval_protocol=schema.EVAL_ALL_PREFIXES, split_rule="",
-      item_origin=_origin(lines, path, names["item_id"]),
-      cleaning={"rows_read": len(table), "sessions_read": len(sessions)},
-      sessions_deduplicated=True)
+  return lines.LineSource(item_lines, lines.header("purchase_log", {"rows_read": len(table)}),
+                    path, names[S.USER_ID], names["item_id"])
+
+
+def read_purchase_log(options: PrepareOptions) -> S.RawSessions:
+  """Reads the Homedepot layout (see the module docstring)."""
+  source = purchase_log_lines(options)
+  sessions = lines_to_sessions(source.lines, source.path, source.user_column)
+  return lines.with_sessions(source, sessions, read_catalog(options, source.path))
 
 
 def read_catalog(options: PrepareOptions, interactions_path: str) -> pd.DataFrame:
@@ -318,18 +279,41 @@ def _keep_masks(lines: pd.DataFrame, excluded: Sequence[str], has_price: bool):
   return masks
 
 
-def _retail_titles(lines: pd.DataFrame) -> pd.Series:
-  """Most frequent real Description per StockCode (ties: alphabetical)."""
-  described = lines.loc[~lines["title"].isin(["", UNKNOWN_DESCRIPTION]),
-                        ["item_id", "title"]]
-  counts = described.value_counts().reset_index(name="count")
-  counts = counts.sort_values(["item_id", "count", "title"],
-                              ascending=[True, False, True], kind="stable")
-  return counts.drop_duplicates("item_id").set_index("item_id")["title"]
+def countable_title(title: str) -> bool:
+  """A Description that can be an item's title (not empty, not "Unknown")."""
+  return title not in ("", UNKNOWN_DESCRIPTION)
 
 
-def read_online_retail(options: PrepareOptions) -> S.RawSessions:
-  """Reads UCI Online Retail or Online Retail II (see the module docstring)."""
+def best_title(counts: Mapping[str, int]) -> Optional[str]:
+  """The most frequent of one item's titles (ties: alphabetically first).
+
+  Args:
+    counts: countable title -> number of kept lines with it.
+
+  Returns:
+    The title, or None when the item has none.
+  """
+  if not counts:
+    return None
+  return min(counts.items(), key=lambda pair: (-pair[1], pair[0]))[0]
+
+
+def retail_catalog(item_lines: pd.DataFrame) -> pd.DataFrame:
+  """Title of each StockCode: `best_title` of its kept lines' Descriptions."""
+  described = item_lines.loc[item_lines["title"].map(countable_title).to_numpy(dtype=bool),
+                             ["item_id", "title"]]
+  per_item: Dict[str, Dict[str, int]] = {}
+  for (item, title), count in described.value_counts().items():
+    per_item.setdefault(item, {})[title] = int(count)
+  titles = pd.Series({item: best_title(counts) for item, counts in per_item.items()},
+                     dtype=object)
+  catalog = pd.DataFrame({"title": titles})
+  catalog.index.name = "item_id"
+  return catalog
+
+
+def retail_lines(options: PrepareOptions) -> lines.LineSource:
+  """The kept lines of UCI Online Retail (II) and the cleaning counts."""
   extra = [field for field in options.text_fields if field != "title"]
   if extra:
     raise S.DataToolsError(f"--text_fields={','.join(options.text_fields)}: "
@@ -355,22 +339,20 @@ def read_online_retail(options: PrepareOptions) -> S.RawSessions:
   kept = table[keep.to_numpy()]
   guest = (kept["customer"] == "").to_numpy()
   users = np.where(guest, kept["invoice"].map(S.guest_user_id), kept["customer"])
-  lines = pd.DataFrame({
+  item_lines = pd.DataFrame({
       S.SESSION_ID: kept["invoice"].to_numpy(), S.USER_ID: users,
       "item_id": kept["code"].to_numpy(),
       S.TIMESTAMP: kept[S.TIMESTAMP].to_numpy(),
       "row": kept["row"].to_numpy(), "source": kept["source"].to_numpy(),
       "title": kept["title"].to_numpy()})
-  cleaning["rows_kept"] = len(lines)
+  cleaning["rows_kept"] = len(item_lines)
   names = parts[0].attrs["columns"]
-  sessions = lines_to_sessions(lines, path, names["CustomerID"])
-  cleaning["sessions_read"] = len(sessions)
-  cleaning["guest_sessions"] = int(pd.Series(users[guest]).nunique())
-  titles = _retail_titles(lines)
-  catalog = pd.DataFrame({"title": titles})
-  catalog.index.name = "item_id"
-  return S.RawSessions(
-      sessions=sessions, catalog=catalog, raw_format="online_retail",
-      eval_protocol=schema.EVAL_ALL_PREFIXES, split_rule="",
-      item_origin=_origin(lines, path, names["StockCode"]),
-      cleaning=cleaning, sessions_deduplicated=True)
+  return lines.LineSource(item_lines, lines.header("online_retail", cleaning), path,
+                    names["CustomerID"], names["StockCode"])
+
+
+def read_online_retail(options: PrepareOptions) -> S.RawSessions:
+  """Reads UCI Online Retail or Online Retail II (see the module docstring)."""
+  source = retail_lines(options)
+  sessions = lines_to_sessions(source.lines, source.path, source.user_column)
+  return lines.with_sessions(source, sessions, retail_catalog(source.lines))
