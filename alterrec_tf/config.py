@@ -75,6 +75,12 @@ _define("enum", "init", "keras", ["keras", "uniform"],
 # --- AlterRec ----------------------------------------------------------------------
 _define("integer", "k1", 6, "First partner rank used as a hard negative (0-based).")
 _define("integer", "k2", 2000, "End (exclusive) of the hard-negative ranks.")
+_define("enum", "hard_negative_selection", "top_k", ["top_k", "argpartition"],
+        "How the partner's top k2 are found for the hard negatives: 'top_k' "
+        "(tf.math.top_k, unsorted; in the graph on any device) or 'argpartition' "
+        "(numpy's introselect on the host, ~6x faster on CPU at k2=2000: the same "
+        "set of items except among scores tied at the k2-th place; BUILD_NOTES.md, "
+        "\"Hard-negative selection\"). Catalogues scored in chunks always use top_k.")
 _define("integer", "p", 5, "Augmented positives: the partner's top-p (aug model).")
 _define("float", "beta", 0.5, "Weight of augmented positives (Eq. 10-11).")
 _define("float", "alpha", 0.5, "Inference weight of the ID score (Eq. 12).")
@@ -103,6 +109,12 @@ _define("enum", "seen_items", "auto", ["auto", "exclude", "keep"],
         "when the dataset's manifest says sessions were de-duplicated (so such an "
         "item is never the answer), else keeps them. The run's config.json records "
         "the resolved value.")
+_define("integer", "score_chunk_size", 0,
+        "Items scored at once (0: the whole catalogue). With a catalogue larger than "
+        "this, evaluation and hard-negative selection rank it in chunks with a running "
+        "top-k (same ranks; memory set by the chunk, not the catalogue), and the trained "
+        "tower scores only the items its loss reads. For catalogues of ~100k items or "
+        "more (BUILD_NOTES.md, \"Catalogues of a million items\").")
 _define("list", "ks", ["10", "20"], "Cut-offs for Hits@K and NDCG@K.")
 _define("integer", "mrr_k", 20, "Cut-off of MRR.")
 _define("integer", "early_stopping_patience", 15,
@@ -116,6 +128,13 @@ _define("boolean", "overwrite", False,
         "Replace the run in run_dir. Without it, a finished run with the same flags "
         "is shown, not retrained, and a run with other flags is refused.")
 _define("integer", "verbose", 1, "Keras progress output: 0 silent, 1 bar, 2 line.")
+_define("enum", "distribution", "none", ["none", "mirrored", "multi_worker"],
+        "tf.distribute strategy of training: 'none' (one process, no strategy), "
+        "'mirrored' (MirroredStrategy over this machine's devices), 'multi_worker' "
+        "(MultiWorkerMirroredStrategy over the cluster of the TF_CONFIG environment "
+        "variable; start one process per worker). Each global batch of --batch_size "
+        "windows is split between the replicas; only the chief writes run_dir. See "
+        "BUILD_NOTES.md, 'Training under tf.distribute'.")
 
 
 class ConfigError(ValueError):
@@ -167,6 +186,7 @@ class TrainConfig:
   init: str = _default("init")
   k1: int = _default("k1")
   k2: int = _default("k2")
+  hard_negative_selection: str = _default("hard_negative_selection")
   p: int = _default("p")
   beta: float = _default("beta")
   alpha: float = _default("alpha")
@@ -178,6 +198,7 @@ class TrainConfig:
   text_temperature: float = _default("text_temperature")
   augmentation_source: str = _default("augmentation_source")
   seen_items: str = _default("seen_items")
+  score_chunk_size: int = _default("score_chunk_size")
   ks: tuple = _default("ks")
   mrr_k: int = _default("mrr_k")
   early_stopping_patience: int = _default("early_stopping_patience")
@@ -185,6 +206,7 @@ class TrainConfig:
   resume: bool = _default("resume")
   overwrite: bool = _default("overwrite")
   verbose: int = _default("verbose")
+  distribution: str = _default("distribution")
 
   @classmethod
   def from_flags(cls) -> "TrainConfig":
@@ -239,6 +261,8 @@ def check_flags(config: TrainConfig) -> None:
     _need(value >= 1, f"--{name}={value} must be at least 1")
   _need(config.seed >= 0, f"--seed={config.seed} must be 0 or more")
   _need(config.m_random >= 0, f"--m_random={config.m_random} must be 0 or more")
+  _need(config.score_chunk_size >= 0,
+        f"--score_chunk_size={config.score_chunk_size} must be 0 (whole catalogue) or more")
   _need(config.num_heads <= config.embedding_dim,
         f"--num_heads={config.num_heads} must be at most --embedding_dim="
         f"{config.embedding_dim} (each head has embedding_dim / num_heads dimensions)")
@@ -255,6 +279,10 @@ def check_flags(config: TrainConfig) -> None:
   _need(bool(config.ks) and min(config.ks) >= 1,
         f"--ks={','.join(map(str, config.ks))} must be cut-offs of at least 1")
   _need(config.verbose in (0, 1, 2), f"--verbose={config.verbose} must be 0, 1 or 2")
+  _need(config.distribution == "none" or config.loss_weighting == "prefix",
+        f"--distribution={config.distribution} needs --loss_weighting=prefix (a batch's "
+        "loss is then a sum over prefixes that splits between replicas; the per-batch "
+        "mean of --loss_weighting=batch does not)")
 
 
 def check_against_dataset(config: TrainConfig, manifest: dict, text_embeddings=None) -> None:

@@ -51,30 +51,35 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False, verify_dat
   from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
   from alterrec_tf.models import registry as models  # pylint: disable=g-import-not-at-top
   from alterrec_tf.training import callbacks as alter_callbacks  # pylint: disable=g-import-not-at-top
-  from alterrec_tf.training import schedule  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.training import distribution, schedule  # pylint: disable=g-import-not-at-top
 
   config = config.replace(data_dir=data_dir or config.data_dir,
                           run_dir=run_dir or config.run_dir)
+  placement = distribution.place(config.distribution)  # before any TensorFlow op
   manifest = schema.load_manifest(config.data_dir, verify_hashes=verify_data)
   config = alter_config.resolve_seen_items(config, manifest)
   text_embeddings = schema.load_text_embeddings(config.data_dir, manifest)
   alter_config.check_against_dataset(config, manifest, text_embeddings)
-  finished = _previous_run(config, manifest)
+  finished = distribution.chief_verdict(placement, lambda: _previous_run(config, manifest),
+                                        config.run_dir)
   if finished is not None:
     print(f"{config.run_dir} already holds this finished run: showing its results "
           "(--overwrite trains it again)", flush=True)
     return finished
+  chief_dir = config.run_dir  # this process writes run_dir on the chief only:
+  config = config.replace(run_dir=distribution.write_dir(placement, chief_dir))
   alter_runs.write_config(config.run_dir, config)
 
   keras.utils.set_random_seed(config.seed)
   train_split, valid_split, test_split = _load_splits(config, manifest)
 
-  model = models.build_model(config, manifest, text_embeddings,
-                             train_files=schema.split_files(config.data_dir, manifest, "train"))
+  with placement.strategy.scope():  # variables (optimizers' too) replicated
+    model = models.build_model(config, manifest, text_embeddings,
+                               train_files=schema.split_files(config.data_dir, manifest, "train"))
   if not model.trainable_variables:  # non-neural floors: no training loop
     return _finish_without_training(config, model, manifest, valid_split, test_split)
 
-  backup, epochs_done, history = _restore(model, config)
+  backup, epochs_done, history = _restore(model, config, chief_dir)
 
   evaluation_callback = alter_callbacks.EpochEvaluation(
       config, config.run_dir, valid_split, test_split, train_split.num_examples, history)
@@ -89,11 +94,11 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False, verify_dat
   steps = train_split.steps(config.batch_size)
   if config.loss_weighting == "prefix":  # every prefix weighs the same in every step
     model.prefixes_per_batch = train_split.num_examples / max(steps, 1)
-  model.compile(jit_compile=False)
+  distribution.compile_model(placement, model)
   start = time.perf_counter()
   if epochs_done < config.m_max:
-    model.fit(train_split.epochs_of_batches(config.batch_size, config.seed, epochs_done,
-                                            config.m_max),
+    model.fit(distribution.distribute_batches(placement, train_split.epochs_of_batches(
+                  config.batch_size, config.seed, epochs_done, config.m_max)),
               epochs=config.m_max, initial_epoch=epochs_done, steps_per_epoch=steps,
               callbacks=callbacks, verbose=config.verbose, shuffle=False)
   best = evaluation_callback.best()
@@ -121,17 +126,18 @@ def _load_splits(config, manifest):
                                 TEST_WINDOW_STRIDE))
 
 
-def _restore(model, config):
-  """(`RunBackup` callback, epochs already done, their history records)."""
+def _restore(model, config, chief_dir):
+  """(`RunBackup` callback, epochs done, their history records), read from the
+  chief's run folder (the chief removed it with --overwrite: nothing read)."""
   from alterrec_tf.training import callbacks as alter_callbacks  # pylint: disable=g-import-not-at-top
-  backup = alter_callbacks.RunBackup(model, config.run_dir)
-  epochs_done = backup.restore() if config.resume else 0
+  backup = alter_callbacks.RunBackup(model, config.run_dir, restore_dir=chief_dir)
+  epochs_done = backup.restore() if config.resume and not config.overwrite else 0
   history = []
-  history_path = os.path.join(config.run_dir, alter_runs.HISTORY_FILE)
+  history_path = os.path.join(chief_dir, alter_runs.HISTORY_FILE)
   if epochs_done and os.path.exists(history_path):
     with open(history_path, encoding="utf-8") as f:
       history = [h for h in json.load(f) if h["epoch"] <= epochs_done]
-    print(f"resuming {config.run_dir} after epoch {epochs_done}", flush=True)
+    print(f"resuming {chief_dir} after epoch {epochs_done}", flush=True)
   return backup, epochs_done, history
 
 
@@ -301,9 +307,9 @@ def format_table(results) -> str:
 # --- command line -----------------------------------------------------------------------
 def check_command(config, verify_data: bool = True):
   """What the command line checks before TensorFlow is loaded (about a second):
-  the flags' ranges, the dataset (manifest, and with `verify_data` the SHA-256
-  of every shard and table), the flags against the dataset, and run_dir (a run
-  there with other settings is refused, as `train` does).
+  the flags' ranges and TF_CONFIG, the dataset (manifest, and with `verify_data`
+  the SHA-256 of every shard and table), the flags against the dataset, and (on
+  the chief) run_dir: a run there with other settings is refused, as in `train`.
 
   Returns:
     The results of the same finished run in run_dir (shown, not retrained),
@@ -315,10 +321,14 @@ def check_command(config, verify_data: bool = True):
   from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
   if not config.data_dir:
     raise cli.CommandError("--data_dir is required (the output_dir of data_tools.prepare)")
+  from alterrec_tf.training import distribution  # pylint: disable=g-import-not-at-top
   alter_config.check_flags(config)
+  chief = distribution.is_chief(config.distribution)  # (checks TF_CONFIG for multi_worker)
   manifest = schema.load_manifest(config.data_dir, verify_hashes=verify_data)
   alter_config.check_against_dataset(alter_config.resolve_seen_items(config, manifest),
                                      manifest)
+  if not chief:  # the chief reads run_dir for every worker
+    return None
   if config.overwrite:
     cli.check_writable(config.run_dir, "--run_dir")
     return None

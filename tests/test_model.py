@@ -106,7 +106,8 @@ def test_hard_negatives_are_partner_ranks_k1_to_k2():
   scores[:, 0] = -1e9
   order = np.argsort(-scores, axis=1, kind="stable")
   for k1, p in ((4, 2), (0, 3), (2, 5)):
-    hard, augmented = negatives.partner_ranking(tf.constant(scores), k1=k1, k2=15, p=p)
+    top_scores, top_ids = tf.math.top_k(tf.constant(scores), k=15, sorted=False)
+    hard, augmented = negatives.partner_ranking(top_scores, top_ids, k1=k1, p=p)
     # The negatives are the set of ranks k1..k2-1 (their order is free: the loss
     # sums over them); the augmented positives are the top p, best first.
     np.testing.assert_array_equal(np.sort(hard.numpy(), axis=1),

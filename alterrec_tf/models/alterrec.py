@@ -14,11 +14,15 @@ never recommended. With `loss_weighting == "prefix"` the trainer sets
 `prefixes_per_batch` and every scored prefix weighs the same in every step.
 """
 
+import functools
+
 import keras
 import tensorflow as tf
 
 from alterrec_tf.data import windows as alter_data
 from alterrec_tf.models import negatives as alter_negatives
+from alterrec_tf.models import replicas as alter_replicas
+from alterrec_tf.models import scoring
 from alterrec_tf.models import towers as alter_towers
 
 ID_PHASE = 0
@@ -61,11 +65,17 @@ class AlterRec(keras.Model):
                      if "id" in towers else None)
     self.text_tower = (alter_towers.build_tower("text", config, num_items, text_embeddings)
                        if "text" in towers else None)
+    # Set between epochs (cross-replica) or, train_steps, by every replica's step
+    # alike: under tf.distribute the first replica's update stands for all.
     self.phase = keras.Variable(ID_PHASE if "id" in towers else TEXT_PHASE,
-                                dtype="int32", trainable=False, name="phase")
+                                dtype="int32", trainable=False, name="phase",
+                                aggregation="only_first_replica")
     self.hard_negatives = keras.Variable(0, dtype="int32", trainable=False,
-                                         name="hard_negatives")
-    self.train_steps = keras.Variable(0, dtype="int64", trainable=False, name="train_steps")
+                                         name="hard_negatives",
+                                         aggregation="only_first_replica")
+    self.train_steps = keras.Variable(0, dtype="int64", trainable=False, name="train_steps",
+                                      aggregation="only_first_replica")
+    self._replicated = tf.distribute.has_strategy()  # built in a strategy's scope
     self.id_optimizer = keras.optimizers.Adam(config.learning_rate, name="id_adam")
     self.text_optimizer = keras.optimizers.Adam(config.learning_rate, name="text_adam")
     self.prefixes_per_batch = None  # set by the trainer (loss_weighting="prefix")
@@ -101,19 +111,36 @@ class AlterRec(keras.Model):
     return [self.id_loss_tracker, self.text_loss_tracker]
 
   # --- training ---------------------------------------------------------------
-  def exclude_seen(self, scores, item_ids, positions):
-    """`scores` [P, V] with the prefix's items scored out when the config says so."""
+  def seen_items_of(self, item_ids, positions):
+    """The items scored out at each prefix: int32 [P, L] (0 = none), or None
+    when the config keeps seen items."""
     if self.config.seen_items == "exclude":
-      return alter_towers.mask_seen_items(scores, item_ids, positions)
-    return scores
+      return alter_towers.prefix_items(item_ids, positions)
+    return None
 
-  def _frozen_scores(self, name, item_ids, positions):
-    """Tower `name`'s scores at the prefixes, dropout off, no gradient: [P, V]."""
-    tower = self.tower(name)
-    matrix = tower.item_matrix(training=False)
-    vectors = tf.gather_nd(tower.prefix_vectors(item_ids, matrix, training=False), positions)
-    return tf.stop_gradient(
-        self.exclude_seen(tower.scores(vectors, matrix), item_ids, positions))
+  def _frozen_top_k(self, name, item_ids, positions, k: int, sorted_list: bool):
+    """Top-k (scores, ids) of tower `name` at the prefixes, dropout off, no
+    gradient: [P, k] each. In item chunks (`scoring.top_k_over_chunks`) when
+    the catalogue is larger than `config.score_chunk_size`, else over the
+    whole [P, V] score matrix (unsorted unless `sorted_list`, found by
+    `config.hard_negative_selection`)."""
+    tables = {name: self.tower(name).item_matrix(training=False)}
+    queries = {name: tf.gather_nd(self.tower(name).prefix_vectors(
+        item_ids, tables[name], training=False), positions)}
+    seen = self.seen_items_of(item_ids, positions)
+    chunk_size = self.config.score_chunk_size
+    if chunk_size and self.num_items > chunk_size:
+      values, ids = scoring.top_k_over_chunks(
+          scoring.chunked_heads_fn(self, queries, tables, seen), self.num_items, k,
+          chunk_size)[name]
+    elif sorted_list:
+      scores = scoring.heads_over_items(self, queries, tables, seen)[name]
+      values, ids = tf.math.top_k(scores, k=k, sorted=True)
+    else:
+      scores = scoring.heads_over_items(self, queries, tables, seen)[name]
+      values, ids = alter_negatives.top_k_set(scores, k,
+                                              self.config.hard_negative_selection)
+    return tf.stop_gradient(values), tf.stop_gradient(ids)
 
   def _partner_signal(self, name, item_ids, positions, targets, seed):
     """Negatives [P, K] and augmented positives [P, p] for a step of tower `name`.
@@ -138,12 +165,13 @@ class AlterRec(keras.Model):
 
     def hard_signal():
       source = self.augmentation_source_of(name)
+      top_scores, top_ids = self._frozen_top_k(partner_name, item_ids, positions, cfg.k2,
+                                               sorted_list=False)
       hard_ids, augmented_ids = alter_negatives.partner_ranking(
-          self._frozen_scores(partner_name, item_ids, positions), cfg.k1, cfg.k2,
-          num_augmented if source == partner_name else 0)
+          top_scores, top_ids, cfg.k1, num_augmented if source == partner_name else 0)
       if num_augmented and source != partner_name:
-        augmented_ids = tf.math.top_k(self._frozen_scores(source, item_ids, positions),
-                                      k=num_augmented).indices
+        augmented_ids = self._frozen_top_k(source, item_ids, positions, num_augmented,
+                                           sorted_list=True)[1]
       hard_ids = alter_negatives.mix_negatives(hard_ids, seed, cfg.random_negative_share,
                                                self.num_items)
       return hard_ids, augmented_ids
@@ -181,23 +209,86 @@ class AlterRec(keras.Model):
     negative_ids, augmented_ids = self._partner_signal(name, item_ids, positions, targets,
                                                        seed)
     tower = self.tower(name)
+    seen = self.seen_items_of(item_ids, positions)
+    augmented_ids = augmented_ids if self._augments() else None
     with tf.GradientTape() as tape:
-      matrix = tower.item_matrix(training=training)
-      vectors = tf.gather_nd(tower.prefix_vectors(item_ids, matrix, training=training),
-                             positions)
-      logits = self.exclude_seen(tower.scores(vectors, matrix), item_ids, positions)
-      loss = alter_negatives.sampled_softmax_loss(
-          logits, targets, negative_ids, augmented_ids if self._augments() else None,
-          self.config.beta, self.prefixes_per_batch)
+      tables = {name: tower.item_matrix(training=training)}
+      queries = self.prefix_queries(item_ids, positions, tables, training=training)
+      chunk_size = self.config.score_chunk_size
+      if chunk_size and self.num_items > chunk_size:
+        # large catalogue: only the logits the loss reads, never [P, V]
+        target_logits, negative_logits, augmented_logits = self._sampled_logits(
+            name, queries[name], tables[name], targets, negative_ids, augmented_ids, seen)
+        loss = alter_negatives.sampled_softmax_loss_from_logits(
+            target_logits, targets, negative_logits, negative_ids, augmented_logits,
+            augmented_ids, self.config.beta, self.prefixes_per_batch)
+      else:
+        logits = scoring.heads_over_items(self, queries, tables, seen)[name]
+        loss = alter_negatives.sampled_softmax_loss(
+            logits, targets, negative_ids, augmented_ids, self.config.beta,
+            self.prefixes_per_batch)
     return loss, tape.gradient(loss, tower.trainable_variables), negative_ids
 
+  def _sampled_logits(self, name, queries, table, targets, negative_ids, augmented_ids,
+                      seen):
+    """Logits of the targets [P], negatives [P, K] and augmented positives
+    [P, p] (or None) from the item rows they name, with padding and the
+    prefix's items at -1e9, as in the [P, V] scores."""
+    temperature = self.head_temperatures()[name]
+    seen = None if seen is None else tf.cast(seen, tf.int32)
+
+    def logits_of(ids):
+      ids = tf.cast(ids, tf.int32)
+      logits = tf.einsum("pd,pkd->pk", queries, tf.gather(table, ids))
+      if temperature != 1.0:
+        logits = logits / temperature
+      scored_out = tf.equal(ids, 0)
+      if seen is not None:
+        scored_out |= tf.reduce_any(tf.equal(ids[:, :, None], seen[:, None, :]), axis=2)
+      return tf.where(scored_out, tf.cast(scoring.NEG_INF, logits.dtype), logits)
+
+    augmented = None if augmented_ids is None else logits_of(augmented_ids)
+    return logits_of(targets[:, None])[:, 0], logits_of(negative_ids), augmented
+
   def _tower_step(self, name, batch, seed):
-    """One update of tower `name`; returns its loss."""
+    """One update of tower `name`; returns its loss on the global batch.
+
+    Under tf.distribute, `batch` is this replica's share; the optimizer sums
+    the replicas' gradients (see `training.distribution`).
+    """
     loss, gradients, _ = self.loss_and_gradients(name, batch, seed)
     self.optimizer_of(name).apply(gradients, self.tower(name).trainable_variables)
-    return loss
+    return alter_replicas.sum_over_replicas(loss)
 
-  def train_step(self, batch):
+  def make_train_function(self, force=False):
+    """Keras' train function. Without a strategy: Keras' own, one trace.
+
+    Under tf.distribute (`replicas.replicated_train_function`) with two
+    towers, one traced step per phase, the one of the `phase` variable run at
+    each step: an optimizer's cross-replica update cannot sit inside a
+    `tf.cond` (TF's merge_call), so the tower is chosen in Python
+    (`train_step(phase=)`) instead of in the graph.
+    """
+    if not self._replicated:
+      return super().make_train_function(force)
+    if self.train_function is not None and not force:
+      return self.train_function
+    phases = (ID_PHASE, TEXT_PHASE) if len(self.tower_names) == 2 else (None,)
+    self.train_function = alter_replicas.replicated_train_function(
+        self, {phase: functools.partial(self.train_step, phase=phase) for phase in phases},
+        choose=(lambda: int(self.phase.numpy())) if len(phases) == 2 else None)
+    return self.train_function
+
+  def train_step(self, batch, phase=None):
+    """One step of the tower of `phase` on a batch (this replica's share under
+    tf.distribute); returns the logs (losses of the global batch).
+
+    Args:
+      batch: window batch {key: [B, n]}.
+      phase: None: the `phase` variable chooses the tower in the graph (one
+        trace for every epoch); ID_PHASE / TEXT_PHASE: that tower's step alone
+        (`make_train_function`).
+    """
     seed = tf.stack([tf.constant(self.config.seed, tf.int32),
                      tf.cast(self.train_steps, tf.int32)])
     self.train_steps.assign_add(1)
@@ -216,20 +307,61 @@ class AlterRec(keras.Model):
         self.text_loss_tracker.update_state(loss)
         return loss
 
-      loss = tf.cond(tf.equal(self.phase, ID_PHASE), id_step, text_step)
+      if phase is None:
+        loss = tf.cond(tf.equal(self.phase, ID_PHASE), id_step, text_step)
+      else:
+        loss = id_step() if phase == ID_PHASE else text_step()
     return {"loss": loss, "id_loss": self.id_loss_tracker.result(),
             "text_loss": self.text_loss_tracker.result()}
+
+  # --- scoring (the `scoring.FactorizedScorer` contract) ------------------------
+  def item_tables(self, training=False):
+    """{tower: item matrix [V, d]}."""
+    return {name: self.tower(name).item_matrix(training=training)
+            for name in self.tower_names}
+
+  def prefix_queries(self, item_ids, positions, tables, training=False):
+    """{tower in `tables`: session vector [P, d] of each scored prefix}.
+
+    Args:
+      item_ids: int [B, L] windows.
+      positions: int64 [P, 2] (window, position) of each scored prefix.
+      tables: {tower: [V, d]} from `item_tables` (the prefix's items are read
+        from them).
+      training: dropout on or off.
+    """
+    return {name: tf.gather_nd(self.tower(name).prefix_vectors(item_ids, table, training),
+                               positions)
+            for name, table in tables.items()}
+
+  def head_temperatures(self):
+    return {name: self.tower(name).temperature for name in self.tower_names}
+
+  def fuse_heads(self, heads):
+    """Adds "fused" when every tower has a head: alpha * ID + (1 - alpha) * text
+    (Eq. 12), or the single tower's scores."""
+    if not all(name in heads for name in self.tower_names):
+      return heads
+    heads = dict(heads)
+    if len(self.tower_names) == 2:
+      alpha = self.config.alpha
+      heads["fused"] = alpha * heads["id"] + (1.0 - alpha) * heads["text"]
+    else:
+      heads["fused"] = heads[self.tower_names[0]]
+    return heads
 
   # --- inference ----------------------------------------------------------------
   def prefix_scores(self, item_ids, positions, training=False):
     """Scores of each tower at the given prefixes: {name: [P, V]}."""
-    scores = {}
-    for name in self.tower_names:
-      tower = self.tower(name)
-      matrix = tower.item_matrix(training=training)
-      vectors = tf.gather_nd(tower.prefix_vectors(item_ids, matrix, training), positions)
-      scores[name] = self.exclude_seen(tower.scores(vectors, matrix), item_ids, positions)
-    return scores
+    heads = self.prefix_heads(item_ids, positions, training)
+    return {name: heads[name] for name in self.tower_names}
+
+  def prefix_heads(self, item_ids, positions, training=False):
+    """Every head ("fused" and each tower's) at the given prefixes: {name: [P, V]}."""
+    tables = self.item_tables(training)
+    queries = self.prefix_queries(item_ids, positions, tables, training)
+    return scoring.heads_over_items(self, queries, tables,
+                                    self.seen_items_of(item_ids, positions))
 
   def score_heads(self, batch):
     """Evaluation heads: {"fused", "id", "text"} scores [P, V] and targets [P].
@@ -237,40 +369,31 @@ class AlterRec(keras.Model):
     fused = alpha * ID + (1 - alpha) * text (Eq. 12); a single-tower model has
     its tower's scores as "fused".
     """
-    heads, targets, _ = self.score_heads_and_queries(batch)
-    return heads, targets
+    positions, targets = scored_positions(batch)
+    return self.prefix_heads(batch[alter_data.ITEM_IDS], positions), targets
 
   def score_heads_and_queries(self, batch):
     """`score_heads` plus each prefix's fused query [P, D]: fused score =
     query . `fused_item_matrix()` rows (before the prefix's items are scored out)."""
     positions, targets = scored_positions(batch)
     item_ids = batch[alter_data.ITEM_IDS]
+    tables = self.item_tables()
+    queries = self.prefix_queries(item_ids, positions, tables)
+    heads = scoring.heads_over_items(self, queries, tables,
+                                     self.seen_items_of(item_ids, positions))
     scales = fused_query_scales(self.config, self.tower_names)
-    heads, queries = {}, []
-    for name in self.tower_names:
-      tower = self.tower(name)
-      matrix = tower.item_matrix(training=False)
-      vectors = tf.gather_nd(tower.prefix_vectors(item_ids, matrix, False), positions)
-      heads[name] = self.exclude_seen(tower.scores(vectors, matrix), item_ids, positions)
-      queries.append(scales[name] * vectors)
-    if len(self.tower_names) == 2:
-      alpha = self.config.alpha
-      heads["fused"] = alpha * heads["id"] + (1.0 - alpha) * heads["text"]
-    else:
-      heads["fused"] = heads[self.tower_names[0]]
-    return heads, targets, tf.concat(queries, axis=1)
+    fused_queries = tf.concat([scales[name] * queries[name] for name in self.tower_names],
+                              axis=1)
+    return heads, targets, fused_queries
 
   def fused_item_matrix(self):
     """The towers' item matrices side by side, in `tower_names` order: [V, D]
     (what the export serves)."""
-    return tf.concat([self.tower(name).item_matrix(training=False)
-                      for name in self.tower_names], axis=1)
+    return tf.concat(list(self.item_tables().values()), axis=1)
 
   def call(self, item_ids, training=False):
     """Fused scores of every prefix: int [B, L] -> [B, L, V]."""
     positions = tf.where(tf.ones_like(item_ids, tf.bool))
-    heads = self.prefix_scores(item_ids, positions, training)
-    fused = (heads[self.tower_names[0]] if len(self.tower_names) == 1 else
-             self.config.alpha * heads["id"] + (1.0 - self.config.alpha) * heads["text"])
+    fused = self.prefix_heads(item_ids, positions, training)["fused"]
     shape = tf.shape(item_ids)
     return tf.reshape(fused, [shape[0], shape[1], -1])

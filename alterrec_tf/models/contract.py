@@ -52,3 +52,38 @@ class AlternatingModel(RankingModel, Protocol):
   hard_negatives: tf.Variable  # int32: 0 uniform negatives, 1 the partner's ranks
 
   def optimizer_of(self, name: str): ...
+
+
+@runtime_checkable
+class FactorizedScorer(Protocol):
+  """A model whose heads are dot products of prefix queries and item tables
+  (AlterRec and the neural baselines), which `models.scoring` can rank over the
+  catalogue in item chunks.
+
+  `scoring.heads_over_items` computes, for items [offset, offset + C):
+  fuse_heads({h: mask(q_h . T_h[offset:offset + C] / temperature_h)}).
+  """
+
+  num_items: int
+
+  def item_tables(self, training: bool = False) -> Dict[str, tf.Tensor]:
+    """{head: float [V, d_h]} item table of each head, rows in item-index order
+    (may hold more entries: tables the queries read)."""
+    ...
+
+  def prefix_queries(self, item_ids, positions, tables, training: bool = False
+                     ) -> Dict[str, tf.Tensor]:
+    """{head: float [P, d_h]} query of each scored prefix (positions int64 [P, 2])."""
+    ...
+
+  def head_temperatures(self) -> Dict[str, float]:
+    """{head: temperature}; scores are divided by it when it is not 1."""
+    ...
+
+  def fuse_heads(self, heads: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """The evaluation heads (with "fused") from the scored base heads."""
+    ...
+
+  def seen_items_of(self, item_ids, positions):
+    """int32 [P, L] items scored out per prefix (0 = none), or None."""
+    ...

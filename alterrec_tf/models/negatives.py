@@ -4,6 +4,7 @@ Logits are gathered from the full-catalogue score matrix [P, V]; a
 [P, negatives, d] tensor of item embeddings is never built.
 """
 
+import numpy as np
 import tensorflow as tf
 
 from alterrec_tf.formats import schema
@@ -11,7 +12,7 @@ from alterrec_tf.formats import schema
 SCORED_OUT = -1e8  # logits at or below this are scored-out items (-1e9)
 
 
-def partner_ranking(partner_scores, k1: int, k2: int, p: int):
+def partner_ranking(top_scores, top_ids, k1: int, p: int):
   """Hard negatives and augmented positives from the partner's ranking (Eq. 7).
 
   The hard negatives are the items at the partner's ranks k1..k2-1 (0-based;
@@ -21,14 +22,16 @@ def partner_ranking(partner_scores, k1: int, k2: int, p: int):
   one at k2=2000 (BUILD_NOTES, "Hard-negative selection").
 
   Args:
-    partner_scores: float [P, V], padding column already at -inf.
-    k1, k2: ranks k1..k2-1 are the negatives.
+    top_scores, top_ids: float / int32 [P, k2]: the partner's k2 best items
+      and their scores, in any order (`tf.math.top_k(scores, k2, sorted=False)`
+      or `scoring.top_k_over_chunks`).
+    k1: ranks k1..k2-1 are the negatives.
     p: the top-p ranks are the augmented positives, best first (0 for none).
 
   Returns:
     hard_negative_ids int32 [P, k2 - k1] and augmented_positive_ids int32 [P, p].
   """
-  top_scores, top_ids = tf.math.top_k(partner_scores, k=k2, sorted=False)
+  k2 = top_ids.shape[1]
   head = max(k1, p)
   if head == 0:
     return top_ids, top_ids[:, :0]
@@ -42,6 +45,34 @@ def partner_ranking(partner_scores, k1: int, k2: int, p: int):
   hard_negative_ids = tf.reshape(tf.boolean_mask(top_ids, tf.logical_not(in_head)),
                                  [-1, k2 - k1])
   return hard_negative_ids, augmented_ids
+
+
+def top_k_set(scores, k: int, selection: str = "top_k"):
+  """The k best items of each row as a set (in no particular order).
+
+  Args:
+    scores: float [P, V].
+    k: how many (static, at most V).
+    selection: "top_k" (`tf.math.top_k`, unsorted) or "argpartition" (numpy's
+      introselect through `tf.numpy_function`: the same set except among
+      scores tied at the k-th place, which top_k breaks by lower index).
+
+  Returns:
+    (scores float [P, k], item ids int32 [P, k]).
+  """
+  if selection == "top_k":
+    return tf.math.top_k(scores, k=k, sorted=False)
+  if selection != "argpartition":
+    raise ValueError(f"unknown selection {selection!r}: use top_k or argpartition")
+
+  def best_k(rows):
+    ids = np.argpartition(rows, rows.shape[1] - k, axis=1)[:, rows.shape[1] - k:]
+    return np.take_along_axis(rows, ids, axis=1), ids.astype(np.int32)
+
+  values, ids = tf.numpy_function(best_k, [scores], [scores.dtype, tf.int32], stateful=False)
+  values.set_shape([None, k])
+  ids.set_shape([None, k])
+  return values, ids
 
 
 def uniform_negatives(seed, num_rows, count: int, num_items: int):
@@ -104,14 +135,34 @@ def sampled_softmax_loss(logits, target_ids, negative_ids, augmented_ids=None,
   negative_ids = tf.cast(negative_ids, tf.int32)
   target_logits = tf.gather(logits, target_ids[:, None], batch_dims=1)[:, 0]
   negative_logits = tf.gather(logits, negative_ids, batch_dims=1)
-  is_target = tf.equal(negative_ids, target_ids[:, None])
-  negative_logits = tf.where(is_target, tf.cast(-1e9, logits.dtype), negative_logits)
+  augmented_logits = None
+  if augmented_ids is not None and augmented_ids.shape[1]:
+    augmented_logits = tf.gather(logits, tf.cast(augmented_ids, tf.int32), batch_dims=1)
+  return sampled_softmax_loss_from_logits(target_logits, target_ids, negative_logits,
+                                          negative_ids, augmented_logits, augmented_ids,
+                                          beta, prefixes_per_batch)
+
+
+def sampled_softmax_loss_from_logits(target_logits, target_ids, negative_logits,
+                                     negative_ids, augmented_logits=None, augmented_ids=None,
+                                     beta: float = 0.0, prefixes_per_batch=None):
+  """`sampled_softmax_loss` from the logits it reads, already gathered (large
+  catalogues score only these items, never [P, V]).
+
+  Args:
+    target_logits: float [P]; target_ids: int [P].
+    negative_logits: float [P, K]; negative_ids: int [P, K].
+    augmented_logits: float [P, p] or None; augmented_ids: int [P, p] or None.
+    beta, prefixes_per_batch: as in `sampled_softmax_loss`.
+  """
+  target_ids = tf.cast(target_ids, tf.int32)
+  is_target = tf.equal(tf.cast(negative_ids, tf.int32), target_ids[:, None])
+  negative_logits = tf.where(is_target, tf.cast(-1e9, negative_logits.dtype), negative_logits)
   negatives_lse = tf.reduce_logsumexp(negative_logits, axis=1)
   # log(e^x + sum e^neg) - x = softplus(lse(neg) - x)
   per_prefix = tf.nn.softplus(negatives_lse - target_logits)
-  if augmented_ids is not None and augmented_ids.shape[1]:
+  if augmented_logits is not None and augmented_ids is not None and augmented_ids.shape[1]:
     augmented_ids = tf.cast(augmented_ids, tf.int32)
-    augmented_logits = tf.gather(logits, augmented_ids, batch_dims=1)
     keep = (tf.not_equal(augmented_ids, target_ids[:, None])
             & tf.not_equal(augmented_ids, schema.PADDING_INDEX)
             & (augmented_logits > SCORED_OUT))

@@ -5,9 +5,11 @@ import tensorflow as tf
 from keras import ops
 
 from alterrec_tf.models import layers as alter_layers
+from alterrec_tf.models import scoring
 from alterrec_tf.formats import schema
 
-NEG_INF = -1e9
+NEG_INF = scoring.NEG_INF
+mask_padding = scoring.mask_padding
 
 
 class UniModalTower(keras.layers.Layer):
@@ -48,12 +50,6 @@ class UniModalTower(keras.layers.Layer):
     return self.scores(self.prefix_vectors(item_ids, matrix, training), matrix)
 
 
-def mask_padding(scores):
-  """Puts the padding column (index 0) of [..., V] scores at -1e9."""
-  is_padding = tf.equal(tf.range(tf.shape(scores)[-1]), schema.PADDING_INDEX)
-  return tf.where(is_padding, tf.cast(NEG_INF, scores.dtype), scores)
-
-
 def prefix_items(item_ids, positions):
   """The items of each scored prefix: int32 [P, L], window items 0..t, later
   places padding (0).
@@ -86,12 +82,7 @@ def mask_seen_items(scores, item_ids, positions):
     float [P, V]: `scores` with every item of each prefix at -1e9; no gradient
     flows to the replaced entries.
   """
-  rows = prefix_items(item_ids, positions)
-  num_prefixes = tf.shape(rows)[0]
-  prefix_index = tf.broadcast_to(tf.range(num_prefixes)[:, None], tf.shape(rows))
-  indices = tf.reshape(tf.stack([prefix_index, rows], axis=-1), [-1, 2])
-  fill = tf.fill([tf.shape(indices)[0]], tf.cast(NEG_INF, scores.dtype))
-  return tf.tensor_scatter_nd_update(scores, indices, fill)
+  return scoring.mask_items(scores, prefix_items(item_ids, positions))
 
 
 def build_tower(kind: str, config, num_items: int, text_embeddings=None, name=None):

@@ -109,18 +109,23 @@ class RunBackup(keras.callbacks.Callback):
   next epoch and ends exactly as an uninterrupted run with the same seed.
 
   Files: run_dir/backup/ckpt-* (tf.train.Checkpoint) and epoch.json.
+
+  Under tf.distribute every worker saves (saving reads replicated variables,
+  which may take part in collectives), each into its own run_dir; a worker
+  other than the chief restores from the chief's (`restore_dir`).
   """
 
-  def __init__(self, model, run_dir):
+  def __init__(self, model, run_dir, restore_dir=None):
     super().__init__()
     self.directory = os.path.join(run_dir, alter_runs.BACKUP_DIR)
+    self.restore_directory = os.path.join(restore_dir or run_dir, alter_runs.BACKUP_DIR)
     self.checkpoint = tf.train.Checkpoint(model=model)
     self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=1)
 
   def restore(self) -> int:
     """Restores the latest backup; returns the number of finished epochs."""
-    path = self.manager.latest_checkpoint
-    meta = os.path.join(self.directory, "epoch.json")
+    path = tf.train.latest_checkpoint(self.restore_directory)
+    meta = os.path.join(self.restore_directory, "epoch.json")
     if not path or not os.path.exists(meta):
       return 0
     self.checkpoint.restore(path).assert_existing_objects_matched()

@@ -7,19 +7,23 @@ lists of the whole split at once (y_true marks the target's place, at most one
 relevant item; y_pred is the list order), so no metric runs eagerly per batch.
 Hits@K is keras-rs RecallAtK with one relevant item. `full_ranking_ranks` is the
 numpy reference with the same tie rule (tests), and the per-prefix ranks feed
-the long-tail analysis. Models with a fused item matrix (AlterRec and its
+the long-tail analysis. With a chunk size (`--score_chunk_size`) smaller than
+the catalogue, models with item tables (`scoring.FactorizedScorer`) are ranked
+in chunks of items with a running top-k: the same ranks, memory set by the
+chunk. Models with a fused item matrix (AlterRec and its
 ablations) also get `tfrs_hits@K` in their "fused" head: TFRS FactorizedTopK
 over a BruteForce index of that matrix (`training.retrieval`).
 """
 
-from typing import Dict, Iterable
+from typing import Callable, Dict, Iterable, Optional
 
 import keras_rs
 import numpy as np
 import tensorflow as tf
 
 from alterrec_tf.data import windows as alter_data
-from alterrec_tf.models import towers
+from alterrec_tf.models import contract, scoring, towers
+from alterrec_tf.models.alterrec import scored_positions as alter_scored_positions
 from alterrec_tf.training import retrieval
 
 
@@ -90,7 +94,8 @@ class Evaluator:
     mrr_k: cut-off of MRR.
   """
 
-  def __init__(self, model, ks=(10, 20), mrr_k=20, tfrs_metrics: bool = True):
+  def __init__(self, model, ks=(10, 20), mrr_k=20, tfrs_metrics: bool = True,
+               chunk_size=None):
     self.model = model
     self.ks, self.mrr_k = tuple(ks), mrr_k
     self.max_k = max(max(self.ks), mrr_k)
@@ -99,10 +104,34 @@ class Evaluator:
         alter_data.TARGET_IDS: tf.TensorSpec([None, None], tf.int32),
         alter_data.TARGET_MASK: tf.TensorSpec([None, None], tf.bool),
     }
-    # TFRS FactorizedTopK over the fused item matrix, for models that have one.
+    if chunk_size is None:
+      chunk_size = getattr(getattr(model, "config", None), "score_chunk_size", 0)
+    # In item chunks: models with item tables, catalogues larger than a chunk.
+    self.chunk_size = (chunk_size if chunk_size and isinstance(model, contract.FactorizedScorer)
+                       and model.num_items > chunk_size else 0)
+    # TFRS FactorizedTopK over the fused item matrix, for models that have one
+    # (not in chunks: its BruteForce index scores the whole catalogue at once).
     self._tfrs = (retrieval.load_tfrs()
-                  if tfrs_metrics and hasattr(model, "fused_item_matrix") else None)
+                  if tfrs_metrics and hasattr(model, "fused_item_matrix")
+                  and not self.chunk_size else None)
+    self._batch_spec = spec
     self._top_lists = tf.function(self._top_lists_eager, input_signature=[spec])
+    self._tables = tf.function(lambda: model.item_tables(training=False))
+    # traced at the first call, for the tables' shapes
+    self._chunked_ranks: Optional[Callable] = None
+
+  def _chunked_ranks_eager(self, batch, tables):
+    """Target ranks per head and targets, ranking the catalogue in chunks of
+    `chunk_size` items (`scoring.top_k_over_chunks`)."""
+    positions, targets = alter_scored_positions(batch)
+    item_ids = batch[alter_data.ITEM_IDS]
+    queries = self.model.prefix_queries(item_ids, positions, tables, training=False)
+    seen = self.model.seen_items_of(item_ids, positions)
+    lists = scoring.top_k_over_chunks(
+        scoring.chunked_heads_fn(self.model, queries, tables, seen), self.model.num_items,
+        self.max_k, self.chunk_size)
+    return {name: scoring.ranks_in_lists(ids, targets) for name, (_, ids) in lists.items()}, \
+        targets
 
   def _top_lists_eager(self, batch):
     """Target ranks per head and targets; with TFRS also the fused queries
@@ -134,8 +163,18 @@ class Evaluator:
     ranks: Dict[str, list] = {}
     targets_seen = []
     hits = self._retrieval_hits() if self._tfrs is not None else None
+    tables = self._tables() if self.chunk_size else None
+    chunked_ranks = self._chunked_ranks
+    if tables is not None and chunked_ranks is None:
+      table_spec = {name: tf.TensorSpec(table.shape, table.dtype)
+                    for name, table in tables.items()}
+      chunked_ranks = self._chunked_ranks = tf.function(
+          self._chunked_ranks_eager, input_signature=[self._batch_spec, table_spec])
     for batch in batches:
-      batch_ranks, targets, *extra = self._top_lists(batch)
+      if tables is not None and chunked_ranks is not None:
+        batch_ranks, targets, *extra = chunked_ranks(batch, tables)
+      else:
+        batch_ranks, targets, *extra = self._top_lists(batch)
       for name, head_ranks in batch_ranks.items():
         ranks.setdefault(name, []).append(head_ranks.numpy())
       targets_seen.append(targets.numpy())

@@ -1,7 +1,8 @@
 """Shared base of the neural baselines: one Adam, full-softmax cross-entropy.
 
 A baseline only says how it scores the catalogue at the scored prefixes
-(`prefix_heads`); this class does the rest for the trainer: building every
+(`item_tables` and `prefix_queries`, the `scoring.FactorizedScorer` contract);
+this class does the rest for the trainer: building every
 variable (`build_all`), the training step (full-softmax CE of the "fused" head
 over the whole catalogue, one optimizer for every weight), the evaluation
 heads (`score_heads`) and `call`.
@@ -19,6 +20,8 @@ import tensorflow as tf
 
 from alterrec_tf.data import windows as alter_data
 from alterrec_tf.models import negatives as alter_negatives
+from alterrec_tf.models import replicas as alter_replicas
+from alterrec_tf.models import scoring
 from alterrec_tf.models import towers as alter_towers
 from alterrec_tf.models.alterrec import scored_positions
 
@@ -26,7 +29,8 @@ from alterrec_tf.models.alterrec import scored_positions
 class FullSoftmaxModel(keras.Model):
   """Base of NFRec, SASRec and FDSA.
 
-  Subclasses create their layers in `__init__` and implement `prefix_heads`.
+  Subclasses create their layers in `__init__` and implement `item_tables`
+  and `prefix_queries`.
 
   Attributes:
     tower_names: empty: there is no alternation (the trainer adds no
@@ -43,39 +47,65 @@ class FullSoftmaxModel(keras.Model):
     self.num_items = num_items
     self.prefixes_per_batch = None  # set by the trainer (loss_weighting="prefix")
     self.adam = keras.optimizers.Adam(config.learning_rate, name="adam")
-    self.train_steps = keras.Variable(0, dtype="int64", trainable=False, name="train_steps")
+    self.train_steps = keras.Variable(0, dtype="int64", trainable=False, name="train_steps",
+                                      aggregation="only_first_replica")  # (tf.distribute)
+    self._replicated = tf.distribute.has_strategy()  # built in a strategy's scope
     self.loss_tracker = keras.metrics.Mean(name="loss")
     self.part_trackers = [keras.metrics.Mean(name=f"{part}_loss") for part in self.part_names]
 
-  def prefix_heads(self, item_ids, positions, training=False):
-    """Scores of the catalogue at the given prefixes.
+  # --- scoring (the `scoring.FactorizedScorer` contract) ------------------------
+  def item_tables(self, training=False):
+    """{head: item table [V, d_h]} (more entries may hold tables the queries read)."""
+    raise NotImplementedError
+
+  def prefix_queries(self, item_ids, positions, tables, training=False):
+    """{head: query [P, d_h]} of each scored prefix.
 
     Args:
       item_ids: int [B, L] windows.
       positions: int64 [P, 2] (window, position) of each scored prefix.
+      tables: `item_tables(training)`.
       training: dropout on or off.
+    """
+    raise NotImplementedError
+
+  def head_temperatures(self):
+    return {}
+
+  def fuse_heads(self, heads):
+    """The heads are scored separately (no combined head)."""
+    return heads
+
+  def prefix_heads(self, item_ids, positions, training=False):
+    """Scores of the catalogue at the given prefixes.
 
     Returns:
       {"fused": [P, V], part: [P, V] for each of `part_names`}, padding column
       at -1e9.
     """
-    raise NotImplementedError
+    return self.heads(item_ids, positions, training, seen_items="keep")
 
-  def heads(self, item_ids, positions, training=False):
+  def heads(self, item_ids, positions, training=False, seen_items=None):
     """`prefix_heads` with the prefix's items scored out when
-    `config.seen_items == "exclude"` (`towers.mask_seen_items`): they are never
+    `config.seen_items == "exclude"` (`scoring.mask_items`): they are never
     recommended and, in training, never in the softmax."""
-    heads = self.prefix_heads(item_ids, positions, training=training)
-    if self.config.seen_items != "exclude":
-      return heads
-    return {name: alter_towers.mask_seen_items(scores, item_ids, positions)
-            for name, scores in heads.items()}
+    tables = self.item_tables(training)
+    queries = self.prefix_queries(item_ids, positions, tables, training)
+    return scoring.heads_over_items(self, queries, tables,
+                                    self.seen_items_of(item_ids, positions, seen_items))
+
+  def seen_items_of(self, item_ids, positions, seen_items=None):
+    """The items scored out at each prefix: int32 [P, L] (0 = none), or None
+    when `seen_items` (default: the config's) keeps them."""
+    if (seen_items or self.config.seen_items) == "exclude":
+      return alter_towers.prefix_items(item_ids, positions)
+    return None
 
   # --- building ---------------------------------------------------------------
   def build_all(self):
     """Creates every variable (layers and Adam slots)."""
     dummy = tf.ones([1, self.config.max_len], tf.int32)
-    self.prefix_heads(dummy, tf.where(tf.ones_like(dummy, tf.bool)))
+    self.heads(dummy, tf.where(tf.ones_like(dummy, tf.bool)))
     self.adam.build(self.trainable_variables)
     self.built = True
     if self.config.init == "uniform":
@@ -89,6 +119,16 @@ class FullSoftmaxModel(keras.Model):
     return [self.loss_tracker] + list(self.part_trackers)
 
   # --- training ---------------------------------------------------------------
+  def make_train_function(self, force=False):
+    """Keras' own; under tf.distribute, `replicas.replicated_train_function`
+    (scalar logs whatever the strategy)."""
+    if not self._replicated:
+      return super().make_train_function(force)
+    if self.train_function is None or force:
+      self.train_function = alter_replicas.replicated_train_function(
+          self, {"step": self.train_step})
+    return self.train_function
+
   def train_step(self, batch):
     self.train_steps.assign_add(1)
     positions, targets = scored_positions(batch)
@@ -97,12 +137,13 @@ class FullSoftmaxModel(keras.Model):
       loss = alter_negatives.full_softmax_loss(heads["fused"], targets,
                                                self.prefixes_per_batch)
     variables = self.trainable_variables
-    self.adam.apply(tape.gradient(loss, variables), variables)
-    self.loss_tracker.update_state(loss)
+    self.adam.apply(tape.gradient(loss, variables), variables)  # summed over replicas
+    self.loss_tracker.update_state(alter_replicas.sum_over_replicas(loss))
     logs = {"loss": self.loss_tracker.result()}
     for part, tracker in zip(self.part_names, self.part_trackers):
-      tracker.update_state(alter_negatives.full_softmax_loss(
-          tf.stop_gradient(heads[part]), targets))
+      tracker.update_state(alter_replicas.mean_over_replicas(
+          alter_negatives.full_softmax_loss(tf.stop_gradient(heads[part]), targets),
+          tf.size(targets)))
       logs[f"{part}_loss"] = tracker.result()
     return logs
 

@@ -38,12 +38,15 @@ class FDSA(base.FullSoftmaxModel):
     self.concat_layer.build((None, 2 * dim))
     self.concat_norm.build((None, dim))
 
-  def prefix_heads(self, item_ids, positions, training=False):
-    id_items = self.id_tower.item_matrix(training=training)
-    text_items = self.text_tower.item_matrix(training=training)
-    q_id = tf.gather_nd(self.id_tower.prefix_vectors(item_ids, id_items, training), positions)
-    q_text = tf.gather_nd(self.text_tower.prefix_vectors(item_ids, text_items, training),
-                          positions)
+  def item_tables(self, training=False):
+    """{"fused": ID item table (the scored one), "text_items": text item vectors}."""
+    return {"fused": self.id_tower.item_matrix(training=training),
+            "text_items": self.text_tower.item_matrix(training=training)}
+
+  def prefix_queries(self, item_ids, positions, tables, training=False):
+    q_id = tf.gather_nd(self.id_tower.prefix_vectors(item_ids, tables["fused"], training),
+                        positions)
+    q_text = tf.gather_nd(self.text_tower.prefix_vectors(item_ids, tables["text_items"],
+                                                         training), positions)
     q = self.concat_layer(tf.concat([q_id, q_text], axis=-1))
-    q = self.concat_dropout(self.concat_norm(q), training=training)
-    return {"fused": self.id_tower.scores(q, id_items)}
+    return {"fused": self.concat_dropout(self.concat_norm(q), training=training)}

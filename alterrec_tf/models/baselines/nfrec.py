@@ -21,7 +21,6 @@ logs the cross-entropy of each part as id_loss / text_loss (no gradient).
 import tensorflow as tf
 
 from alterrec_tf.models import layers as alter_layers
-from alterrec_tf.models import towers as alter_towers
 from alterrec_tf.models.baselines import base
 
 FUSIONS = ("sum", "concat")
@@ -67,17 +66,14 @@ class NFRec(base.FullSoftmaxModel):
     means = self.sessions(vectors, alter_layers.padding_mask(item_ids), training=training)
     return tf.gather_nd(means, positions)
 
-  def prefix_heads(self, item_ids, positions, training=False):
+  def item_tables(self, training=False):
+    """{"fused": Z, "id": X, "text": H}."""
     x, h = self.item_parts(training)
-    z = self.fuse(x, h)
-    q = self.session_vectors(item_ids, z, positions, training)
+    return {"fused": self.fuse(x, h), "id": x, "text": h}
+
+  def prefix_queries(self, item_ids, positions, tables, training=False):
+    q = self.session_vectors(item_ids, tables["fused"], positions, training)
     if self.fusion == "concat":
       dim = self.config.embedding_dim
-      q_id, q_text = q[:, :dim], q[:, dim:]
-    else:
-      q_id = q_text = q
-    return {
-        "fused": alter_towers.mask_padding(tf.matmul(q, z, transpose_b=True)),
-        "id": alter_towers.mask_padding(tf.matmul(q_id, x, transpose_b=True)),
-        "text": alter_towers.mask_padding(tf.matmul(q_text, h, transpose_b=True)),
-    }
+      return {"fused": q, "id": q[:, :dim], "text": q[:, dim:]}
+    return {"fused": q, "id": q, "text": q}

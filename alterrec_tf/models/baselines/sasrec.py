@@ -31,7 +31,9 @@ class SASRec(base.FullSoftmaxModel):
     super().__init__(config, num_items, **kwargs)
     self.tower = recbole_id_tower(config, num_items, name="id_tower")
 
-  def prefix_heads(self, item_ids, positions, training=False):
-    matrix = self.tower.item_matrix(training=training)
-    vectors = tf.gather_nd(self.tower.prefix_vectors(item_ids, matrix, training), positions)
-    return {"fused": self.tower.scores(vectors, matrix)}
+  def item_tables(self, training=False):
+    return {"fused": self.tower.item_matrix(training=training)}
+
+  def prefix_queries(self, item_ids, positions, tables, training=False):
+    return {"fused": tf.gather_nd(self.tower.prefix_vectors(item_ids, tables["fused"],
+                                                            training), positions)}

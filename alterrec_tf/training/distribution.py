@@ -1,0 +1,315 @@
+"""Training under tf.distribute (`--distribution`): the strategy, which worker is
+the chief, what the chief decides for everyone, and each replica's share of a batch.
+
+  none          no strategy: Keras' default, the single-process path unchanged.
+  mirrored      `tf.distribute.MirroredStrategy` over this machine's devices.
+  multi_worker  `tf.distribute.MultiWorkerMirroredStrategy` over the cluster of
+                the TF_CONFIG environment variable, ring all-reduce over gRPC
+                (works between CPU processes on localhost); one process per worker.
+
+Batches: every worker builds the single-process stream of global batches (same
+shuffle seeds, same length buckets) and keeps its replicas' rows of each one:
+replica r of R takes rows [r * m, (r + 1) * m) of a global batch of B windows,
+m = ceil(B / R), the last slices padded with empty windows (no scored prefix:
+they add nothing to a loss). So R replicas of a global batch see together
+exactly the windows the single process sees in one step, and the number of
+steps per epoch is unchanged. tf.data's auto-sharding is not used (policy OFF,
+through `distribute_datasets_from_function`): FILE sharding would give each
+worker other sessions, DATA sharding other whole batches, and both other steps
+than the single-process run.
+
+Losses: with `--loss_weighting=prefix` a replica's loss is the sum over its
+prefixes divided by the split's global mean prefixes per batch (a constant),
+and Keras' TensorFlow optimizer all-reduces the replicas' gradients by SUM
+(`keras/src/backend/tensorflow/optimizer.py`, `_all_reduce_sum_gradients`), so
+the applied gradient is the single-process one up to the order of float sums.
+`--loss_weighting=batch` (a per-batch mean) is refused under a strategy.
+
+Run folder: only the chief writes run_dir; another worker writes into a
+temporary folder (removed at exit) and, to resume, reads the chief's backup.
+Whether run_dir holds a finished run (shown, not retrained) or a conflicting
+one (refused) is read by the chief alone and sent to every worker
+(`chief_verdict`), so all of them train, or none does.
+
+This module imports TensorFlow only inside the functions that need it, so the
+command line can check TF_CONFIG before TensorFlow starts.
+"""
+
+import atexit
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from alterrec_tf import config as alter_config
+
+NONE = "none"
+MIRRORED = "mirrored"
+MULTI_WORKER = "multi_worker"
+TF_CONFIG = "TF_CONFIG"
+WORKER_TASK_TYPES = ("chief", "worker")
+
+# What the chief found in run_dir (`chief_verdict`).
+_TRAIN, _FINISHED, _REFUSED = 0, 1, 2
+_PLACEMENTS: Dict[str, "Placement"] = {}  # the strategies of this process (`place`)
+
+_TF_CONFIG_EXAMPLE = ('TF_CONFIG=\'{"cluster": {"worker": ["localhost:12345", '
+                      '"localhost:12346"]}, "task": {"type": "worker", "index": 0}}\'')
+
+
+def _bad_tf_config(problem: str) -> alter_config.ConfigError:
+  return alter_config.ConfigError(
+      f"--distribution=multi_worker reads the cluster from the {TF_CONFIG} environment "
+      f"variable, and {problem}; set it in every worker's environment, e.g. "
+      f"{_TF_CONFIG_EXAMPLE} (index 1 for the second worker)")
+
+
+def tf_config_task(environ: Optional[Mapping[str, str]] = None) -> Tuple[str, int, dict]:
+  """This worker's task type, task index and the cluster, from TF_CONFIG.
+
+  Args:
+    environ: the environment (default os.environ).
+
+  Raises:
+    ConfigError: TF_CONFIG is missing, not JSON, or names no worker task of
+      its cluster.
+  """
+  environ = os.environ if environ is None else environ
+  text = environ.get(TF_CONFIG, "")
+  if not text.strip():
+    raise _bad_tf_config("it is not set")
+  try:
+    tf_config = json.loads(text)
+  except json.JSONDecodeError as error:
+    raise _bad_tf_config(f"it is not JSON ({error})") from None
+  cluster = tf_config.get("cluster") if isinstance(tf_config, dict) else None
+  task = tf_config.get("task") if isinstance(tf_config, dict) else None
+  if not isinstance(cluster, dict) or not isinstance(task, dict):
+    raise _bad_tf_config("it needs a \"cluster\" and a \"task\" object")
+  for task_type, addresses in cluster.items():
+    if (not isinstance(addresses, list) or not addresses
+        or not all(isinstance(a, str) and ":" in a for a in addresses)):
+      raise _bad_tf_config(f"cluster[{task_type!r}] must be a list of \"host:port\"")
+  if not any(task_type in cluster for task_type in WORKER_TASK_TYPES):
+    raise _bad_tf_config("its cluster has no \"worker\" (or \"chief\") task")
+  task_type, index = task.get("type"), task.get("index")
+  if task_type not in WORKER_TASK_TYPES or task_type not in cluster:
+    raise _bad_tf_config(f"task type {task_type!r} is not a \"worker\" or \"chief\" of "
+                         "its cluster")
+  if not isinstance(index, int) or not 0 <= index < len(cluster[task_type]):
+    raise _bad_tf_config(f"task index {index!r} is not in 0..{len(cluster[task_type]) - 1}")
+  return task_type, index, cluster
+
+
+def is_chief(distribution: str, environ: Optional[Mapping[str, str]] = None) -> bool:
+  """Whether this process writes the run folder: always, except on a
+  multi-worker cluster's non-chief workers (the chief is the "chief" task, or
+  worker 0 when the cluster has none, as MultiWorkerMirroredStrategy has it).
+  No TensorFlow: the command line asks before it starts.
+
+  Raises:
+    ConfigError: multi_worker without a valid TF_CONFIG (`tf_config_task`).
+  """
+  if distribution != MULTI_WORKER:
+    return True
+  task_type, index, cluster = tf_config_task(environ)
+  return task_type == "chief" or ("chief" not in cluster and index == 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+  """Where a run trains.
+
+  Attributes:
+    distribution: the --distribution value.
+    strategy: the `tf.distribute.Strategy` (the default one for "none").
+    chief: whether this process writes the run folder.
+    workers: processes taking part (1 unless multi-worker).
+  """
+  distribution: str
+  strategy: Any
+  chief: bool
+  workers: int
+
+  @property
+  def replicas(self) -> int:
+    """Replicas in sync over all workers."""
+    return int(self.strategy.num_replicas_in_sync)
+
+
+def place(distribution: str) -> Placement:
+  """Creates the strategy of `distribution`.
+
+  A multi-worker strategy must exist before TensorFlow runs any op, so this is
+  the first thing a run does. A strategy is created once per process (later
+  calls return it: several runs of one process share it).
+
+  Raises:
+    ConfigError: multi_worker without a valid TF_CONFIG.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if distribution == NONE:
+    return Placement(NONE, tf.distribute.get_strategy(), True, 1)
+  if distribution not in (MIRRORED, MULTI_WORKER):
+    raise alter_config.ConfigError(f"--distribution={distribution} is not one of "
+                                   f"{NONE}, {MIRRORED}, {MULTI_WORKER}")
+  # One strategy of each kind per process: a multi-worker one configures the
+  # collectives once, and two strategies' collectives would share keys.
+  if distribution not in _PLACEMENTS:
+    _PLACEMENTS[distribution] = (
+        Placement(MIRRORED, tf.distribute.MirroredStrategy(local_devices()), True, 1)
+        if distribution == MIRRORED else _multi_worker())
+  return _PLACEMENTS[distribution]
+
+
+def _multi_worker() -> Placement:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  _, _, cluster = tf_config_task()
+  options = tf.distribute.experimental.CommunicationOptions(
+      implementation=tf.distribute.experimental.CommunicationImplementation.RING)
+  strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+  workers = sum(len(cluster.get(task_type, [])) for task_type in WORKER_TASK_TYPES)
+  return Placement(MULTI_WORKER, strategy, is_chief(MULTI_WORKER), workers)
+
+
+def local_devices() -> List[str]:
+  """The devices of --distribution=mirrored: this machine's GPUs, else its
+  (logical) CPUs (one, unless split with `tf.config.set_logical_device_configuration`)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+  return [device.name for device in devices]
+
+
+def write_dir(placement: Placement, run_dir: str) -> str:
+  """The folder this process writes: run_dir on the chief, else a temporary
+  folder removed when the process exits."""
+  if placement.chief:
+    return run_dir
+  folder = tempfile.mkdtemp(prefix="alterrec_worker_")
+  atexit.register(shutil.rmtree, folder, True)
+  return folder
+
+
+def _from_chief(placement: Placement, value: int) -> int:
+  """The chief's `value` on every worker (a collective: every worker calls it,
+  the others with any value). Replica 0 lives on the chief."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  def contribution():
+    first = tf.distribute.get_replica_context().replica_id_in_sync_group == 0
+    return tf.where(first, tf.constant(value, tf.int32), 0)
+
+  per_replica = placement.strategy.run(tf.function(contribution))
+  return int(placement.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None))
+
+
+def chief_verdict(placement: Placement, previous_run: Callable[[], Optional[dict]],
+                  run_dir: str) -> Optional[dict]:
+  """What run_dir holds, as the chief reads it, on every worker.
+
+  Args:
+    placement: see `place`.
+    previous_run: reads run_dir on the chief: the finished run's results, or
+      None to train; raises ConfigError for a run with other settings (and
+      with --overwrite removes the old run first).
+    run_dir: the chief's run folder (read by the other workers for a finished
+      run's results).
+
+  Returns:
+    The finished run's results, or None: train.
+
+  Raises:
+    ConfigError: the chief refused run_dir (on the chief: its own error).
+  """
+  if placement.workers == 1:
+    return previous_run()
+  results, verdict, refusal = None, _TRAIN, None
+  if placement.chief:
+    try:
+      results = previous_run()
+      verdict = _FINISHED if results is not None else _TRAIN
+    except alter_config.ConfigError as error:
+      verdict, refusal = _REFUSED, error
+  verdict = _from_chief(placement, verdict)
+  if refusal is not None:
+    raise refusal
+  if verdict == _REFUSED:
+    raise alter_config.ConfigError(
+        f"the chief refused {run_dir} (a run trained with other settings: see its output)")
+  if verdict == _FINISHED and results is None:
+    from alterrec_tf import runs as alter_runs  # pylint: disable=g-import-not-at-top
+    results = alter_runs.load_results(run_dir)
+  return results
+
+
+def compile_model(placement: Placement, model) -> None:
+  """`model.compile` in the strategy's scope, for a model whose variables all
+  exist (`build_all`, built in that scope).
+
+  Under a strategy, Keras 3's fit first builds an unbuilt model from the first
+  distributed batch (`TensorFlowTrainer._maybe_symbolic_build`, through
+  `strategy.reduce` of the batch, which fails on a dict of per-replica
+  tensors); there is nothing to build, so it is skipped, as Keras skips it
+  without a strategy.
+  """
+  with placement.strategy.scope():
+    model.compile(jit_compile=False)
+  if placement.distribution != NONE:
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None  # pylint: disable=protected-access
+
+
+# --- batches ------------------------------------------------------------------------
+def replica_slice(batch, replica, num_replicas: int):
+  """Replica `replica`'s rows of a global window batch.
+
+  Args:
+    batch: {key: [B, n]} (`data.windows` keys).
+    replica: int scalar in [0, num_replicas).
+    num_replicas: R.
+
+  Returns:
+    {key: [ceil(B / R), n]}: rows [replica * m, (replica + 1) * m) of the
+    batch, m = ceil(B / R), padded at the end with empty windows (item 0,
+    target 0, not scored) where the batch has fewer.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  rows = tf.shape(next(iter(batch.values())))[0]
+  share = (rows + num_replicas - 1) // num_replicas
+  start = tf.minimum(tf.cast(replica, tf.int32) * share, rows)
+  stop = tf.minimum(start + share, rows)
+  missing = share - (stop - start)
+  return {key: tf.pad(value[start:stop], [[0, missing], [0, 0]])
+          for key, value in batch.items()}
+
+
+def distribute_batches(placement: Placement, batches):
+  """The training stream for `model.fit` under `placement`.
+
+  Args:
+    batches: tf.data.Dataset of global window batches {key: [B, n]}.
+
+  Returns:
+    `batches` itself without a strategy; else a distributed dataset whose
+    replica r gets `replica_slice(batch, r, R)` of every global batch.
+  """
+  if placement.distribution == NONE:
+    return batches
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  num_replicas = placement.replicas
+
+  def worker_batches(context):
+    local = context.num_replicas_in_sync // context.num_input_pipelines
+    first = context.input_pipeline_id * local
+
+    def slices(batch):  # this worker's replicas, in replica order (round robin)
+      return tf.data.Dataset.range(first, first + local).map(
+          lambda r: replica_slice(batch, r, num_replicas))
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.OFF)
+    return batches.flat_map(slices).with_options(options)
+
+  return placement.strategy.distribute_datasets_from_function(worker_batches)

@@ -1,0 +1,232 @@
+"""Training under tf.distribute (`--distribution`): two worker processes, two
+replicas in one process, and one mirrored device, each against the
+single-process run with the same global batch.
+
+Why the runs can be compared number for number: under a strategy every replica
+trains on its rows of the same global batch (`training.distribution`) and the
+optimizer sums the replicas' gradients, so the applied gradient is the
+single-process one up to the order of float sums, wherever a step is a
+deterministic function of the global batch. Uniform random negatives are not:
+they are drawn per row from a stateless seed of (seed, step)
+(`negatives.uniform_negatives`), so a replica's rows get other draws than the
+same rows in the single-process batch; dropout masks likewise. `exact_config`
+therefore has dropout 0 and no random-negative epoch: m_random=0, so every
+AlterRec epoch takes the partner's hard negatives (its ranks k1..k2, a
+deterministic top-k) with random_negative_share=0; SASRec's full softmax
+samples nothing. An odd batch size (15) makes the replicas' shares unequal (one
+is padded with an empty window). Tolerances: 1e-5 relative on losses (sums in
+another order), 1e-6 on ranking metrics, and on weights 1e-5 relative plus 1e-4
+absolute: a weight whose true gradient is zero (the attention key bias: softmax
+ignores a shift shared by all keys) gets float noise as gradient, which Adam
+turns into steps of ~1e-5 that differ with the order of the sums (measured:
+1.7e-5 there, below 1.2e-7 on every other weight).
+
+Adam hardly sees a gradient's scale, so equal weights would not reveal a wrong
+loss scaling (e.g. replicas' gradients averaged instead of summed);
+`two_replicas.gradient_check` compares the applied gradient itself (plain SGD).
+
+Time: 271 s on the 2-core development machine while a training grid and another
+benchmark shared it (load 4-5; 2.3 min of CPU), 129 s of it the two-worker run
+(limit `WORKERS_TIMEOUT_S`).
+"""
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from alterrec_tf import config as alter_config
+from alterrec_tf import runs as alter_runs
+from alterrec_tf.config import TrainConfig
+from alterrec_tf.data import windows as alter_data
+from alterrec_tf.train import train
+from alterrec_tf.training import distribution
+from tests import synthetic
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKERS_TIMEOUT_S = 240  # both workers of the two-worker run, together
+TIMINGS = ("train_seconds", "eval_seconds", "train_examples_per_second")
+
+
+def exact_config(data_dir, run_dir, **changes):
+  """A tiny run whose steps are deterministic functions of the global batch
+  (module docstring): two epochs, ID then text tower, hard negatives, no dropout."""
+  return TrainConfig(data_dir=data_dir, run_dir=run_dir, embedding_dim=16, max_len=10,
+                     train_window_stride=5, k1=2, k2=20, m_random=0, m_gap=1, m_max=2,
+                     random_negative_share=0.0, dropout=0.0, batch_size=15,
+                     eval_batch_size=64, test_every_epoch=False, verbose=0,
+                     text_encoder="transformer", id_encoder="mean").replace(**changes)
+
+
+def command_line(config):
+  """`config` as alterrec_tf.train flags (those that differ from the defaults)."""
+  defaults = TrainConfig()
+  flags = []
+  for field in dataclasses.fields(config):
+    value = getattr(config, field.name)
+    if value != getattr(defaults, field.name):
+      value = ",".join(map(str, value)) if isinstance(value, tuple) else value
+      flags.append(f"--{field.name}={str(value).lower() if isinstance(value, bool) else value}")
+  return [sys.executable, "-m", "alterrec_tf.train"] + flags
+
+
+def free_ports(count):
+  """`count` distinct localhost ports that were free a moment ago."""
+  sockets = [socket.socket() for _ in range(count)]
+  try:
+    for s in sockets:
+      s.bind(("localhost", 0))
+    return [s.getsockname()[1] for s in sockets]
+  finally:
+    for s in sockets:
+      s.close()
+
+
+def read_run(run_dir):
+  """(results, history, best weights {name: array}) of a finished run folder."""
+  import h5py  # pylint: disable=g-import-not-at-top
+  results = alter_runs.load_results(run_dir)
+  history = alter_runs.read_json(os.path.join(run_dir, alter_runs.HISTORY_FILE))
+  weights = {}
+  with h5py.File(os.path.join(run_dir, alter_runs.BEST_WEIGHTS_FILE), "r") as f:
+    f.visititems(lambda name, item: weights.__setitem__(name, np.asarray(item))
+                 if isinstance(item, h5py.Dataset) else None)
+  return results, history, weights
+
+
+def assert_same_training(got, want):
+  """Two (results, history, weights) agree within float tolerance."""
+  (got_results, got_history, got_weights), (results, history, weights) = got, want
+  assert len(got_history) == len(history)
+  for got_record, record in zip(got_history, history):
+    assert set(got_record) == set(record)
+    for key, value in record.items():
+      if key not in TIMINGS:
+        assert got_record[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (record["epoch"], key)
+  assert got_results["best_epoch"] == results["best_epoch"]
+  for head, metrics in results["test"].items():
+    for metric, value in metrics.items():
+      assert got_results["test"][head][metric] == pytest.approx(value, abs=1e-6), (head, metric)
+  assert set(got_weights) == set(weights)
+  for name, value in weights.items():
+    np.testing.assert_allclose(np.asarray(got_weights[name]), value, rtol=1e-5, atol=1e-4,
+                               err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("synthetic")
+  synthetic.write_dataset(str(folder), num_items=80, num_sessions=120, max_session_length=30)
+  return str(folder)
+
+
+@pytest.fixture(scope="module")
+def single_process(dataset, tmp_path_factory):
+  """AlterRec without a strategy: (results, history, best weights)."""
+  run_dir = str(tmp_path_factory.mktemp("none"))
+  train(exact_config(dataset, run_dir))
+  return read_run(run_dir)
+
+
+def test_two_workers_train_like_one_process_and_only_the_chief_writes(
+    dataset, single_process, tmp_path):
+  run_dir = tmp_path / "run"
+  command = command_line(exact_config(dataset, str(run_dir), distribution="multi_worker"))
+  cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
+  workers = []
+  for index in range(2):
+    tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+    env = dict(os.environ, TF_CONFIG=tf_config, TF_CPP_MIN_LOG_LEVEL="3")
+    workers.append(subprocess.Popen(command, cwd=REPO, env=env, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+  try:
+    outputs = [worker.communicate(timeout=WORKERS_TIMEOUT_S)[0] for worker in workers]
+  finally:
+    for worker in workers:  # (after a timeout: neither is left running)
+      if worker.poll() is None:
+        worker.kill()
+        worker.communicate()
+  for worker, output in zip(workers, outputs):
+    assert worker.returncode == 0, output[-3000:]
+    assert "| fused |" in output
+  assert_same_training(read_run(str(run_dir)), single_process)
+  assert sorted(os.listdir(run_dir)) == sorted([  # the chief's files, nobody else's
+      alter_runs.CONFIG_FILE, alter_runs.HISTORY_FILE, alter_runs.BEST_WEIGHTS_FILE,
+      alter_runs.RESULTS_FILE, alter_runs.TENSORBOARD_DIR])
+  assert alter_runs.load_config(str(run_dir)).distribution == "multi_worker"
+
+
+def test_mirrored_on_one_device_trains_like_no_strategy(dataset, single_process, tmp_path):
+  run_dir = str(tmp_path / "mirrored")
+  train(exact_config(dataset, run_dir, distribution="mirrored"))
+  assert_same_training(read_run(run_dir), single_process)
+
+
+def test_two_replicas_sum_to_the_one_process_step_and_the_frozen_tower_stays_bit_identical(
+    dataset, tmp_path):
+  out = tmp_path / "two_replicas.json"
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  done = subprocess.run([sys.executable, "-m", "tests.two_replicas", dataset, str(out)],
+                        cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=WORKERS_TIMEOUT_S)
+  assert done.returncode == 0, done.stderr[-3000:]
+  checks = json.loads(out.read_text())
+  assert checks["replicas"] == 2
+  gradient = checks["gradient"]  # the replicas' summed gradient is the single-process one
+  assert gradient["loss"][1] == pytest.approx(gradient["loss"][0], rel=1e-6)
+  assert gradient["largest_difference"] <= 1e-5 * gradient["largest_gradient"], gradient
+  assert [step["trained"] for step in checks["towers"]] == ["id", "text"]
+  for step in checks["towers"]:
+    assert step["trained_moved"] and step["copies_equal"], step
+    assert step["frozen_unchanged"], step  # weights and Adam state, every copy, bit for bit
+  sasrec = checks["sasrec"]  # a full-softmax baseline, Keras train steps
+  np.testing.assert_allclose(sasrec["loss"]["mirrored"], sasrec["loss"]["none"], rtol=1e-5)
+  assert sasrec["largest_difference"] <= 1e-4, sasrec
+
+
+def test_replica_slices_cover_the_global_batch_with_empty_windows_as_padding():
+  rows = np.arange(1, 6)[:, None] * np.ones([1, 4], np.int32)  # 5 windows of 4 items
+  batch = {alter_data.ITEM_IDS: tf.constant(rows, tf.int32),
+           alter_data.TARGET_IDS: tf.constant(rows + 1, tf.int32),
+           alter_data.TARGET_MASK: tf.ones([5, 4], tf.bool)}
+  slices = [distribution.replica_slice(batch, r, 2) for r in range(2)]
+  assert [s[alter_data.ITEM_IDS].shape.as_list() for s in slices] == [[3, 4], [3, 4]]
+  joined = {key: tf.concat([s[key] for s in slices], 0).numpy() for key in batch}
+  np.testing.assert_array_equal(joined[alter_data.ITEM_IDS][:5], rows)
+  np.testing.assert_array_equal(joined[alter_data.ITEM_IDS][5], 0)  # padding window:
+  assert not joined[alter_data.TARGET_MASK][5].any()  # nothing scored
+  last = distribution.replica_slice(batch, 2, 3)[alter_data.ITEM_IDS].numpy()  # 3 replicas
+  np.testing.assert_array_equal(last, [rows[4], np.zeros(4)])  # rows 5-6 of 5: one padded
+
+
+def test_multi_worker_needs_a_valid_tf_config():
+  with pytest.raises(alter_config.ConfigError, match="TF_CONFIG.*not set"):
+    distribution.is_chief("multi_worker", environ={})
+  with pytest.raises(alter_config.ConfigError, match="not JSON"):
+    distribution.is_chief("multi_worker", environ={"TF_CONFIG": "{cluster"})
+  cluster = {"worker": ["localhost:1", "localhost:2"]}
+  with pytest.raises(alter_config.ConfigError, match="task index 2"):
+    distribution.is_chief("multi_worker", environ={"TF_CONFIG": json.dumps(
+        {"cluster": cluster, "task": {"type": "worker", "index": 2}})})
+  for index, chief in ((0, True), (1, False)):
+    environ = {"TF_CONFIG": json.dumps({"cluster": cluster,
+                                        "task": {"type": "worker", "index": index}})}
+    assert distribution.is_chief("multi_worker", environ=environ) is chief
+  assert distribution.is_chief("none", environ={})
+  with pytest.raises(alter_config.ConfigError, match="loss_weighting=prefix"):
+    alter_config.check_flags(TrainConfig(distribution="mirrored", loss_weighting="batch"))
+
+
+def test_multi_worker_without_tf_config_is_a_one_line_error(dataset, tmp_path):
+  env = {key: value for key, value in os.environ.items() if key != "TF_CONFIG"}
+  out = subprocess.run([sys.executable, "-m", "alterrec_tf.train", f"--data_dir={dataset}",
+                        f"--run_dir={tmp_path / 'r'}", "--distribution=multi_worker"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 1
+  assert "TF_CONFIG" in out.stderr and "Traceback" not in out.stderr
