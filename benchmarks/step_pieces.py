@@ -37,7 +37,8 @@ def breakdown(model, batch, config, repeats=3):
     scores = partner_scores()
     top_k = tf.function(lambda s: tf.math.top_k(s, k=config.k2, sorted=True).indices,
                         autograph=False)
-    negatives = alter_negatives.partner_ranking(scores, config.k1, config.k2, 0)[0]
+    negatives = alter_negatives.partner_ranking(
+        *tf.math.top_k(scores, k=config.k2, sorted=False), config.k1, 0)[0]
 
     @tf.function(autograph=False)
     def whole_signal(name=name):

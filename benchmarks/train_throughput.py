@@ -57,6 +57,13 @@ from benchmarks import (
   common,  # pylint: disable=wrong-import-position
   step_pieces,  # pylint: disable=wrong-import-position
 )
+from benchmarks.train_steps import (  # pylint: disable=wrong-import-position
+  BatchStream,
+  batch_info,
+  check_config,
+  sample_batches,
+  time_train_function,
+)
 
 flags.DEFINE_integer("num_batches", 8, "Sample batches spread over epoch 0.")
 flags.DEFINE_integer("repeats", 1, "Timed passes over the sample per phase (one pass).")
@@ -111,101 +118,12 @@ def load_dataset(config):
   return data_dir, manifest, schema.load_text_embeddings(data_dir, manifest)
 
 
-def check_config(config, num_items):
-  if config.k2 >= num_items - 1:
-    k2 = num_items - 2
-    print(f"note: k2={config.k2} >= items-1; using k2={k2}")
-    config = config.replace(k2=k2)
-  return config
-
-
-def batch_info(batch) -> dict:
-  """Rows, width and scored prefixes of a batch (numpy dict)."""
-  return {"rows": int(batch["item_ids"].shape[0]), "width": int(batch["item_ids"].shape[1]),
-          "prefixes": int(batch["target_mask"].sum())}
-
-
-def sample_batches(split, config, count):
-  """`count` full batches of epoch 0 at evenly spaced quantiles of their number
-  of scored prefixes (so the sample's mix of short and long windows matches the
-  epoch's), and stats of the epoch."""
-  everything = [{k: v.numpy() for k, v in b.items()}
-                for b in split.epochs_of_batches(config.batch_size, config.seed, 0, 1)]
-  infos = [batch_info(b) for b in everything]
-  full = sorted((i for i, b in enumerate(infos) if b["rows"] == config.batch_size),
-                key=lambda i: (infos[i]["prefixes"], i))
-  if not full:
-    raise SystemExit("error: no full training batch; lower --batch_size")
-  count = min(count, len(full))
-  picks = [full[(2 * j + 1) * len(full) // (2 * count)] for j in range(count)]
-  epoch = {"batches": len(everything),
-           "prefixes_per_batch_mean": sum(i["prefixes"] for i in infos) / len(infos),
-           "width_mean": sum(i["width"] for i in infos) / len(infos)}
-  return [everything[i] for i in picks], epoch
-
-
 def reference_indices(batches, epoch, count):
   """The `count` sample batches closest to the epoch's mean prefixes per batch."""
   mean = epoch["prefixes_per_batch_mean"]
   order = sorted(range(len(batches)),
                  key=lambda i: (abs(batch_info(batches[i])["prefixes"] - mean), i))
   return sorted(order[:count])
-
-
-class BatchStream:
-  """An endless tf.data iterator over in-memory batches and what each holds.
-
-  With `expand`, every batch is replaced by its per-prefix expansion (rows
-  padded to `max_len`) before anything is timed, and one tiny expanded batch
-  (the first window's prefixes) comes first: the call that traces the train
-  function then costs a fraction of a full reference step.
-  """
-
-  def __init__(self, batches, expand=False, max_len=None):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-    from alterrec_tf.data import per_prefix  # pylint: disable=g-import-not-at-top
-    if expand:
-      batches = [{k: v.numpy() for k, v in per_prefix.expand_to_prefixes(b, max_len).items()}
-                 for b in batches]
-    self.infos = [dict(batch_info(b), index=i) for i, b in enumerate(batches)]
-    dataset = None
-    for b in batches:
-      one = tf.data.Dataset.from_tensors({k: tf.constant(v) for k, v in b.items()})
-      dataset = one if dataset is None else dataset.concatenate(one)
-    dataset = dataset.repeat()
-    self.position = 0
-    if expand:
-      first = {k: v[:1] for k, v in batches[0].items()}  # one prefix
-      tiny = tf.data.Dataset.from_tensors({k: tf.constant(v) for k, v in first.items()})
-      dataset = tiny.concatenate(dataset)
-      self.position = -1
-    self.iterator = iter(dataset.prefetch(2))
-
-  def next_info(self):
-    """Info of the element the next train_function call consumes (None: tiny)."""
-    info = None if self.position < 0 else self.infos[self.position % len(self.infos)]
-    self.position += 1
-    return info
-
-
-def time_train_function(model, stream, warmup, steps):
-  """[(seconds, info)] of `steps` calls of model.train_function after `warmup`."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  if stream.position < 0:  # the tiny tracing batch
-    stream.next_info()
-    float(model.train_function(stream.iterator)["loss"])
-  timed = []
-  for step in range(warmup + steps):
-    info = stream.next_info()
-    start = time.perf_counter()
-    loss = float(model.train_function(stream.iterator)["loss"])
-    elapsed = time.perf_counter() - start
-    if not np.isfinite(loss):
-      raise RuntimeError(f"non-finite loss {loss}")
-    if step >= warmup:
-      timed.append((elapsed, info))
-  return timed
 
 
 def summarise(timed, config, tower, hard, num_items, text_dim, peak, memory):
