@@ -64,12 +64,12 @@ def split_args(args: List[str], foreign: frozenset) -> Tuple[List[str], List[str
     if not arg.startswith("-"):
       ours.append(arg)
       position += 1
+    elif name in foreign:  # (checked first: importing alterrec_tf.config defines them)
+      position += 1
     elif name in FLAGS:
       step = _with_value(args, position, FLAGS[name].boolean)
       ours.extend(args[position:position + step])
       position += step
-    elif name in foreign:
-      position += 1
     else:
       step = _with_value(args, position, False)
       theirs.extend(args[position:position + step])
