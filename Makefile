@@ -24,7 +24,13 @@ $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[data,text,beam,report,dev]'
+	$(PY) -m pip install -q -e '.[data,text,report,dev]'
+	touch $@
+
+# apache-beam (data_tools.beam_prepare and its test) only where the tests run:
+# the demo does not need it.
+$(VENV)/.beam: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[beam]'
 	touch $@
 
 prepare: venv
@@ -39,7 +45,7 @@ demo: prepare
 	$(PY) -m alterrec_tf.train --flagfile=configs/online_retail.flags \
 	  --data_dir=$(DATA) --run_dir=$(DEMO_RUN) $(DEMO_FLAGS)
 
-test: venv lint
+test: venv $(VENV)/.beam lint
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
 
 # ruff (lint, import order) and mypy (types) with the settings of pyproject.toml.
