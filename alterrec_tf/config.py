@@ -8,7 +8,7 @@ defaults to the paper.
 
 import dataclasses
 import json
-from typing import Any, Dict, FrozenSet, Set
+from typing import Any, Dict, FrozenSet, List, Set
 
 from absl import flags
 
@@ -223,6 +223,20 @@ class TrainConfig:
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+  def to_flags(self) -> List[str]:
+    """The `alterrec_tf.train` flags of this config that differ from the
+    defaults: ["--name=value", ...] (lists comma-joined, booleans lower case)."""
+    defaults = TrainConfig()
+    flag_list = []
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      if value == getattr(defaults, field.name):
+        continue
+      if isinstance(value, (tuple, list)):
+        value = ",".join(map(str, value))
+      flag_list.append(f"--{field.name}={str(value).lower() if isinstance(value, bool) else value}")
+    return flag_list
 
   @property
   def num_negatives(self) -> int:

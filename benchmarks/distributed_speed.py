@@ -25,7 +25,6 @@ alternating every epoch), d=64, k2=200, the test split ranked only at the end.
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-
 from alterrec_tf import config as alter_config  # pylint: disable=wrong-import-position
 from alterrec_tf import flagfiles  # pylint: disable=wrong-import-position
 from alterrec_tf import runs as alter_runs  # pylint: disable=wrong-import-position
+from alterrec_tf.training import distribution  # pylint: disable=wrong-import-position
 from benchmarks import common  # pylint: disable=wrong-import-position
 
 flags.DEFINE_integer("synthetic_items", 1500, "Catalogue of the synthetic dataset.")
@@ -54,26 +54,9 @@ BENCH_DEFAULTS = {"m_random": 1, "m_gap": 1, "m_max": 6, "embedding_dim": 64, "k
 STEADY_FROM_EPOCH = 3  # 1-based: epochs 1 and 2 trace the ID and the text step
 
 
-def free_ports(count):
-  sockets = [socket.socket() for _ in range(count)]
-  try:
-    for s in sockets:
-      s.bind(("localhost", 0))
-    return [s.getsockname()[1] for s in sockets]
-  finally:
-    for s in sockets:
-      s.close()
-
-
 def train_command(config):
   """`config` as an alterrec_tf.train command line (flags off their defaults)."""
-  defaults = alter_config.TrainConfig()
-  command = [sys.executable, "-m", "alterrec_tf.train", "--noverify_data"]
-  for name, value in json.loads(config.to_json()).items():
-    if value != json.loads(defaults.to_json())[name]:
-      value = ",".join(map(str, value)) if isinstance(value, list) else value
-      command.append(f"--{name}={str(value).lower() if isinstance(value, bool) else value}")
-  return command
+  return [sys.executable, "-m", "alterrec_tf.train", "--noverify_data"] + config.to_flags()
 
 
 def thread_env(threads, **extra):
@@ -119,11 +102,9 @@ def measure(config, scratch):
   one = summarise(one_dir, wall, 1, cpus)
   two_dir = os.path.join(scratch, "two")
   command = train_command(config.replace(run_dir=two_dir, distribution="multi_worker"))
-  cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
   threads = max(1, cpus // 2)
-  runs = [(command, thread_env(threads, TF_CONFIG=json.dumps(
-      {"cluster": cluster, "task": {"type": "worker", "index": index}})))
-      for index in range(2)]
+  runs = [(command, thread_env(threads, TF_CONFIG=tf_config))
+          for tf_config in distribution.local_tf_configs(2)]
   two = summarise(two_dir, run_processes(runs, FLAGS.timeout_s), 2, threads)
   return one, two
 

@@ -30,10 +30,8 @@ benchmark shared it (load 4-5; 2.3 min of CPU), 129 s of it the two-worker run
 (limit `WORKERS_TIMEOUT_S`).
 """
 
-import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -62,30 +60,6 @@ def exact_config(data_dir, run_dir, **changes):
                      random_negative_share=0.0, dropout=0.0, batch_size=15,
                      eval_batch_size=64, test_every_epoch=False, verbose=0,
                      text_encoder="transformer", id_encoder="mean").replace(**changes)
-
-
-def command_line(config):
-  """`config` as alterrec_tf.train flags (those that differ from the defaults)."""
-  defaults = TrainConfig()
-  flags = []
-  for field in dataclasses.fields(config):
-    value = getattr(config, field.name)
-    if value != getattr(defaults, field.name):
-      value = ",".join(map(str, value)) if isinstance(value, tuple) else value
-      flags.append(f"--{field.name}={str(value).lower() if isinstance(value, bool) else value}")
-  return [sys.executable, "-m", "alterrec_tf.train"] + flags
-
-
-def free_ports(count):
-  """`count` distinct localhost ports that were free a moment ago."""
-  sockets = [socket.socket() for _ in range(count)]
-  try:
-    for s in sockets:
-      s.bind(("localhost", 0))
-    return [s.getsockname()[1] for s in sockets]
-  finally:
-    for s in sockets:
-      s.close()
 
 
 def read_run(run_dir):
@@ -137,11 +111,10 @@ def single_process(dataset, tmp_path_factory):
 def test_two_workers_train_like_one_process_and_only_the_chief_writes(
     dataset, single_process, tmp_path):
   run_dir = tmp_path / "run"
-  command = command_line(exact_config(dataset, str(run_dir), distribution="multi_worker"))
-  cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
+  command = [sys.executable, "-m", "alterrec_tf.train"] + exact_config(
+      dataset, str(run_dir), distribution="multi_worker").to_flags()
   workers = []
-  for index in range(2):
-    tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+  for tf_config in distribution.local_tf_configs(2):
     env = dict(os.environ, TF_CONFIG=tf_config, TF_CPP_MIN_LOG_LEVEL="3")
     workers.append(subprocess.Popen(command, cwd=REPO, env=env, text=True,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT))

@@ -40,6 +40,7 @@ import dataclasses
 import json
 import os
 import shutil
+import socket
 import tempfile
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -101,6 +102,22 @@ def tf_config_task(environ: Optional[Mapping[str, str]] = None) -> Tuple[str, in
   if not isinstance(index, int) or not 0 <= index < len(cluster[task_type]):
     raise _bad_tf_config(f"task index {index!r} is not in 0..{len(cluster[task_type]) - 1}")
   return task_type, index, cluster
+
+
+def local_tf_configs(num_workers: int) -> List[str]:
+  """TF_CONFIG values (JSON) of a cluster of `num_workers` workers on this
+  host, one per worker in index order, on ports that were free a moment ago."""
+  sockets = [socket.socket() for _ in range(num_workers)]
+  try:
+    for s in sockets:
+      s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+  finally:
+    for s in sockets:
+      s.close()
+  cluster = {"worker": [f"localhost:{port}" for port in ports]}
+  return [json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+          for index in range(num_workers)]
 
 
 def is_chief(distribution: str, environ: Optional[Mapping[str, str]] = None) -> bool:
