@@ -158,7 +158,7 @@ def _test_at_best(config, model, manifest, valid_split, test_split, best, save_t
     model.load_weights(best_weights)
     alpha_tuning = alter_alpha.tune(model, valid_split, config)
     config = config.replace(alpha=alpha_tuning["alpha"])
-    model.config = config
+    model.settings = model.settings.replace(alpha=config.alpha)
     print(f"alpha chosen on validation: {config.alpha:g} (trained with "
           f"{alpha_tuning['trained_with']:g})", flush=True)
   test = None

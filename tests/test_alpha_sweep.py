@@ -82,7 +82,7 @@ def test_tune_alpha_picks_the_best_validation_alpha_and_the_test_and_export_use_
       assert results[split]["fused"][metric] == pytest.approx(value, abs=1e-6), split
   # the export and the alpha sweep read the chosen alpha
   model, loaded_config, _, _ = export.load_run(tuned_dir)
-  assert loaded_config.alpha == results["alpha"] and model.config.alpha == results["alpha"]
+  assert loaded_config.alpha == results["alpha"] and model.settings.alpha == results["alpha"]
   # a run folder written before the flag existed is still the same run
   del config["tune_alpha"]
   with open(config_path, "w") as f:

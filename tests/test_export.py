@@ -16,6 +16,7 @@ from alterrec_tf.data import windows as alter_data
 from alterrec_tf.formats import new_items, schema
 from alterrec_tf.models import alterrec as alter_model
 from alterrec_tf.models import cold_items
+from alterrec_tf.models.settings import ModelSettings
 from alterrec_tf.serving import build as serving_build
 from alterrec_tf.serving import check as export_check
 from alterrec_tf.serving import module as serving
@@ -343,8 +344,9 @@ def test_failed_export_leaves_no_version_and_existing_version_is_refused(
 def test_single_tower_models_export(run, towers, tmp_path):
   model, config, manifest, data_dir = run["loaded"]
   single_config = config.replace(model="id_only" if towers == ("id",) else "text_only")
-  single = alter_model.AlterRec(single_config, model.num_items, model.text_tower.item_encoder
-                                .text_table.numpy(), towers=towers)
+  single = alter_model.AlterRec(ModelSettings.of(single_config), model.num_items,
+                                model.text_tower.item_encoder.text_table.numpy(),
+                                towers=towers)
   single.build_all()
   single.tower(towers[0]).set_weights(model.tower(towers[0]).get_weights())
   info = export.export(run["run_dir"], str(tmp_path / "m"), k=K, warmup=False,

@@ -9,6 +9,7 @@ from alterrec_tf.data import windows as alter_data
 from alterrec_tf.models import layers as alter_layers
 from alterrec_tf.models import negatives
 from alterrec_tf.models.alterrec import ID_PHASE, TEXT_PHASE, AlterRec
+from alterrec_tf.models.settings import ModelSettings
 from alterrec_tf.training import schedule
 
 NUM_ITEMS = 40
@@ -75,7 +76,7 @@ def test_windows_give_every_target_once_with_its_last_max_len_items():
 
 
 def _built_model(**changes):
-  model = AlterRec(small_config(**changes), NUM_ITEMS, text_table())
+  model = AlterRec(ModelSettings.of(small_config(**changes)), NUM_ITEMS, text_table())
   model.build_all()
   return model
 

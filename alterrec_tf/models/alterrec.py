@@ -6,7 +6,7 @@
 tower's gradients are computed, and each tower has its own Adam optimizer, so
 the frozen tower does not move at all (no Adam momentum leaks into it).
 
-With `config.seen_items == "exclude"` every score the model computes (the
+With `settings.seen_items == "exclude"` every score the model computes (the
 trained tower's logits, the partner's ranking, evaluation heads) has the
 prefix's own items at -1e9 (`towers.mask_seen_items`): they are never hard
 negatives or augmented positives, add nothing as uniform negatives, and are
@@ -23,6 +23,7 @@ from alterrec_tf.data import windows as alter_data
 from alterrec_tf.models import negatives as alter_negatives
 from alterrec_tf.models import replicas as alter_replicas
 from alterrec_tf.models import scoring
+from alterrec_tf.models import settings as model_settings
 from alterrec_tf.models import towers as alter_towers
 
 ID_PHASE = 0
@@ -30,13 +31,14 @@ TEXT_PHASE = 1
 TOWER_NAMES = ("id", "text")
 
 
-def fused_query_scales(config, tower_names) -> dict:
+def fused_query_scales(settings, tower_names) -> dict:
   """Weight of each tower's session vector in the fused query (Eq. 12): alpha
-  and (1 - alpha) / text_temperature, or 1 / temperature for a single tower."""
-  text_scale = 1.0 / config.text_temperature
+  and (1 - alpha) / text_temperature, or 1 / temperature for a single tower
+  (`settings`: anything with `alpha` and `text_temperature`)."""
+  text_scale = 1.0 / settings.text_temperature
   if len(tower_names) == 1:
     return {"id": 1.0, "text": text_scale}
-  return {"id": config.alpha, "text": (1.0 - config.alpha) * text_scale}
+  return {"id": settings.alpha, "text": (1.0 - settings.alpha) * text_scale}
 
 
 def scored_positions(batch):
@@ -49,21 +51,24 @@ class AlterRec(keras.Model):
   """AlterRec and its single-tower ablations.
 
   Args:
-    config: a `TrainConfig`.
+    settings: a `settings.ModelSettings` (`ModelSettings.of(train_config)`).
     num_items: catalogue size including the padding row 0.
     text_embeddings: float [num_items, text_dim] frozen SBERT table, or None.
     towers: which uni-modal networks exist: ("id", "text"), ("id",) or ("text",).
   """
 
-  def __init__(self, config, num_items: int, text_embeddings=None,
-               towers=TOWER_NAMES, **kwargs):
+  def __init__(self, settings: model_settings.ModelSettings, num_items: int,
+               text_embeddings=None, towers=TOWER_NAMES, **kwargs):
     super().__init__(**kwargs)
-    self.config = config
+    if not isinstance(settings, model_settings.ModelSettings):
+      raise TypeError(f"AlterRec takes a ModelSettings, not a {type(settings).__name__}: "
+                      "narrow it with ModelSettings.of(...)")
+    self.settings = settings
     self.num_items = num_items
     self.tower_names = tuple(towers)
-    self.id_tower = (alter_towers.build_tower("id", config, num_items)
+    self.id_tower = (alter_towers.build_tower("id", settings, num_items)
                      if "id" in towers else None)
-    self.text_tower = (alter_towers.build_tower("text", config, num_items, text_embeddings)
+    self.text_tower = (alter_towers.build_tower("text", settings, num_items, text_embeddings)
                        if "text" in towers else None)
     # Set between epochs (cross-replica) or, train_steps, by every replica's step
     # alike: under tf.distribute the first replica's update stands for all.
@@ -76,8 +81,8 @@ class AlterRec(keras.Model):
     self.train_steps = keras.Variable(0, dtype="int64", trainable=False, name="train_steps",
                                       aggregation="only_first_replica")
     self._replicated = tf.distribute.has_strategy()  # built in a strategy's scope
-    self.id_optimizer = keras.optimizers.Adam(config.learning_rate, name="id_adam")
-    self.text_optimizer = keras.optimizers.Adam(config.learning_rate, name="text_adam")
+    self.id_optimizer = keras.optimizers.Adam(settings.learning_rate, name="id_adam")
+    self.text_optimizer = keras.optimizers.Adam(settings.learning_rate, name="text_adam")
     self.prefixes_per_batch = None  # set by the trainer (loss_weighting="prefix")
     self.id_loss_tracker = keras.metrics.Mean(name="id_loss")
     self.text_loss_tracker = keras.metrics.Mean(name="text_loss")
@@ -85,18 +90,18 @@ class AlterRec(keras.Model):
   # --- building ---------------------------------------------------------------
   def build_all(self):
     """Creates every variable (both towers and both optimizers)."""
-    dummy = tf.ones([1, self.config.max_len], tf.int32)
+    dummy = tf.ones([1, self.settings.max_len], tf.int32)
     for name in self.tower_names:
       tower = self.tower(name)
       tower(dummy)
       self.optimizer_of(name).build(tower.trainable_variables)
     self.built = True
-    if self.config.init == "uniform":
+    if self.settings.init == "uniform":
       self._uniform_init()
 
   def _uniform_init(self):
-    bound = self.config.embedding_dim ** -0.5
-    rng = tf.random.Generator.from_seed(self.config.seed)
+    bound = self.settings.embedding_dim ** -0.5
+    rng = tf.random.Generator.from_seed(self.settings.seed)
     for variable in self.trainable_variables:
       variable.assign(rng.uniform(variable.shape, -bound, bound))
 
@@ -113,22 +118,22 @@ class AlterRec(keras.Model):
   # --- training ---------------------------------------------------------------
   def seen_items_of(self, item_ids, positions):
     """The items scored out at each prefix: int32 [P, L] (0 = none), or None
-    when the config keeps seen items."""
-    if self.config.seen_items == "exclude":
+    when the settings keep seen items."""
+    if self.settings.seen_items == "exclude":
       return alter_towers.prefix_items(item_ids, positions)
     return None
 
   def _frozen_top_k(self, name, item_ids, positions, k: int, sorted_list: bool):
     """Top-k (scores, ids) of tower `name` at the prefixes, dropout off, no
     gradient: [P, k] each. In item chunks (`scoring.top_k_over_chunks`) when
-    the catalogue is larger than `config.score_chunk_size`, else over the
+    the catalogue is larger than `settings.score_chunk_size`, else over the
     whole [P, V] score matrix (unsorted unless `sorted_list`, found by
-    `config.hard_negative_selection`)."""
+    `settings.hard_negative_selection`)."""
     tables = {name: self.tower(name).item_matrix(training=False)}
     queries = {name: tf.gather_nd(self.tower(name).prefix_vectors(
         item_ids, tables[name], training=False), positions)}
     seen = self.seen_items_of(item_ids, positions)
-    chunk_size = self.config.score_chunk_size
+    chunk_size = self.settings.score_chunk_size
     if chunk_size and self.num_items > chunk_size:
       values, ids = scoring.top_k_over_chunks(
           scoring.chunked_heads_fn(self, queries, tables, seen), self.num_items, k,
@@ -139,7 +144,7 @@ class AlterRec(keras.Model):
     else:
       scores = scoring.heads_over_items(self, queries, tables, seen)[name]
       values, ids = alter_negatives.top_k_set(scores, k,
-                                              self.config.hard_negative_selection)
+                                              self.settings.hard_negative_selection)
     return tf.stop_gradient(values), tf.stop_gradient(ids)
 
   def _partner_signal(self, name, item_ids, positions, targets, seed):
@@ -150,7 +155,7 @@ class AlterRec(keras.Model):
     `augmentation_source_of(name)`. Random phases: uniform negatives and
     padding as augmented positives (dropped by the loss).
     """
-    cfg = self.config
+    cfg = self.settings
     num_rows = tf.shape(targets)[0]
     num_augmented = cfg.p if self._augments() else 0
     partner_name = self.partner_of(name)
@@ -179,18 +184,18 @@ class AlterRec(keras.Model):
     return tf.cond(self.hard_negatives > 0, hard_signal, random_signal)
 
   def _augments(self):
-    return self.config.model == "alterrec_aug"
+    return self.settings.model == "alterrec_aug"
 
   def partner_of(self, name):
     """The tower whose ranking gives tower `name` its negatives, or None (random)."""
-    if len(self.tower_names) < 2 or self.config.model == "alterrec_random":
+    if len(self.tower_names) < 2 or self.settings.model == "alterrec_random":
       return None
     return "text" if name == "id" else "id"
 
   def augmentation_source_of(self, name):
     """The tower whose top-p are tower `name`'s augmented positives: the partner
     (paper), or the ID tower for both (reference code, `--augmentation_source=id`)."""
-    return "id" if self.config.augmentation_source == "id" else self.partner_of(name)
+    return "id" if self.settings.augmentation_source == "id" else self.partner_of(name)
 
   def loss_and_gradients(self, name, batch, seed, training=True):
     """Loss of tower `name` on a batch and its gradients, without applying them.
@@ -214,18 +219,18 @@ class AlterRec(keras.Model):
     with tf.GradientTape() as tape:
       tables = {name: tower.item_matrix(training=training)}
       queries = self.prefix_queries(item_ids, positions, tables, training=training)
-      chunk_size = self.config.score_chunk_size
+      chunk_size = self.settings.score_chunk_size
       if chunk_size and self.num_items > chunk_size:
         # large catalogue: only the logits the loss reads, never [P, V]
         target_logits, negative_logits, augmented_logits = self._sampled_logits(
             name, queries[name], tables[name], targets, negative_ids, augmented_ids, seen)
         loss = alter_negatives.sampled_softmax_loss_from_logits(
             target_logits, targets, negative_logits, negative_ids, augmented_logits,
-            augmented_ids, self.config.beta, self.prefixes_per_batch)
+            augmented_ids, self.settings.beta, self.prefixes_per_batch)
       else:
         logits = scoring.heads_over_items(self, queries, tables, seen)[name]
         loss = alter_negatives.sampled_softmax_loss(
-            logits, targets, negative_ids, augmented_ids, self.config.beta,
+            logits, targets, negative_ids, augmented_ids, self.settings.beta,
             self.prefixes_per_batch)
     return loss, tape.gradient(loss, tower.trainable_variables), negative_ids
 
@@ -289,7 +294,7 @@ class AlterRec(keras.Model):
         trace for every epoch); ID_PHASE / TEXT_PHASE: that tower's step alone
         (`make_train_function`).
     """
-    seed = tf.stack([tf.constant(self.config.seed, tf.int32),
+    seed = tf.stack([tf.constant(self.settings.seed, tf.int32),
                      tf.cast(self.train_steps, tf.int32)])
     self.train_steps.assign_add(1)
     if len(self.tower_names) == 1:
@@ -344,7 +349,7 @@ class AlterRec(keras.Model):
       return heads
     heads = dict(heads)
     if len(self.tower_names) == 2:
-      alpha = self.config.alpha
+      alpha = self.settings.alpha
       heads["fused"] = alpha * heads["id"] + (1.0 - alpha) * heads["text"]
     else:
       heads["fused"] = heads[self.tower_names[0]]
@@ -381,7 +386,7 @@ class AlterRec(keras.Model):
     queries = self.prefix_queries(item_ids, positions, tables)
     heads = scoring.heads_over_items(self, queries, tables,
                                      self.seen_items_of(item_ids, positions))
-    scales = fused_query_scales(self.config, self.tower_names)
+    scales = fused_query_scales(self.settings, self.tower_names)
     fused_queries = tf.concat([scales[name] * queries[name] for name in self.tower_names],
                               axis=1)
     return heads, targets, fused_queries

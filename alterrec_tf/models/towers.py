@@ -85,23 +85,24 @@ def mask_seen_items(scores, item_ids, positions):
   return scoring.mask_items(scores, prefix_items(item_ids, positions))
 
 
-def build_tower(kind: str, config, num_items: int, text_embeddings=None, name=None):
-  """An ID (`kind='id'`) or text (`kind='text'`) tower from a TrainConfig."""
+def build_tower(kind: str, settings, num_items: int, text_embeddings=None, name=None):
+  """An ID (`kind='id'`) or text (`kind='text'`) tower from `settings` (a
+  `settings.ModelSettings`)."""
   if kind == "id":
-    item_encoder = alter_layers.IdItemEncoder(num_items, config.embedding_dim,
-                                              normalize=config.id_table_norm,
+    item_encoder = alter_layers.IdItemEncoder(num_items, settings.embedding_dim,
+                                              normalize=settings.id_table_norm,
                                               name="id_items")
-    encoder_kind, temperature = config.id_encoder, 1.0
+    encoder_kind, temperature = settings.id_encoder, 1.0
   elif kind == "text":
     if text_embeddings is None:
       raise ValueError("the text tower needs item text embeddings; this dataset has "
                        "none (prepare it with --text_fields)")
-    item_encoder = alter_layers.TextItemEncoder(text_embeddings, config.embedding_dim,
-                                                config.dropout, name="text_items")
-    encoder_kind, temperature = config.text_encoder, config.text_temperature
+    item_encoder = alter_layers.TextItemEncoder(text_embeddings, settings.embedding_dim,
+                                                settings.dropout, name="text_items")
+    encoder_kind, temperature = settings.text_encoder, settings.text_temperature
   else:
     raise ValueError(f"unknown tower kind {kind!r}")
   session_encoder = alter_layers.make_session_encoder(
-      encoder_kind, config.max_len, config.embedding_dim, config.num_layers,
-      config.num_heads, config.dropout, name=f"{kind}_sessions")
+      encoder_kind, settings.max_len, settings.embedding_dim, settings.num_layers,
+      settings.num_heads, settings.dropout, name=f"{kind}_sessions")
   return UniModalTower(item_encoder, session_encoder, temperature, name=name or f"{kind}_tower")

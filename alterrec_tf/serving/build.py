@@ -44,7 +44,7 @@ def project_new_items(model, embeddings: np.ndarray) -> np.ndarray:
 
 def read_new_items(path: str, model, manifest: dict, vocab_rows) -> alter_new_items.NewItems:
   if "text" not in model.tower_names:
-    raise ExportError(f"--new_items needs a text tower; this run is {model.config.model}")
+    raise ExportError(f"--new_items needs a text tower; this run is {model.settings.model}")
   table = alter_new_items.read(path, text_dim=manifest.get("text_dim"))
   known = {raw_id: index for index, (raw_id, _) in enumerate(vocab_rows)}
   clashes = [raw_id for raw_id in table.raw_ids if raw_id in known]

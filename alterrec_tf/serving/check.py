@@ -31,7 +31,7 @@ def pad_sessions(sessions: Sequence[Sequence[int]], max_len: int) -> np.ndarray:
 
 def reference_scores(model, sessions: Sequence[Sequence[int]], batch_size: int = 64) -> np.ndarray:
   """The Keras model's fused scores [N, V] of each (non-empty) session's last prefix."""
-  window = pad_sessions(sessions, model.config.max_len)
+  window = pad_sessions(sessions, model.settings.max_len)
   last = np.maximum((window != schema.PADDING_INDEX).sum(axis=1) - 1, 0)
   out = []
   for start in range(0, len(window), batch_size):
@@ -74,7 +74,7 @@ def reference_text_vectors(model, sessions: Sequence[Sequence[int]],
                            tower_name: str = "text") -> np.ndarray:
   """A Keras tower's session vectors [N, d] at each session's last item (the
   text tower's unless `tower_name` says otherwise)."""
-  window = pad_sessions(sessions, model.config.max_len)
+  window = pad_sessions(sessions, model.settings.max_len)
   last = np.maximum((window != schema.PADDING_INDEX).sum(axis=1) - 1, 0)
   tower = model.tower(tower_name)
   vectors = tower.prefix_vectors(tf.constant(window), tower.item_matrix(training=False))
@@ -106,7 +106,7 @@ def cold_item_scores(model, sessions: Sequence[Sequence[int]], text_rows: np.nda
                      cold_id_imputer=None) -> np.ndarray:
   """Fused scores [N, C] of items known only by their text tower rows [C, d_text]:
   the text term, plus the ID term of their imputed ID rows with `cold_id_imputer`."""
-  scales = serving.tower_scales(model.config, model.tower_names)
+  scales = serving.tower_scales(model.settings, model.tower_names)
   scores = scales["text"] * reference_text_vectors(model, sessions) @ text_rows.T
   if cold_id_imputer is not None:
     scores += scales["id"] * reference_text_vectors(model, sessions, "id") @ cold_id_imputer(
@@ -121,11 +121,11 @@ def verify_export(path: str, model, sessions: Sequence[Sequence[int]], k: int,
   """Loads the SavedModel at `path` (unless `loaded`); counts top-k places that
   differ from `expected_scores` (0 = the export ranks as the Keras model)."""
   # the requests are the sessions' last max_len items (what is sent is excluded)
-  sessions = [list(s)[-model.config.max_len:] for s in sessions if len(s)]
+  sessions = [list(s)[-model.settings.max_len:] for s in sessions if len(s)]
   if not sessions:
     return 0
   loaded = loaded or tf.saved_model.load(path)
-  window = pad_sessions(sessions, model.config.max_len)
+  window = pad_sessions(sessions, model.settings.max_len)
   out = loaded.signatures[serving.SIGNATURE_TOP_K](
       item_ids=tf.constant(window, tf.int64), k=tf.constant(k, tf.int32))
   return top_k_mismatches(expected_scores(model, sessions, new_rows, exclude_session_items,
@@ -175,7 +175,7 @@ def verify_text_signatures(loaded, model, text_layer, sessions: Sequence[Sequenc
   expected_id = (cold_id_imputer(expected) if cold_id_imputer is not None
                  else np.zeros_like(id_columns))
   vector_mismatches += int((~np.isclose(id_columns, expected_id, atol=atol, rtol=1e-5)).sum())
-  sessions = [list(s)[-model.config.max_len:] for s in sessions if len(s)]
+  sessions = [list(s)[-model.settings.max_len:] for s in sessions if len(s)]
   if not sessions:
     return vector_mismatches, 0
   width = max(len(s) for s in sessions)

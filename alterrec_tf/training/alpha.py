@@ -34,7 +34,7 @@ def sweep(model, split, alphas: Sequence[float], ks=(10, 20), mrr_k=20,
   from alterrec_tf.training import evaluation  # pylint: disable=g-import-not-at-top
 
   if tuple(model.tower_names) != ("id", "text"):
-    raise ValueError(f"an alpha sweep needs both towers; {model.config.model} has "
+    raise ValueError(f"an alpha sweep needs both towers; {model.settings.model} has "
                      f"{model.tower_names}")
   max_k = max(max(ks), mrr_k)
   spec = {alter_data.ITEM_IDS: tf.TensorSpec([None, None], tf.int32),

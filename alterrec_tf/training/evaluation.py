@@ -105,7 +105,7 @@ class Evaluator:
         alter_data.TARGET_MASK: tf.TensorSpec([None, None], tf.bool),
     }
     if chunk_size is None:
-      chunk_size = getattr(getattr(model, "config", None), "score_chunk_size", 0)
+      chunk_size = getattr(getattr(model, "settings", None), "score_chunk_size", 0)
     # In item chunks: models with item tables, catalogues larger than a chunk.
     self.chunk_size = (chunk_size if chunk_size and isinstance(model, contract.FactorizedScorer)
                        and model.num_items > chunk_size else 0)
@@ -143,15 +143,15 @@ class Evaluator:
       scores, targets, queries = self.model.score_heads_and_queries(batch)
       seen = towers.prefix_items(batch[alter_data.ITEM_IDS],
                                  tf.where(batch[alter_data.TARGET_MASK]))
-      seen = tf.pad(seen, [[0, 0], [0, self.model.config.max_len - tf.shape(seen)[1]]])
+      seen = tf.pad(seen, [[0, 0], [0, self.model.settings.max_len - tf.shape(seen)[1]]])
       extra = (queries, seen)
     ranks = {name: target_ranks(head, targets, self.max_k) for name, head in scores.items()}
     return (ranks, targets) + extra
 
   def _retrieval_hits(self):
-    config = self.model.config
+    settings = self.model.settings
     return retrieval.RetrievalHits(self._tfrs, self.model.fused_item_matrix(), self.ks,
-                                   config.max_len, config.seen_items == "exclude")
+                                   settings.max_len, settings.seen_items == "exclude")
 
   def __call__(self, batches, keep_ranks: bool = False):
     """Evaluates a dataset of window batches.

@@ -9,45 +9,47 @@ Non-neural floors (counts from the training sessions only; `floors`):
   transition               first-order transitions: count(last item -> j)
   sequential_rules         SR: recency-weighted sequential rules (Ludewig & Jannach 2018)
   session_knn              V-SKNN: position-weighted session kNN (Ludewig & Jannach 2018)
-With `config.seen_items == "exclude"` every floor scores the prefix's own items out.
+With `settings.seen_items == "exclude"` every floor scores the prefix's own items out.
 """
 
 from alterrec_tf.models.baselines import fdsa, floors, nfrec, sasrec
 from alterrec_tf.models.names import BASELINES as NAMES
 from alterrec_tf.models.names import FLOORS
+from alterrec_tf.models.settings import ModelSettings
 
 
-def build_baseline(config, num_items: int, text_embeddings, train_files):
-  """Builds (creates every variable of) the baseline named by `config.model`.
+def build_baseline(settings, num_items: int, text_embeddings, train_files):
+  """Builds (creates every variable of) the baseline named by `settings.model`.
 
   Args:
-    config: a `TrainConfig`.
+    settings: a `settings.ModelSettings`, or a `TrainConfig` to narrow to one.
     num_items: catalogue size including padding.
     text_embeddings: frozen item text table or None.
     train_files: the training TFRecords (floors count them; nothing else is read).
   """
-  name = config.model
+  settings = ModelSettings.of(settings)
+  name = settings.model
   if name in FLOORS:
     if not train_files:
       raise ValueError(f"--model={name} is built from the training split, which is empty")
-    exclude_seen = config.seen_items == "exclude"
+    exclude_seen = settings.seen_items == "exclude"
     if name == "most_popular":
       return floors.MostPopular.from_files(train_files, num_items, exclude_seen=exclude_seen)
     if name == "transition":
       return floors.FirstOrderTransition.from_files(train_files, num_items,
                                                     exclude_seen=exclude_seen)
     if name == "sequential_rules":
-      return floors.SequentialRules.from_files(train_files, num_items, window=config.max_len,
+      return floors.SequentialRules.from_files(train_files, num_items, window=settings.max_len,
                                                exclude_seen=exclude_seen)
     return floors.SessionKNN.from_files(train_files, num_items, exclude_seen=exclude_seen)
   if name in ("nfrec_sum", "nfrec_concat"):
     fusion = name.split("_", 1)[1]
-    model = nfrec.NFRec(config.replace(nfrec_fusion=fusion), num_items, text_embeddings,
+    model = nfrec.NFRec(settings.replace(nfrec_fusion=fusion), num_items, text_embeddings,
                         fusion, name=name)
   elif name == "sasrec":
-    model = sasrec.SASRec(config, num_items, name=name)
+    model = sasrec.SASRec(settings, num_items, name=name)
   elif name == "fdsa":
-    model = fdsa.FDSA(config, num_items, text_embeddings, name=name)
+    model = fdsa.FDSA(settings, num_items, text_embeddings, name=name)
   else:
     raise ValueError(f"{name!r} is not a baseline; baselines are {NAMES}")
   model.build_all()

@@ -22,6 +22,7 @@ from alterrec_tf.data import windows as alter_data
 from alterrec_tf.models import negatives as alter_negatives
 from alterrec_tf.models import replicas as alter_replicas
 from alterrec_tf.models import scoring
+from alterrec_tf.models import settings as model_settings
 from alterrec_tf.models import towers as alter_towers
 from alterrec_tf.models.alterrec import scored_positions
 
@@ -41,12 +42,15 @@ class FullSoftmaxModel(keras.Model):
   tower_names: Tuple[str, ...] = ()
   part_names: Tuple[str, ...] = ()
 
-  def __init__(self, config, num_items: int, **kwargs):
+  def __init__(self, settings: model_settings.ModelSettings, num_items: int, **kwargs):
     super().__init__(**kwargs)
-    self.config = config
+    if not isinstance(settings, model_settings.ModelSettings):
+      raise TypeError(f"{type(self).__name__} takes a ModelSettings, not a "
+                      f"{type(settings).__name__}: narrow it with ModelSettings.of(...)")
+    self.settings = settings
     self.num_items = num_items
     self.prefixes_per_batch = None  # set by the trainer (loss_weighting="prefix")
-    self.adam = keras.optimizers.Adam(config.learning_rate, name="adam")
+    self.adam = keras.optimizers.Adam(settings.learning_rate, name="adam")
     self.train_steps = keras.Variable(0, dtype="int64", trainable=False, name="train_steps",
                                       aggregation="only_first_replica")  # (tf.distribute)
     self._replicated = tf.distribute.has_strategy()  # built in a strategy's scope
@@ -87,7 +91,7 @@ class FullSoftmaxModel(keras.Model):
 
   def heads(self, item_ids, positions, training=False, seen_items=None):
     """`prefix_heads` with the prefix's items scored out when
-    `config.seen_items == "exclude"` (`scoring.mask_items`): they are never
+    `settings.seen_items == "exclude"` (`scoring.mask_items`): they are never
     recommended and, in training, never in the softmax."""
     tables = self.item_tables(training)
     queries = self.prefix_queries(item_ids, positions, tables, training)
@@ -96,21 +100,21 @@ class FullSoftmaxModel(keras.Model):
 
   def seen_items_of(self, item_ids, positions, seen_items=None):
     """The items scored out at each prefix: int32 [P, L] (0 = none), or None
-    when `seen_items` (default: the config's) keeps them."""
-    if (seen_items or self.config.seen_items) == "exclude":
+    when `seen_items` (default: the settings') keeps them."""
+    if (seen_items or self.settings.seen_items) == "exclude":
       return alter_towers.prefix_items(item_ids, positions)
     return None
 
   # --- building ---------------------------------------------------------------
   def build_all(self):
     """Creates every variable (layers and Adam slots)."""
-    dummy = tf.ones([1, self.config.max_len], tf.int32)
+    dummy = tf.ones([1, self.settings.max_len], tf.int32)
     self.heads(dummy, tf.where(tf.ones_like(dummy, tf.bool)))
     self.adam.build(self.trainable_variables)
     self.built = True
-    if self.config.init == "uniform":
-      bound = self.config.embedding_dim ** -0.5
-      rng = tf.random.Generator.from_seed(self.config.seed)
+    if self.settings.init == "uniform":
+      bound = self.settings.embedding_dim ** -0.5
+      rng = tf.random.Generator.from_seed(self.settings.seed)
       for variable in self.trainable_variables:
         variable.assign(rng.uniform(variable.shape, -bound, bound))
 

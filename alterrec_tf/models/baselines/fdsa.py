@@ -25,16 +25,16 @@ from alterrec_tf.models.baselines import sasrec
 class FDSA(base.FullSoftmaxModel):
   """ID Transformer || text Transformer -> Dense(d) + LN + Dropout -> dot with ID items."""
 
-  def __init__(self, config, num_items: int, text_embeddings, **kwargs):
-    super().__init__(config, num_items, **kwargs)
-    transformers = config.replace(text_encoder="transformer", text_temperature=1.0)
-    self.id_tower = sasrec.recbole_id_tower(config, num_items, name="id_tower")
+  def __init__(self, settings, num_items: int, text_embeddings, **kwargs):
+    super().__init__(settings, num_items, **kwargs)
+    transformers = settings.replace(text_encoder="transformer", text_temperature=1.0)
+    self.id_tower = sasrec.recbole_id_tower(settings, num_items, name="id_tower")
     self.text_tower = alter_towers.build_tower("text", transformers, num_items,
                                                text_embeddings, name="text_tower")
-    dim = config.embedding_dim
+    dim = settings.embedding_dim
     self.concat_layer = keras.layers.Dense(dim, name="concat_layer")
     self.concat_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="concat_norm")
-    self.concat_dropout = keras.layers.Dropout(config.dropout)
+    self.concat_dropout = keras.layers.Dropout(settings.dropout)
     self.concat_layer.build((None, 2 * dim))
     self.concat_norm.build((None, dim))
 

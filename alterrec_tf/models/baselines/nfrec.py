@@ -30,7 +30,7 @@ class NFRec(base.FullSoftmaxModel):
   """Naive fusion: fused item vectors, mean session, dot score, full softmax.
 
   Args:
-    config: a `TrainConfig` (embedding_dim, dropout, learning_rate, max_len).
+    settings: a `settings.ModelSettings` (embedding_dim, dropout, learning_rate, max_len).
     num_items: catalogue size including padding.
     text_embeddings: frozen SBERT table [num_items, text_dim].
     fusion: "sum" or "concat".
@@ -38,18 +38,18 @@ class NFRec(base.FullSoftmaxModel):
 
   part_names = ("id", "text")
 
-  def __init__(self, config, num_items: int, text_embeddings, fusion: str, **kwargs):
-    super().__init__(config, num_items, **kwargs)
+  def __init__(self, settings, num_items: int, text_embeddings, fusion: str, **kwargs):
+    super().__init__(settings, num_items, **kwargs)
     if fusion not in FUSIONS:
       raise ValueError(f"unknown NFRec fusion {fusion!r}; use one of {FUSIONS}")
     if text_embeddings is None:
       raise ValueError("NFRec needs item text embeddings; this dataset has none "
                        "(prepare it with --text_fields)")
     self.fusion = fusion
-    self.id_items = alter_layers.IdItemEncoder(num_items, config.embedding_dim,
+    self.id_items = alter_layers.IdItemEncoder(num_items, settings.embedding_dim,
                                                name="id_items")
-    self.text_items = alter_layers.TextItemEncoder(text_embeddings, config.embedding_dim,
-                                                   config.dropout, name="text_items")
+    self.text_items = alter_layers.TextItemEncoder(text_embeddings, settings.embedding_dim,
+                                                   settings.dropout, name="text_items")
     self.sessions = alter_layers.MeanSessionEncoder(name="fused_sessions")
 
   def item_parts(self, training=False):
@@ -74,6 +74,6 @@ class NFRec(base.FullSoftmaxModel):
   def prefix_queries(self, item_ids, positions, tables, training=False):
     q = self.session_vectors(item_ids, tables["fused"], positions, training)
     if self.fusion == "concat":
-      dim = self.config.embedding_dim
+      dim = self.settings.embedding_dim
       return {"fused": q, "id": q[:, :dim], "text": q[:, dim:]}
     return {"fused": q, "id": q, "text": q}

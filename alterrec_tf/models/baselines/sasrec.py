@@ -15,21 +15,21 @@ from alterrec_tf.models import towers as alter_towers
 from alterrec_tf.models.baselines import base
 
 
-def recbole_id_tower(config, num_items: int, name: str):
+def recbole_id_tower(settings, num_items: int, name: str):
   """ItemEmbedding + TransformerSessionEncoder + dot score (SASRec, FDSA's ID side)."""
-  items = alter_layers.IdItemEncoder(num_items, config.embedding_dim, name="id_items")
+  items = alter_layers.IdItemEncoder(num_items, settings.embedding_dim, name="id_items")
   sessions = alter_layers.TransformerSessionEncoder(
-      config.max_len, config.embedding_dim, config.num_layers, config.num_heads,
-      config.dropout, name="id_sessions")
+      settings.max_len, settings.embedding_dim, settings.num_layers, settings.num_heads,
+      settings.dropout, name="id_sessions")
   return alter_towers.UniModalTower(items, sessions, name=name)
 
 
 class SASRec(base.FullSoftmaxModel):
   """Item embeddings + TransformerSessionEncoder + dot score, full softmax."""
 
-  def __init__(self, config, num_items: int, **kwargs):
-    super().__init__(config, num_items, **kwargs)
-    self.tower = recbole_id_tower(config, num_items, name="id_tower")
+  def __init__(self, settings, num_items: int, **kwargs):
+    super().__init__(settings, num_items, **kwargs)
+    self.tower = recbole_id_tower(settings, num_items, name="id_tower")
 
   def item_tables(self, training=False):
     return {"fused": self.tower.item_matrix(training=training)}
