@@ -16,6 +16,11 @@ ranks the test split after every epoch; every run ranks it once with its
 selected epoch's weights and stores the per-prefix ranks (test_ranks.npz, for
 the long-tail analysis). Finally `alterrec_tf.report` writes report_dir/.
 
+With --workers=n the command starts n worker processes, each with 1/n of the
+cores as TensorFlow's thread count (environment variables read when TensorFlow
+first loads): this module therefore imports TensorFlow, Keras and the model
+modules inside the functions that need them, never at the top.
+
 The training flags (and the data preparation flags of a shared flagfile, which
 are ignored) are accepted as in `alterrec_tf.train`; --model, --seed and
 --run_dir are replaced by --models, --seeds and --runs_dir.
@@ -24,6 +29,7 @@ are ignored) are accepted as in `alterrec_tf.train`; --model, --seed and
 import gc
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -68,6 +74,7 @@ def save_test_ranks(run_dir: str) -> dict:
   Returns:
     The test metrics of those ranks, per head.
   """
+  # (in the worker, after its thread count is set: module doc)
   from alterrec_tf.data import windows as alter_data  # pylint: disable=g-import-not-at-top
   from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
   from alterrec_tf.models import registry as models  # pylint: disable=g-import-not-at-top
@@ -116,7 +123,7 @@ def check_grid(base_config, models, seeds=(), runs_dir=None, verify_data=True,
   Raises:
     DataError / ConfigError: naming the model (or runs) and what is wrong.
   """
-  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top  (loads TF)
   manifest = schema.load_manifest(base_config.data_dir, verify_hashes=verify_data)
   if not manifest.get("text_dim"):
     needing = [m for m in models if model_names.split_variant(m)[0] in model_names.NEEDS_TEXT]
@@ -155,7 +162,7 @@ def run_grid(base_config, models, seeds, runs_dir: str, log=print, shard=(0, 1),
   Returns:
     {"trained": n, "skipped": n, "seconds": wall seconds of this call}.
   """
-  import keras  # pylint: disable=g-import-not-at-top
+  import keras  # pylint: disable=g-import-not-at-top  (after the thread-count env is set)
 
   # a worker (shard[1] > 1) leaves unstarted runs alone: the parent cleared them
   check_grid(base_config, models, seeds, runs_dir, verify_data, clear_unstarted=shard[1] == 1)
@@ -206,7 +213,6 @@ def run_workers(models, seeds, runs_dir: str, workers: int, overwrite: bool = Fa
   Raises:
     SystemExit: a worker failed (its own error is on stderr).
   """
-  import subprocess  # pylint: disable=g-import-not-at-top
   threads = str(max(1, (os.cpu_count() or 1) // workers))
   env = dict(os.environ, TF_NUM_INTRAOP_THREADS=threads, TF_NUM_INTEROP_THREADS="1",
              OMP_NUM_THREADS=threads)
@@ -232,7 +238,7 @@ def run_workers(models, seeds, runs_dir: str, workers: int, overwrite: bool = Fa
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (after the TF_NUM_* env)
   tf.get_logger().setLevel("ERROR")  # retracing notices of the per-run evaluators
   config = alter_config.TrainConfig.from_flags()
   if not config.data_dir:

@@ -39,12 +39,8 @@ recommend.py do it).
 
 import json
 import os
-import shutil
-import tempfile
 import time
-from typing import List, Optional
-
-import numpy as np
+from typing import Optional
 
 from alterrec_tf import cli
 from alterrec_tf import config as alter_config
@@ -53,11 +49,12 @@ from alterrec_tf.formats import new_items as alter_new_items
 from alterrec_tf.formats import schema
 from alterrec_tf.models import names as model_names
 from alterrec_tf.serving import build as serving_build
+from alterrec_tf.serving import publish
 from alterrec_tf.serving.build import ExportError
 
-EXPORT_INFO_FILE = "alterrec_export.json"
+EXPORT_INFO_FILE = publish.EXPORT_INFO_FILE
 WARMUP_FILE = "tf_serving_warmup_requests"
-ASSETS_EXTRA = "assets.extra"
+ASSETS_EXTRA = publish.ASSETS_EXTRA
 WEIGHTS_FILE = alter_runs.BEST_WEIGHTS_FILE
 
 
@@ -164,34 +161,6 @@ def load_run(run_dir: str, data_dir: Optional[str] = None, verify_data: bool = T
   return model, config, manifest, data_dir
 
 
-# --- sizes and versions ---------------------------------------------------------------
-def folder_bytes(path: str) -> int:
-  return sum(os.path.getsize(os.path.join(root, name))
-             for root, _, names in os.walk(path) for name in names)
-
-
-def checkpoint_variable_bytes(saved_model_dir: str) -> int:
-  """Sum of nbytes of every variable stored in a SavedModel's checkpoint."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  prefix = os.path.join(saved_model_dir, "variables", "variables")
-  reader = tf.train.load_checkpoint(prefix)
-  total = 0
-  for name in reader.get_variable_to_shape_map():
-    if name == "_CHECKPOINTABLE_OBJECT_GRAPH":
-      continue
-    value = reader.get_tensor(name)
-    total += (sum(len(v) for v in np.ravel(value)) if value.dtype == object
-              else np.asarray(value).nbytes)
-  return total
-
-
-def existing_versions(export_dir: str) -> List[int]:
-  if not os.path.isdir(export_dir):
-    return []
-  return sorted(int(n) for n in os.listdir(export_dir)
-                if n.isdigit() and os.path.isdir(os.path.join(export_dir, n)))
-
-
 # --- export -----------------------------------------------------------------------------
 def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
            version: Optional[int] = None, k: int = 20,
@@ -229,127 +198,102 @@ def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
     loaded_run = load_run(run_dir, checked=checked)
   model, config, manifest, data_dir = loaded_run
   check_k(k, manifest, data_dir, new_items)
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-  from alterrec_tf.serving import module as serving  # pylint: disable=g-import-not-at-top
-  from alterrec_tf.serving import warmup as serving_warmup  # pylint: disable=g-import-not-at-top
-  excluded_in_training = (
-      alter_config.resolve_seen_items(config, manifest).seen_items == "exclude")
-  if exclude_session_items is None:
-    exclude_session_items = excluded_in_training
-  elif excluded_in_training and not exclude_session_items:
-    raise ExportError(
-        f"{run_dir} was trained and evaluated with --seen_items=exclude: its scores of "
-        "the session's own items were never trained; export it with session items "
-        "excluded (leave --exclude_session_items unset)")
-  versions = existing_versions(export_dir)
-  version = int(version) if version else (versions[-1] + 1 if versions else 1)
-  if version < 1:
-    raise ExportError(f"--version={version}: TF Serving versions are integers >= 1")
-  final = os.path.join(export_dir, str(version))
-  if os.path.exists(final):
-    raise ExportError(f"{final} exists; choose another --version or leave it unset "
-                      "for the next one")
+  exclude_session_items = session_item_exclusion(run_dir, config, manifest,
+                                                 exclude_session_items)
+  version, final = publish.choose_version(export_dir, version)
   model_name = model_name or os.path.basename(os.path.normpath(export_dir)) or "alterrec"
-  os.makedirs(export_dir, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f".tmp-export-{version}-", dir=export_dir)
   try:
-    scratch = os.path.join(staging, "scratch")
-    target = os.path.join(staging, "model")
-    os.makedirs(scratch)
-    text_layer, text_info = serving_build.build_text_layer(
-        model, manifest, schema.read_vocab(data_dir), text_signatures, text_encoder_dir)
-    module, rows, new_rows, cold_id_imputer = serving_build.build_module(
-        model, config, manifest, data_dir, scratch, k, exclude_session_items, new_items,
-        text_layer, cold_id_part)
-    tf.saved_model.save(module, target, signatures=module.signatures())
-    num_warmup = 0
-    if warmup:
-      num_warmup = serving_warmup.write_warmup(
-          os.path.join(target, ASSETS_EXTRA, WARMUP_FILE), model_name,
-          serving_warmup.warmup_requests(rows, module.popularity.numpy(), config.max_len, k))
-    checked = (verify_before_publishing(target, model, data_dir, manifest, k, module, rows,
-                                        new_rows, exclude_session_items, cold_id_imputer,
-                                        text_layer, text_info) if verify else None)
-    variables_bytes = folder_bytes(os.path.join(target, "variables"))
-    weights_bytes = checkpoint_variable_bytes(target)
-    info = {
-        "version": version, "model_name": model_name, "run_dir": os.path.abspath(run_dir),
-        "data_dir": os.path.abspath(data_dir), "model": config.model,
-        "data_content_hash": manifest.get("content_hash"),
-        "towers": list(model.tower_names), "alpha": config.alpha,
-        "text_temperature": config.text_temperature, "embedding_dim": config.embedding_dim,
-        "max_len": config.max_len, "k": k, "exclude_session_items": exclude_session_items,
-        "num_items": len(rows), "num_trained_items": manifest["num_items"],
-        "num_new_items": len(rows) - manifest["num_items"], "new_items": new_items or "",
-        "signatures": list(module.signature_names), "warmup_requests": num_warmup,
-        "text_signatures": text_layer is not None,
-        "cold_id_part": ("imputed" if cold_id_imputer is not None else
-                         "zero" if {"id", "text"} <= set(model.tower_names) else None),
-        "text": ({**text_info, "signatures": list(serving.TEXT_SIGNATURES)}
-                 if text_layer is not None else text_info),
-        "verified_sessions": None if checked is None else len(checked),
-        "variables_bytes": variables_bytes, "weights_bytes": weights_bytes,
-        "saved_model_pb_bytes": os.path.getsize(os.path.join(target, "saved_model.pb")),
-        "training_weights_file_bytes": (
-            os.path.getsize(os.path.join(run_dir, WEIGHTS_FILE))
-            if run_dir and os.path.exists(os.path.join(run_dir, WEIGHTS_FILE)) else None),
-        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    info["total_bytes"] = folder_bytes(target) + len(json.dumps(info))
-    os.makedirs(os.path.join(target, ASSETS_EXTRA), exist_ok=True)
-    with open(os.path.join(target, ASSETS_EXTRA, EXPORT_INFO_FILE), "w", encoding="utf-8") as f:
-      json.dump(info, f, indent=2, sort_keys=True)
-    if os.path.exists(final):
-      raise ExportError(f"{final} appeared during the export (another exporter?)")
-    os.rename(target, final)
-  except Exception as error:  # pylint: disable=broad-except
+    with publish.staging(export_dir, version) as staging:
+      target, scratch = os.path.join(staging, "model"), os.path.join(staging, "scratch")
+      os.makedirs(scratch)
+      text_layer, text_info = serving_build.build_text_layer(
+          model, manifest, schema.read_vocab(data_dir), text_signatures, text_encoder_dir)
+      module, rows, new_rows, cold_id_imputer = serving_build.build_module(
+          model, config, manifest, data_dir, scratch, k,
+          exclude_session_items, new_items, text_layer, cold_id_part)
+      num_warmup = save_module(module, target, model_name, rows, config.max_len, k, warmup)
+      checked = None
+      if verify:
+        # pylint: disable-next=g-import-not-at-top  (loads tensorflow_text)
+        from alterrec_tf.serving import check as export_check
+        checked = export_check.verify_staged_export(
+            target, model, data_dir, manifest, k, module, rows, new_rows,
+            exclude_session_items, cold_id_imputer, text_layer, text_info)
+      info = export_info(run_dir, data_dir, model, config, manifest, module, rows, k,
+                         exclude_session_items, new_items, cold_id_imputer, text_layer,
+                         text_info, checked)
+      weights = os.path.join(run_dir, WEIGHTS_FILE) if run_dir else None
+      info.update(version=version, model_name=model_name, warmup_requests=num_warmup,
+                  **publish.size_info(target, weights))
+      info["total_bytes"] = publish.folder_bytes(target) + len(json.dumps(info))
+      publish.publish(target, final, info)
+  except Exception as error:  # pylint: disable=broad-except  (only I/O errors are rewritten)
     problem = cli.io_problem(error)
     if problem is None:
       raise
     raise ExportError(f"writing the export failed, nothing was exported: {problem}") from error
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
   info["path"] = final
   info["export_seconds"] = time.perf_counter() - start
   return info
 
 
-def verify_before_publishing(target: str, model, data_dir: str, manifest: dict, k: int,
-                             module, rows, new_rows, exclude_session_items: bool,
-                             cold_id_imputer, text_layer, text_info: dict) -> list:
-  """Loads the staged SavedModel back and compares it with the Keras model.
-
-  The top-k of test sessions (with new items and their imputed ID part), and with
-  text signatures, their outputs on sample titles; records what was checked in
-  `text_info["verified"]`. Returns the sessions checked.
+def session_item_exclusion(run_dir: str, config, manifest: dict,
+                           requested: Optional[bool]) -> bool:
+  """Whether the export never recommends a request's own items: `requested`,
+  or (None) as the run was trained (its resolved --seen_items).
 
   Raises:
-    ExportError: any difference (nothing is published).
+    ExportError: keeping them for a run that never learned to score them.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  excluded_in_training = (
+      alter_config.resolve_seen_items(config, manifest).seen_items == "exclude")
+  if requested is None:
+    return excluded_in_training
+  if excluded_in_training and not requested:
+    raise ExportError(
+        f"{run_dir} was trained and evaluated with --seen_items=exclude: its scores of "
+        "the session's own items were never trained; export it with session items "
+        "excluded (leave --exclude_session_items unset)")
+  return requested
 
-  from alterrec_tf.serving import check as export_check  # pylint: disable=g-import-not-at-top
-  checked = export_check.sample_sessions(data_dir, manifest)
-  loaded = tf.saved_model.load(target)
-  mismatches = export_check.verify_export(target, model, checked, k, new_rows,
-                                          exclude_session_items, loaded=loaded,
-                                          cold_id_imputer=cold_id_imputer)
-  if mismatches:
-    raise ExportError(f"the exported top-{k} differs from the Keras model's in "
-                      f"{mismatches} places; nothing was exported")
-  if text_layer is not None:
-    fields = export_check.sample_fields([title for _, title in rows[1:]],
-                                        module.num_text_fields)
-    bad = export_check.verify_text_signatures(
-        loaded, model, text_layer, checked, [raw_id for raw_id, _ in rows], fields,
-        cold_id_imputer=cold_id_imputer)
-    text_info["verified"] = {"candidates": len(fields), "sessions": len(checked)}
-    if any(bad):
-      raise ExportError(f"the exported text signatures differ from the Keras layers "
-                        f"(new_item_vectors: {bad[0]} values, score_text_candidates: "
-                        f"{bad[1]} scores); nothing was exported")
-  return checked
+
+def save_module(module, target: str, model_name: str, rows, max_len: int, k: int,
+                warmup: bool) -> int:
+  """Saves the serving module as a SavedModel at `target` (and, with `warmup`,
+  TF Serving's warm-up requests); returns the number of warm-up requests."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (checks run before TF)
+
+  from alterrec_tf.serving import warmup as serving_warmup  # pylint: disable=g-import-not-at-top
+  tf.saved_model.save(module, target, signatures=module.signatures())
+  if not warmup:
+    return 0
+  return serving_warmup.write_warmup(
+      os.path.join(target, publish.ASSETS_EXTRA, WARMUP_FILE), model_name,
+      serving_warmup.warmup_requests(rows, module.popularity.numpy(), max_len, k))
+
+
+def export_info(run_dir: str, data_dir: str, model, config, manifest: dict, module, rows,
+                k: int, exclude_session_items: bool, new_items: Optional[str],
+                cold_id_imputer, text_layer, text_info: dict, checked) -> dict:
+  """What an export holds (assets.extra/alterrec_export.json, without sizes)."""
+  from alterrec_tf.serving import module as serving  # pylint: disable=g-import-not-at-top
+  return {
+      "run_dir": os.path.abspath(run_dir), "data_dir": os.path.abspath(data_dir),
+      "model": config.model, "data_content_hash": manifest.get("content_hash"),
+      "towers": list(model.tower_names), "alpha": config.alpha,
+      "text_temperature": config.text_temperature, "embedding_dim": config.embedding_dim,
+      "max_len": config.max_len, "k": k, "exclude_session_items": exclude_session_items,
+      "num_items": len(rows), "num_trained_items": manifest["num_items"],
+      "num_new_items": len(rows) - manifest["num_items"], "new_items": new_items or "",
+      "signatures": list(module.signature_names),
+      "text_signatures": text_layer is not None,
+      "cold_id_part": ("imputed" if cold_id_imputer is not None else
+                       "zero" if {"id", "text"} <= set(model.tower_names) else None),
+      "text": ({**text_info, "signatures": list(serving.TEXT_SIGNATURES)}
+               if text_layer is not None else text_info),
+      "verified_sessions": None if checked is None else len(checked),
+      "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+  }
 
 
 def format_info(info: dict) -> str:

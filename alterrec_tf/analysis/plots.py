@@ -2,6 +2,8 @@
 parts), Figure 5 (AlterRec and its towers) and Figure 6 (long-tail groups).
 
 Each function returns whether it drew its figure (it skips models that did not run).
+matplotlib is imported on first use: it is the optional `report` extra, and
+`report` writes its tables without it.
 """
 
 from typing import Optional

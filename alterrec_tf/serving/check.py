@@ -18,6 +18,7 @@ import tensorflow_text  # noqa: F401  # pylint: disable=unused-import
 
 from alterrec_tf.formats import schema
 from alterrec_tf.serving import module as serving
+from alterrec_tf.serving.build import ExportError
 
 
 def pad_sessions(sessions: Sequence[Sequence[int]], max_len: int) -> np.ndarray:
@@ -191,4 +192,34 @@ def verify_text_signatures(loaded, model, text_layer, sessions: Sequence[Sequenc
   return vector_mismatches, score_mismatches
 
 
-# --- warmup ---------------------------------------------------------------------------
+# --- before an export is published --------------------------------------------------
+def verify_staged_export(target: str, model, data_dir: str, manifest: dict, k: int,
+                         module, rows, new_rows, exclude_session_items: bool,
+                         cold_id_imputer, text_layer, text_info: dict) -> list:
+  """Loads the staged SavedModel back and compares it with the Keras model.
+
+  The top-k of test sessions (with new items and their imputed ID part), and with
+  text signatures, their outputs on sample titles; records what was checked in
+  `text_info["verified"]`. Returns the sessions checked.
+
+  Raises:
+    ExportError: any difference (nothing is published).
+  """
+  checked = sample_sessions(data_dir, manifest)
+  loaded = tf.saved_model.load(target)
+  mismatches = verify_export(target, model, checked, k, new_rows, exclude_session_items,
+                             loaded=loaded, cold_id_imputer=cold_id_imputer)
+  if mismatches:
+    raise ExportError(f"the exported top-{k} differs from the Keras model's in "
+                      f"{mismatches} places; nothing was exported")
+  if text_layer is not None:
+    fields = sample_fields([title for _, title in rows[1:]], module.num_text_fields)
+    bad = verify_text_signatures(
+        loaded, model, text_layer, checked, [raw_id for raw_id, _ in rows], fields,
+        cold_id_imputer=cold_id_imputer)
+    text_info["verified"] = {"candidates": len(fields), "sessions": len(checked)}
+    if any(bad):
+      raise ExportError(f"the exported text signatures differ from the Keras layers "
+                        f"(new_item_vectors: {bad[0]} values, score_text_candidates: "
+                        f"{bad[1]} scores); nothing was exported")
+  return checked

@@ -58,7 +58,7 @@ def encode_predict_log(model_name: str, signature_name: str, inputs: Dict[str, n
 def predict_log_bytes(model_name: str, signature_name: str, inputs: Dict[str, np.ndarray]) -> bytes:
   """PredictionLog bytes, from tensorflow-serving-api if installed."""
   try:
-    from tensorflow_serving.apis import (
+    from tensorflow_serving.apis import (  # optional: the PredictionLog is hand-encoded without it
       model_pb2,  # pylint: disable=g-import-not-at-top
       predict_pb2,  # pylint: disable=g-import-not-at-top
       prediction_log_pb2,  # pylint: disable=g-import-not-at-top

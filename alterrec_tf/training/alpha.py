@@ -26,6 +26,8 @@ def sweep(model, split, alphas: Sequence[float], ks=(10, 20), mrr_k=20,
   Returns:
     {alpha: {metric: value}} (keras-rs metrics, as the trainer's).
   """
+  # TensorFlow on first use: `alpha_sweep` imports this module and checks its
+  # command before TensorFlow starts.
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
