@@ -123,7 +123,7 @@ def check_grid(base_config, models, seeds=(), runs_dir=None, verify_data=True,
   Raises:
     DataError / ConfigError: naming the model (or runs) and what is wrong.
   """
-  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top  (loads TF)
+  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top  (numpy only)
   manifest = schema.load_manifest(base_config.data_dir, verify_hashes=verify_data)
   if not manifest.get("text_dim"):
     needing = [m for m in models if model_names.split_variant(m)[0] in model_names.NEEDS_TEXT]
