@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 RAW ?= ../shared/datasets/online_retail/online_retail.parquet
 DATA ?= data/online_retail
 RUN ?= runs/online_retail
-PYTEST_ARGS ?= --durations=15  # the slowest tests, to keep the suite near 15 minutes
+# Print the slowest tests, to keep the suite near 15 minutes.
+PYTEST_ARGS ?= --durations=15
 # The demo trains the flagfile's config on a shorter schedule (the full one, up
 # to 30 epochs with early stopping, takes about an hour on 2 cores: `make train`).
 DEMO_FLAGS ?= --m_max=8

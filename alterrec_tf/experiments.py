@@ -40,6 +40,7 @@ from alterrec_tf import config as alter_config
 from alterrec_tf import report as alter_report
 from alterrec_tf import runs as alter_runs
 from alterrec_tf import train as alter_train
+from alterrec_tf.formats import schema
 from alterrec_tf.models import names as model_names
 
 flags.DEFINE_list("models", list(model_names.DEFAULT_GRID),
@@ -76,7 +77,6 @@ def save_test_ranks(run_dir: str) -> dict:
   """
   # (in the worker, after its thread count is set: module doc)
   from alterrec_tf.data import windows as alter_data  # pylint: disable=g-import-not-at-top
-  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
   from alterrec_tf.models import registry as models  # pylint: disable=g-import-not-at-top
 
   config = alter_runs.load_config(run_dir)
@@ -123,7 +123,6 @@ def check_grid(base_config, models, seeds=(), runs_dir=None, verify_data=True,
   Raises:
     DataError / ConfigError: naming the model (or runs) and what is wrong.
   """
-  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top  (numpy only)
   manifest = schema.load_manifest(base_config.data_dir, verify_hashes=verify_data)
   if not manifest.get("text_dim"):
     needing = [m for m in models if model_names.split_variant(m)[0] in model_names.NEEDS_TEXT]
