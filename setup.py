@@ -49,7 +49,8 @@ setup(
         "report": ["matplotlib>=3.8"],
         # gRPC warm-up requests for TF Serving (alterrec_tf.serving.warmup).
         "serving": ["tensorflow-serving-api~=2.21.0"],
-        "dev": ["pytest>=8", "tensorflow-serving-api~=2.21.0", "ruff>=0.6", "mypy>=1.10"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "tensorflow-serving-api~=2.21.0",
+                "ruff>=0.6", "mypy>=1.10"],
     },
     entry_points={
         "console_scripts": [
