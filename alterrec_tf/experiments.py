@@ -16,9 +16,9 @@ ranks the test split after every epoch; every run ranks it once with its
 selected epoch's weights and stores the per-prefix ranks (test_ranks.npz, for
 the long-tail analysis). Finally `alterrec_tf.report` writes report_dir/.
 
-With --workers=n the command starts n worker processes, each with 1/n of the
-cores as TensorFlow's thread count (environment variables read when TensorFlow
-first loads): this module therefore imports TensorFlow, Keras and the model
+With --workers=n the command starts n worker processes, each taking the next
+run no other worker has taken, with 1/n of the cores as TensorFlow's thread
+count (environment variables read when TensorFlow first loads): this module therefore imports TensorFlow, Keras and the model
 modules inside the functions that need them, never at the top.
 
 The training flags (and the data preparation flags of a shared flagfile, which
@@ -29,6 +29,7 @@ are ignored) are accepted as in `alterrec_tf.train`; --model, --seed and
 import gc
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -57,8 +58,8 @@ flags.DEFINE_list("long_tail_bins", [],
                   "analysis, e.g. 10,30,100,300; empty: quintiles of the test targets.")
 flags.DEFINE_integer("workers", 1,
                      "Training processes run in parallel, each with cpu_count / workers TF "
-                     "threads (runs are split between them). On 2 cores, 2 single-thread "
-                     "workers got through the Online Retail grid about 1.4x faster than one "
+                     "threads; each takes the next run no other worker has. On 2 cores, 2 "
+                     "single-thread workers got through the Online Retail grid about 1.4x faster than one "
                      "2-thread process (BUILD_NOTES.md).")
 flags.DEFINE_integer("worker", -1, "Internal: the index of this worker process.")
 flags.DEFINE_string("long_tail_reference", "sasrec",
@@ -152,11 +153,30 @@ def check_grid(base_config, models, seeds=(), runs_dir=None, verify_data=True,
         "choose another --runs_dir, or pass --overwrite to train them again")
 
 
+CLAIMS_DIR = ".claims"  # under runs_dir while the workers of a grid run
+
+
+def claim_run(runs_dir: str, model: str, seed: int) -> bool:
+  """Takes one run of a parallel grid for this worker: True for the one
+  worker whose exclusive create of runs_dir/.claims/<model>.seed<k> succeeds
+  (atomic, also on network file systems that honour O_EXCL), False for the rest."""
+  path = os.path.join(runs_dir, CLAIMS_DIR, f"{model}.seed{seed}")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  try:
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+  except FileExistsError:
+    return False
+  return True
+
+
 def run_grid(base_config, models, seeds, runs_dir: str, log=print, shard=(0, 1),
              verify_data=True) -> dict:
   """Trains every missing (model, seed) run and stores its test ranks.
 
-  With shard=(i, n), only runs i, i + n, i + 2n, ... of the grid (worker i of n).
+  With shard=(i, n), n > 1, this is worker i of n: it goes down the grid and
+  takes each run no other worker has claimed (`claim_run`), so a worker that
+  finishes early takes the next free run, whichever runs were finished before
+  (a fixed split would leave a worker idle on a half-finished grid).
 
   Returns:
     {"trained": n, "skipped": n, "seconds": wall seconds of this call}.
@@ -170,7 +190,9 @@ def run_grid(base_config, models, seeds, runs_dir: str, log=print, shard=(0, 1),
   grid = [(m, s) for s in seeds for m in models]
   start = time.perf_counter()
   trained = skipped = 0
-  for index, (model, seed) in list(enumerate(grid, 1))[shard[0]::shard[1]]:
+  for index, (model, seed) in enumerate(grid, 1):
+    if shard[1] > 1 and not claim_run(runs_dir, model, seed):
+      continue  # another worker has it
     config = run_config(base_config, model, seed, seeds, runs_dir)
     run_dir = config.run_dir
     prefix = f"[{index}/{len(grid)}] {model} seed {seed}"
@@ -204,7 +226,7 @@ def run_grid(base_config, models, seeds, runs_dir: str, log=print, shard=(0, 1),
 
 
 def run_workers(models, seeds, runs_dir: str, workers: int, overwrite: bool = False) -> dict:
-  """Runs `workers` copies of this command, worker i training runs i, i + n, ...
+  """Runs `workers` copies of this command; each takes the next unclaimed run.
 
   Each gets cpu_count // workers TF threads (at least 1). Returns the grid
   summary of `run_grid` over all of them.
@@ -222,10 +244,14 @@ def run_workers(models, seeds, runs_dir: str, workers: int, overwrite: bool = Fa
 
   before = set() if overwrite else finished()
   start = time.perf_counter()
+  claims = os.path.join(runs_dir, CLAIMS_DIR)
+  shutil.rmtree(claims, ignore_errors=True)  # a killed grid's claims: its runs resume
+  os.makedirs(claims)
   command = [sys.executable, "-m", "alterrec_tf.experiments"] + sys.argv[1:]
   processes = [subprocess.Popen(command + [f"--worker={i}"], env=env)  # pylint: disable=consider-using-with
                for i in range(workers)]
   codes = [process.wait() for process in processes]
+  shutil.rmtree(claims, ignore_errors=True)
   if any(codes):
     raise SystemExit(f"error: worker(s) {[i for i, c in enumerate(codes) if c]} failed; "
                      "finished runs are kept, run the same command again to resume")

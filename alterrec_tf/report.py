@@ -64,8 +64,9 @@ def load_runs(runs_dir: str, models: Optional[Sequence[str]] = None,
               seeds: Optional[Sequence[int]] = None) -> List[Run]:
   """Every finished run (results.json present) under runs_dir, in model order."""
   if models is None:
-    models = sorted((m for m in os.listdir(runs_dir)
-                     if os.path.isdir(os.path.join(runs_dir, m))), key=model_names.order_key)
+    models = sorted((m for m in os.listdir(runs_dir)  # (not .claims of a running grid)
+                     if os.path.isdir(os.path.join(runs_dir, m)) and not m.startswith(".")),
+                    key=model_names.order_key)
   runs = []
   for model in models:
     folder = os.path.join(runs_dir, model)

@@ -4,13 +4,14 @@ resumability, the long-tail grouping, and the report's tables and figures."""
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from alterrec_tf import report
+from alterrec_tf import experiments, report
 from alterrec_tf.analysis import long_tail
 from alterrec_tf.config import ConfigError, TrainConfig
 from alterrec_tf.models import names as model_names
@@ -186,12 +187,26 @@ def test_experiments_cli_trains_every_model_in_two_workers_then_skips_finished_r
   assert "| SASRec | 1.0 | 1.0 |" in cost_rows
   # two workers split the grid: every run was trained by exactly one of them
   assert all(out.stdout.count(f"] {model} seed 0: training into") == 1 for model in ALL_MODELS)
+  assert not (runs_dir / experiments.CLAIMS_DIR).exists()  # the claims went with the workers
 
-  # resumable: a second pass over the grid trains nothing
-  from alterrec_tf import experiments  # pylint: disable=g-import-not-at-top
+  # a worker takes whatever run nobody has claimed, not a fixed share of the grid: with
+  # every run but the first claimed, worker 1 of 2 takes the first (a fixed split gave it
+  # the 2nd, 4th, ...) and leaves the rest alone
   lines = []
   config = TrainConfig(data_dir=data_dir, m_max=1, m_random=1, embedding_dim=8, max_len=8,
                        num_layers=1, k1=2, k2=12, p=2, batch_size=32, verbose=0)
+  for model in ALL_MODELS[1:]:
+    assert experiments.claim_run(str(runs_dir), model, 0)
+  assert not experiments.claim_run(str(runs_dir), ALL_MODELS[1], 0)  # taken once only
+  experiments.run_grid(config, list(ALL_MODELS), [0], str(runs_dir), log=lines.append,
+                       shard=(1, 2))
+  assert len(lines) == 1 and f"] {ALL_MODELS[0]} seed 0: finished earlier" in lines[0], lines
+  # a killed grid's .claims is not a model for the report
+  assert {run.model for run in report.load_runs(str(runs_dir), seeds=[0])} == set(ALL_MODELS)
+  shutil.rmtree(runs_dir / experiments.CLAIMS_DIR)
+
+  # resumable: a second pass over the grid trains nothing
+  lines.clear()
   grid = experiments.run_grid(config, list(ALL_MODELS), [0], str(runs_dir), log=lines.append)
   assert grid["trained"] == 0 and grid["skipped"] == len(ALL_MODELS)
   assert all("finished earlier, skipped" in line for line in lines)
