@@ -18,8 +18,9 @@ the long-tail analysis). Finally `alterrec_tf.report` writes report_dir/.
 
 With --workers=n the command starts n worker processes, each taking the next
 run no other worker has taken, with 1/n of the cores as TensorFlow's thread
-count (environment variables read when TensorFlow first loads): this module therefore imports TensorFlow, Keras and the model
-modules inside the functions that need them, never at the top.
+count (environment variables read when TensorFlow first loads): this module
+therefore imports TensorFlow, Keras and the model modules inside the functions
+that need them, never at the top.
 
 The training flags (and the data preparation flags of a shared flagfile, which
 are ignored) are accepted as in `alterrec_tf.train`; --model, --seed and
@@ -59,8 +60,8 @@ flags.DEFINE_list("long_tail_bins", [],
 flags.DEFINE_integer("workers", 1,
                      "Training processes run in parallel, each with cpu_count / workers TF "
                      "threads; each takes the next run no other worker has. On 2 cores, 2 "
-                     "single-thread workers got through the Online Retail grid about 1.4x faster than one "
-                     "2-thread process (BUILD_NOTES.md).")
+                     "single-thread workers got through the Online Retail grid about 1.4x "
+                     "faster than one 2-thread process (BUILD_NOTES.md).")
 flags.DEFINE_integer("worker", -1, "Internal: the index of this worker process.")
 flags.DEFINE_string("long_tail_reference", "sasrec",
                     "Model whose per-group metrics the long-tail plot divides by.")
