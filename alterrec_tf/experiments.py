@@ -54,6 +54,12 @@ flags.DEFINE_string("runs_dir", "runs/experiments",
                     "Runs go to <runs_dir>/<model>/seed<k>/ (named runs_dir, not output_dir, "
                     "because a shared flagfile's --output_dir is the prepared data folder).")
 flags.DEFINE_string("report_dir", "report", "Folder of the report (tables, JSON, PNGs).")
+flags.DEFINE_string("archive_dir", "",
+                    "Folder of finished runs that outlives runs_dir (e.g. one under version "
+                    "control): each run is copied there when it finishes (config, history, "
+                    "results, test ranks; no weights), and archived runs missing from runs_dir "
+                    "are restored before the grid starts, so a grid longer than one machine's "
+                    "life goes on from another. Empty: no archive.")
 flags.DEFINE_list("long_tail_bins", [],
                   "Upper edges (inclusive) of the target-popularity groups of the long-tail "
                   "analysis, e.g. 10,30,100,300; empty: quintiles of the test targets.")
@@ -170,14 +176,27 @@ def claim_run(runs_dir: str, model: str, seed: int) -> bool:
   return True
 
 
+def restore_archived_runs(models, seeds, runs_dir: str, archive_dir: str) -> int:
+  """Copies each finished run of the grid found in archive_dir into runs_dir
+  (replacing an unfinished run there); returns how many were copied. The grid's
+  settings check then compares them like any run already in runs_dir."""
+  restored = 0
+  for seed in seeds:
+    for model in models:
+      restored += alter_runs.archive_run(alter_runs.run_dir_of(archive_dir, model, seed),
+                                         alter_runs.run_dir_of(runs_dir, model, seed))
+  return restored
+
+
 def run_grid(base_config, models, seeds, runs_dir: str, log=print, shard=(0, 1),
-             verify_data=True) -> dict:
+             verify_data=True, archive_dir: str = "") -> dict:
   """Trains every missing (model, seed) run and stores its test ranks.
 
   With shard=(i, n), n > 1, this is worker i of n: it goes down the grid and
   takes each run no other worker has claimed (`claim_run`), so a worker that
   finishes early takes the next free run, whichever runs were finished before
-  (a fixed split would leave a worker idle on a half-finished grid).
+  (a fixed split would leave a worker idle on a half-finished grid). With
+  archive_dir, each finished run is copied there (`runs.archive_run`).
 
   Returns:
     {"trained": n, "skipped": n, "seconds": wall seconds of this call}.
@@ -204,6 +223,8 @@ def run_grid(base_config, models, seeds, runs_dir: str, log=print, shard=(0, 1),
     if finished and os.path.exists(ranks_path):
       log(f"{prefix}: finished earlier, skipped ({elapsed})")
       skipped += 1
+      if archive_dir:
+        alter_runs.archive_run(run_dir, alter_runs.run_dir_of(archive_dir, model, seed))
       continue
     run_start = time.perf_counter()
     if not finished:
@@ -221,6 +242,8 @@ def run_grid(base_config, models, seeds, runs_dir: str, log=print, shard=(0, 1),
         f"{results.get('best_epoch')} of {results.get('epochs_run')}, test Hits@20 "
         f"{100 * fused.get('hits@20', float('nan')):.2f} NDCG@20 "
         f"{100 * fused.get('ndcg@20', float('nan')):.2f}")
+    if archive_dir:
+      alter_runs.archive_run(run_dir, alter_runs.run_dir_of(archive_dir, model, seed))
     keras.backend.clear_session()
     gc.collect()
   return {"trained": trained, "skipped": skipped, "seconds": time.perf_counter() - start}
@@ -282,6 +305,7 @@ def main(argv):
     raise SystemExit(f"error: --seeds and --long_tail_bins take numbers: {error}") from None
   runs_dir, report_dir = flags.FLAGS.runs_dir, flags.FLAGS.report_dir
   workers, worker = flags.FLAGS.workers, flags.FLAGS.worker
+  archive_dir = flags.FLAGS.archive_dir
   if workers < 1 or worker >= workers:
     raise SystemExit(f"error: need --workers >= 1 and --worker < --workers, got "
                      f"{workers} and {worker}")
@@ -289,6 +313,10 @@ def main(argv):
     print(f"grid: {len(models)} models x {len(seeds)} seeds = {len(models) * len(seeds)} "
           f"runs on {config.data_dir} -> {runs_dir}"
           + (f", {workers} workers" if workers > 1 else ""), flush=True)
+    if archive_dir and not config.overwrite:
+      restored = restore_archived_runs(models, seeds, runs_dir, archive_dir)
+      if restored:
+        print(f"grid: {restored} finished run(s) restored from {archive_dir}", flush=True)
   if workers > 1 and worker < 0:
     # here too: fail before starting workers
     check_grid(config, models, seeds, runs_dir, verify_data)
@@ -297,7 +325,7 @@ def main(argv):
     grid = run_grid(config, models, seeds, runs_dir,
                     log=lambda line: print(line, flush=True),
                     shard=(max(worker, 0), workers if worker >= 0 else 1),
-                    verify_data=verify_data)
+                    verify_data=verify_data, archive_dir=archive_dir)
   if worker >= 0:  # the parent process writes the report
     return
   meta = {"command": " ".join(["python -m alterrec_tf.experiments"] + sys.argv[1:]),

@@ -30,6 +30,9 @@ BACKUP_DIR = "backup"
 TENSORBOARD_DIR = "tb"
 RUN_FILES = (CONFIG_FILE, HISTORY_FILE, BEST_WEIGHTS_FILE, RESULTS_FILE, TEST_RANKS_FILE,
              SWEEP_FILE, BACKUP_DIR, TENSORBOARD_DIR)
+# What the report and a resumed grid read of a finished run: the files an
+# archive of finished runs keeps (`archive_run`; no weights, backup or logs).
+ARCHIVED_FILES = (CONFIG_FILE, HISTORY_FILE, RESULTS_FILE, TEST_RANKS_FILE, SWEEP_FILE)
 
 # Settings that change neither the weights nor the metrics of a run.
 RUN_NEUTRAL_SETTINGS = frozenset({"data_dir", "run_dir", "verbose", "resume", "overwrite",
@@ -82,6 +85,40 @@ def load_results(run_dir: str) -> Optional[dict]:
   """results.json of a finished run, else None."""
   path = os.path.join(run_dir, RESULTS_FILE)
   return read_json(path) if os.path.exists(path) else None
+
+
+def archive_run(run_dir: str, archive_run_dir: str) -> bool:
+  """Copies a finished run's `ARCHIVED_FILES` to archive_run_dir, replacing
+  what was there whole (through a temporary folder, so an interrupted copy
+  leaves the old files or the new ones, never a mix).
+
+  Works both ways: archiving a run and restoring an archived run into a grid.
+
+  Returns:
+    Whether anything was copied: False when run_dir holds no results.json (an
+    unfinished run is never archived) or archive_run_dir already holds the same
+    results.json.
+  """
+  results_path = os.path.join(run_dir, RESULTS_FILE)
+  if not os.path.exists(results_path):
+    return False
+  target_results = os.path.join(archive_run_dir, RESULTS_FILE)
+  if os.path.exists(target_results) and read_json(target_results) == read_json(results_path):
+    return False
+  staging = archive_run_dir.rstrip(os.sep) + ".tmp"  # beside it: same file system
+  shutil.rmtree(staging, ignore_errors=True)
+  os.makedirs(staging)
+  for name in ARCHIVED_FILES:
+    if os.path.exists(os.path.join(run_dir, name)):
+      shutil.copy2(os.path.join(run_dir, name), os.path.join(staging, name))
+  replaced = archive_run_dir.rstrip(os.sep) + ".old"
+  shutil.rmtree(replaced, ignore_errors=True)
+  if os.path.isdir(archive_run_dir):
+    os.replace(archive_run_dir, replaced)
+  os.makedirs(os.path.dirname(os.path.abspath(archive_run_dir)), exist_ok=True)
+  os.replace(staging, archive_run_dir)
+  shutil.rmtree(replaced, ignore_errors=True)
+  return True
 
 
 def remove_run(run_dir: str) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from alterrec_tf import experiments, report
+from alterrec_tf import runs as alter_runs
 from alterrec_tf.analysis import long_tail
 from alterrec_tf.config import ConfigError, TrainConfig
 from alterrec_tf.models import names as model_names
@@ -137,16 +138,41 @@ def test_report_without_matplotlib_writes_the_tables_and_says_why_no_figures(
 
 
 # --- the whole grid through the CLI ---------------------------------------------------------
+def test_archive_run_copies_finished_runs_only_and_replaces_an_archived_run_whole(tmp_path):
+  run_dir, archived = tmp_path / "runs" / "sasrec" / "seed0", tmp_path / "archive" / "seed0"
+  run_dir.mkdir(parents=True)
+  (run_dir / "config.json").write_text("{}")
+  (run_dir / "backup").mkdir()
+  assert not alter_runs.archive_run(str(run_dir), str(archived))  # unfinished: not archived
+  assert not archived.exists()
+  for name, text in (("results.json", '{"hits": 1}'), ("history.json", "[]"),
+                     ("best.weights.h5", "weights")):
+    (run_dir / name).write_text(text)
+  (run_dir / "tb").mkdir()
+  assert alter_runs.archive_run(str(run_dir), str(archived))
+  assert {p.name for p in archived.iterdir()} == {"config.json", "results.json", "history.json"}
+  assert not alter_runs.archive_run(str(run_dir), str(archived))  # the same run: no copy
+  # a run trained again replaces the archived one whole: a file the new run lacks goes
+  (archived / "alpha_sweep.json").write_text("{}")
+  (run_dir / "results.json").write_text('{"hits": 2}')
+  assert alter_runs.archive_run(str(run_dir), str(archived))
+  assert json.loads((archived / "results.json").read_text()) == {"hits": 2}
+  assert not (archived / "alpha_sweep.json").exists()
+  assert sorted(p.name for p in archived.parent.iterdir()) == ["seed0"]  # no staging left
+
+
 def test_experiments_cli_trains_every_model_in_two_workers_then_skips_finished_runs(tmp_path):
   data_dir = str(tmp_path / "data")
   synthetic.write_dataset(data_dir, num_items=50, num_sessions=60, max_session_length=16)
   runs_dir, report_dir = tmp_path / "runs", tmp_path / "report"
+  archive_dir = tmp_path / "archive"
   flags_ = ["--m_max=1", "--m_random=1", "--embedding_dim=8", "--max_len=8",
             "--num_layers=1", "--k1=2", "--k2=12", "--p=2", "--batch_size=32",
             "--eval_batch_size=64", "--verbose=0"]
   command = [sys.executable, "-m", "alterrec_tf.experiments", f"--data_dir={data_dir}",
              f"--runs_dir={runs_dir}", f"--report_dir={report_dir}", "--seeds=0",
-             "--models=" + ",".join(ALL_MODELS), "--workers=2"] + flags_
+             "--models=" + ",".join(ALL_MODELS), "--workers=2",
+             f"--archive_dir={archive_dir}"] + flags_
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   for model in ALL_MODELS:  # claims a killed grid left behind: the new grid clears them
     assert experiments.claim_run(str(runs_dir), model, 0)
@@ -212,6 +238,28 @@ def test_experiments_cli_trains_every_model_in_two_workers_then_skips_finished_r
   grid = experiments.run_grid(config, list(ALL_MODELS), [0], str(runs_dir), log=lines.append)
   assert grid["trained"] == 0 and grid["skipped"] == len(ALL_MODELS)
   assert all("finished earlier, skipped" in line for line in lines)
+
+  # the workers copied every finished run to --archive_dir: what the report and a resumed
+  # grid read, not the weights, backup or logs
+  for model in ALL_MODELS:
+    archived = {path.name for path in (archive_dir / model / "seed0").iterdir()}
+    assert {"config.json", "results.json", "test_ranks.npz"} <= archived, (model, archived)
+    assert archived <= set(alter_runs.ARCHIVED_FILES), (model, archived)
+  assert not list(archive_dir.glob("*/*.tmp")) and not list(archive_dir.glob("*/*.old"))
+  # another machine: an empty runs_dir restored from the archive trains nothing, and
+  # its report equals the first one
+  fresh_runs = tmp_path / "fresh_runs"
+  assert experiments.restore_archived_runs(list(ALL_MODELS), [0], str(fresh_runs),
+                                           str(archive_dir)) == len(ALL_MODELS)
+  assert experiments.restore_archived_runs(list(ALL_MODELS), [0], str(fresh_runs),
+                                           str(archive_dir)) == 0  # already there
+  grid = experiments.run_grid(config, list(ALL_MODELS), [0], str(fresh_runs),
+                              log=lines.append)
+  assert grid["trained"] == 0 and grid["skipped"] == len(ALL_MODELS)
+  fresh_report = report.write_report(str(fresh_runs), str(tmp_path / "fresh_report"),
+                                     list(ALL_MODELS), [0], None, "sasrec", {})
+  assert (json.dumps(fresh_report["table"], sort_keys=True)
+          == json.dumps(saved["table"], sort_keys=True))
 
   # a changed flag is refused before anything trains (skipping would mix settings) ...
   with pytest.raises(ConfigError, match=r"(?s)runs/sasrec/seed0: --embedding_dim=8 \(now 16\)"):
