@@ -19,7 +19,13 @@ DEMO_RUN ?= runs/online_retail_demo
 # Keep TensorFlow's C++ start-up chatter out of the demo and test output.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv demo prepare train test lint clean
+# The issue-15 acceptance grid (every model x 3 seeds, ~15 h on 2 cores):
+# resumes from the runs committed under GRID_ARCHIVE and adds each run there as
+# it finishes (commit them); run it from a checkout you do not edit meanwhile.
+GRID_ARCHIVE ?= benchmarks/grid_runs/online_retail
+GRID_WORKERS ?= 2
+
+.PHONY: venv demo prepare train grid test lint clean
 
 venv: $(VENV)/.installed
 
@@ -48,6 +54,11 @@ train: venv
 demo: prepare
 	$(PY) -m alterrec_tf.train --flagfile=configs/online_retail.flags \
 	  --data_dir=$(DATA) --run_dir=$(DEMO_RUN) $(DEMO_FLAGS)
+
+grid: prepare
+	$(PY) -m alterrec_tf.experiments --flagfile=configs/online_retail.flags \
+	  --data_dir=$(DATA) --runs_dir=runs/grid --workers=$(GRID_WORKERS) \
+	  --archive_dir=$(GRID_ARCHIVE) --seeds=0,1,2 --report_dir=report/grid
 
 test: venv $(VENV)/.beam lint
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
