@@ -276,9 +276,11 @@ def write_report(runs_dir: str, report_dir: str, models=None, seeds=None, bins=N
   os.makedirs(report_dir, exist_ok=True)
   dataset = runs[0].results.get("dataset") or ""
   hashes = sorted({r.results.get("data_content_hash") for r in runs} - {None})
+  commits = code_commits(runs)
   analysis = long_tail.long_tail_analysis(runs, bins, reference)
   output = {
       "meta": dict(meta or {}, dataset=dataset, data_content_hashes=hashes,
+                   code_commits=commits,
                    runs_dir=os.path.abspath(runs_dir),
                    selection="test metrics at the epoch of best validation Hits@20 "
                              "(fused score); mean and sample std (ddof=1) over seeds"),
@@ -315,6 +317,19 @@ def _draw_figures(grouped, analysis, report_dir: str, dataset: str) -> dict:
   return figures
 
 
+def code_commits(runs) -> Dict[str, int]:
+  """How many runs were trained at each commit (results.json's code_version,
+  `runs.code_version`): a grid resumed across machines may span commits."""
+  counts: Dict[str, int] = {}
+  for run in runs:
+    version = run.results.get("code_version") or {}
+    commit = version.get("git_commit")
+    name = ("not recorded" if commit is None
+            else commit[:12] + (" with local changes" if version.get("modified") else ""))
+    counts[name] = counts.get(name, 0) + 1
+  return dict(sorted(counts.items()))
+
+
 def _report_markdown(output: dict, runs, dataset: str, hashes, meta) -> List[str]:
   """The lines of the report's README.md."""
   lines = [f"# Reproduction report{': ' + dataset if dataset else ''}", ""]
@@ -324,6 +339,9 @@ def _report_markdown(output: dict, runs, dataset: str, hashes, meta) -> List[str
   lines += ["Test metrics (%) at the epoch of best validation Hits@20 of the fused score; "
             "mean ± sample std over seeds; best mean of each column in bold.", "",
             format_results_markdown(output["table"]), ""] + protocol_lines(runs)
+  lines += ["Code: " + "; ".join(f"{commit} ({count} run{'s' * (count != 1)})"
+                                 for commit, count in output["meta"]["code_commits"].items())
+            + ".", ""]
   if output["parts"]:
     lines += ["## Score parts", "",
               "Test metrics (%) of each head: `fused` is the model's score, `id` / `text` "

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import shutil
+import subprocess
 from typing import List, Optional, Tuple
 
 from alterrec_tf import config as alter_config
@@ -37,6 +38,34 @@ ARCHIVED_FILES = (CONFIG_FILE, HISTORY_FILE, RESULTS_FILE, TEST_RANKS_FILE, SWEE
 # Settings that change neither the weights nor the metrics of a run.
 RUN_NEUTRAL_SETTINGS = frozenset({"data_dir", "run_dir", "verbose", "resume", "overwrite",
                                   "eval_batch_size", "test_every_epoch"})
+
+
+def code_version(package_dir: Optional[str] = None) -> dict:
+  """The code a run is trained with, for results.json: the git commit of the
+  checkout this package is imported from, and whether the package's files
+  differ from it ("modified"). Both None where the package does not sit at the
+  top of a git checkout (an installed wheel; a venv inside some other repo).
+
+  Run settings are checked flag by flag (`run_conflicts`); this is what tells
+  runs of one grid trained at different commits apart (the report lists them).
+
+  Args:
+    package_dir: the package folder; default: this package's.
+  """
+  package_dir = package_dir or os.path.dirname(os.path.abspath(__file__))
+
+  def git(*args):
+    return subprocess.run(["git", "-C", package_dir, *args], capture_output=True, text=True,
+                          timeout=30, check=True).stdout.strip()
+
+  try:
+    top = git("rev-parse", "--show-toplevel")
+    if os.path.realpath(top) != os.path.realpath(os.path.dirname(package_dir)):
+      return {"git_commit": None, "modified": None}
+    return {"git_commit": git("rev-parse", "HEAD"),
+            "modified": bool(git("status", "--porcelain", "--", "."))}
+  except (OSError, subprocess.SubprocessError):
+    return {"git_commit": None, "modified": None}
 
 
 def write_json_atomic(path: str, value) -> None:

@@ -251,6 +251,7 @@ def _results(config, manifest, best, history, train_split, seconds, test=None,
   results = {
       "model": config.model, "seed": config.seed, "dataset": manifest.get("dataset_name"),
       "data_content_hash": manifest.get("content_hash"),
+      "code_version": alter_runs.code_version(),
       "best_epoch": best.get("epoch"), "epochs_run": len(history),
       "selection": "valid fused hits@20", "valid": valid,
       "seen_items": config.seen_items, "loss_weighting": config.loss_weighting,

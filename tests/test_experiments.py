@@ -89,8 +89,18 @@ def test_report_writes_table_json_and_three_figures(tmp_path):
     heads = ("fused", "id", "text") if model in ("nfrec_concat", "alterrec") else ("fused",)
     for seed, h in enumerate(hits):
       fake_run(runs_dir, model, seed, h, rng, heads, targets, counts)
+  # a grid resumed across machines: two sasrec runs at another commit, one from an
+  # edited checkout
+  for seed, version in ((1, {"git_commit": "b" * 40, "modified": False}),
+                        (2, {"git_commit": "b" * 40, "modified": True})):
+    path = os.path.join(runs_dir, "sasrec", f"seed{seed}", "results.json")
+    results = json.load(open(path, encoding="utf-8"))
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump(dict(results, code_version=version), f)
 
   output = report.write_report(runs_dir, report_dir, bins=[20, 100])
+  assert output["meta"]["code_commits"] == {"b" * 12: 1, "b" * 12 + " with local changes": 1,
+                                            "not recorded": 10}
   for model, hits in values.items():
     cell = output["table"][model]["hits@20"]
     assert cell["values"] == hits and cell["seeds"] == [0, 1, 2]
@@ -99,6 +109,8 @@ def test_report_writes_table_json_and_three_figures(tmp_path):
   markdown = open(os.path.join(report_dir, "README.md"), encoding="utf-8").read()
   assert "| AlterRec | 3 | **21.00 ± 1.00** | **42.00 ± 2.00** |" in markdown
   assert "| SASRec | 3 | 16.00 ± 1.00 | 32.00 ± 2.00 |" in markdown
+  assert (f"Code: {'b' * 12} (1 run); {'b' * 12} with local changes (1 run); "
+          "not recorded (10 runs).") in markdown
   saved = json.load(open(os.path.join(report_dir, "results.json"), encoding="utf-8"))
   assert saved["table"]["alterrec"]["ndcg@20"]["values"] == pytest.approx([0.40 / 3, 0.44 / 3,
                                                                           0.42 / 3])
@@ -161,6 +173,30 @@ def test_archive_run_copies_finished_runs_only_and_replaces_an_archived_run_whol
   assert sorted(p.name for p in archived.parent.iterdir()) == ["seed0"]  # no staging left
 
 
+def test_code_version_is_the_commit_of_the_checkout_the_package_sits_at_the_top_of(tmp_path):
+  def git(*args):
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+  repo = tmp_path / "repo"
+  package = repo / "alterrec_tf"
+  package.mkdir(parents=True)
+  (package / "model.py").write_text("x = 1\n")
+  assert alter_runs.code_version(str(package)) == {"git_commit": None, "modified": None}
+  git("init", "-q")
+  git("add", ".")
+  git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first")
+  head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], check=True,
+                        capture_output=True, text=True).stdout.strip()
+  assert alter_runs.code_version(str(package)) == {"git_commit": head, "modified": False}
+  (package / "model.py").write_text("x = 2\n")  # trained from an edited checkout
+  assert alter_runs.code_version(str(package)) == {"git_commit": head, "modified": True}
+  # an installed copy inside some other repository (a venv in a project) is not that
+  # repository's code
+  installed = repo / "venv" / "site-packages" / "alterrec_tf"
+  installed.mkdir(parents=True)
+  assert alter_runs.code_version(str(installed)) == {"git_commit": None, "modified": None}
+
+
 def test_experiments_cli_trains_every_model_in_two_workers_then_skips_finished_runs(tmp_path):
   data_dir = str(tmp_path / "data")
   synthetic.write_dataset(data_dir, num_items=50, num_sessions=60, max_session_length=16)
@@ -209,6 +245,14 @@ def test_experiments_cli_trains_every_model_in_two_workers_then_skips_finished_r
   readme = (report_dir / "README.md").read_text(encoding="utf-8")
   assert "| AlterRec (seen items kept) |" in readme and "| SASRec (seen items kept) |" in readme
   assert "Test protocol: every scored prefix with exactly its last 8 items" in readme
+  # every run records the code it was trained with, and the report says which
+  version = alter_runs.code_version()
+  for model in ALL_MODELS:
+    results = json.loads((runs_dir / model / "seed0" / "results.json").read_text())
+    assert results["code_version"] == version, model
+  commit = version["git_commit"]
+  if commit is not None:  # a git checkout (a copy without .git records none)
+    assert f"Code: {commit[:12]}" in readme and f"({len(ALL_MODELS)} runs)" in readme
   # the cost table leaves the training columns of the count-based floors empty
   cost_rows = (report_dir / "README.md").read_text(encoding="utf-8").split("## Cost")[1]
   assert "| MostPopular | – | – | – | – |" in cost_rows
