@@ -42,6 +42,7 @@ from alterrec_tf import config as alter_config
 from alterrec_tf import report as alter_report
 from alterrec_tf import runs as alter_runs
 from alterrec_tf import train as alter_train
+from alterrec_tf.analysis import tables
 from alterrec_tf.formats import schema
 from alterrec_tf.models import names as model_names
 
@@ -336,7 +337,7 @@ def main(argv):
                                      flags.FLAGS.long_tail_reference, meta)
   print(f"\nTest metrics (%), mean ± std over seeds {','.join(map(str, seeds))}, "
         f"{output['meta']['dataset']}:")
-  print(alter_report.format_results_markdown(output["table"]))
+  print(tables.format_results_markdown(output["table"]))
   print(f"\n{grid['trained']} runs trained, {grid['skipped']} skipped, "
         f"{grid['seconds']:.0f}s; report: {os.path.join(report_dir, 'README.md')}")
 

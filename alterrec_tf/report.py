@@ -24,17 +24,15 @@ import importlib.util
 import json
 import math
 import os
-import sys
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+from absl import flags
 
+from alterrec_tf import cli
 from alterrec_tf import runs as alter_runs
-from alterrec_tf.analysis import long_tail
+from alterrec_tf.analysis import long_tail, tables
 from alterrec_tf.models import names as model_names
-
-TABLE_METRICS = ("hits@10", "hits@20", "ndcg@10", "ndcg@20")
-display_name = model_names.display_name
 
 
 # --- reading runs -------------------------------------------------------------------
@@ -83,156 +81,6 @@ def load_runs(runs_dir: str, models: Optional[Sequence[str]] = None,
   return runs
 
 
-def _by_model(runs) -> Dict[str, List[Run]]:
-  grouped: Dict[str, List[Run]] = {}
-  for run in runs:
-    grouped.setdefault(run.model, []).append(run)
-  return grouped
-
-
-# --- tables -------------------------------------------------------------------------
-def mean_std(values) -> Dict[str, float]:
-  """Mean and sample standard deviation (ddof=1; 0 for a single seed)."""
-  values = np.asarray(values, dtype=np.float64)
-  std = float(values.std(ddof=1)) if values.size > 1 else 0.0
-  return {"mean": float(values.mean()), "std": std}
-
-
-def summary_table(runs, head="fused", metrics=TABLE_METRICS) -> Dict[str, dict]:
-  """{model: {metric: {mean, std, values, seeds}}} of the test split at the
-  selected epoch of each run (fractions)."""
-  table = {}
-  for model, model_runs in _by_model(runs).items():
-    row = {}
-    for metric in metrics:
-      pairs = [(r.seed, r.results["test"][head][metric]) for r in model_runs
-               if metric in r.results.get("test", {}).get(head, {})]
-      if pairs:
-        row[metric] = dict(mean_std([v for _, v in pairs]), values=[v for _, v in pairs],
-                           seeds=[s for s, _ in pairs])
-    if row:
-      table[model] = row
-  return table
-
-
-def parts_table(runs, metrics=("hits@20", "ndcg@20")) -> Dict[str, dict]:
-  """{model: {head: {metric: {mean, std}}}} for models with more than one head."""
-  parts = {}
-  for model, model_runs in _by_model(runs).items():
-    heads = sorted(set.intersection(*(set(r.results.get("test", {})) for r in model_runs)),
-                   key=lambda h: (h != "fused", h))
-    if len(heads) < 2:
-      continue
-    parts[model] = {head: {m: mean_std([r.results["test"][head][m] for r in model_runs])
-                           for m in metrics} for head in heads}
-  return parts
-
-
-def run_cost(run: Run) -> Dict[str, float]:
-  """Epochs, seconds and examples per second of one run (from history.json)."""
-  history = run.history
-  trained = [h for h in history if h.get("epoch", 0) > 0]
-  train_seconds = [h["train_seconds"] for h in trained]
-  eval_seconds = [h.get("eval_seconds", 0.0) for h in trained]
-  if trained:
-    # the first epoch also traces the graphs: the median is the steady cost
-    seconds_per_epoch = float(np.median(train_seconds))
-    examples = run.results.get("train_examples_per_epoch", 0)
-    total = float(sum(train_seconds) + sum(eval_seconds))
-    return {"epochs_run": len(trained), "best_epoch": run.results.get("best_epoch") or 0,
-            "train_seconds_per_epoch": seconds_per_epoch,
-            "train_examples_per_second": examples / max(seconds_per_epoch, 1e-9),
-            "eval_seconds_per_epoch": float(np.median(eval_seconds)),
-            "fit_seconds": 0.0, "total_seconds": total}
-  fit = float(history[0]["train_seconds"]) if history else 0.0
-  wall = float(run.results.get("wall_seconds_this_process", 0.0))
-  return {"epochs_run": 0, "best_epoch": 0, "train_seconds_per_epoch": 0.0,
-          "train_examples_per_second": 0.0, "eval_seconds_per_epoch": wall,
-          "fit_seconds": fit, "total_seconds": fit + wall}
-
-
-def cost_table(runs) -> Dict[str, dict]:
-  """{model: {quantity: mean over seeds}} of `run_cost`."""
-  table = {}
-  for model, model_runs in _by_model(runs).items():
-    costs = [run_cost(r) for r in model_runs]
-    table[model] = {key: float(np.mean([c[key] for c in costs])) for key in costs[0]}
-    table[model]["total_seconds_all_seeds"] = float(sum(c["total_seconds"] for c in costs))
-  return table
-
-
-def _pct(value):
-  return f"{100.0 * value:.2f}"
-
-
-def format_results_markdown(table, metrics=TABLE_METRICS) -> str:
-  """Table 1 style: mean +- std (%) over seeds, best mean of each column in bold."""
-  best = {m: max((row[m]["mean"] for row in table.values() if m in row), default=None)
-          for m in metrics}
-  names = {"hits@10": "Hits@10", "hits@20": "Hits@20", "ndcg@10": "NDCG@10",
-           "ndcg@20": "NDCG@20", "mrr@20": "MRR@20"}
-  lines = ["| Model | seeds | " + " | ".join(names.get(m, m) for m in metrics) + " |",
-           "|---|---:|" + "---:|" * len(metrics)]
-  for model in sorted(table, key=model_names.order_key):
-    row = table[model]
-    cells = []
-    for metric in metrics:
-      if metric not in row:
-        cells.append("")
-        continue
-      text = f"{_pct(row[metric]['mean'])} ± {_pct(row[metric]['std'])}"
-      column_best = best[metric]
-      if column_best is not None and row[metric]["mean"] >= column_best - 1e-12:
-        text = f"**{text}**"
-      cells.append(text)
-    seeds = len(next(iter(row.values()))["values"])
-    lines.append(f"| {display_name(model)} | {seeds} | " + " | ".join(cells) + " |")
-  return "\n".join(lines)
-
-
-def format_parts_markdown(parts) -> str:
-  lines = ["| Model | head | Hits@20 | NDCG@20 |", "|---|---|---:|---:|"]
-  for model in sorted(parts, key=model_names.order_key):
-    for head, values in parts[model].items():
-      lines.append(f"| {display_name(model)} | {head} | "
-                   f"{_pct(values['hits@20']['mean'])} ± {_pct(values['hits@20']['std'])} | "
-                   f"{_pct(values['ndcg@20']['mean'])} ± {_pct(values['ndcg@20']['std'])} |")
-  return "\n".join(lines)
-
-
-def format_cost_markdown(costs) -> str:
-  lines = ["| Model | epochs run | best epoch | train s/epoch | train prefixes/s | "
-           "eval s/epoch | fit s (floors) | compute s, all seeds |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|"]
-  for model in sorted(costs, key=model_names.order_key):
-    c = costs[model]
-    if c["epochs_run"]:  # trained by gradient descent
-      training = (f"{c['epochs_run']:.1f} | {c['best_epoch']:.1f} | "
-                  f"{c['train_seconds_per_epoch']:.1f} | {c['train_examples_per_second']:.0f}")
-      fit = "–"
-    else:  # a count-based floor: no epochs, one pass over the training sessions
-      training, fit = "– | – | – | –", f"{c['fit_seconds']:.1f}"
-    lines.append(f"| {display_name(model)} | {training} | {c['eval_seconds_per_epoch']:.1f} | "
-                 f"{fit} | {c['total_seconds_all_seeds']:.0f} |")
-  return "\n".join(lines)
-
-
-# --- long tail ------------------------------------------------------------------------
-def format_long_tail_markdown(analysis) -> str:
-  labels = analysis["labels"]
-  lines = ["| Model | metric | " + " | ".join(labels) + " |",
-           "|---|---|" + "---:|" * len(labels),
-           "| share of test prefixes | | " + " | ".join(_pct(s) for s in analysis["share"]) + " |"]
-  for model in sorted(analysis["metrics"], key=model_names.order_key):
-    for metric in long_tail.METRICS:
-      cells = [_pct(v) for v in analysis["metrics"][model][metric]]
-      if model in analysis["improvement"]:
-        cells = [f"{c} ({100.0 * i:+.0f}%)" if not math.isnan(i) else c
-                 for c, i in zip(cells, analysis["improvement"][model][metric])]
-      lines.append(f"| {display_name(model)} | {metric} | " + " | ".join(cells) + " |")
-  return "\n".join(lines)
-
-
 # --- figures --------------------------------------------------------------------------------
 def _json_safe(value):
   if isinstance(value, float):
@@ -250,7 +98,8 @@ def protocol_lines(runs) -> List[str]:
   """How the runs were scored (from their results.json): test protocol and
   treatment of the items already in the session."""
   protocols = sorted({r.results.get("test_protocol", "windowed (older runs)") for r in runs})
-  kept = sorted({display_name(r.model) for r in runs if r.results.get("seen_items") == "keep"})
+  kept = sorted({model_names.display_name(r.model) for r in runs
+                 if r.results.get("seen_items") == "keep"})
   excluded = any(r.results.get("seen_items") == "exclude" for r in runs)
   lines = [f"Test protocol: {'; '.join(protocols)}."]
   if excluded:
@@ -276,7 +125,7 @@ def write_report(runs_dir: str, report_dir: str, models=None, seeds=None, bins=N
   os.makedirs(report_dir, exist_ok=True)
   dataset = runs[0].results.get("dataset") or ""
   hashes = sorted({r.results.get("data_content_hash") for r in runs} - {None})
-  commits = code_commits(runs)
+  commits = tables.code_commits(runs)
   analysis = long_tail.long_tail_analysis(runs, bins, reference)
   output = {
       "meta": dict(meta or {}, dataset=dataset, data_content_hashes=hashes,
@@ -284,14 +133,15 @@ def write_report(runs_dir: str, report_dir: str, models=None, seeds=None, bins=N
                    runs_dir=os.path.abspath(runs_dir),
                    selection="test metrics at the epoch of best validation Hits@20 "
                              "(fused score); mean and sample std (ddof=1) over seeds"),
-      "table": summary_table(runs), "parts": parts_table(runs), "cost": cost_table(runs),
+      "table": tables.summary_table(runs), "parts": tables.parts_table(runs),
+      "cost": tables.cost_table(runs),
       "long_tail": analysis,
-      "figures": _draw_figures(_by_model(runs), analysis, report_dir, dataset),
+      "figures": _draw_figures(tables.by_model(runs), analysis, report_dir, dataset),
       "runs": [{"model": r.model, "seed": r.seed, "run_dir": os.path.abspath(r.run_dir),
                 "best_epoch": r.results.get("best_epoch"),
                 "epochs_run": r.results.get("epochs_run"),
                 "test": r.results.get("test"), "valid": r.results.get("valid"),
-                "cost": run_cost(r)} for r in runs],
+                "cost": tables.run_cost(r)} for r in runs],
   }
   with open(os.path.join(report_dir, "results.json"), "w", encoding="utf-8") as f:
     json.dump(_json_safe(output), f, indent=2, sort_keys=True)
@@ -317,19 +167,6 @@ def _draw_figures(grouped, analysis, report_dir: str, dataset: str) -> dict:
   return figures
 
 
-def code_commits(runs) -> Dict[str, int]:
-  """How many runs were trained at each commit (results.json's code_version,
-  `runs.code_version`): a grid resumed across machines may span commits."""
-  counts: Dict[str, int] = {}
-  for run in runs:
-    version = run.results.get("code_version") or {}
-    commit = version.get("git_commit")
-    name = ("not recorded" if commit is None
-            else commit[:12] + (" with local changes" if version.get("modified") else ""))
-    counts[name] = counts.get(name, 0) + 1
-  return dict(sorted(counts.items()))
-
-
 def _report_markdown(output: dict, runs, dataset: str, hashes, meta) -> List[str]:
   """The lines of the report's README.md."""
   lines = [f"# Reproduction report{': ' + dataset if dataset else ''}", ""]
@@ -338,7 +175,7 @@ def _report_markdown(output: dict, runs, dataset: str, hashes, meta) -> List[str
               f"(content hashes {', '.join(h[:12] for h in hashes)}).", ""]
   lines += ["Test metrics (%) at the epoch of best validation Hits@20 of the fused score; "
             "mean ± sample std over seeds; best mean of each column in bold.", "",
-            format_results_markdown(output["table"]), ""] + protocol_lines(runs)
+            tables.format_results_markdown(output["table"]), ""] + protocol_lines(runs)
   lines += ["Code: " + "; ".join(f"{commit} ({count} run{'s' * (count != 1)})"
                                  for commit, count in output["meta"]["code_commits"].items())
             + ".", ""]
@@ -346,21 +183,22 @@ def _report_markdown(output: dict, runs, dataset: str, hashes, meta) -> List[str
     lines += ["## Score parts", "",
               "Test metrics (%) of each head: `fused` is the model's score, `id` / `text` "
               "its parts (NFRec: Eq. 14; AlterRec: the two networks of Eq. 12).", "",
-              format_parts_markdown(output["parts"]), ""]
+              tables.format_parts_markdown(output["parts"]), ""]
   lines += ["## Cost", "",
             "Per run, mean over seeds: median seconds per training epoch (the first epoch "
             "also builds the graphs), training prefixes per second, evaluation seconds "
             "(valid + test) per epoch; floors: seconds to count the training sessions. "
             "Last column: training + evaluation seconds summed over all seeds.", "",
-            format_cost_markdown(output["cost"]), ""]
+            tables.format_cost_markdown(output["cost"]), ""]
   analysis = output["long_tail"]
   if analysis:
+    reference = analysis["reference"]
     lines += ["## Long tail", "",
               "Test prefixes grouped by the number of occurrences of their target item in "
               "the training sessions; Hits@20 / NDCG@20 (%) per group (mean over seeds)"
-              + (f", in brackets the change relative to {display_name(analysis['reference'])}"
-                 if analysis["reference"] else "") + ".", "",
-              format_long_tail_markdown(analysis), ""]
+              + (f", in brackets the change relative to {model_names.display_name(reference)}"
+                 if reference else "") + ".", "",
+              tables.format_long_tail_markdown(analysis), ""]
   if output["figures"]:
     lines += ["## Figures", ""]
     for key, name in output["figures"].items():
@@ -373,25 +211,51 @@ def _report_markdown(output: dict, runs, dataset: str, hashes, meta) -> List[str
   return lines
 
 
-def main(argv=None):
-  import argparse  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--runs_dir", default="runs/experiments")
-  parser.add_argument("--report_dir", default="report")
-  parser.add_argument("--models", default="", help="comma-separated; default: all found")
-  parser.add_argument("--seeds", default="", help="comma-separated; default: all found")
-  parser.add_argument("--long_tail_bins", default="",
-                      help="comma-separated upper edges; default: quintiles of the data")
-  parser.add_argument("--long_tail_reference", default="sasrec")
-  args = parser.parse_args(argv)
-  split = lambda s: [x for x in s.split(",") if x]  # pylint: disable=unnecessary-lambda-assignment
-  output = write_report(args.runs_dir, args.report_dir, split(args.models) or None,
-                        [int(s) for s in split(args.seeds)] or None,
-                        [float(b) for b in split(args.long_tail_bins)] or None,
-                        args.long_tail_reference)
-  print(format_results_markdown(output["table"]))
-  print(f"report: {os.path.join(args.report_dir, 'README.md')}")
+def define_flags() -> None:
+  """The command's flags, defined only when this module runs as a command:
+  `experiments`, which imports it, defines its own --runs_dir, --report_dir and
+  long-tail flags."""
+  flags.DEFINE_string("runs_dir", "runs/experiments",
+                      "Grid folder (runs_dir/<model>/seed<k>/ of `experiments`, or a "
+                      "grid archive such as benchmarks/grid_runs/online_retail).")
+  flags.DEFINE_string("report_dir", "report", "Folder the report is written to.")
+  flags.DEFINE_list("models", [], "Grid entries to report, in order; empty: all found.")
+  flags.DEFINE_list("seeds", [], "Seeds to report; empty: all found.")
+  flags.DEFINE_list("long_tail_bins", [],
+                    "Upper edges (inclusive) of the target-popularity groups; empty: "
+                    "quintiles of the test targets.")
+  flags.DEFINE_string("long_tail_reference", "sasrec",
+                      "Model whose per-group metrics the long-tail plot divides by.")
+
+
+def main(argv):
+  del argv
+  values = flags.FLAGS
+  try:
+    seeds = [int(seed) for seed in values.seeds]
+    bins = [float(edge) for edge in values.long_tail_bins]
+  except ValueError as error:
+    raise cli.CommandError(f"--seeds and --long_tail_bins take numbers: {error}") from None
+  unknown = [m for m in values.models if model_names.split_variant(m)[0] not in model_names.ALL]
+  if unknown:
+    raise cli.CommandError(f"unknown --models {unknown}; choose from {list(model_names.ALL)} "
+                           f"(each optionally with {model_names.KEEP_SEEN_SUFFIX})")
+  if not os.path.isdir(values.runs_dir):
+    raise cli.CommandError(f"--runs_dir={values.runs_dir} is not a folder")
+  if not load_runs(values.runs_dir, values.models or None, seeds or None):
+    raise cli.CommandError(f"no finished run (results.json) under --runs_dir="
+                           f"{values.runs_dir} for these --models / --seeds")
+  cli.check_writable(values.report_dir, "--report_dir")
+  output = write_report(values.runs_dir, values.report_dir, values.models or None,
+                        seeds or None, bins or None, values.long_tail_reference)
+  print(tables.format_results_markdown(output["table"]))
+  print(f"report: {os.path.join(values.report_dir, 'README.md')}")
+
+
+def run():
+  define_flags()
+  cli.run(main, verify_data=False)
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  run()

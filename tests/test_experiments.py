@@ -125,6 +125,23 @@ def test_report_writes_table_json_and_three_figures(tmp_path):
     with open(path, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
+  # the command: the same table from the same runs; bad input is one line, exit 1
+  command = [sys.executable, "-m", "alterrec_tf.report", f"--runs_dir={runs_dir}",
+             f"--report_dir={tmp_path / 'report_cli'}", "--models=alterrec,sasrec"]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  out = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "| AlterRec | 3 | **21.00 ± 1.00** | **42.00 ± 2.00** |" in out.stdout
+  assert "| MostPopular |" not in out.stdout  # only the --models asked for
+  for flag, message in (("--runs_dir=" + str(tmp_path / "nowhere"), "is not a folder"),
+                        ("--models=sasrec,transformer", "unknown --models ['transformer']"),
+                        ("--seeds=7", "no finished run (results.json) under"),
+                        ("--seeds=zero", "--seeds and --long_tail_bins take numbers")):
+    out = subprocess.run(command + [flag], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 1 and message in out.stderr, (flag, out.stderr[-2000:])
+    assert out.stderr.strip().splitlines()[-1].startswith("error: "), out.stderr[-2000:]
+
   # without the reference model the long-tail figure shows each model's metrics
   other = report.write_report(runs_dir, str(tmp_path / "report2"), models=["alterrec"])
   assert other["long_tail"]["reference"] is None and not other["long_tail"]["improvement"]
