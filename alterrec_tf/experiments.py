@@ -179,13 +179,17 @@ def claim_run(runs_dir: str, model: str, seed: int) -> bool:
 
 def restore_archived_runs(models, seeds, runs_dir: str, archive_dir: str) -> int:
   """Copies each finished run of the grid found in archive_dir into runs_dir
-  (replacing an unfinished run there); returns how many were copied. The grid's
-  settings check then compares them like any run already in runs_dir."""
+  where runs_dir has no finished run of it (an unfinished one there is replaced;
+  a finished one is kept, and archived again when the grid passes it); returns
+  how many were copied. The grid's settings check then compares them like any
+  run already in runs_dir."""
   restored = 0
   for seed in seeds:
     for model in models:
-      restored += alter_runs.archive_run(alter_runs.run_dir_of(archive_dir, model, seed),
-                                         alter_runs.run_dir_of(runs_dir, model, seed))
+      run_dir = alter_runs.run_dir_of(runs_dir, model, seed)
+      if not os.path.exists(os.path.join(run_dir, alter_runs.RESULTS_FILE)):
+        restored += alter_runs.archive_run(alter_runs.run_dir_of(archive_dir, model, seed),
+                                           run_dir)
   return restored
 
 

@@ -313,6 +313,13 @@ def test_experiments_cli_trains_every_model_in_two_workers_then_skips_finished_r
                                            str(archive_dir)) == len(ALL_MODELS)
   assert experiments.restore_archived_runs(list(ALL_MODELS), [0], str(fresh_runs),
                                            str(archive_dir)) == 0  # already there
+  # a finished run of runs_dir is never replaced by the archive's (here: another one)
+  sasrec_results = fresh_runs / "sasrec" / "seed0" / "results.json"
+  (archive_dir / "sasrec" / "seed0" / "results.json").write_text('{"seed": 0}')
+  before = sasrec_results.read_text()
+  assert experiments.restore_archived_runs(["sasrec"], [0], str(fresh_runs),
+                                           str(archive_dir)) == 0
+  assert sasrec_results.read_text() == before
   grid = experiments.run_grid(config, list(ALL_MODELS), [0], str(fresh_runs),
                               log=lines.append)
   assert grid["trained"] == 0 and grid["skipped"] == len(ALL_MODELS)
