@@ -174,7 +174,8 @@ def _report_markdown(output: dict, runs, dataset: str, hashes, meta) -> List[str
     lines += [f"**Warning:** runs come from {len(hashes)} different datasets "
               f"(content hashes {', '.join(h[:12] for h in hashes)}).", ""]
   lines += ["Test metrics (%) at the epoch of best validation Hits@20 of the fused score; "
-            "mean ± sample std over seeds; best mean of each column in bold.", "",
+            "mean ± sample std over seeds (the mean alone where one seed has finished); "
+            "best mean of each column in bold.", "",
             tables.format_results_markdown(output["table"]), ""] + protocol_lines(runs)
   lines += ["Code: " + "; ".join(f"{commit} ({count} run{'s' * (count != 1)})"
                                  for commit, count in output["meta"]["code_commits"].items())

@@ -13,7 +13,7 @@ import pytest
 
 from alterrec_tf import experiments, report
 from alterrec_tf import runs as alter_runs
-from alterrec_tf.analysis import long_tail
+from alterrec_tf.analysis import long_tail, tables
 from alterrec_tf.config import ConfigError, TrainConfig
 from alterrec_tf.models import names as model_names
 from alterrec_tf.training import evaluation
@@ -76,6 +76,17 @@ def fake_run(runs_dir, model, seed, hits20, rng, heads=("fused",), targets=None,
   ranks = {h: rng.integers(1, 22, targets.size) for h in heads}
   np.savez(os.path.join(run_dir, "test_ranks.npz"), targets=targets,
            target_train_counts=counts, **ranks)
+
+
+def test_results_table_prints_no_spread_for_a_model_with_one_seed():
+  # a grid in progress: one model has finished a single seed, another three
+  table = {"alterrec": {"hits@20": tables.mean_std([0.53])},
+           "sasrec": {"hits@20": tables.mean_std([0.50, 0.52, 0.54])}}
+  for model, values in (("alterrec", [0.53]), ("sasrec", [0.50, 0.52, 0.54])):
+    table[model]["hits@20"]["values"] = values
+  markdown = tables.format_results_markdown(table, metrics=("hits@20",))
+  assert "| AlterRec | 1 | **53.00** |" in markdown
+  assert "| SASRec | 3 | 52.00 ± 2.00 |" in markdown
 
 
 def test_report_writes_table_json_and_three_figures(tmp_path):

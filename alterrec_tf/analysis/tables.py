@@ -29,10 +29,10 @@ def by_model(runs) -> Dict[str, List["Run"]]:
 
 
 def mean_std(values) -> Dict[str, float]:
-  """Mean and sample standard deviation (ddof=1; 0 for a single seed)."""
+  """Mean, sample standard deviation (ddof=1; 0 for a single seed) and count."""
   values = np.asarray(values, dtype=np.float64)
   std = float(values.std(ddof=1)) if values.size > 1 else 0.0
-  return {"mean": float(values.mean()), "std": std}
+  return {"mean": float(values.mean()), "std": std, "n": int(values.size)}
 
 
 def summary_table(runs, head="fused", metrics=TABLE_METRICS) -> Dict[str, dict]:
@@ -102,8 +102,16 @@ def _pct(value):
   return f"{100.0 * value:.2f}"
 
 
+def _pct_mean_std(cell) -> str:
+  """'mean ± std' in %; the mean alone for one seed (no spread to show)."""
+  if cell.get("n", 2) < 2:
+    return _pct(cell["mean"])
+  return f"{_pct(cell['mean'])} ± {_pct(cell['std'])}"
+
+
 def format_results_markdown(table, metrics=TABLE_METRICS) -> str:
-  """Table 1 style: mean +- std (%) over seeds, best mean of each column in bold."""
+  """Table 1 style: mean +- std (%) over seeds (the mean alone for one seed), best
+  mean of each column in bold."""
   best = {m: max((row[m]["mean"] for row in table.values() if m in row), default=None)
           for m in metrics}
   names = {"hits@10": "Hits@10", "hits@20": "Hits@20", "ndcg@10": "NDCG@10",
@@ -117,7 +125,7 @@ def format_results_markdown(table, metrics=TABLE_METRICS) -> str:
       if metric not in row:
         cells.append("")
         continue
-      text = f"{_pct(row[metric]['mean'])} ± {_pct(row[metric]['std'])}"
+      text = _pct_mean_std(row[metric])
       column_best = best[metric]
       if column_best is not None and row[metric]["mean"] >= column_best - 1e-12:
         text = f"**{text}**"
@@ -132,8 +140,7 @@ def format_parts_markdown(parts) -> str:
   for model in sorted(parts, key=model_names.order_key):
     for head, values in parts[model].items():
       lines.append(f"| {display_name(model)} | {head} | "
-                   f"{_pct(values['hits@20']['mean'])} ± {_pct(values['hits@20']['std'])} | "
-                   f"{_pct(values['ndcg@20']['mean'])} ± {_pct(values['ndcg@20']['std'])} |")
+                   f"{_pct_mean_std(values['hits@20'])} | {_pct_mean_std(values['ndcg@20'])} |")
   return "\n".join(lines)
 
 
