@@ -12,7 +12,7 @@ from alterrec_tf.config import TrainConfig
 from alterrec_tf.data import windows as alter_data
 from alterrec_tf.formats import schema
 from alterrec_tf.models import baselines
-from alterrec_tf.models.baselines import floors
+from alterrec_tf.models.baselines import floors, session_knn
 from alterrec_tf.models.names import FLOORS
 from alterrec_tf.models.towers import NEG_INF
 from alterrec_tf.training import evaluation
@@ -207,7 +207,7 @@ def vsknn_reference(prefix, sessions, times, neighbours, sample_size, popularity
 def test_session_knn_equals_a_plain_python_reference(dataset, neighbours, sample_size):
   data_dir, manifest = dataset
   train_files = schema.split_files(data_dir, manifest, "train")
-  model = floors.SessionKNN.from_files(train_files, manifest["num_items"], neighbours,
+  model = session_knn.SessionKNN.from_files(train_files, manifest["num_items"], neighbours,
                                        sample_size)
   sessions, times = read_training_split(train_files)
   popularity = model.popularity.numpy().astype(np.float64)
@@ -230,7 +230,7 @@ def test_session_knn_equals_a_plain_python_reference(dataset, neighbours, sample
 
 def test_session_knn_orders_sessions_by_timestamp_then_file_position():
   sessions = [np.array([3, 1, 3]), np.array([2]), np.array([4]), np.array([5])]
-  ordered = floors.sessions_newest_first(sessions, [20, 10, 20, 0])
+  ordered = session_knn.sessions_newest_first(sessions, [20, 10, 20, 0])
   assert [list(s) for s in ordered] == [[4], [1, 3], [2], [5]]
 
 
@@ -244,9 +244,9 @@ def test_session_knn_prefers_recent_sessions(tmp_path):
   top = lambda model: list(np.argsort(-model.score_heads(batch)[0]["fused"].numpy()[0],
                                       kind="stable")[:4])
   # one neighbour among equally similar sessions: the newest ([1, 4])
-  assert top(floors.SessionKNN.from_files(files, 8, neighbours=1, sample_size=0)) == [1, 4, 2, 3]
+  assert top(session_knn.SessionKNN.from_files(files, 8, neighbours=1, sample_size=0)) == [1, 4, 2, 3]
   # all neighbours, but only the 2 most recent candidates
-  assert top(floors.SessionKNN.from_files(files, 8, neighbours=3, sample_size=2)) == [1, 3, 4, 2]
+  assert top(session_knn.SessionKNN.from_files(files, 8, neighbours=3, sample_size=2)) == [1, 3, 4, 2]
 
 
 # --- every floor --------------------------------------------------------------------------

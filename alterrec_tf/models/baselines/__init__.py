@@ -4,7 +4,7 @@ Neural (one Adam, full-softmax cross-entropy; `base.FullSoftmaxModel`):
   nfrec_sum, nfrec_concat  naive fusion of ID and text (section 3.2, App. A-B)
   sasrec                   Transformer over ID embeddings
   fdsa                     ID and text Transformers, concatenated session vectors
-Non-neural floors (counts from the training sessions only; `floors`):
+Non-neural floors (counts from the training sessions only; `floors`, `session_knn`):
   most_popular             training popularity
   transition               first-order transitions: count(last item -> j)
   sequential_rules         SR: recency-weighted sequential rules (Ludewig & Jannach 2018)
@@ -12,7 +12,7 @@ Non-neural floors (counts from the training sessions only; `floors`):
 With `settings.seen_items == "exclude"` every floor scores the prefix's own items out.
 """
 
-from alterrec_tf.models.baselines import fdsa, floors, nfrec, sasrec
+from alterrec_tf.models.baselines import fdsa, floors, nfrec, sasrec, session_knn
 from alterrec_tf.models.names import BASELINES as NAMES
 from alterrec_tf.models.names import FLOORS
 from alterrec_tf.models.settings import ModelSettings
@@ -41,7 +41,7 @@ def build_baseline(settings, num_items: int, text_embeddings, train_files):
     if name == "sequential_rules":
       return floors.SequentialRules.from_files(train_files, num_items, window=settings.max_len,
                                                exclude_seen=exclude_seen)
-    return floors.SessionKNN.from_files(train_files, num_items, exclude_seen=exclude_seen)
+    return session_knn.SessionKNN.from_files(train_files, num_items, exclude_seen=exclude_seen)
   if name in ("nfrec_sum", "nfrec_concat"):
     fusion = name.split("_", 1)[1]
     model = nfrec.NFRec(settings.replace(nfrec_fusion=fusion), num_items, text_embeddings,
