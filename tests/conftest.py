@@ -83,3 +83,11 @@ class FakeEncoder:
 def fake_encoder() -> FakeEncoder:
   """A fast encoder for tests that check plumbing, not the model."""
   return FakeEncoder()
+
+
+@pytest.fixture(scope="session")
+def export_run(tmp_path_factory) -> dict:
+  """A tiny trained two-tower run that the export tests share (trained once)."""
+  from tests import export_fixture  # pylint: disable=g-import-not-at-top
+  return export_fixture.train_tiny_run(str(tmp_path_factory.mktemp("export_data")),
+                                       str(tmp_path_factory.mktemp("export_run")))

@@ -1,5 +1,6 @@
 """TF Serving export: parity with the Keras model in a fresh process, signatures,
-OOV and empty requests, exclusion, cold-start items, atomicity, warmup, REST."""
+OOV and empty requests, exclusion, atomicity, warmup, REST (cold-start items and
+single-tower exports: test_export_new_items.py)."""
 
 import json
 import os
@@ -11,47 +12,22 @@ import pytest
 import tensorflow as tf
 
 from alterrec_tf import export, recommend
-from alterrec_tf.config import TrainConfig
 from alterrec_tf.data import windows as alter_data
-from alterrec_tf.formats import new_items, schema
-from alterrec_tf.models import alterrec as alter_model
-from alterrec_tf.models import cold_items
-from alterrec_tf.models.settings import ModelSettings
-from alterrec_tf.serving import build as serving_build
+from alterrec_tf.formats import schema
 from alterrec_tf.serving import check as export_check
 from alterrec_tf.serving import module as serving
 from alterrec_tf.serving import warmup
-from alterrec_tf.train import train
-from tests import synthetic
+from tests.export_fixture import MAX_LEN, K, call
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-MAX_LEN = 12  # > 8: the serving graph encodes lengths <= 8 and 9..12 as two buckets
-K = 10
-ALPHA = 0.3
-TEMPERATURE = 0.5
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  """A tiny trained two-tower run, loaded back from disk as the exporter does."""
-  data_dir = str(tmp_path_factory.mktemp("export_data"))
-  synthetic.write_dataset(data_dir, num_items=300, num_sessions=240, text_dim=16,
-                          max_session_length=20)
-  run_dir = str(tmp_path_factory.mktemp("export_run"))
-  train(TrainConfig(data_dir=data_dir, run_dir=run_dir, embedding_dim=32, max_len=MAX_LEN,
-                    train_window_stride=4, k1=2, k2=40, m_random=1, m_gap=1, m_max=2,
-                    batch_size=128, eval_batch_size=256, verbose=0, alpha=ALPHA,
-                    text_temperature=TEMPERATURE, num_heads=2, num_layers=1))
-  loaded = export.load_run(run_dir)
-  return {"data_dir": data_dir, "run_dir": run_dir, "loaded": loaded}
-
-
-@pytest.fixture(scope="module")
-def plain_export(run, tmp_path_factory):
+def plain_export(export_run, tmp_path_factory):
   """Version 1, written by the command line in its own process."""
   export_dir = str(tmp_path_factory.mktemp("models") / "alterrec")
-  command = [sys.executable, "-m", "alterrec_tf.export", f"--run_dir={run['run_dir']}",
+  command = [sys.executable, "-m", "alterrec_tf.export", f"--run_dir={export_run['run_dir']}",
              f"--export_dir={export_dir}", f"--k={K}"]
   out = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
@@ -63,8 +39,8 @@ def plain_export(run, tmp_path_factory):
           "module": tf.saved_model.load(path)}
 
 
-def sessions_of(run, count=24):
-  model, _, manifest, data_dir = run["loaded"]
+def sessions_of(export_run, count=24):
+  model, _, manifest, data_dir = export_run["loaded"]
   sessions = export_check.sample_sessions(data_dir, manifest, count)
   assert any(len(s) > MAX_LEN for s in sessions) and any(len(s) <= 3 for s in sessions)
   return sessions
@@ -75,11 +51,6 @@ def right_padded(sessions, width):
   for row, items in enumerate(sessions):
     out[row, :len(items)] = items
   return out
-
-
-def call(module, signature, **inputs):
-  out = module.signatures[signature](**{n: tf.constant(v) for n, v in inputs.items()})
-  return {name: value.numpy() for name, value in out.items()}
 
 
 FRESH_PROCESS = r"""
@@ -113,9 +84,9 @@ np.savez(out_file, **results)
 """
 
 
-def test_fresh_process_top_k_equals_the_keras_model(run, plain_export, tmp_path):
-  model = run["loaded"][0]
-  sessions = sessions_of(run)
+def test_fresh_process_top_k_equals_the_keras_model(export_run, plain_export, tmp_path):
+  model = export_run["loaded"][0]
+  sessions = sessions_of(export_run)
   sessions_file = tmp_path / "sessions.json"
   sessions_file.write_text(json.dumps(sessions))
   script = tmp_path / "load.py"
@@ -131,7 +102,7 @@ def test_fresh_process_top_k_equals_the_keras_model(run, plain_export, tmp_path)
   assert indices.shape == (len(sessions), K)
   assert export_check.top_k_mismatches(reference, indices, got[f"int/{serving.OUTPUT_SCORES}"]) == 0
   np.testing.assert_array_equal(indices, np.argsort(-reference, axis=1, kind="stable")[:, :K])
-  vocab = schema.read_vocab(run["data_dir"])
+  vocab = schema.read_vocab(export_run["data_dir"])
   assert [[i.decode() for i in row] for row in got[f"int/{serving.OUTPUT_ITEM_IDS}"]] == [
       [vocab[i][0] for i in row] for row in indices]
   # the raw-id signature, left-padded and gappy layouts give the same lists
@@ -186,8 +157,8 @@ def test_oov_ids_are_ignored_and_counted(plain_export):
   np.testing.assert_array_equal(raw[serving.OUTPUT_INDICES], clean[serving.OUTPUT_INDICES])
 
 
-def test_empty_or_all_unknown_session_returns_the_most_popular(run, plain_export):
-  _, _, manifest, data_dir = run["loaded"]
+def test_empty_or_all_unknown_session_returns_the_most_popular(export_run, plain_export):
+  _, _, manifest, data_dir = export_run["loaded"]
   counts = alter_data.item_counts(schema.split_files(data_dir, manifest, "train"),
                                   manifest["num_items"]).numpy()
   popular = sorted(range(1, len(counts)), key=lambda i: (-counts[i], i))[:K]
@@ -310,7 +281,7 @@ def test_warmup_records_are_valid_predict_requests(plain_export):
   assert set(signatures) == set(serving.SIGNATURES)
 
 
-def test_recommend_prints_titles(plain_export, run):
+def test_recommend_prints_titles(plain_export, export_run):
   version_dir = recommend.resolve_version_dir(plain_export["export_dir"])
   assert version_dir == plain_export["path"]
   rows, ignored, fallback = recommend.recommend(
@@ -319,151 +290,22 @@ def test_recommend_prints_titles(plain_export, run):
   titles = recommend.read_titles(version_dir)
   text = recommend.format_recommendations(["SKU00005", "nope", "SKU00007"], rows, ignored,
                                           fallback, titles)
-  vocab = dict(schema.read_vocab(run["data_dir"]))
+  vocab = dict(schema.read_vocab(export_run["data_dir"]))
   assert vocab[rows[0][1]] in text and "(unknown id: ignored)" in text
   assert "1 unknown item id(s) ignored" in text
 
 
 def test_failed_export_leaves_no_version_and_existing_version_is_refused(
-    run, plain_export, tmp_path, monkeypatch):
+    export_run, plain_export, tmp_path, monkeypatch):
   export_dir = str(tmp_path / "models")
   with pytest.raises(export.ExportError, match="exists"):
-    export.export(run["run_dir"], plain_export["export_dir"], version=1,
-                  loaded_run=run["loaded"])
+    export.export(export_run["run_dir"], plain_export["export_dir"], version=1,
+                  loaded_run=export_run["loaded"])
 
   def broken(*args, **kwargs):
     raise RuntimeError("disk full")
 
   monkeypatch.setattr(warmup, "write_warmup", broken)
   with pytest.raises(RuntimeError, match="disk full"):
-    export.export(run["run_dir"], export_dir, k=K, loaded_run=run["loaded"], verify=False)
+    export.export(export_run["run_dir"], export_dir, k=K, loaded_run=export_run["loaded"], verify=False)
   assert os.listdir(export_dir) == []
-
-
-@pytest.mark.parametrize("towers", [("id",), ("text",)])
-def test_single_tower_models_export(run, towers, tmp_path):
-  model, config, manifest, data_dir = run["loaded"]
-  single_config = config.replace(model="id_only" if towers == ("id",) else "text_only")
-  single = alter_model.AlterRec(ModelSettings.of(single_config), model.num_items,
-                                model.text_tower.item_encoder.text_table.numpy(),
-                                towers=towers)
-  single.build_all()
-  single.tower(towers[0]).set_weights(model.tower(towers[0]).get_weights())
-  info = export.export(run["run_dir"], str(tmp_path / "m"), k=K, warmup=False,
-                       loaded_run=(single, single_config, manifest, data_dir))
-  assert info["verified_sessions"] > 0  # export() raises if the top-k differ
-  module = tf.saved_model.load(info["path"])
-  assert tuple(module.item_matrix.shape) == (model.num_items, config.embedding_dim)
-
-
-def test_cold_start_items_with_a_zero_id_part_score_by_text_only_and_exclusion(run, tmp_path):
-  model, config, manifest, data_dir = run["loaded"]
-  text_table = model.text_tower.item_encoder.text_table.numpy()
-  twin = 5  # the new item "NEW-TWIN" has exactly item 5's text
-  rng = np.random.default_rng(1)
-  folder = new_items.write(str(tmp_path / "new"), ["NEW-TWIN", "NEW-OTHER"],
-                           ["twin of five", "another\tnew item"],
-                           np.stack([text_table[twin], rng.normal(size=text_table.shape[1])]))
-  with pytest.raises(export.ExportError, match="SKU00003"):
-    clash = new_items.write(str(tmp_path / "clash"), ["SKU00003"], ["x"], text_table[3:4])
-    export.export(run["run_dir"], str(tmp_path / "bad"), loaded_run=run["loaded"],
-                  new_items=clash, warmup=False, verify=False)
-  assert not os.path.exists(tmp_path / "bad" / "1")
-  info = export.export(run["run_dir"], str(tmp_path / "m"), k=K, exclude_session_items=True,
-                       new_items=folder, warmup=False, loaded_run=run["loaded"],
-                       cold_id_part="zero")
-  assert info["cold_id_part"] == "zero"
-  V = model.num_items
-  assert info["num_items"] == V + 2 and info["num_new_items"] == 2
-  module = tf.saved_model.load(info["path"])
-  matrix = module.item_matrix.numpy()
-  d = config.embedding_dim
-  assert not matrix[V:, :d].any()  # the ID part of new items is zero
-  np.testing.assert_allclose(matrix[V, d:], matrix[twin, d:], atol=1e-6)
-
-  def all_scores(session):
-    out = call(module, serving.SIGNATURE_TOP_K, item_ids=np.array([session], np.int64),
-               k=np.int32(V + 10))  # k is clipped to every item
-    scores = np.full(V + 2, np.nan, np.float32)
-    scores[out[serving.OUTPUT_INDICES][0]] = out[serving.OUTPUT_SCORES][0]
-    return scores, out
-
-  # a session of trained items: new items score (1 - alpha) * text only
-  session = [11, 12, 13]
-  scores, out = all_scores(session)
-  window = export_check.pad_sessions([session], MAX_LEN)
-  text_scores = model.text_tower(tf.constant(window))[0, len(session) - 1].numpy()
-  np.testing.assert_allclose(scores[V], (1 - ALPHA) * text_scores[twin], rtol=1e-5, atol=1e-5)
-  assert scores[V] in out[serving.OUTPUT_SCORES][0]
-  assert b"NEW-TWIN" in out[serving.OUTPUT_ITEM_IDS][0]
-  # exclusion: the session's items come last at -1e9, never in the fixed-k list
-  np.testing.assert_array_equal(scores[session], serving.NEG_INF)
-  top = call(module, serving.SIGNATURE_DEFAULT, item_ids=np.array([session], np.int64))
-  assert not set(top[serving.OUTPUT_INDICES][0].tolist()) & set(session)
-  # a session holding a new item: text reads it (as its twin), ID skips it
-  scores, _ = all_scores([11, 12, V])
-  id_scores = model.id_tower(tf.constant(export_check.pad_sessions([[11, 12]], MAX_LEN)))[0, 1]
-  text_scores = model.text_tower(tf.constant(export_check.pad_sessions([[11, 12, twin]], MAX_LEN)))[0, 2]
-  expected = ALPHA * id_scores.numpy() + (1 - ALPHA) * text_scores.numpy()
-  keep = np.ones(V, bool)
-  keep[[0, 11, 12]] = False  # padding, and the excluded session items
-  np.testing.assert_allclose(scores[:V][keep], expected[keep], rtol=1e-4, atol=1e-4)
-  raw = call(module, serving.SIGNATURE_RAW, raw_item_ids=np.array([[b"NEW-TWIN"]]))
-  assert raw[serving.OUTPUT_IGNORED].tolist() == [0]
-  assert not raw[serving.OUTPUT_FALLBACK][0]
-  assert b"NEW-TWIN" not in raw[serving.OUTPUT_ITEM_IDS][0]  # excluded: it is the session
-
-
-def test_cold_start_items_get_an_id_part_imputed_from_their_text(run, tmp_path):
-  model, config, manifest, data_dir = run["loaded"]
-  text_table = model.text_tower.item_encoder.text_table.numpy()
-  twin = 5
-  folder = new_items.write(str(tmp_path / "new"), ["NEW-TWIN"], ["twin of five"],
-                           text_table[twin:twin + 1])
-  info = export.export(run["run_dir"], str(tmp_path / "m"), k=K, new_items=folder,
-                       warmup=False, loaded_run=run["loaded"])  # verified by export
-  assert info["cold_id_part"] == "imputed"
-  assert "cold items' ID part: imputed" in export.format_info(info)
-  module = tf.saved_model.load(info["path"])
-  matrix, V, d = module.item_matrix.numpy(), model.num_items, config.embedding_dim
-  counts = alter_data.item_counts(schema.split_files(data_dir, manifest, "train"), V)
-  imputed = cold_items.for_model(model, counts)(matrix[V:, d:])
-  np.testing.assert_allclose(matrix[V:, :d], imputed, rtol=1e-5, atol=1e-6)
-  # its text equals item 5's, so item 5 is its nearest neighbour and weighs most:
-  # the imputed row is nearer to item 5's ID row than a zero row is
-  assert counts[twin] > 0
-  assert (np.linalg.norm(matrix[V, :d] - matrix[twin, :d])
-          < np.linalg.norm(matrix[twin, :d]))
-  # a session of trained items scores it alpha * ID + (1 - alpha) * text, ID on its imputed row
-  session = [11, 12, 13]
-  out = call(module, serving.SIGNATURE_TOP_K, item_ids=np.array([session], np.int64),
-             k=np.int32(V + 10))
-  scores = dict(zip(out[serving.OUTPUT_INDICES][0].tolist(), out[serving.OUTPUT_SCORES][0]))
-  u_id = export_check.reference_text_vectors(model, [session], "id")[0]
-  u_text = export_check.reference_text_vectors(model, [session])[0]
-  expected = ALPHA * u_id @ matrix[V, :d] + (1 - ALPHA) / TEMPERATURE * u_text @ matrix[V, d:]
-  np.testing.assert_allclose(scores[V], expected, rtol=1e-4, atol=1e-4)
-
-
-def test_embed_items_writes_a_table_the_exporter_reads(run, tmp_path):
-  pytest.importorskip("pandas")
-  from data_tools import embed_items  # pylint: disable=g-import-not-at-top
-
-  class FakeEncoder:  # a deterministic stand-in for the sentence model
-    def encode(self, texts, **kwargs):
-      del kwargs
-      return np.stack([np.random.default_rng(sum(map(ord, t))).normal(size=16)
-                       for t in texts]).astype(np.float32)
-
-  catalog = tmp_path / "catalog.csv"
-  catalog.write_text("id,title\nSKU00003,known item\nNEW1,red mug\nNEW2,blue lamp\n")
-  summary = embed_items.embed_catalog(str(catalog), str(tmp_path / "out"), [],
-                                      data_dir=run["data_dir"], encoder=FakeEncoder())
-  assert summary["num_items"] == 2 and summary["skipped_known"] == 1
-  table = new_items.read(str(tmp_path / "out"), text_dim=16)
-  assert table.raw_ids == ["NEW1", "NEW2"] and table.titles == ["red mug", "blue lamp"]
-  np.testing.assert_allclose(table.embeddings[0], FakeEncoder().encode(["red mug"])[0])
-  model, _, manifest, _ = run["loaded"]
-  read = serving_build.read_new_items(str(tmp_path / "out"), model, manifest,
-                               schema.read_vocab(run["data_dir"]))
-  assert read.raw_ids == ["NEW1", "NEW2"]
