@@ -307,5 +307,6 @@ def test_failed_export_leaves_no_version_and_existing_version_is_refused(
 
   monkeypatch.setattr(warmup, "write_warmup", broken)
   with pytest.raises(RuntimeError, match="disk full"):
-    export.export(export_run["run_dir"], export_dir, k=K, loaded_run=export_run["loaded"], verify=False)
+    export.export(export_run["run_dir"], export_dir, k=K, loaded_run=export_run["loaded"],
+                  verify=False)
   assert os.listdir(export_dir) == []

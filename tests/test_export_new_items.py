@@ -35,7 +35,8 @@ def test_single_tower_models_export(export_run, towers, tmp_path):
   assert tuple(module.item_matrix.shape) == (model.num_items, config.embedding_dim)
 
 
-def test_cold_start_items_with_a_zero_id_part_score_by_text_only_and_exclusion(export_run, tmp_path):
+def test_cold_start_items_with_a_zero_id_part_score_by_text_only_and_exclusion(export_run,
+                                                                              tmp_path):
   model, config, manifest, data_dir = export_run["loaded"]
   text_table = model.text_tower.item_encoder.text_table.numpy()
   twin = 5  # the new item "NEW-TWIN" has exactly item 5's text
@@ -82,7 +83,8 @@ def test_cold_start_items_with_a_zero_id_part_score_by_text_only_and_exclusion(e
   # a session holding a new item: text reads it (as its twin), ID skips it
   scores, _ = all_scores([11, 12, V])
   id_scores = model.id_tower(tf.constant(export_check.pad_sessions([[11, 12]], MAX_LEN)))[0, 1]
-  text_scores = model.text_tower(tf.constant(export_check.pad_sessions([[11, 12, twin]], MAX_LEN)))[0, 2]
+  text_window = export_check.pad_sessions([[11, 12, twin]], MAX_LEN)
+  text_scores = model.text_tower(tf.constant(text_window))[0, 2]
   expected = ALPHA * id_scores.numpy() + (1 - ALPHA) * text_scores.numpy()
   keep = np.ones(V, bool)
   keep[[0, 11, 12]] = False  # padding, and the excluded session items
