@@ -11,7 +11,7 @@ from typing import Tuple
 
 from data_tools.sessions import DataToolsError
 
-RAW_FORMATS = ("online_retail", "purchase_log", "amazon_m2", "recbole")
+RAW_FORMATS = ("online_retail", "purchase_log", "amazon_m2", "recbole", "rechorus")
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 TEXT_BACKENDS = ("sentence_transformers", "keras")
 

@@ -1,7 +1,7 @@
 """One reader per raw layout; each returns `data_tools.sessions.RawSessions`."""
 
 from data_tools.options import PrepareOptions
-from data_tools.readers import amazon_m2, purchase_log, recbole
+from data_tools.readers import amazon_m2, purchase_log, rechorus, recbole
 from data_tools.sessions import RawSessions
 
 READERS = {
@@ -9,6 +9,7 @@ READERS = {
     "purchase_log": purchase_log.read_purchase_log,
     "amazon_m2": amazon_m2.read_amazon_m2,
     "recbole": recbole.read_recbole,
+    "rechorus": rechorus.read_rechorus,
 }
 
 
