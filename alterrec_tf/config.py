@@ -101,6 +101,27 @@ _define("float", "text_temperature", 1.0,
 _define("enum", "augmentation_source", "partner", ["partner", "id"],
         "Where augmented positives come from (paper: partner; reference: always ID).")
 
+# --- levers of the mechanism study (issue 32); each default is the paper ------
+_define("enum", "softmax", "sampled", ["sampled", "full"],
+        "Each tower's loss: 'sampled' (paper, Eq. 8-9: softmax over the target and the "
+        "k2-k1 negatives) or 'full' (softmax over the whole catalogue; in hard phases "
+        "plus --hard_negative_weight times the sampled loss over the partner's negatives). "
+        "Not with --score_chunk_size.")
+_define("float", "hard_negative_weight", 1.0,
+        "--softmax=full: weight of the hard-negative term added in hard phases (0: the "
+        "full softmax alone, i.e. independent training).")
+_define("float", "hard_negative_gate", 0.0,
+        "Competence gate: a hard epoch of a tower uses its partner's negatives only if the "
+        "partner's last validation Hits@20 is at least this times the tower's own; else "
+        "uniform negatives (paper 0: always). E.g. 0.9.")
+_define("integer", "random_share_decay_epochs", 0,
+        "Anneal --random_negative_share linearly to 0 over this many hard epochs (counted "
+        "over both towers); 0: constant share (paper / reference code).")
+_define("float", "false_negative_cosine", 0.0,
+        "False-negative guard: drop a hard negative whose item text (the frozen SBERT "
+        "vectors) has at least this cosine with the target's (0: off, the paper). Needs "
+        "item text; not with --score_chunk_size.")
+
 # --- evaluation and operations -------------------------------------------------
 _define("enum", "seen_items", "auto", ["auto", "exclude", "keep"],
         "Items already in the prefix: 'exclude' scores them out (-1e9) in training "
@@ -197,6 +218,11 @@ class TrainConfig:
   random_negative_share: float = _default("random_negative_share")
   text_temperature: float = _default("text_temperature")
   augmentation_source: str = _default("augmentation_source")
+  softmax: str = _default("softmax")
+  hard_negative_weight: float = _default("hard_negative_weight")
+  hard_negative_gate: float = _default("hard_negative_gate")
+  random_share_decay_epochs: int = _default("random_share_decay_epochs")
+  false_negative_cosine: float = _default("false_negative_cosine")
   seen_items: str = _default("seen_items")
   score_chunk_size: int = _default("score_chunk_size")
   ks: tuple = _default("ks")
@@ -288,6 +314,18 @@ def check_flags(config: TrainConfig) -> None:
     value = getattr(config, name)
     _need(0.0 <= value <= 1.0, f"--{name}={value} must be in [0, 1]")
   _need(config.beta >= 0.0, f"--beta={config.beta} must be 0 or more")
+  for name in ("hard_negative_weight", "hard_negative_gate"):
+    value = getattr(config, name)
+    _need(value >= 0.0, f"--{name}={value} must be 0 or more")
+  _need(config.random_share_decay_epochs >= 0,
+        f"--random_share_decay_epochs={config.random_share_decay_epochs} must be 0 or more")
+  _need(0.0 <= config.false_negative_cosine <= 1.0,
+        f"--false_negative_cosine={config.false_negative_cosine} must be in [0, 1] (0: off)")
+  for name, on in (("softmax", config.softmax == "full"),
+                   ("false_negative_cosine", config.false_negative_cosine > 0.0)):
+    _need(not (on and config.score_chunk_size),
+          f"--{name}={getattr(config, name)} cannot be combined with --score_chunk_size="
+          f"{config.score_chunk_size} (it reads the [prefixes, items] score matrix)")
   _need(config.text_temperature > 0.0,
         f"--text_temperature={config.text_temperature} must be above 0")
   _need(bool(config.ks) and min(config.ks) >= 1,

@@ -90,7 +90,7 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False, verify_dat
       keras.callbacks.TensorBoard(os.path.join(config.run_dir, alter_runs.TENSORBOARD_DIR), write_graph=False),
   ]
   if model.tower_names:  # AlterRec and its ablations: Algorithm 1's phases
-    callbacks.insert(1, schedule.PhaseSchedule(config))
+    callbacks.insert(1, schedule.PhaseSchedule(config, lambda: evaluation_callback.history))
   steps = train_split.steps(config.batch_size)
   if config.loss_weighting == "prefix":  # every prefix weighs the same in every step
     model.prefixes_per_batch = train_split.num_examples / max(steps, 1)

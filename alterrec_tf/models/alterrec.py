@@ -80,6 +80,18 @@ class AlterRec(keras.Model):
                                          aggregation="only_first_replica")
     self.train_steps = keras.Variable(0, dtype="int64", trainable=False, name="train_steps",
                                       aggregation="only_first_replica")
+    # The uniform share of hard-phase negatives, annealed by `PhaseSchedule`
+    # when settings.random_share_decay_epochs > 0 (else the static share).
+    # (created only then: without it the model's variables are those of earlier runs)
+    self.random_share = None
+    if settings.random_share_decay_epochs:
+      self.random_share = keras.Variable(settings.random_negative_share, dtype="float32",
+                                         trainable=False, name="random_share",
+                                         aggregation="only_first_replica")
+    self._unit_text = None  # [V, text_dim] L2-normalised SBERT rows (false-negative guard)
+    if settings.false_negative_cosine > 0.0 and text_embeddings is not None:
+      table = tf.convert_to_tensor(text_embeddings, tf.float32)
+      self._unit_text = tf.math.l2_normalize(table, axis=1)
     self._replicated = tf.distribute.has_strategy()  # built in a strategy's scope
     self.id_optimizer = keras.optimizers.Adam(settings.learning_rate, name="id_adam")
     self.text_optimizer = keras.optimizers.Adam(settings.learning_rate, name="text_adam")
@@ -177,8 +189,15 @@ class AlterRec(keras.Model):
       if num_augmented and source != partner_name:
         augmented_ids = self._frozen_top_k(source, item_ids, positions, num_augmented,
                                            sorted_list=True)[1]
-      hard_ids = alter_negatives.mix_negatives(hard_ids, seed, cfg.random_negative_share,
-                                               self.num_items)
+      if self._unit_text is not None:
+        hard_ids = alter_negatives.drop_close_negatives(
+            hard_ids, targets, self._unit_text, cfg.false_negative_cosine)
+      if cfg.random_share_decay_epochs:
+        hard_ids = alter_negatives.mix_negatives_dynamic(hard_ids, seed, self.random_share,
+                                                         self.num_items)
+      else:
+        hard_ids = alter_negatives.mix_negatives(hard_ids, seed, cfg.random_negative_share,
+                                                 self.num_items)
       return hard_ids, augmented_ids
 
     return tf.cond(self.hard_negatives > 0, hard_signal, random_signal)
@@ -227,6 +246,15 @@ class AlterRec(keras.Model):
         loss = alter_negatives.sampled_softmax_loss_from_logits(
             target_logits, targets, negative_logits, negative_ids, augmented_logits,
             augmented_ids, self.settings.beta, self.prefixes_per_batch)
+      elif self.settings.softmax == "full":
+        logits = scoring.heads_over_items(self, queries, tables, seen)[name]
+        loss = alter_negatives.full_softmax_loss(logits, targets, self.prefixes_per_batch)
+        if self.settings.hard_negative_weight and self.partner_of(name) is not None:
+          hard_term = alter_negatives.sampled_softmax_loss(
+              logits, targets, negative_ids, augmented_ids, self.settings.beta,
+              self.prefixes_per_batch)
+          loss += (self.settings.hard_negative_weight
+                   * tf.cast(self.hard_negatives, loss.dtype) * hard_term)
       else:
         logits = scoring.heads_over_items(self, queries, tables, seen)[name]
         loss = alter_negatives.sampled_softmax_loss(

@@ -100,6 +100,54 @@ def mix_negatives(hard_negative_ids, seed, random_share: float, num_items: int):
   return tf.concat([subset, random_ids], axis=1)
 
 
+def mix_negatives_dynamic(hard_negative_ids, seed, random_share, num_items: int):
+  """`mix_negatives` with the share a tensor (annealed during training).
+
+  round(random_share * K) of the K slots hold uniform items, the others a
+  uniformly random subset of the hard negatives; the count may change between
+  steps without retracing.
+
+  Args:
+    hard_negative_ids: int32 [P, K].
+    seed: int32 [2] stateless seed.
+    random_share: float scalar tensor in [0, 1].
+    num_items: catalogue size including padding.
+
+  Returns:
+    int32 [P, K].
+  """
+  count = hard_negative_ids.shape[1]
+  rows = tf.shape(hard_negative_ids)[0]
+  num_random = tf.cast(tf.round(tf.cast(random_share, tf.float32) * count), tf.int32)
+  noise = tf.random.stateless_uniform([rows, count], seed=seed)
+  shuffled = tf.gather(hard_negative_ids, tf.math.top_k(noise, k=count).indices,
+                       batch_dims=1)
+  random_ids = uniform_negatives(seed + 1, rows, count, num_items)
+  is_hard = tf.range(count)[None, :] < count - num_random
+  return tf.where(is_hard, shuffled, random_ids)
+
+
+def drop_close_negatives(negative_ids, target_ids, unit_text, min_cosine: float):
+  """The false-negative guard: negatives whose text is too close to the target's
+  become padding (id 0, whose logit is -1e9, so they add nothing to the loss).
+
+  Args:
+    negative_ids: int [P, K].
+    target_ids: int [P].
+    unit_text: float [V, t] L2-normalised item text vectors (padding row any).
+    min_cosine: a negative with cosine(text of target, text of negative) >= this
+      is dropped.
+
+  Returns:
+    int32 [P, K].
+  """
+  negative_ids = tf.cast(negative_ids, tf.int32)
+  cosines = tf.matmul(tf.gather(unit_text, tf.cast(target_ids, tf.int32)), unit_text,
+                      transpose_b=True)  # [P, V]
+  close = tf.gather(cosines, negative_ids, batch_dims=1) >= min_cosine
+  return tf.where(close, tf.zeros_like(negative_ids), negative_ids)
+
+
 def reduce_prefix_losses(per_prefix, prefixes_per_batch=None):
   """Batch loss from per-prefix losses [P]: their mean, or (with
   `prefixes_per_batch`, a constant of the split) their sum divided by it, so

@@ -37,6 +37,12 @@ class ModelSettings:
     text_temperature: divisor of the text scores.
     augmentation_source: "partner" or "id".
     seen_items: "exclude" or "keep" (resolved; never "auto" in a built model).
+    softmax: "sampled" (paper) or "full" (whole catalogue, plus a hard term).
+    hard_negative_weight: weight of that hard term (softmax "full").
+    false_negative_cosine: drop hard negatives this close to the target by
+      text cosine (0: off).
+    random_share_decay_epochs: anneal random_negative_share to 0 over this
+      many hard epochs (0: constant; the share is then a static count).
     score_chunk_size: items scored at once (0: the whole catalogue).
   """
 
@@ -64,6 +70,10 @@ class ModelSettings:
   augmentation_source: str
   seen_items: str
   score_chunk_size: int
+  softmax: str
+  hard_negative_weight: float
+  false_negative_cosine: float
+  random_share_decay_epochs: int
 
   @classmethod
   def of(cls, config: Any) -> "ModelSettings":

@@ -1,9 +1,15 @@
 """Algorithm 1's schedule: which tower trains in each epoch, with which negatives,
-and (reference-code option) each tower's learning-rate decay."""
+and the levers of the mechanism study: a competence gate on the partner, an
+annealed uniform share and (reference-code option) each tower's learning-rate
+decay."""
+
+from typing import Callable, List, Optional
 
 import keras
 
 from alterrec_tf.models.alterrec import ID_PHASE, TEXT_PHASE
+
+GATE_METRIC = "hits@20"
 
 
 def phase_for_epoch(epoch: int, config, tower_names):
@@ -23,19 +29,67 @@ def phase_for_epoch(epoch: int, config, tower_names):
   return (ID_PHASE if turn < config.m_gap else TEXT_PHASE), 1
 
 
+def partner_is_competent(history: List[dict], phase: int, gate: float) -> bool:
+  """The competence gate: True when the partner of the tower of `phase` had a
+  last validation Hits@20 of at least `gate` times the tower's own.
+
+  Args:
+    history: the run's epoch records so far (`EpochEvaluation.history`), with
+      "valid/<tower>/hits@20".
+    phase: ID_PHASE or TEXT_PHASE, the tower about to train.
+    gate: the ratio (0: always competent, the paper).
+  """
+  if gate <= 0.0:
+    return True
+  if not history:
+    return False
+  own, partner = ("id", "text") if phase == ID_PHASE else ("text", "id")
+  last = history[-1]
+  own_score = last.get(f"valid/{own}/{GATE_METRIC}")
+  partner_score = last.get(f"valid/{partner}/{GATE_METRIC}")
+  if own_score is None or partner_score is None:
+    return False
+  return partner_score >= gate * own_score
+
+
+def random_share_at(hard_epochs_before: int, config) -> float:
+  """The uniform share of a hard epoch after `hard_epochs_before` hard epochs:
+  `random_negative_share`, falling linearly to 0 over `random_share_decay_epochs`."""
+  if not config.random_share_decay_epochs:
+    return config.random_negative_share
+  left = max(0.0, 1.0 - hard_epochs_before / config.random_share_decay_epochs)
+  return config.random_negative_share * left
+
+
 class PhaseSchedule(keras.callbacks.Callback):
   """Sets the model's phase variables (no retracing) and, optionally, decays each
-  tower's learning rate by `lr_decay` every `lr_decay_epochs_*` epochs it trained."""
+  tower's learning rate by `lr_decay` every `lr_decay_epochs_*` epochs it trained.
 
-  def __init__(self, config):
+  Args:
+    config: the run's `TrainConfig`.
+    history: returns the epoch records so far (for the competence gate,
+      `config.hard_negative_gate`); None: no gate.
+  """
+
+  def __init__(self, config, history: Optional[Callable[[], List[dict]]] = None):
     super().__init__()
     self.config = config
+    self.history = history
+    self._gated = 0.0
 
   def on_epoch_begin(self, epoch, logs=None):
     model = self.model
     phase, hard = phase_for_epoch(epoch, self.config, model.tower_names)
+    self._gated = 0.0
+    if hard and self.history is not None and not partner_is_competent(
+        self.history(), phase, self.config.hard_negative_gate):
+      hard, self._gated = 0, 1.0
     model.phase.assign(phase)
     model.hard_negatives.assign(hard)
+    if getattr(model, "random_share", None) is not None:
+      hard_before = sum(phase_for_epoch(e, self.config, model.tower_names)[1]
+                        for e in range(epoch))
+      model.random_share.assign(random_share_at(hard_before, self.config))
     for name, every in (("id", self.config.lr_decay_epochs_id),
                         ("text", self.config.lr_decay_epochs_text)):
       if name not in model.tower_names:
@@ -50,7 +104,9 @@ class PhaseSchedule(keras.callbacks.Callback):
     if logs is not None:
       logs["phase"] = float(self.model.phase.numpy())
       logs["hard_negatives"] = float(self.model.hard_negatives.numpy())
+      if self.config.hard_negative_gate > 0.0:
+        logs["gated"] = self._gated
+      if getattr(self.model, "random_share", None) is not None:
+        logs["random_share"] = float(self.model.random_share.numpy())
       for name in self.model.tower_names:
         logs[f"lr_{name}"] = float(self.model.optimizer_of(name).learning_rate.numpy())
-
-

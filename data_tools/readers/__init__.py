@@ -1,7 +1,7 @@
 """One reader per raw layout; each returns `data_tools.sessions.RawSessions`."""
 
 from data_tools.options import PrepareOptions
-from data_tools.readers import amazon_m2, purchase_log, rechorus, recbole
+from data_tools.readers import amazon_m2, purchase_log, recbole, rechorus
 from data_tools.sessions import RawSessions
 
 READERS = {

@@ -1,0 +1,138 @@
+"""The mechanism study of issue 32: the partner's hard negatives (AlterRec)
+against as many uniform negatives (AlterRec_random) as the ratio of negatives to
+catalogue changes, and with each lever.
+
+  python benchmarks/mechanism_study.py --flagfile=configs/amazon_office.flags \
+      --data_dir=data/amazon_office --study_dir=benchmarks/study_runs/amazon_office \
+      --cells=neg800,neg50,full,single --seeds=0,1,2 --workers=2 \
+      --text_temperature=10 --m_max=20
+
+Each cell is one `alterrec_tf.experiments` grid (AlterRec and AlterRec_random, or
+the cell's models, x seeds) in study_dir/<cell>/, trained with the flagfile's
+settings plus the cell's flags. Seeds go in the outer loop (every cell at seed 0
+first), and `experiments` skips finished runs and resumes killed ones, so
+re-running the command after an interruption finishes the study. Run it from a
+checkout you do not edit meanwhile (autograph re-reads source files).
+
+`--summarize` only reads the runs: per cell and model, the test metrics (mean
+and sample standard deviation over the seeds present), the best epoch, the
+seconds, and each network's validation Hits@20 after every epoch (the curves by
+phase), as a Markdown table (stdout) and study_dir/summary.json.
+"""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from typing import Dict, List
+
+from absl import flags
+
+# Cell -> (models, extra training flags). k1 = 6 everywhere (the flagfile's),
+# so k2 = 6 + negatives.
+CELLS: Dict[str, tuple] = {
+    "neg800": (("alterrec", "alterrec_random"), ["--k2=806"]),
+    "neg200": (("alterrec", "alterrec_random"), ["--k2=206"]),
+    "neg50": (("alterrec", "alterrec_random"), ["--k2=56"]),
+    "full": (("alterrec", "alterrec_random"), ["--k2=806", "--softmax=full"]),
+    "neg800_t1": (("alterrec", "alterrec_random"), ["--k2=806", "--text_temperature=1"]),
+    "neg800_pure": (("alterrec",), ["--k2=806", "--random_negative_share=0"]),
+    "neg800_anneal": (("alterrec",), ["--k2=806", "--random_share_decay_epochs=8"]),
+    "neg800_gate": (("alterrec",), ["--k2=806", "--hard_negative_gate=0.9"]),
+    "neg800_guard": (("alterrec",), ["--k2=806", "--false_negative_cosine=0.8"]),
+    "single": (("id_only", "text_only"), []),
+}
+METRICS = ("hits@10", "hits@20", "ndcg@10", "ndcg@20")
+
+flags.DEFINE_string("study_dir", "benchmarks/study_runs/study", "Folder of the study's runs.")
+flags.DEFINE_list("cells", ["neg800", "neg200", "neg50", "full"],
+                  f"Cells to run, of {', '.join(CELLS)}.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
+flags.DEFINE_integer("workers", 2, "Worker processes of each cell's grid.")
+flags.DEFINE_boolean("summarize", False, "Only summarize the runs in study_dir.")
+FLAGS = flags.FLAGS
+
+
+def _cell_command(cell: str, seed: str, passthrough: List[str]) -> List[str]:
+  models, extra = CELLS[cell]
+  root = os.path.join(FLAGS.study_dir, cell)
+  return ([sys.executable, "-m", "alterrec_tf.experiments", *passthrough,
+           f"--models={','.join(models)}", f"--seeds={seed}", f"--runs_dir={root}",
+           f"--report_dir={os.path.join(root, 'report')}", f"--workers={FLAGS.workers}",
+           "--verbose=0", *extra])
+
+
+def _runs(cell: str) -> Dict[str, List[dict]]:
+  """{model: [{seed, results, history}]} of one cell's finished runs."""
+  found: Dict[str, List[dict]] = {}
+  root = os.path.join(FLAGS.study_dir, cell)
+  for model in CELLS[cell][0]:
+    model_dir = os.path.join(root, model)
+    if not os.path.isdir(model_dir):
+      continue
+    for seed_dir in sorted(os.listdir(model_dir)):
+      results_file = os.path.join(model_dir, seed_dir, "results.json")
+      if not os.path.isfile(results_file):
+        continue
+      with open(results_file, encoding="utf-8") as f:
+        results = json.load(f)
+      with open(os.path.join(model_dir, seed_dir, "history.json"), encoding="utf-8") as f:
+        history = json.load(f)
+      found.setdefault(model, []).append({"seed": seed_dir, "results": results,
+                                          "history": history})
+  return found
+
+
+def _mean_sd(values: List[float]) -> str:
+  if len(values) == 1:
+    return f"{100 * values[0]:.2f}"
+  return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
+
+
+def summarize() -> dict:
+  """Prints the study's table and curves; returns them (also summary.json)."""
+  summary: Dict[str, dict] = {}
+  print("| cell | model | seeds | " + " | ".join(METRICS) + " | best epochs | s/run |")
+  print("|---|---|---|" + "---|" * (len(METRICS) + 2))
+  for cell in CELLS:
+    for model, runs in _runs(cell).items():
+      tests = {m: [run["results"]["test"]["fused"][m] for run in runs] for m in METRICS}
+      epochs = [run["results"]["best_epoch"] for run in runs]
+      seconds = [run["results"].get("wall_seconds_this_process", 0.0) for run in runs]
+      curves = {run["seed"]: {head: [round(100 * e[f"valid/{head}/hits@20"], 2)
+                                     for e in run["history"] if f"valid/{head}/hits@20" in e]
+                              for head in ("id", "text", "fused")} for run in runs}
+      summary.setdefault(cell, {})[model] = {
+          "seeds": [run["seed"] for run in runs], "test": tests, "best_epochs": epochs,
+          "seconds": seconds, "valid_hits20_curves": curves}
+      print(f"| {cell} | {model} | {len(runs)} | "
+            + " | ".join(_mean_sd(tests[m]) for m in METRICS)
+            + f" | {','.join(map(str, epochs))} | {statistics.mean(seconds):.0f} |")
+  with open(os.path.join(FLAGS.study_dir, "summary.json"), "w", encoding="utf-8") as f:
+    json.dump(summary, f, indent=1, sort_keys=True)
+  return summary
+
+
+OWN_FLAGS = ("--study_dir", "--cells", "--seeds", "--workers", "--summarize",
+             "--nosummarize")
+
+
+def main(argv: List[str]) -> None:
+  """Runs the cells (every flag not of this script goes to `experiments`)."""
+  passthrough = [arg for arg in argv[1:] if not arg.startswith(OWN_FLAGS)]
+  unknown = [cell for cell in FLAGS.cells if cell not in CELLS]
+  if unknown:
+    sys.exit(f"error: unknown cells {unknown}; known: {', '.join(CELLS)}")
+  del argv
+  if not FLAGS.summarize:
+    for seed in FLAGS.seeds:
+      for cell in FLAGS.cells:
+        print(f"== {cell} seed {seed}", flush=True)
+        subprocess.run(_cell_command(cell, seed, passthrough), check=True)
+  summarize()
+
+
+if __name__ == "__main__":
+  FLAGS(sys.argv[:1] + [arg for arg in sys.argv[1:] if arg.startswith(OWN_FLAGS)])
+  main(sys.argv)
