@@ -38,7 +38,7 @@ $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[data,text,report,dev]'
+	$(PY) -m pip install -q -e '.[data,text,report,tune,dev]'
 	touch $@
 
 # apache-beam (data_tools.beam_prepare and its test) only where the tests run:

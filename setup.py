@@ -47,6 +47,8 @@ setup(
         "beam": ["apache-beam>=2.77,<3"],
         # alterrec_tf.experiments / report figures (tables are written without it).
         "report": ["matplotlib>=3.8"],
+        # alterrec_tf.tune: one Optuna study per model, stored in SQLite.
+        "tune": ["optuna>=4.0"],
         # gRPC warm-up requests for TF Serving (alterrec_tf.serving.warmup).
         "serving": ["tensorflow-serving-api~=2.21.0"],
         "dev": ["pytest>=8", "pytest-xdist>=3.5", "tensorflow-serving-api~=2.21.0",
@@ -61,6 +63,7 @@ setup(
             "alterrec-recommend=alterrec_tf.recommend:run",
             "alterrec-experiments=alterrec_tf.experiments:run",
             "alterrec-alpha-sweep=alterrec_tf.alpha_sweep:run",
+            "alterrec-tune=alterrec_tf.tune:run",
         ],
     },
 )

@@ -28,7 +28,8 @@ from alterrec_tf import runs as alter_runs
 TEST_WINDOW_STRIDE = 1  # test prefixes see exactly their last max_len items
 
 
-def train(config, data_dir=None, run_dir=None, save_test_ranks=False, verify_data=True):
+def train(config, data_dir=None, run_dir=None, save_test_ranks=False, verify_data=True,
+          rank_test=True):
   """Trains `config.model` and returns the results dict (also written to disk).
 
   Test metrics are those of the epoch with the best validation Hits@20: read
@@ -42,6 +43,8 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False, verify_dat
       epoch to run_dir/test_ranks.npz (`rank_test_split`).
     verify_data: check every file of the dataset against its manifest hash
       before anything is built (`schema.verify_dataset`; once per process).
+    rank_test: False: never rank the test split (tuning trials choose on
+      validation only; results.json then has no test figures).
 
   Returns:
     {"best_epoch", "valid", "test", "history_file", ...}.
@@ -72,6 +75,8 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False, verify_dat
 
   keras.utils.set_random_seed(config.seed)
   train_split, valid_split, test_split = _load_splits(config, manifest)
+  if not rank_test:
+    test_split = None
 
   with placement.strategy.scope():  # variables (optimizers' too) replicated
     model = models.build_model(config, manifest, text_embeddings,

@@ -80,7 +80,7 @@ class EpochEvaluation(keras.callbacks.Callback):
     for key, value in logs.items():
       record[f"train/{key}"] = float(value)
     splits = [("valid", self.valid)]
-    if self.config.test_every_epoch:
+    if self.config.test_every_epoch and self.test is not None:
       splits.append(("test", self.test))
     for split_name, split in splits:
       for head, values in self._evaluate(split).items():

@@ -1,0 +1,88 @@
+"""alterrec_tf.tune: equal budgets, validation only, resumable studies on disk."""
+
+import json
+import os
+
+import pytest
+
+from alterrec_tf.config import TrainConfig
+from alterrec_tf.train import train
+from alterrec_tf.training import tuning
+from tests.test_training import dataset, tiny_config  # noqa: F401  (the module fixture)
+
+
+def test_every_model_gets_the_shared_knobs_plus_its_own():
+  for model in tuning.TUNABLE:
+    space = tuning.search_space(model, catalogue=5000, k1=6)
+    assert {name: space[name] for name in tuning.SHARED_KNOBS} == tuning.SHARED_KNOBS
+  assert set(tuning.search_space("alterrec", 5000, 6)) - set(tuning.SHARED_KNOBS) == {
+      "negatives", "text_temperature"}
+  # negatives never reach the catalogue: k1 + negatives < items
+  assert tuning.search_space("alterrec_random", 250, 6)["negatives"] == (50, 200)
+  with pytest.raises(ValueError, match="cannot tune"):
+    tuning.search_space("session_knn", 5000, 6)
+
+
+def _fake_trainer(calls):
+  def train_fn(config, rank_test):
+    assert rank_test is False
+    calls.append(config)
+    value = config.learning_rate * 100 + config.dropout + config.k2 / 1e4
+    return {"valid": {"fused": {"hits@20": value}}, "best_epoch": 3,
+            "wall_seconds_this_process": 1.5}
+  return train_fn
+
+
+def test_study_runs_its_budget_resumes_and_writes_the_best_flags(tmp_path):
+  base = TrainConfig(k1=6, k2=806)
+  budget = tuning.TuningBudget(trials=4, max_epochs=7, patience=2)
+  calls = []
+  record = tuning.tune_model(base, "alterrec", 3000, str(tmp_path / "alterrec"), budget,
+                             _fake_trainer(calls), log=lambda line: None)
+  assert len(calls) == 4 and record["trials"] == 4
+  assert all(c.m_max == 7 and c.early_stopping_patience == 2 and not c.test_every_epoch
+             for c in calls)
+  assert all(c.k2 - c.k1 in tuning.NEGATIVES for c in calls)
+  best = max(calls, key=lambda c: c.learning_rate * 100 + c.dropout + c.k2 / 1e4)
+  assert record["best_params"]["learning_rate"] == best.learning_rate
+  flags = (tmp_path / "alterrec" / "best.flags").read_text().split()
+  assert f"--k2={best.k2}" in flags and "--model=alterrec" in flags
+  assert json.loads((tmp_path / "alterrec" / "best.json").read_text())["trials"] == 4
+  # the same command again trains nothing; a larger budget trains only the extra trials
+  tuning.tune_model(base, "alterrec", 3000, str(tmp_path / "alterrec"), budget,
+                    _fake_trainer(calls), log=lambda line: None)
+  assert len(calls) == 4
+  tuning.tune_model(base, "alterrec", 3000, str(tmp_path / "alterrec"),
+                    tuning.TuningBudget(trials=6, max_epochs=7, patience=2),
+                    _fake_trainer(calls), log=lambda line: None)
+  assert len(calls) == 6
+  assert "| alterrec | 6 | 7 |" in tuning.budget_table([json.loads(
+      (tmp_path / "alterrec" / "best.json").read_text())])
+
+
+def test_a_trial_never_ranks_the_test_split(dataset, tmp_path):  # noqa: F811
+  config = tiny_config(dataset, str(tmp_path / "trial"), m_max=2, test_every_epoch=False)
+  results = train(config, rank_test=False)
+  assert results["test"] == {} and results["valid"]["fused"]["hits@20"] >= 0.0
+  history = json.loads((tmp_path / "trial" / "history.json").read_text())
+  assert not any(key.startswith("test/") for record in history for key in record)
+  assert not os.path.exists(tmp_path / "trial" / "test_ranks.npz")
+
+
+def test_a_trial_left_running_by_a_kill_is_retried_with_its_parameters(tmp_path):
+  import optuna  # pylint: disable=g-import-not-at-top
+  study_dir = str(tmp_path / "text_only")
+  base, budget = TrainConfig(k1=6, k2=806), tuning.TuningBudget(2, 5, 2)
+  calls = []
+  tuning.tune_model(base, "text_only", 3000, study_dir, tuning.TuningBudget(1, 5, 2),
+                    _fake_trainer(calls), log=lambda line: None)
+  study = optuna.load_study(study_name="text_only",
+                            storage=f"sqlite:///{os.path.join(study_dir, 'study.db')}")
+  killed = study.ask({name: optuna.distributions.CategoricalDistribution(list(values))
+                      for name, values in tuning.search_space("text_only", 3000, 6).items()})
+  tuning.tune_model(base, "text_only", 3000, study_dir, budget, _fake_trainer(calls),
+                    log=lambda line: None)
+  assert len(calls) == 2
+  assert (calls[-1].learning_rate, calls[-1].dropout, calls[-1].text_temperature) == (
+      killed.params["learning_rate"], killed.params["dropout"],
+      killed.params["text_temperature"])
