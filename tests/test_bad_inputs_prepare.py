@@ -115,3 +115,30 @@ def test_norequire_text_counts_the_items_without_text(tmp_path):
   assert manifest["num_items_without_text"] == 3
   required = prepare(raw, tmp_path / "refused", "--text_fields=title", "--require_text")
   error_line(required, "has no text in title", "3 such item(s)", "--norequire_text")
+
+
+# --- data_tools.embed_items (issue 34) --------------------------------------------------------
+def embed_items(*args):
+  return subprocess.run([sys.executable, "-m", "data_tools.embed_items", *map(str, args)],
+                        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300,
+                        check=False)
+
+
+def test_embed_items_names_the_catalogue_row_of_an_item_without_text(tmp_path):
+  catalog = tmp_path / "new_items.csv"
+  pd.DataFrame({"id": ["N1", "N2", "N3"], "title": ["red mug", "", "blue lamp"]}).to_csv(
+      catalog, index=False)
+  out = embed_items(f"--catalog={catalog}", f"--output={tmp_path / 'out'}",
+                    "--text_fields=title")
+  line = error_line(out, f"{catalog}, row 2: item 'N2' has no text in title",
+                    "1 such item(s)", "add it to the catalogue")
+  assert "--norequire_text" not in line and "--require_text" not in line  # not its flags
+  assert not (tmp_path / "out").exists()
+
+
+def test_embed_items_flags_go_through_the_one_error_path(tmp_path):
+  out = embed_items(f"--output={tmp_path / 'out'}")
+  error_line(out, "--catalog and --output are required")
+  out = embed_items(f"--catalog={tmp_path / 'missing.csv'}", f"--output={tmp_path / 'out'}")
+  error_line(out, str(tmp_path / "missing.csv"))
+  assert not (tmp_path / "out").exists()
