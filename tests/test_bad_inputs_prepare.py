@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from alterrec_tf.formats import schema
 
@@ -142,3 +143,27 @@ def test_embed_items_flags_go_through_the_one_error_path(tmp_path):
   out = embed_items(f"--catalog={tmp_path / 'missing.csv'}", f"--output={tmp_path / 'out'}")
   error_line(out, str(tmp_path / "missing.csv"))
   assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_raw_path_is_named_before_reading(tmp_path):
+  from data_tools.options import PrepareOptions  # pylint: disable=g-import-not-at-top
+  from data_tools.sessions import DataToolsError  # pylint: disable=g-import-not-at-top
+  missing = str(tmp_path / "no_such.csv")
+  with pytest.raises(DataToolsError, match=f"--raw_path={missing}: no such file or folder"):
+    PrepareOptions(raw_path=missing, output_dir="out").check_raw_path()
+  (tmp_path / "shop.train.inter").write_text("")
+  PrepareOptions(raw_path=str(tmp_path / "shop"), output_dir="out").check_raw_path()  # prefix
+  PrepareOptions(raw_path=str(tmp_path), output_dir="out").check_raw_path()
+
+
+def test_beam_prepare_refuses_a_missing_raw_path_before_the_pipeline(tmp_path):
+  pytest.importorskip("apache_beam")  # (an extra: make test installs it)
+  missing = tmp_path / "no_such.csv"
+  out = subprocess.run([sys.executable, "-m", "data_tools.beam_prepare",
+                        "--raw_format=online_retail", f"--raw_path={missing}",
+                        f"--output_dir={tmp_path / 'prepared'}", "--text_fields="],
+                       cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300,
+                       check=False)
+  error_line(out, f"--raw_path={missing}", "no such file or folder")
+  assert "apache_beam" not in out.stderr, out.stderr[-3000:]  # no Beam stack above it
+  assert sorted(os.listdir(tmp_path)) == []
