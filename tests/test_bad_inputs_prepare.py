@@ -167,3 +167,23 @@ def test_beam_prepare_refuses_a_missing_raw_path_before_the_pipeline(tmp_path):
   error_line(out, f"--raw_path={missing}", "no such file or folder")
   assert "apache_beam" not in out.stderr, out.stderr[-3000:]  # no Beam stack above it
   assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_online_retail_without_a_price_column_says_the_price_cleaning_was_skipped(tmp_path):
+  raw = retail_csv(tmp_path / "retail.csv")
+  table = pd.read_csv(raw, dtype=str)
+  table.loc[3, "UnitPrice"] = "0"  # a stock adjustment: dropped with the column, kept without
+  table.drop(columns=["UnitPrice"]).to_csv(tmp_path / "no_price.csv", index=False)
+  table.to_csv(raw, index=False)
+  out = prepare(tmp_path / "no_price.csv", tmp_path / "prepared")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert (f"warning: {tmp_path / 'no_price.csv'}: skipped: no UnitPrice / Price column, so "
+          "lines with price <= 0") in out.stderr
+  cleaning = schema.load_manifest(str(tmp_path / "prepared"))["filters"]["cleaning"]
+  assert cleaning["non_positive_price"].startswith("skipped: no UnitPrice / Price column")
+  assert "rows_dropped_non_positive_price" not in cleaning
+  with_price = prepare(raw, tmp_path / "with_price")
+  assert with_price.returncode == 0 and "UnitPrice / Price" not in with_price.stderr
+  cleaning = schema.load_manifest(str(tmp_path / "with_price"))["filters"]["cleaning"]
+  assert cleaning["rows_dropped_non_positive_price"] == 1
+  assert "non_positive_price" not in cleaning
