@@ -15,6 +15,9 @@ import pandas as pd
 import pytest
 
 from alterrec_tf.formats import schema
+from data_tools.options import PrepareOptions
+from data_tools.sessions import DataToolsError
+from tests.test_data_tools_recbole import _sequences, write_unisrec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -146,8 +149,6 @@ def test_embed_items_flags_go_through_the_one_error_path(tmp_path):
 
 
 def test_a_missing_raw_path_is_named_before_reading(tmp_path):
-  from data_tools.options import PrepareOptions  # pylint: disable=g-import-not-at-top
-  from data_tools.sessions import DataToolsError  # pylint: disable=g-import-not-at-top
   missing = str(tmp_path / "no_such.csv")
   with pytest.raises(DataToolsError, match=f"--raw_path={missing}: no such file or folder"):
     PrepareOptions(raw_path=missing, output_dir="out").check_raw_path()
@@ -187,3 +188,21 @@ def test_online_retail_without_a_price_column_says_the_price_cleaning_was_skippe
   cleaning = schema.load_manifest(str(tmp_path / "with_price"))["filters"]["cleaning"]
   assert cleaning["rows_dropped_non_positive_price"] == 1
   assert "non_positive_price" not in cleaning
+
+
+def test_an_empty_or_missing_item2index_is_reported_as_such(tmp_path):
+  folder, _ = write_unisrec(tmp_path, _sequences())
+  item_map = os.path.join(folder, "Mini.item2index")
+  open(item_map, "w", encoding="utf-8").close()
+  args = ["--raw_format=recbole", f"--raw_path={folder}", "--text_fields=", "--num_shards=1"]
+  out = subprocess.run([sys.executable, "-m", "data_tools.prepare", *args,
+                        f"--output_dir={tmp_path / 'prepared'}"], cwd=REPO, env=ENV,
+                       capture_output=True, text=True, timeout=300, check=False)
+  error_line(out, f"{item_map}: the file is empty", "original_id<TAB>index")
+  os.remove(item_map)
+  out = subprocess.run([sys.executable, "-m", "data_tools.prepare", *args,
+                        "--text_keys=original", f"--output_dir={tmp_path / 'prepared'}"],
+                       cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300,
+                       check=False)
+  error_line(out, f"{item_map}: no such file", "--text_keys=original")
+  assert not (tmp_path / "prepared").exists()
