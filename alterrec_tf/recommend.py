@@ -107,7 +107,7 @@ def load_export(version_dir: str):
     CommandError: the SavedModel is damaged (a cut saved_model.pb, a missing
       or cut variables/): one line naming what TensorFlow could not read.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   try:
     return tf.saved_model.load(version_dir)
   except (OSError, ValueError, tf.errors.OpError) as error:

@@ -26,6 +26,8 @@ import shutil
 import subprocess
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
+
 from alterrec_tf import config as alter_config
 
 CONFIG_FILE = "config.json"
@@ -229,8 +231,6 @@ def check_figures(run_dir: str, hint: str = DAMAGED_ARCHIVE_HINT) -> int:
     RunFileError: naming the file and the metric that disagree (or cannot be
       recomputed).
   """
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
   results_path = os.path.join(run_dir, RESULTS_FILE)
   ranks_path = os.path.join(run_dir, TEST_RANKS_FILE)
   results = read_json(results_path, hint)
@@ -277,7 +277,6 @@ def check_figures(run_dir: str, hint: str = DAMAGED_ARCHIVE_HINT) -> int:
 def _metric_of_ranks(ranks, kind: str, k: int) -> float:
   """Hits@k, NDCG@k or MRR@k of 1-based ranks (numpy, as
   `training.evaluation.metrics_from_ranks`, without loading TensorFlow)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
   ranks = np.asarray(ranks, dtype=np.float64)
   if not ranks.size:
     return 0.0

@@ -23,6 +23,7 @@ import os
 from typing import List, Optional, Sequence
 
 import numpy as np
+from absl import app, flags
 
 from alterrec_tf import cli
 from alterrec_tf.formats import new_items as alter_new_items
@@ -118,7 +119,6 @@ def check_text(texts, fields: Sequence[str], rows, catalog: str) -> None:
 
 
 def define_flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("catalog", None, "CSV/TSV/Parquet of the new items: an id column "
                       "and the text fields.")
   flags.DEFINE_string("output", None, "Folder to write the new-item table to.")
@@ -139,7 +139,6 @@ def define_flags():
 
 
 def main(argv: List[str]):
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   values = flags.FLAGS

@@ -336,7 +336,7 @@ def test_run_files_are_written_through_a_rename(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_saved_model(shared_dir):
   """A SavedModel folder as recommend finds one (a version with its vocabulary)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   module = tf.Module()
   module.v = tf.Variable([1.0, 2.0])
   module.f = tf.function(lambda x: x * module.v, input_signature=[tf.TensorSpec([2])])
@@ -365,7 +365,7 @@ def test_recommend_on_a_damaged_export_names_it_and_says_export_again(
 
 
 def test_tensorflow_not_found_errors_are_io_errors():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   error = tf.errors.NotFoundError(None, None, "/x/variables.index; No such file or directory")
   assert cli.describe(error) == ("/x/variables.index; No such file or directory; "
                                  "check the path")
