@@ -469,3 +469,13 @@ def test_experiments_cli_refuses_a_damaged_archive_or_run_in_one_line(tmp_path, 
   assert len(lines) == 1 and lines[0].startswith(f"error: {bad}"), out.stderr[-3000:]
   assert all(word in lines[0] for word in words), lines[0]
   assert sorted(str(p) for p in tmp_path.rglob("*")) == listing  # nothing copied or trained
+
+
+def test_the_report_names_a_cut_history_json(tmp_path):
+  run_dir = archived_run(tmp_path / "runs", "sasrec")
+  history = os.path.join(run_dir, alter_runs.HISTORY_FILE)
+  alter_runs.write_json_atomic(history, [{"epoch": 1, "train_seconds": 1.0}] * 20)
+  with open(history, "r+b") as f:
+    f.truncate(os.path.getsize(history) // 2)
+  with pytest.raises(alter_runs.RunFileError, match=f"{history} is damaged .*--overwrite"):
+    report.load_runs(str(tmp_path / "runs"), seeds=[0])
