@@ -93,6 +93,8 @@ def run_sweep(run_dir: str, alphas: Sequence[float], data_dir=None,
   if best is not None:
     out["best_valid_alpha"] = best
   alter_runs.write_json_atomic(os.path.join(run_dir, SWEEP_FILE), out)
+  if os.path.exists(os.path.join(run_dir, alter_runs.RESULTS_FILE)):
+    alter_runs.write_hashes(run_dir)  # the sweep is part of the finished run now
   return out
 
 

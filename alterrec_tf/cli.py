@@ -65,6 +65,9 @@ _NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 _DISK_FULL_WORDS = ("No space left on device", "Disk quota exceeded", "File too large")
 _NOT_WRITABLE_WORDS = ("Permission denied", "Read-only file system",
                        "Operation not permitted")
+# TensorFlow's file-system errors carry no errno: its NotFoundError, and the
+# FileNotFoundError of a SavedModel without its variables, say so in words.
+_NOT_FOUND_WORDS = ("No such file or directory", "Failed to find any matching files")
 DISK_FULL_HINT = ("the disk is full (or a file-size limit was reached): free space or choose "
                   "another folder, then run the same command again")
 NOT_WRITABLE_HINT = ("no permission to write there (a read-only folder or file system): "
@@ -88,7 +91,9 @@ def io_problem(error: BaseException) -> Optional[str]:
     hint = DISK_FULL_HINT
   elif code in _NOT_WRITABLE or any(w in message for w in _NOT_WRITABLE_WORDS):
     hint = NOT_WRITABLE_HINT
-  elif code in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR):
+  elif (code in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR)
+        or isinstance(error, FileNotFoundError) or _tensorflow_not_found(error)
+        or (_io_like(error) and any(w in message for w in _NOT_FOUND_WORDS))):
     hint = "check the path"
   else:
     return None
@@ -96,6 +101,18 @@ def io_problem(error: BaseException) -> Optional[str]:
     where = str(error.filename) + (f" -> {error.filename2}" if error.filename2 else "")
     return f"{where}: {error.strerror}; {hint}"
   return f"{_first_line(message)}; {hint}"
+
+
+def _tensorflow_not_found(error: BaseException) -> bool:
+  """Whether `error` is TensorFlow's NotFoundError (TensorFlow is not imported here)."""
+  errors = getattr(sys.modules.get("tensorflow"), "errors", None)
+  return errors is not None and isinstance(error, errors.NotFoundError)
+
+
+def _io_like(error: BaseException) -> bool:
+  """An OSError or any TensorFlow OpError (whose words may tell a missing file)."""
+  errors = getattr(sys.modules.get("tensorflow"), "errors", None)
+  return isinstance(error, OSError) or (errors is not None and isinstance(error, errors.OpError))
 
 
 def _tensorflow_error(error: BaseException) -> Optional[str]:
@@ -118,10 +135,15 @@ def describe(error: BaseException, known: Sequence[Type[BaseException]] = ()) ->
   Known: this package's own error classes (ConfigError, DataError,
   CommandError and those in `known`), failed reads and writes, memory.
   """
-  from alterrec_tf import config as alter_config  # pylint: disable=g-import-not-at-top
-  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
-  own: Tuple[Type[BaseException], ...] = (
-      alter_config.ConfigError, schema.DataError, CommandError, app.UsageError, *known)
+  # The package's error classes of the modules this command loaded: importing
+  # alterrec_tf.config here would define the training flags in a command (e.g.
+  # data_tools.embed_items) that defines some of the same names itself.
+  own: Tuple[Type[BaseException], ...] = (CommandError, app.UsageError, *known)
+  for module, name in (("alterrec_tf.config", "ConfigError"),
+                       ("alterrec_tf.formats.schema", "DataError")):
+    error_class = getattr(sys.modules.get(module), name, None)
+    if error_class is not None:
+      own += (error_class,)
   if isinstance(error, own):
     return str(error)
   if isinstance(error, MemoryError):

@@ -28,7 +28,6 @@ are ignored) are accepted as in `alterrec_tf.train`; --model, --seed and
 """
 
 import gc
-import json
 import os
 import shutil
 import subprocess
@@ -177,20 +176,33 @@ def claim_run(runs_dir: str, model: str, seed: int) -> bool:
   return True
 
 
-def restore_archived_runs(models, seeds, runs_dir: str, archive_dir: str) -> int:
+def restore_archived_runs(models, seeds, runs_dir: str, archive_dir: str, log=None) -> int:
   """Copies each finished run of the grid found in archive_dir into runs_dir
   where runs_dir has no finished run of it (an unfinished one there is replaced;
   a finished one is kept, and archived again when the grid passes it); returns
   how many were copied. The grid's settings check then compares them like any
-  run already in runs_dir."""
-  restored = 0
+  run already in runs_dir.
+
+  The archive is shared (committed, copied between machines): every run to
+  restore is checked first (`runs.check_archived_run`: its files against its
+  hashes.json, its test figures recomputed from its ranks), and one that fails
+  is refused before anything is copied.
+
+  Raises:
+    RunFileError: naming the archived file (and metric) that fails.
+  """
+  to_restore = []
   for seed in seeds:
     for model in models:
       run_dir = alter_runs.run_dir_of(runs_dir, model, seed)
-      if not os.path.exists(os.path.join(run_dir, alter_runs.RESULTS_FILE)):
-        restored += alter_runs.archive_run(alter_runs.run_dir_of(archive_dir, model, seed),
-                                           run_dir)
-  return restored
+      archived = alter_runs.run_dir_of(archive_dir, model, seed)
+      if (not os.path.exists(os.path.join(run_dir, alter_runs.RESULTS_FILE))
+          and os.path.exists(os.path.join(archived, alter_runs.RESULTS_FILE))):
+        checked = alter_runs.check_archived_run(archived)
+        if log is not None:
+          log(f"{archived}: {checked}")
+        to_restore.append((archived, run_dir))
+  return sum(alter_runs.archive_run(archived, run_dir) for archived, run_dir in to_restore)
 
 
 def run_grid(base_config, models, seeds, runs_dir: str, log=print, shard=(0, 1),
@@ -240,8 +252,8 @@ def run_grid(base_config, models, seeds, runs_dir: str, log=print, shard=(0, 1),
       if finished:
         log(f"{prefix}: trained earlier, ranking its test prefixes ({elapsed})")
       save_test_ranks(run_dir)
-    with open(os.path.join(run_dir, alter_runs.RESULTS_FILE), encoding="utf-8") as f:
-      results = json.load(f)
+      alter_runs.write_hashes(run_dir)  # the ranks are part of the finished run
+    results = alter_runs.read_json(os.path.join(run_dir, alter_runs.RESULTS_FILE))
     fused = results.get("test", {}).get("fused", {})
     log(f"{prefix}: done in {time.perf_counter() - run_start:.0f}s, best epoch "
         f"{results.get('best_epoch')} of {results.get('epochs_run')}, test Hits@20 "
@@ -321,7 +333,8 @@ def main(argv):
     if archive_dir and not config.overwrite:
       restored = restore_archived_runs(models, seeds, runs_dir, archive_dir)
       if restored:
-        print(f"grid: {restored} finished run(s) restored from {archive_dir}", flush=True)
+        print(f"grid: {restored} finished run(s) restored from {archive_dir} (each checked: "
+              "test figures recomputed from its ranks, files against its hashes)", flush=True)
   if workers > 1 and worker < 0:
     # here too: fail before starting workers
     check_grid(config, models, seeds, runs_dir, verify_data)

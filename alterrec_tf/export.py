@@ -191,6 +191,21 @@ def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
     ExportError: the export cannot be done as asked, or writing it failed (a
       full disk): one line; nothing is left in export_dir.
   """
+  created = bool(export_dir) and not os.path.exists(export_dir)
+  try:
+    return _export(run_dir, export_dir, data_dir, version, k, exclude_session_items,
+                   new_items, model_name, warmup, verify, loaded_run, verify_data,
+                   text_signatures, text_encoder_dir, cold_id_part)
+  except BaseException:
+    if created and os.path.isdir(export_dir) and not os.listdir(export_dir):
+      os.rmdir(export_dir)  # a refusal leaves no empty --export_dir behind
+    raise
+
+
+def _export(run_dir, export_dir, data_dir, version, k, exclude_session_items, new_items,
+            model_name, warmup, verify, loaded_run, verify_data, text_signatures,
+            text_encoder_dir, cold_id_part) -> dict:
+  """`export` (which removes the export_dir it created when this fails)."""
   start = time.perf_counter()
   if loaded_run is None:  # every check before TensorFlow is loaded
     checked = check_request(run_dir, export_dir, data_dir, k, version, new_items, verify_data,

@@ -23,6 +23,8 @@ from alterrec_tf.formats import schema
 TITLE_WIDTH = 60
 VOCAB_ASSET = "serving_vocab.tsv"  # = serving.module.VOCAB_ASSET (without importing TF)
 EXPORT_INFO = os.path.join("assets.extra", "alterrec_export.json")  # = export.py's
+REEXPORT_HINT = ("export the run again (python -m alterrec_tf.export) and point --export_dir "
+                 "at the new version")
 
 
 def resolve_version_dir(export_dir: str) -> str:
@@ -58,8 +60,11 @@ def catalogue_size(version_dir: str) -> Optional[int]:
   path = os.path.join(version_dir, EXPORT_INFO)
   if not os.path.exists(path):
     return None
-  with open(path, encoding="utf-8") as f:
-    return int(json.load(f)["num_items"]) - 1
+  try:
+    with open(path, encoding="utf-8") as f:
+      return int(json.load(f)["num_items"]) - 1
+  except (ValueError, KeyError, TypeError):
+    raise cli.CommandError(f"{path} is damaged (cut or edited); {REEXPORT_HINT}") from None
 
 
 def check_request(export_dir: Optional[str], k: Optional[int]) -> str:
@@ -95,6 +100,25 @@ def split_padding(items: Sequence[str]) -> Tuple[List[str], int]:
   return kept, len(items) - len(kept)
 
 
+def load_export(version_dir: str):
+  """tf.saved_model.load of an export.
+
+  Raises:
+    CommandError: the SavedModel is damaged (a cut saved_model.pb, a missing
+      or cut variables/): one line naming what TensorFlow could not read.
+  """
+  import tensorflow as tf
+  try:
+    return tf.saved_model.load(version_dir)
+  except (OSError, ValueError, tf.errors.OpError) as error:
+    problem = cli.io_problem(error)
+    if problem and "check the path" not in problem:  # disk or permission: as any command
+      raise
+    detail = " ".join(str(getattr(error, "message", "") or error).split())[:300]
+    raise cli.CommandError(f"the SavedModel in {version_dir} cannot be loaded, it is damaged "
+                           f"or incomplete ({detail}); {REEXPORT_HINT}") from None
+
+
 def recommend(version_dir: str, items: Sequence[str], k: Optional[int] = None, loaded=None):
   """Runs the raw-id signature on one session; returns (rows, ignored, fallback).
 
@@ -105,7 +129,7 @@ def recommend(version_dir: str, items: Sequence[str], k: Optional[int] = None, l
   import tensorflow_text  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
 
   from alterrec_tf.serving import module as serving  # pylint: disable=g-import-not-at-top
-  loaded = loaded or tf.saved_model.load(version_dir)
+  loaded = loaded or load_export(version_dir)
   session = tf.constant([[str(i) for i in items] or [""]], tf.string)
   if k is None:
     out = loaded.signatures[serving.SIGNATURE_RAW](raw_item_ids=session)

@@ -41,13 +41,11 @@ class Run:
 
   def __init__(self, model: str, seed: int, run_dir: str):
     self.model, self.seed, self.run_dir = model, seed, run_dir
-    with open(os.path.join(run_dir, alter_runs.RESULTS_FILE), encoding="utf-8") as f:
-      self.results = json.load(f)
+    self.results = alter_runs.read_json(os.path.join(run_dir, alter_runs.RESULTS_FILE))
     history_path = os.path.join(run_dir, alter_runs.HISTORY_FILE)
     self.history = []
     if os.path.exists(history_path):
-      with open(history_path, encoding="utf-8") as f:
-        self.history = json.load(f)
+      self.history = alter_runs.read_json(history_path)
     ranks_path = os.path.join(run_dir, alter_runs.TEST_RANKS_FILE)
     self.ranks_path = ranks_path if os.path.exists(ranks_path) else None
 

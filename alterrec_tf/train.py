@@ -14,7 +14,6 @@ that run_dir can be written (`check_command`); a refused command prints one line
 (`alterrec_tf.cli`).
 """
 
-import json
 import os
 import sys
 import time
@@ -111,7 +110,7 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False, verify_dat
                                              best, save_test_ranks)
   results = _results(config, manifest, best, evaluation_callback.history,
                      train_split, time.perf_counter() - start, test, alpha_tuning)
-  alter_runs.write_json_atomic(os.path.join(config.run_dir, alter_runs.RESULTS_FILE), results)
+  alter_runs.write_results(config.run_dir, results)  # then hashes.json, last
   return results
 
 
@@ -140,8 +139,7 @@ def _restore(model, config, chief_dir):
   history = []
   history_path = os.path.join(chief_dir, alter_runs.HISTORY_FILE)
   if epochs_done and os.path.exists(history_path):
-    with open(history_path, encoding="utf-8") as f:
-      history = [h for h in json.load(f) if h["epoch"] <= epochs_done]
+    history = [h for h in alter_runs.read_json(history_path) if h["epoch"] <= epochs_done]
     print(f"resuming {chief_dir} after epoch {epochs_done}", flush=True)
   return backup, epochs_done, history
 
@@ -291,7 +289,7 @@ def _finish_without_training(config, model, manifest, valid_split, test_split):
   alter_runs.write_json_atomic(
       os.path.join(config.run_dir, alter_runs.HISTORY_FILE), history)
   results = _results(config, manifest, record, history, None, time.perf_counter() - start)
-  alter_runs.write_json_atomic(os.path.join(config.run_dir, alter_runs.RESULTS_FILE), results)
+  alter_runs.write_results(config.run_dir, results)  # then hashes.json, last
   return results
 
 

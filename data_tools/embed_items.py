@@ -20,9 +20,12 @@ needs no table at all.
 """
 
 import os
-import sys
 from typing import List, Optional, Sequence
 
+import numpy as np
+from absl import app, flags
+
+from alterrec_tf import cli
 from alterrec_tf.formats import new_items as alter_new_items
 from alterrec_tf.formats import schema
 from data_tools import embed, tables
@@ -80,9 +83,12 @@ def embed_catalog(catalog: str, output: str, text_fields: Sequence[str] = ("titl
   if len(duplicated):
     raise DataToolsError(f"{catalog}: item {duplicated[0]!r} is listed twice")
   skipped = [raw_id for raw_id in texts.index if raw_id in known]
-  texts = texts.loc[[raw_id for raw_id in texts.index if raw_id not in known]]
+  new = [raw_id not in known for raw_id in texts.index]
+  rows = np.arange(1, len(texts) + 1)[new]  # 1-based data rows of the catalogue
+  texts = texts.loc[new]
   if not len(texts):
     raise DataToolsError(f"{catalog}: no new item (all {len(skipped)} are in {data_dir})")
+  check_text(texts, fields, rows, catalog)  # before the sentence model loads
   encoder = encoder or embed.load_encoder(text_model, text_backend, text_encoder_dir)
   vectors = embed.item_text_table(encoder, texts, fields, batch_size, require_text=True)[1:]
   title_field = "title" if "title" in fields else fields[0]
@@ -93,8 +99,26 @@ def embed_catalog(catalog: str, output: str, text_fields: Sequence[str] = ("titl
           "text_backend": text_backend}
 
 
+def check_text(texts, fields: Sequence[str], rows, catalog: str) -> None:
+  """Refuses a new item without text in every field (it would get a zero
+  vector: nothing to score it by).
+
+  Raises:
+    DataToolsError: naming the catalogue, the first such item's row and id.
+  """
+  has_text = np.zeros(len(texts), bool)
+  for field in fields:
+    has_text |= texts[field].fillna("").astype(str).to_numpy() != ""
+  missing = np.flatnonzero(~has_text)
+  if len(missing):
+    first = missing[0]
+    raise DataToolsError(
+        f"{catalog}, row {rows[first]}: item {texts.index[first]!r} has no text in "
+        f"{', '.join(fields)} ({len(missing)} such item(s)); every new item needs text: "
+        "add it to the catalogue, drop the item, or embed other --text_fields")
+
+
 def define_flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("catalog", None, "CSV/TSV/Parquet of the new items: an id column "
                       "and the text fields.")
   flags.DEFINE_string("output", None, "Folder to write the new-item table to.")
@@ -115,20 +139,17 @@ def define_flags():
 
 
 def main(argv: List[str]):
-  del argv
-  from absl import flags  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   values = flags.FLAGS
   if not values.catalog or not values.output:
-    raise SystemExit("error: --catalog and --output are required")
-  try:
-    summary = embed_catalog(values.catalog, values.output,
-                            values.text_fields or ([] if values.data_dir else ["title"]),
-                            values.text_model, values.data_dir, values.id_column,
-                            values.embedding_batch_size, text_backend=values.text_backend,
-                            text_encoder_dir=values.text_encoder_dir)
-  except (DataToolsError, schema.DataError, alter_new_items.NewItemsError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    raise SystemExit(1) from None
+    raise cli.CommandError("--catalog and --output are required (the new items' table and "
+                           "the folder to write)")
+  summary = embed_catalog(values.catalog, values.output,
+                          values.text_fields or ([] if values.data_dir else ["title"]),
+                          values.text_model, values.data_dir, values.id_column,
+                          values.embedding_batch_size, text_backend=values.text_backend,
+                          text_encoder_dir=values.text_encoder_dir)
   print(f"wrote {summary['num_items']} new items ({summary['text_dim']}-d, "
         f"{summary['text_model']} via {summary['text_backend']}, fields {','.join(summary['fields'])}) to "
         f"{os.path.abspath(summary['output'])}"
@@ -137,9 +158,10 @@ def main(argv: List[str]):
 
 
 def run():
-  from absl import app  # pylint: disable=g-import-not-at-top
+  """The one error path of the training commands (`alterrec_tf.cli`): a bad flag,
+  catalogue or dataset is one `error:` line, exit status 1."""
   define_flags()
-  app.run(main)
+  cli.run(main, known=(DataToolsError, alter_new_items.NewItemsError), verify_data=False)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ API and the command line cannot drift apart.
 """
 
 import dataclasses
+import glob
 import os
 from typing import Tuple
 
@@ -115,6 +116,15 @@ class PrepareOptions:
       problems.append("--text_fields must be distinct non-empty names")
     if problems:
       raise DataToolsError("; ".join(problems))
+
+  def check_raw_path(self) -> None:
+    """Refuses a --raw_path that names nothing: a file, a folder, or the common
+    prefix of a layout's files (RecBole's <folder>/<name>). Beam prepare calls
+    it before its pipeline starts (inside it, the reader's error would come
+    wrapped in Beam's stack)."""
+    if not os.path.exists(self.raw_path) and not glob.glob(glob.escape(self.raw_path) + "*"):
+      raise DataToolsError(f"--raw_path={self.raw_path}: no such file or folder; check the "
+                           "path")
 
   def as_flags(self) -> dict:
     """The option values as JSON-ready flag values (lists for list flags)."""

@@ -283,6 +283,97 @@ def test_a_read_only_export_dir_is_refused(data, shared_dir):
   assert os.listdir(export_dir) == []
 
 
+# --- damaged run files and exports (issue 34) -------------------------------------------------
+def cut(path):
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) // 2)
+
+
+@pytest.mark.parametrize("name", [alter_runs.CONFIG_FILE, alter_runs.RESULTS_FILE])
+def test_a_cut_run_file_is_named_by_train_and_export(data, shared_dir, tmp_path, name):
+  run_dir = config_run(shared_dir, data, f"cut_{name}")
+  alter_runs.write_json_atomic(os.path.join(run_dir, alter_runs.RESULTS_FILE), {"test": {}})
+  with open(os.path.join(run_dir, alter_runs.BEST_WEIGHTS_FILE), "wb") as f:
+    f.write(b"weights")  # (never read: the cut file is found first)
+  cut(os.path.join(run_dir, name))
+  before = {n: open(os.path.join(run_dir, n), "rb").read() for n in os.listdir(run_dir)}
+  out = command("train", f"--data_dir={data}", f"--run_dir={run_dir}", *TINY)
+  line = error_line(out, f"{os.path.join(run_dir, name)} is damaged", "--overwrite")
+  assert "internal error" not in line
+  out = command("export", f"--run_dir={run_dir}", f"--export_dir={tmp_path / 'models'}",
+                "--k=5")
+  error_line(out, f"{os.path.join(run_dir, name)} is damaged", "train that run again")
+  assert not (tmp_path / "models").exists()  # no empty --export_dir left behind
+  assert {n: open(os.path.join(run_dir, n), "rb").read() for n in os.listdir(run_dir)} == before
+
+
+def test_an_export_refused_after_creating_export_dir_leaves_none(data, shared_dir, tmp_path):
+  run_dir = config_run(shared_dir, data, "run_without_weights")  # refused after the write check
+  out = command("export", f"--run_dir={run_dir}", f"--export_dir={tmp_path / 'a' / 'models'}",
+                "--k=5")
+  error_line(out, "best.weights.h5 is missing")
+  assert not (tmp_path / "a" / "models").exists()
+
+
+def test_run_files_are_written_through_a_rename(tmp_path, monkeypatch):
+  # a write that fails half-way (a full disk) leaves the old file whole and no temporary
+  run_dir = str(tmp_path / "run")
+  config = TrainConfig(data_dir="data", run_dir=run_dir)
+  alter_runs.write_config(run_dir, config)
+  path = os.path.join(run_dir, alter_runs.CONFIG_FILE)
+  before = open(path, encoding="utf-8").read()
+
+  def fail(fd):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(os, "fsync", fail)
+  with pytest.raises(OSError):
+    alter_runs.write_config(run_dir, config.replace(seed=5))
+  assert open(path, encoding="utf-8").read() == before
+  assert os.listdir(run_dir) == [alter_runs.CONFIG_FILE]
+
+
+@pytest.fixture(scope="module")
+def tiny_saved_model(shared_dir):
+  """A SavedModel folder as recommend finds one (a version with its vocabulary)."""
+  import tensorflow as tf
+  module = tf.Module()
+  module.v = tf.Variable([1.0, 2.0])
+  module.f = tf.function(lambda x: x * module.v, input_signature=[tf.TensorSpec([2])])
+  folder = os.path.join(shared_dir, "tiny_saved_model", "1")
+  tf.saved_model.save(module, folder)
+  os.makedirs(os.path.join(folder, "assets"), exist_ok=True)
+  with open(os.path.join(folder, "assets", "serving_vocab.tsv"), "w", encoding="utf-8") as f:
+    f.write("0\t[PAD]\t\n1\tSKU1\tmug\n")
+  return folder
+
+
+@pytest.mark.parametrize("damage", ["cut_saved_model", "no_variables"])
+def test_recommend_on_a_damaged_export_names_it_and_says_export_again(
+    tiny_saved_model, tmp_path, damage):
+  export_dir = str(tmp_path / "models")
+  shutil.copytree(tiny_saved_model, os.path.join(export_dir, "1"))
+  if damage == "cut_saved_model":
+    named = os.path.join(export_dir, "1", "saved_model.pb")
+    cut(named)
+  else:
+    named = os.path.join(export_dir, "1", "variables")
+    shutil.rmtree(named)
+  out = command("recommend", f"--export_dir={export_dir}", "--items=SKU1")
+  line = error_line(out, named, "export the run again", "python -m alterrec_tf.export")
+  assert "a bug" not in line and "internal error" not in line
+
+
+def test_tensorflow_not_found_errors_are_io_errors():
+  import tensorflow as tf
+  error = tf.errors.NotFoundError(None, None, "/x/variables.index; No such file or directory")
+  assert cli.describe(error) == ("/x/variables.index; No such file or directory; "
+                                 "check the path")
+  assert cli.describe(FileNotFoundError("Unsuccessful TensorSliceReader constructor: "
+                                        "Failed to find any matching files for /x/v"))
+  assert cli.describe(ValueError("No such file or directory")) is None  # not an I/O error
+
+
 # --- a crash before the first epoch; the run it leaves; a full disk ---------------------------
 @pytest.fixture(scope="module", autouse=True)
 def background(data, shared_dir):
@@ -351,7 +442,8 @@ def test_the_finished_run_is_shown_and_a_changed_flag_refused_by_name(background
 def test_a_full_disk_during_export_is_one_line_and_leaves_nothing(background):
   error_line(background["export"].result(), "nothing was exported", "File too large",
              "disk is full")
-  assert os.listdir(background["export_dir"]) == []  # no version, no temporary folder
+  assert not os.path.exists(background["export_dir"])  # no version, no temporary folder, and
+  # not the --export_dir it created either
 
 
 # --- serving: the padding token is not an item ------------------------------------------------

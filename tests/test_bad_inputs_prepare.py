@@ -12,8 +12,12 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from alterrec_tf.formats import schema
+from data_tools.options import PrepareOptions
+from data_tools.sessions import DataToolsError
+from tests.test_data_tools_recbole import _sequences, write_unisrec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -115,3 +119,90 @@ def test_norequire_text_counts_the_items_without_text(tmp_path):
   assert manifest["num_items_without_text"] == 3
   required = prepare(raw, tmp_path / "refused", "--text_fields=title", "--require_text")
   error_line(required, "has no text in title", "3 such item(s)", "--norequire_text")
+
+
+# --- data_tools.embed_items (issue 34) --------------------------------------------------------
+def embed_items(*args):
+  return subprocess.run([sys.executable, "-m", "data_tools.embed_items", *map(str, args)],
+                        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300,
+                        check=False)
+
+
+def test_embed_items_names_the_catalogue_row_of_an_item_without_text(tmp_path):
+  catalog = tmp_path / "new_items.csv"
+  pd.DataFrame({"id": ["N1", "N2", "N3"], "title": ["red mug", "", "blue lamp"]}).to_csv(
+      catalog, index=False)
+  out = embed_items(f"--catalog={catalog}", f"--output={tmp_path / 'out'}",
+                    "--text_fields=title")
+  line = error_line(out, f"{catalog}, row 2: item 'N2' has no text in title",
+                    "1 such item(s)", "add it to the catalogue")
+  assert "--norequire_text" not in line and "--require_text" not in line  # not its flags
+  assert not (tmp_path / "out").exists()
+
+
+def test_embed_items_flags_go_through_the_one_error_path(tmp_path):
+  out = embed_items(f"--output={tmp_path / 'out'}")
+  error_line(out, "--catalog and --output are required")
+  out = embed_items(f"--catalog={tmp_path / 'missing.csv'}", f"--output={tmp_path / 'out'}")
+  error_line(out, str(tmp_path / "missing.csv"))
+  assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_raw_path_is_named_before_reading(tmp_path):
+  missing = str(tmp_path / "no_such.csv")
+  with pytest.raises(DataToolsError, match=f"--raw_path={missing}: no such file or folder"):
+    PrepareOptions(raw_path=missing, output_dir="out").check_raw_path()
+  (tmp_path / "shop.train.inter").write_text("")
+  PrepareOptions(raw_path=str(tmp_path / "shop"), output_dir="out").check_raw_path()  # prefix
+  PrepareOptions(raw_path=str(tmp_path), output_dir="out").check_raw_path()
+
+
+def test_beam_prepare_refuses_a_missing_raw_path_before_the_pipeline(tmp_path):
+  pytest.importorskip("apache_beam")  # (an extra: make test installs it)
+  missing = tmp_path / "no_such.csv"
+  out = subprocess.run([sys.executable, "-m", "data_tools.beam_prepare",
+                        "--raw_format=online_retail", f"--raw_path={missing}",
+                        f"--output_dir={tmp_path / 'prepared'}", "--text_fields="],
+                       cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300,
+                       check=False)
+  error_line(out, f"--raw_path={missing}", "no such file or folder")
+  assert "apache_beam" not in out.stderr, out.stderr[-3000:]  # no Beam stack above it
+  assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_online_retail_without_a_price_column_says_the_price_cleaning_was_skipped(tmp_path):
+  raw = retail_csv(tmp_path / "retail.csv")
+  table = pd.read_csv(raw, dtype=str)
+  table.loc[3, "UnitPrice"] = "0"  # a stock adjustment: dropped with the column, kept without
+  table.drop(columns=["UnitPrice"]).to_csv(tmp_path / "no_price.csv", index=False)
+  table.to_csv(raw, index=False)
+  out = prepare(tmp_path / "no_price.csv", tmp_path / "prepared")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert (f"warning: {tmp_path / 'no_price.csv'}: skipped: no UnitPrice / Price column, so "
+          "lines with price <= 0") in out.stderr
+  cleaning = schema.load_manifest(str(tmp_path / "prepared"))["filters"]["cleaning"]
+  assert cleaning["non_positive_price"].startswith("skipped: no UnitPrice / Price column")
+  assert "rows_dropped_non_positive_price" not in cleaning
+  with_price = prepare(raw, tmp_path / "with_price")
+  assert with_price.returncode == 0 and "UnitPrice / Price" not in with_price.stderr
+  cleaning = schema.load_manifest(str(tmp_path / "with_price"))["filters"]["cleaning"]
+  assert cleaning["rows_dropped_non_positive_price"] == 1
+  assert "non_positive_price" not in cleaning
+
+
+def test_an_empty_or_missing_item2index_is_reported_as_such(tmp_path):
+  folder, _ = write_unisrec(tmp_path, _sequences())
+  item_map = os.path.join(folder, "Mini.item2index")
+  open(item_map, "w", encoding="utf-8").close()
+  args = ["--raw_format=recbole", f"--raw_path={folder}", "--text_fields=", "--num_shards=1"]
+  out = subprocess.run([sys.executable, "-m", "data_tools.prepare", *args,
+                        f"--output_dir={tmp_path / 'prepared'}"], cwd=REPO, env=ENV,
+                       capture_output=True, text=True, timeout=300, check=False)
+  error_line(out, f"{item_map}: the file is empty", "original_id<TAB>index")
+  os.remove(item_map)
+  out = subprocess.run([sys.executable, "-m", "data_tools.prepare", *args,
+                        "--text_keys=original", f"--output_dir={tmp_path / 'prepared'}"],
+                       cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300,
+                       check=False)
+  error_line(out, f"{item_map}: no such file", "--text_keys=original")
+  assert not (tmp_path / "prepared").exists()

@@ -131,7 +131,7 @@ def test_two_workers_train_like_one_process_and_only_the_chief_writes(
   assert_same_training(read_run(str(run_dir)), single_process)
   assert sorted(os.listdir(run_dir)) == sorted([  # the chief's files, nobody else's
       alter_runs.CONFIG_FILE, alter_runs.HISTORY_FILE, alter_runs.BEST_WEIGHTS_FILE,
-      alter_runs.RESULTS_FILE, alter_runs.TENSORBOARD_DIR])
+      alter_runs.RESULTS_FILE, alter_runs.HASHES_FILE, alter_runs.TENSORBOARD_DIR])
   assert alter_runs.load_config(str(run_dir)).distribution == "multi_worker"
 
 

@@ -353,3 +353,129 @@ def test_experiments_cli_trains_every_model_in_two_workers_then_skips_finished_r
   assert json.loads((runs_dir / "sasrec" / "seed0" / "config.json").read_text())[
       "embedding_dim"] == 16
   assert (runs_dir / "sasrec" / "seed0" / "test_ranks.npz").exists()
+
+
+# --- an archived run proves its figures before it is restored (issue 34) ----------------------
+def archived_run(archive_dir, model="sasrec", seed=0, hashes=True):
+  """A finished run in archive_dir as the grid archives it: config, history,
+  results whose test figures are those of its test_ranks.npz, and hashes.json."""
+  run_dir = alter_runs.run_dir_of(str(archive_dir), model, seed)
+  alter_runs.write_config(run_dir, TrainConfig(data_dir="data", run_dir=run_dir, model=model,
+                                               seed=seed))
+  rng = np.random.default_rng(seed)
+  ranks = {"fused": rng.integers(1, 22, 300).astype(np.int32)}  # 21 = outside the top 20
+  np.savez(os.path.join(run_dir, alter_runs.TEST_RANKS_FILE), targets=rng.integers(1, 50, 300),
+           target_train_counts=rng.integers(0, 9, 300), **ranks)
+  fused = evaluation.metrics_from_ranks(ranks["fused"])
+  fused.update({f"tfrs_{name}": value for name, value in fused.items() if "hits" in name})
+  alter_runs.write_json_atomic(os.path.join(run_dir, alter_runs.HISTORY_FILE), [{"epoch": 1}])
+  results = {"model": model, "seed": seed, "test": {"fused": fused}, "valid": {}}
+  alter_runs.write_json_atomic(os.path.join(run_dir, alter_runs.RESULTS_FILE), results)
+  if hashes:
+    alter_runs.write_hashes(run_dir)
+  return run_dir
+
+
+def edit_results(run_dir, head, metric, value, rehash=True):
+  path = os.path.join(run_dir, alter_runs.RESULTS_FILE)
+  results = json.loads(open(path, encoding="utf-8").read())
+  results["test"][head][metric] = value
+  alter_runs.write_json_atomic(path, results)
+  if rehash:  # whoever edited it also fixed the hashes: the ranks still tell
+    alter_runs.write_hashes(run_dir)
+
+
+def test_a_restored_run_is_checked_and_a_tampered_one_refused_before_any_copy(tmp_path):
+  archive, runs_dir = tmp_path / "archive", tmp_path / "runs"
+  good = archived_run(archive, "sasrec")
+  assert alter_runs.check_archived_run(good).startswith("7 figures recomputed")
+  tampered = archived_run(archive, "alterrec")
+  edit_results(tampered, "fused", "hits@20", 0.99)
+  with pytest.raises(alter_runs.RunFileError) as refused:
+    experiments.restore_archived_runs(["sasrec", "alterrec"], [0], str(runs_dir), str(archive))
+  message = str(refused.value)
+  assert f"{tampered}/results.json: test fused hits@20 is 0.99 but" in message
+  assert f"{tampered}/test_ranks.npz gives 0." in message and "nothing was restored" in message
+  assert not runs_dir.exists()  # the good run was not copied either: all checked first
+  # a tfrs figure far from the ranks' hits, and a metric the ranks cannot give
+  edit_results(tampered, "fused", "hits@20", evaluation.metrics_from_ranks(
+      np.load(os.path.join(tampered, "test_ranks.npz"))["fused"])["hits@20"])
+  assert alter_runs.check_archived_run(tampered)
+  edit_results(tampered, "fused", "tfrs_hits@10", 0.5)
+  with pytest.raises(alter_runs.RunFileError, match="test fused tfrs_hits@10 is 0.5 but"):
+    alter_runs.check_archived_run(tampered)
+  edit_results(tampered, "fused", "tfrs_hits@10", None)
+  with pytest.raises(alter_runs.RunFileError, match="tfrs_hits@10 cannot be recomputed"):
+    alter_runs.check_archived_run(tampered)
+  # the hashes: an edited file that the ranks cannot check, a lost ranks file
+  shutil.rmtree(tampered)
+  tampered = archived_run(archive, "alterrec")
+  with open(os.path.join(tampered, "history.json"), "a", encoding="utf-8") as f:
+    f.write(" ")
+  with pytest.raises(alter_runs.RunFileError,
+                     match=f"{tampered}/history.json does not match its SHA-256 in"):
+    alter_runs.check_archived_run(tampered)
+  alter_runs.write_hashes(tampered)
+  os.remove(os.path.join(tampered, "test_ranks.npz"))
+  with pytest.raises(alter_runs.RunFileError, match=f"{tampered}/test_ranks.npz is missing"):
+    alter_runs.check_archived_run(tampered)
+  shutil.rmtree(tampered)
+  # a run archived before hashes.json existed: its figures are still recomputed
+  archived_run(archive, "alterrec", hashes=False)
+  assert experiments.restore_archived_runs(["sasrec", "alterrec"], [0], str(runs_dir),
+                                           str(archive)) == 2
+  assert (runs_dir / "sasrec" / "seed0" / "hashes.json").exists()
+  alter_runs.check_hashes(str(runs_dir / "sasrec" / "seed0"))
+
+
+def test_the_committed_archive_keeps_restoring(tmp_path):
+  # benchmarks/grid_runs has no hashes.json: the ranks check it, and it is not rewritten
+  archive = os.path.join(REPO, "benchmarks", "grid_runs", "online_retail")
+  before = open(os.path.join(archive, "alterrec", "seed1", "results.json"), "rb").read()
+  assert experiments.restore_archived_runs(["alterrec", "most_popular"], [1], str(tmp_path),
+                                           archive) == 2
+  assert open(os.path.join(archive, "alterrec", "seed1", "results.json"), "rb").read() == before
+  assert not os.path.exists(os.path.join(archive, "alterrec", "seed1", "hashes.json"))
+
+
+@pytest.mark.parametrize("damage", ["figure", "cut_config", "cut_results_in_runs_dir"])
+def test_experiments_cli_refuses_a_damaged_archive_or_run_in_one_line(tmp_path, damage):
+  data_dir = str(tmp_path / "data")
+  synthetic.write_dataset(data_dir, num_items=30, num_sessions=20, max_session_length=8)
+  archive, runs_dir = tmp_path / "archive", tmp_path / "runs"
+  run_dir = archived_run(archive, "sasrec")
+  if damage == "figure":
+    edit_results(run_dir, "fused", "ndcg@10", 0.99, rehash=False)
+    bad, words = os.path.join(run_dir, "results.json"), ("test fused ndcg@10 is 0.99",)
+  elif damage == "cut_config":
+    bad, words = os.path.join(run_dir, "config.json"), ("is damaged", "git checkout")
+  else:
+    shutil.copytree(run_dir, runs_dir / "sasrec" / "seed0")
+    bad, words = str(runs_dir / "sasrec" / "seed0" / "results.json"), ("is damaged",
+                                                                         "--overwrite")
+  if damage.startswith("cut"):
+    with open(bad, "r+b") as f:
+      f.truncate(os.path.getsize(bad) // 2)
+  listing = sorted(str(p) for p in tmp_path.rglob("*"))
+  out = subprocess.run(
+      [sys.executable, "-m", "alterrec_tf.experiments", f"--data_dir={data_dir}",
+       f"--runs_dir={runs_dir}", f"--report_dir={tmp_path / 'report'}", "--seeds=0",
+       "--models=sasrec", f"--archive_dir={archive}", "--m_max=1", "--embedding_dim=8",
+       "--max_len=8"], cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+      capture_output=True, text=True, timeout=300, check=False)
+  assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-3000:]
+  assert "Traceback" not in out.stderr and "internal error" not in out.stderr, out.stderr
+  lines = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+  assert len(lines) == 1 and lines[0].startswith(f"error: {bad}"), out.stderr[-3000:]
+  assert all(word in lines[0] for word in words), lines[0]
+  assert sorted(str(p) for p in tmp_path.rglob("*")) == listing  # nothing copied or trained
+
+
+def test_the_report_names_a_cut_history_json(tmp_path):
+  run_dir = archived_run(tmp_path / "runs", "sasrec")
+  history = os.path.join(run_dir, alter_runs.HISTORY_FILE)
+  alter_runs.write_json_atomic(history, [{"epoch": 1, "train_seconds": 1.0}] * 20)
+  with open(history, "r+b") as f:
+    f.truncate(os.path.getsize(history) // 2)
+  with pytest.raises(alter_runs.RunFileError, match=f"{history} is damaged .*--overwrite"):
+    report.load_runs(str(tmp_path / "runs"), seeds=[0])

@@ -91,7 +91,10 @@ class EpochEvaluation(keras.callbacks.Callback):
     previous_best = self.best()
     self.history.append(record)
     if self.best() is record:
-      self.model.save_weights(os.path.join(self.run_dir, alter_runs.BEST_WEIGHTS_FILE))
+      # through a temporary file (Keras wants the .weights.h5 ending): never half-written
+      tmp = os.path.join(self.run_dir, "best.tmp.weights.h5")
+      self.model.save_weights(tmp)
+      os.replace(tmp, os.path.join(self.run_dir, alter_runs.BEST_WEIGHTS_FILE))
     elif previous_best and epoch + 1 - previous_best["epoch"] >= self.config.early_stopping_patience:
       self.model.stop_training = True
     alter_runs.write_json_atomic(os.path.join(self.run_dir, alter_runs.HISTORY_FILE), self.history)

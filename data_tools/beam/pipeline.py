@@ -125,6 +125,7 @@ def run(options: PrepareOptions, beam_options: PipelineOptions) -> dict:
   """
   options.validate()
   writer.check_output_dir(options.output_dir)
+  options.check_raw_path()  # before the pipeline: no Beam stack above the line
   passes = beam_options.view_as(BeamPrepareOptions).max_filter_passes
   with writer.atomic_output_dir(options.output_dir) as folder:
     with beam.Pipeline(runner=direct_runner(beam_options), options=beam_options) as pipeline:

@@ -44,6 +44,7 @@ Beam pipeline (`data_tools.beam`) reuses: the cleaned item lines
 """
 
 import os
+import sys
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -72,6 +73,8 @@ RETAIL_NAMES = {  # canonical name: (Online Retail name, Online Retail II name)
     "CustomerID": ("CustomerID", "Customer ID"),
 }
 OPTIONAL_RETAIL_COLUMNS = ("UnitPrice",)
+PRICE_SKIPPED = ("skipped: no UnitPrice / Price column, so lines with price <= 0 (stock "
+                 "adjustments) were kept")
 ROW_NOTE = "(rows are 1-based data rows, the header line not counted)"
 UNKNOWN_DESCRIPTION = "Unknown"
 
@@ -331,6 +334,9 @@ def retail_lines(options: PrepareOptions) -> lines.LineSource:
                                        for part in parts}
     sheets_per_invoice = table.groupby("invoice")["source"].nunique()
     cleaning["invoices_in_several_sheets"] = int((sheets_per_invoice > 1).sum())
+  if not has_price:  # said, not silent: the kept lines (and the content hash) differ
+    cleaning["non_positive_price"] = PRICE_SKIPPED
+    print(f"warning: {path}: {PRICE_SKIPPED}", file=sys.stderr, flush=True)
   keep = pd.Series(True, index=table.index)
   for step, mask in _keep_masks(table, options.excluded_stock_codes,
                                 has_price).items():

@@ -137,6 +137,9 @@ def read_index_map(path: str) -> Dict[str, str]:
                              "twice")
     by_index[index] = original
     originals.add(original)
+  if not by_index:
+    raise S.DataToolsError(f"{path}: the file is empty (expected 'original_id<TAB>index' "
+                           "lines); restore it, or remove it to read the .inter ids as they are")
   return by_index
 
 
@@ -351,6 +354,11 @@ def read_recbole(options: PrepareOptions) -> S.RawSessions:
   map_paths = {"item": prefix + ITEM_MAP_SUFFIX,
                "user": prefix + USER_MAP_SUFFIX}
   unisrec = os.path.isfile(map_paths["item"])
+  if not unisrec and options.text_keys != "auto":
+    raise S.DataToolsError(
+        f"{map_paths['item']}: no such file; --text_keys={options.text_keys} is for the "
+        "UniSRec layout, whose .item2index maps the .inter indices to original ids: restore "
+        "the map, or leave --text_keys unset for a plain RecBole folder")
   item_map = read_index_map(map_paths["item"]) if unisrec else None
   user_map = (read_index_map(map_paths["user"])
               if unisrec and os.path.isfile(map_paths["user"]) else None)
