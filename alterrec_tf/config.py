@@ -156,6 +156,10 @@ _define("enum", "distribution", "none", ["none", "mirrored", "multi_worker"],
         "variable; start one process per worker). Each global batch of --batch_size "
         "windows is split between the replicas; only the chief writes run_dir. See "
         "BUILD_NOTES.md, 'Training under tf.distribute'.")
+_define("float", "cluster_timeout_s", 300.0,
+        "--distribution=multi_worker: seconds to wait for every worker of TF_CONFIG to "
+        "answer and the cluster to start; then the run ends with one line naming the "
+        "workers not reached.")
 
 
 class ConfigError(ValueError):
@@ -233,6 +237,7 @@ class TrainConfig:
   overwrite: bool = _default("overwrite")
   verbose: int = _default("verbose")
   distribution: str = _default("distribution")
+  cluster_timeout_s: float = _default("cluster_timeout_s")
 
   @classmethod
   def from_flags(cls) -> "TrainConfig":
@@ -331,6 +336,8 @@ def check_flags(config: TrainConfig) -> None:
   _need(bool(config.ks) and min(config.ks) >= 1,
         f"--ks={','.join(map(str, config.ks))} must be cut-offs of at least 1")
   _need(config.verbose in (0, 1, 2), f"--verbose={config.verbose} must be 0, 1 or 2")
+  _need(config.cluster_timeout_s > 0.0,
+        f"--cluster_timeout_s={config.cluster_timeout_s} must be above 0")
   _need(config.distribution == "none" or config.loss_weighting == "prefix",
         f"--distribution={config.distribution} needs --loss_weighting=prefix (a batch's "
         "loss is then a sum over prefixes that splits between replicas; the per-batch "

@@ -67,7 +67,8 @@ class RunFileError(alter_config.ConfigError):
 
 # Settings that change neither the weights nor the metrics of a run.
 RUN_NEUTRAL_SETTINGS = frozenset({"data_dir", "run_dir", "verbose", "resume", "overwrite",
-                                  "eval_batch_size", "test_every_epoch"})
+                                  "eval_batch_size", "test_every_epoch",
+                                  "cluster_timeout_s"})
 
 
 def code_version(package_dir: Optional[str] = None) -> dict:

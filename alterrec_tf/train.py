@@ -57,7 +57,7 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False, verify_dat
 
   config = config.replace(data_dir=data_dir or config.data_dir,
                           run_dir=run_dir or config.run_dir)
-  placement = distribution.place(config.distribution)  # before any TensorFlow op
+  placement = distribution.place(config.distribution, config.cluster_timeout_s)
   manifest = schema.load_manifest(config.data_dir, verify_hashes=verify_data)
   config = alter_config.resolve_seen_items(config, manifest)
   text_embeddings = schema.load_text_embeddings(config.data_dir, manifest)
@@ -327,7 +327,7 @@ def check_command(config, verify_data: bool = True):
     raise cli.CommandError("--data_dir is required (the output_dir of data_tools.prepare)")
   from alterrec_tf.training import distribution  # pylint: disable=g-import-not-at-top
   alter_config.check_flags(config)
-  chief = distribution.is_chief(config.distribution)  # (checks TF_CONFIG for multi_worker)
+  chief = distribution.check_cluster(config.distribution, config.run_dir)  # TF_CONFIG
   manifest = schema.load_manifest(config.data_dir, verify_hashes=verify_data)
   alter_config.check_against_dataset(alter_config.resolve_seen_items(config, manifest),
                                      manifest)

@@ -32,8 +32,11 @@ benchmark shared it (load 4-5; 2.3 min of CPU), 129 s of it the two-worker run
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -203,3 +206,128 @@ def test_multi_worker_without_tf_config_is_a_one_line_error(dataset, tmp_path):
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
   assert out.returncode == 1
   assert "TF_CONFIG" in out.stderr and "Traceback" not in out.stderr
+
+
+# --- cluster start-up (--cluster_timeout_s) -------------------------------------------
+def start_worker(dataset, run_dir, workers, index=0, *flags):
+  """`alterrec_tf.train` as worker `index` of a cluster of `workers` ("host:port")."""
+  tf_config = json.dumps({"cluster": {"worker": workers},
+                          "task": {"type": "worker", "index": index}})
+  env = dict(os.environ, TF_CONFIG=tf_config, TF_CPP_MIN_LOG_LEVEL="3")
+  command = [sys.executable, "-m", "alterrec_tf.train"] + exact_config(
+      dataset, str(run_dir), distribution="multi_worker").to_flags()
+  return subprocess.Popen(command + list(flags), cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def error_lines(stderr):
+  """stderr's lines, without TensorFlow's C++ start-up log."""
+  return [line for line in stderr.splitlines()
+          if line and not line.startswith(("WARNING: All log", "I0000", "E0000", "W0000"))]
+
+
+def wait_until_waiting(worker):
+  """Reads the worker's stdout up to its "waiting ..." line; returns that line."""
+  for line in worker.stdout:
+    if line.startswith("waiting up to"):
+      return line
+  raise AssertionError(worker.communicate(timeout=30)[1][-3000:])
+
+
+def finish(worker, timeout):
+  try:
+    return worker.communicate(timeout=timeout)
+  finally:
+    if worker.poll() is None:
+      worker.kill()
+      worker.communicate()
+
+
+def test_an_unresolvable_worker_is_refused_before_tensorflow_starts(dataset, tmp_path):
+  run_dir = tmp_path / "run"
+  worker = start_worker(dataset, run_dir, [f"localhost:{free_port()}", "nohost.invalid:2222"])
+  _, stderr = finish(worker, 120)
+  assert worker.returncode == 1
+  assert len(error_lines(stderr)) == 1, stderr
+  assert "worker 1 (nohost.invalid:2222)" in stderr and "does not resolve" in stderr
+  assert "Traceback" not in stderr and not run_dir.exists()
+
+
+def test_a_busy_own_port_is_refused(dataset, tmp_path):
+  run_dir = tmp_path / "run"
+  with socket.socket() as busy:
+    busy.bind(("", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    worker = start_worker(dataset, run_dir, [f"localhost:{port}", f"localhost:{free_port()}"])
+    _, stderr = finish(worker, 120)
+  assert worker.returncode == 1
+  assert len(error_lines(stderr)) == 1, stderr
+  assert f"worker 0 (localhost:{port}) is this process" in stderr
+  assert "cannot be bound" in stderr and not run_dir.exists()
+
+
+def test_a_worker_whose_peer_never_starts_ends_at_the_timeout(dataset, tmp_path):
+  run_dir = tmp_path / "run"
+  peer = f"localhost:{free_port()}"
+  worker = start_worker(dataset, run_dir, [f"localhost:{free_port()}", peer], 0,
+                        "--cluster_timeout_s=15")
+  assert peer in wait_until_waiting(worker)
+  waited = time.monotonic()
+  _, stderr = finish(worker, 60)
+  waited = time.monotonic() - waited
+  assert worker.returncode == 1, stderr
+  assert error_lines(stderr) == [
+      "error: the cluster of TF_CONFIG did not start within --cluster_timeout_s=15: not "
+      f"reached: worker 1 ({peer}); start every worker (one process each, the same TF_CONFIG "
+      "cluster), check that their ports are open between the machines, or raise "
+      "--cluster_timeout_s"], stderr
+  assert 13 < waited < 25, waited
+  assert not run_dir.exists()  # the empty run folder the command made is gone
+
+
+def test_sigterm_ends_the_wait_for_the_cluster(dataset, tmp_path):
+  run_dir = tmp_path / "run"
+  peer = f"localhost:{free_port()}"
+  worker = start_worker(dataset, run_dir, [f"localhost:{free_port()}", peer])
+  wait_until_waiting(worker)
+  worker.send_signal(signal.SIGTERM)
+  stopped = time.monotonic()
+  _, stderr = finish(worker, 30)
+  assert time.monotonic() - stopped < 5
+  assert worker.returncode == 1
+  lines = error_lines(stderr)
+  assert len(lines) == 1 and lines[0].startswith("error: stopped by SIGTERM"), stderr
+  assert f"not reached: worker 1 ({peer})" in lines[0] and not run_dir.exists()
+
+
+def test_a_peer_that_answers_but_never_joins_is_ended_by_the_watchdog(dataset, tmp_path):
+  run_dir = tmp_path / "run"
+  with socket.socket() as peer:  # answers on the port, speaks no gRPC
+    peer.bind(("localhost", 0))
+    peer.listen(64)
+    worker = start_worker(dataset, run_dir, [f"localhost:{free_port()}",
+                                             f"localhost:{peer.getsockname()[1]}"],
+                          0, "--cluster_timeout_s=15")
+    _, stderr = finish(worker, 120)
+  assert worker.returncode == -signal.SIGKILL, stderr
+  lines = error_lines(stderr)
+  assert len(lines) == 1 and "collective start-up did not finish within " \
+      "--cluster_timeout_s=15" in lines[0], stderr
+  assert not run_dir.exists()
+
+
+def test_cluster_checks_without_tensorflow(tmp_path):
+  cluster = {"worker": [f"localhost:{free_port()}", "localhost:x"]}
+  environ = {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}})}
+  with pytest.raises(alter_config.ConfigError, match=r"worker 1 \(localhost:x\) has no port"):
+    distribution.check_cluster("multi_worker", str(tmp_path / "r"), environ)
+  assert distribution.check_cluster("none", str(tmp_path / "r"), {})
+  with pytest.raises(alter_config.ConfigError, match="cluster_timeout_s=0"):
+    alter_config.check_flags(TrainConfig(cluster_timeout_s=0))
