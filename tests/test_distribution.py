@@ -300,7 +300,7 @@ def test_sigterm_ends_the_wait_for_the_cluster(dataset, tmp_path):
   worker.send_signal(signal.SIGTERM)
   stopped = time.monotonic()
   _, stderr = finish(worker, 30)
-  assert time.monotonic() - stopped < 5
+  assert time.monotonic() - stopped < 8  # measured 3.5 s at load 9 (exit with TF loaded)
   assert worker.returncode == 1
   lines = error_lines(stderr)
   assert len(lines) == 1 and lines[0].startswith("error: stopped by SIGTERM"), stderr
