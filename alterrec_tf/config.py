@@ -117,6 +117,11 @@ _define("float", "hard_negative_gate", 0.0,
 _define("integer", "random_share_decay_epochs", 0,
         "Anneal --random_negative_share linearly to 0 over this many hard epochs (counted "
         "over both towers); 0: constant share (paper / reference code).")
+_define("enum", "tower_selection", "fused", ["fused", "each"],
+        "Which weights are tested: those of the epoch with the best validation Hits@20 "
+        "of the fused score (paper) or, 'each', every network at the epoch of its own "
+        "best validation Hits@20, with alpha chosen on validation for that combination "
+        "(needs --tune_alpha; training.tower_selection).")
 _define("float", "false_negative_cosine", 0.0,
         "False-negative guard: drop a hard negative whose item text (the frozen SBERT "
         "vectors) has at least this cosine with the target's (0: off, the paper). Needs "
@@ -227,6 +232,7 @@ class TrainConfig:
   hard_negative_gate: float = _default("hard_negative_gate")
   random_share_decay_epochs: int = _default("random_share_decay_epochs")
   false_negative_cosine: float = _default("false_negative_cosine")
+  tower_selection: str = _default("tower_selection")
   seen_items: str = _default("seen_items")
   score_chunk_size: int = _default("score_chunk_size")
   ks: tuple = _default("ks")
@@ -324,6 +330,9 @@ def check_flags(config: TrainConfig) -> None:
     _need(value >= 0.0, f"--{name}={value} must be 0 or more")
   _need(config.random_share_decay_epochs >= 0,
         f"--random_share_decay_epochs={config.random_share_decay_epochs} must be 0 or more")
+  _need(config.tower_selection == "fused" or config.tune_alpha,
+        "--tower_selection=each needs --tune_alpha (alpha is chosen on validation for the "
+        "combination of each network's best weights)")
   _need(0.0 <= config.false_negative_cosine <= 1.0,
         f"--false_negative_cosine={config.false_negative_cosine} must be in [0, 1] (0: off)")
   for name, on in (("softmax", config.softmax == "full"),

@@ -153,12 +153,18 @@ def _test_at_best(config, model, manifest, valid_split, test_split, best, save_t
     `training.alpha.tune` record or None).
   """
   from alterrec_tf.training import alpha as alter_alpha  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.training import tower_selection  # pylint: disable=g-import-not-at-top
   best_weights = os.path.join(config.run_dir, alter_runs.BEST_WEIGHTS_FILE)
   if best is None or not os.path.exists(best_weights):
     return config, None, None
   alpha_tuning = None
   if config.tune_alpha and tuple(model.tower_names) == ("id", "text"):
     model.load_weights(best_weights)
+    if config.tower_selection == "each":  # each network at its own best epoch
+      tower_selection.load_towers(model, config.run_dir)
+      tmp = os.path.join(config.run_dir, "best.tmp.weights.h5")
+      model.save_weights(tmp)
+      os.replace(tmp, best_weights)  # what is tested is what export reads
     alpha_tuning = alter_alpha.tune(model, valid_split, config)
     config = config.replace(alpha=alpha_tuning["alpha"])
     model.settings = model.settings.replace(alpha=config.alpha)
@@ -270,6 +276,9 @@ def _results(config, manifest, best, history, train_split, seconds, test=None,
   }
   if alpha_tuning is not None:
     results.update(alpha=alpha_tuning["alpha"], alpha_tuning=alpha_tuning)
+  if config.tower_selection == "each" and alpha_tuning is not None:
+    from alterrec_tf.training import tower_selection  # pylint: disable=g-import-not-at-top
+    results["tower_epochs"] = tower_selection.best_epochs(history, ("id", "text"), "hits@20")
   return results
 
 

@@ -11,7 +11,7 @@ import keras
 import tensorflow as tf
 
 from alterrec_tf import runs as alter_runs
-from alterrec_tf.training import evaluation
+from alterrec_tf.training import evaluation, tower_selection
 
 
 def reseed_dropout(model, seed: int, epoch: int) -> None:
@@ -90,11 +90,21 @@ class EpochEvaluation(keras.callbacks.Callback):
     record["eval_seconds"] = time.perf_counter() - start
     previous_best = self.best()
     self.history.append(record)
+    each = (getattr(self.config, "tower_selection", "fused") == "each"
+            and len(getattr(self.model, "tower_names", ())) == 2)
+    if each:  # each network's own best weights (training.tower_selection)
+      for name in tower_selection.improved_towers(self.history, self.model.tower_names,
+                                                  self.selection_metric):
+        tower_selection.save_tower(self.run_dir, name, self.model.tower(name))
     if self.best() is record:
       # through a temporary file (Keras wants the .weights.h5 ending): never half-written
       tmp = os.path.join(self.run_dir, "best.tmp.weights.h5")
       self.model.save_weights(tmp)
       os.replace(tmp, os.path.join(self.run_dir, alter_runs.BEST_WEIGHTS_FILE))
+    elif each:
+      if (tower_selection.epochs_without_gain(self.history, self.selection_metric)
+          >= self.config.early_stopping_patience):
+        self.model.stop_training = True
     elif previous_best and epoch + 1 - previous_best["epoch"] >= self.config.early_stopping_patience:
       self.model.stop_training = True
     alter_runs.write_json_atomic(os.path.join(self.run_dir, alter_runs.HISTORY_FILE), self.history)
