@@ -90,6 +90,40 @@ def _mean_sd(values: List[float]) -> str:
   return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
+def _per_row(ranks, metric: str):
+  """Per-prefix value of `metric` from 1-based ranks [N]."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  name, k = metric.split("@")
+  hit = ranks <= int(k)
+  if name == "hits":
+    return hit.astype(np.float64)
+  return np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0)
+
+
+def paired_difference(cell: str, model: str, reference: str, metric: str,
+                      resamples: int = 2000) -> dict:
+  """`model` - `reference` on the test prefixes, each prefix's metric averaged
+  over the seeds both have, with a 95% interval from resampling prefixes
+  (a paired bootstrap; seed 0 of the resampling)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  root = os.path.join(FLAGS.study_dir, cell)
+  seeds = sorted(set(os.listdir(os.path.join(root, model)))
+                 & set(os.listdir(os.path.join(root, reference))))
+  rows = []
+  for name in (model, reference):
+    values = [_per_row(np.load(os.path.join(root, name, seed, "test_ranks.npz"))["fused"],
+                       metric) for seed in seeds
+              if os.path.isfile(os.path.join(root, name, seed, "test_ranks.npz"))]
+    rows.append(np.mean(values, axis=0))
+  difference = rows[0] - rows[1]
+  rng = np.random.default_rng(0)
+  draws = rng.integers(0, len(difference), size=(resamples, len(difference)))
+  means = difference[draws].mean(axis=1)
+  low, high = np.percentile(means, [2.5, 97.5])
+  return {"seeds": len(seeds), "difference": 100 * float(difference.mean()),
+          "low": 100 * float(low), "high": 100 * float(high)}
+
+
 def summarize() -> dict:
   """Prints the study's table and curves; returns them (also summary.json)."""
   summary: Dict[str, dict] = {}
@@ -109,6 +143,15 @@ def summarize() -> dict:
       print(f"| {cell} | {model} | {len(runs)} | "
             + " | ".join(_mean_sd(tests[m]) for m in METRICS)
             + f" | {','.join(map(str, epochs))} | {statistics.mean(seconds):.0f} |")
+  print("\nAlterRec - AlterRec_random, test, paired bootstrap over prefixes (95%):")
+  for cell, models in summary.items():
+    if {"alterrec", "alterrec_random"} <= set(models):
+      differences = {metric: paired_difference(cell, "alterrec", "alterrec_random", metric)
+                     for metric in METRICS}
+      models["alterrec"]["minus_random"] = differences
+      print(f"- {cell} ({differences['hits@20']['seeds']} seeds): " + "; ".join(
+          f"{metric} {d['difference']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+          for metric, d in differences.items()))
   with open(os.path.join(FLAGS.study_dir, "summary.json"), "w", encoding="utf-8") as f:
     json.dump(summary, f, indent=1, sort_keys=True)
   return summary
