@@ -42,6 +42,7 @@ CELLS: Dict[str, tuple] = {
     "neg800_gate": (("alterrec",), ["--k2=806", "--hard_negative_gate=0.9"]),
     "neg800_guard": (("alterrec",), ["--k2=806", "--false_negative_cosine=0.8"]),
     "single": (("id_only", "text_only"), []),
+    "baselines": (("sasrec", "fdsa"), []),
 }
 METRICS = ("hits@10", "hits@20", "ndcg@10", "ndcg@20")
 
@@ -107,13 +108,13 @@ def paired_difference(cell: str, model: str, reference: str, metric: str,
   (a paired bootstrap; seed 0 of the resampling)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   root = os.path.join(FLAGS.study_dir, cell)
-  seeds = sorted(set(os.listdir(os.path.join(root, model)))
-                 & set(os.listdir(os.path.join(root, reference))))
+  seeds = sorted(seed for seed in os.listdir(os.path.join(root, model))
+                 if all(os.path.isfile(os.path.join(root, name, seed, "test_ranks.npz"))
+                        for name in (model, reference)))
   rows = []
   for name in (model, reference):
     values = [_per_row(np.load(os.path.join(root, name, seed, "test_ranks.npz"))["fused"],
-                       metric) for seed in seeds
-              if os.path.isfile(os.path.join(root, name, seed, "test_ranks.npz"))]
+                       metric) for seed in seeds]
     rows.append(np.mean(values, axis=0))
   difference = rows[0] - rows[1]
   rng = np.random.default_rng(0)
