@@ -43,8 +43,8 @@ from alterrec_tf import config as alter_config
 from alterrec_tf import runs as alter_runs
 from alterrec_tf.config import TrainConfig
 from alterrec_tf.data import windows as alter_data
-from alterrec_tf.train import train
 from alterrec_tf.training import distribution
+from alterrec_tf.training.trainer import train
 from tests import synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +64,7 @@ def exact_config(data_dir, run_dir, **changes):
 
 def read_run(run_dir):
   """(results, history, best weights {name: array}) of a finished run folder."""
-  import h5py  # pylint: disable=g-import-not-at-top
+  import h5py
   results = alter_runs.load_results(run_dir)
   history = alter_runs.read_json(os.path.join(run_dir, alter_runs.HISTORY_FILE))
   weights = {}
