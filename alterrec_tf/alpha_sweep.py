@@ -19,12 +19,13 @@ from typing import Sequence
 
 from absl import flags, logging
 
-from alterrec_tf import cli
+from alterrec_tf import cli, flagfiles
 from alterrec_tf import config as alter_config
 from alterrec_tf import runs as alter_runs
-from alterrec_tf import train as alter_train
 from alterrec_tf.models import names as model_names
+from alterrec_tf.serving.build import ExportError
 from alterrec_tf.training import alpha as alter_alpha
+from alterrec_tf.training import loading, trainer
 
 SWEEP_FILE = alter_runs.SWEEP_FILE
 
@@ -51,14 +52,13 @@ def parse_alphas(values: Sequence[str]) -> list:
 
 def check_request(run_dir: str, data_dir=None, verify_data: bool = True):
   """The run (two towers, best weights), its dataset and run_dir's
-  writability, checked before TensorFlow is loaded; returns `export.check_run`'s
+  writability, checked before TensorFlow is loaded; returns `loading.check_run`'s
   (config, manifest, data_dir).
 
   Raises:
     ExportError, ConfigError, DataError, CommandError: one line.
   """
-  from alterrec_tf import export as alter_export  # pylint: disable=g-import-not-at-top
-  checked = alter_export.check_run(run_dir, data_dir, verify_data)
+  checked = loading.check_run(run_dir, data_dir, verify_data)
   config = checked[0]
   if model_names.ALTERREC_TOWERS.get(config.model) != ("id", "text"):
     two_towers = [m for m, towers in model_names.ALTERREC_TOWERS.items() if len(towers) == 2]
@@ -72,16 +72,14 @@ def check_request(run_dir: str, data_dir=None, verify_data: bool = True):
 def run_sweep(run_dir: str, alphas: Sequence[float], data_dir=None,
               verify_data: bool = True) -> dict:
   """Sweeps a run's valid and test splits; writes and returns alpha_sweep.json."""
-  from alterrec_tf import export as alter_export  # pylint: disable=g-import-not-at-top
-
   checked = check_request(run_dir, data_dir, verify_data)  # before TensorFlow is loaded
-  from alterrec_tf.data import windows as alter_data  # pylint: disable=g-import-not-at-top
-  model, config, manifest, data_dir = alter_export.load_run(run_dir, checked=checked)
+  from alterrec_tf.data import windows as alter_data
+  model, config, manifest, data_dir = loading.load_run(run_dir, checked=checked)
   out = {"run_dir": run_dir, "alphas": [float(a) for a in alphas],
          "trained_alpha": config.alpha}
   best = None
   for split_name in ("valid", "test"):
-    stride = (alter_train.TEST_WINDOW_STRIDE if split_name == "test"
+    stride = (trainer.TEST_WINDOW_STRIDE if split_name == "test"
               else config.eval_window_stride)
     split = alter_data.load_split(data_dir, manifest, split_name, config.max_len, stride)
     if split is not None:
@@ -137,10 +135,8 @@ def main(argv):
 
 
 def run():
-  from alterrec_tf import export as alter_export  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import flagfiles  # pylint: disable=g-import-not-at-top
   define_flags()
-  cli.run(main, flagfiles.PREPARE_FLAG_NAMES, known=(alter_export.ExportError,))
+  cli.run(main, flagfiles.PREPARE_FLAG_NAMES, known=(ExportError,))
 
 
 if __name__ == "__main__":

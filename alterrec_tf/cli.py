@@ -26,9 +26,7 @@ from typing import Callable, Iterable, Optional, Sequence, Tuple, Type
 
 from absl import app, flags
 
-# Flags of this module, defined by `define_flags` (`flagfiles.training_flag_names`
-# lists them for data_tools.prepare, which skips them in a shared flagfile).
-FLAG_NAMES = frozenset({"traceback", "verify_data"})
+from alterrec_tf import flagfiles
 
 ERROR_EXIT_CODE = 1
 
@@ -39,7 +37,7 @@ class CommandError(ValueError):
 
 def define_flags(verify_data: bool = True) -> None:
   """Defines --traceback and (for commands that read a dataset) --verify_data,
-  once per process."""
+  once per process (their names: `flagfiles.FLAG_NAMES`)."""
   if "traceback" not in flags.FLAGS:
     flags.DEFINE_boolean("traceback", False,
                          "On an error, show the Python stack instead of one line "
@@ -188,7 +186,7 @@ def guard(main: Callable, known: Sequence[Type[BaseException]] = (),
       return main(argv)
     except (SystemExit, KeyboardInterrupt):
       raise
-    except Exception as error:  # pylint: disable=broad-except
+    except Exception as error:
       if flag_value("traceback", False):
         raise
       sys.exit(report(error, known, io_hint))
@@ -208,7 +206,6 @@ def run(main: Callable, foreign_flags: Iterable[str] = (),
     io_hint: added to a disk-full or permission error (e.g. how to resume).
     verify_data: define --verify_data (commands that read a dataset).
   """
-  from alterrec_tf import flagfiles  # pylint: disable=g-import-not-at-top
   define_flags(verify_data)
   app.run(guard(main, known, io_hint), flags_parser=flagfiles.make_parser(foreign_flags))
 

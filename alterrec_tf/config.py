@@ -371,7 +371,7 @@ def check_against_dataset(config: TrainConfig, manifest: dict, text_embeddings=N
     ConfigError: naming the flag and the limit it breaks, or what the data lacks.
   """
   # (numpy and the schema only when a dataset is checked: config loads for --help)
-  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.formats import schema
   check_flags(config)
   data_dir = config.data_dir
   catalogue = manifest["num_items"] - 1  # without the padding row

@@ -38,12 +38,12 @@ from absl import flags, logging
 
 from alterrec_tf import cli, flagfiles
 from alterrec_tf import config as alter_config
-from alterrec_tf import report as alter_report
 from alterrec_tf import runs as alter_runs
-from alterrec_tf import train as alter_train
+from alterrec_tf.analysis import report as alter_report
 from alterrec_tf.analysis import tables
 from alterrec_tf.formats import schema
 from alterrec_tf.models import names as model_names
+from alterrec_tf.training import trainer
 
 flags.DEFINE_list("models", list(model_names.DEFAULT_GRID),
                   "Models of the grid, in report order; '<model>+keep' adds that model "
@@ -84,21 +84,22 @@ def save_test_ranks(run_dir: str) -> dict:
     The test metrics of those ranks, per head.
   """
   # (in the worker, after its thread count is set: module doc)
-  from alterrec_tf.data import windows as alter_data  # pylint: disable=g-import-not-at-top
-  from alterrec_tf.models import registry as models  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.data import windows as alter_data
+  from alterrec_tf.models import registry as models
 
   config = alter_runs.load_config(run_dir)
   manifest = schema.load_manifest(config.data_dir)
+  config = alter_config.resolve_seen_items(config, manifest)  # (older runs: "auto")
   text_embeddings = schema.load_text_embeddings(config.data_dir, manifest)
   train_files = schema.split_files(config.data_dir, manifest, "train")
   test_split = alter_data.load_split(config.data_dir, manifest, "test", config.max_len,
-                                     alter_train.TEST_WINDOW_STRIDE)
+                                     trainer.TEST_WINDOW_STRIDE)
   if test_split is None:
     return {}
   model = models.build_model(config, manifest, text_embeddings, train_files=train_files)
   if model.trainable_variables:
     model.load_weights(os.path.join(run_dir, alter_runs.BEST_WEIGHTS_FILE))
-  return alter_train.rank_test_split(config, model, manifest, test_split, run_dir)
+  return trainer.rank_test_split(config, model, manifest, test_split, run_dir)
 
 
 def run_config(base_config, entry: str, seed: int, seeds, runs_dir: str):
@@ -218,7 +219,7 @@ def run_grid(base_config, models, seeds, runs_dir: str, log=print, shard=(0, 1),
   Returns:
     {"trained": n, "skipped": n, "seconds": wall seconds of this call}.
   """
-  import keras  # pylint: disable=g-import-not-at-top  (after the thread-count env is set)
+  import keras  # after the thread-count env is set
 
   # a worker (shard[1] > 1) leaves unstarted runs alone: the parent cleared them
   check_grid(base_config, models, seeds, runs_dir, verify_data, clear_unstarted=shard[1] == 1)
@@ -246,7 +247,7 @@ def run_grid(base_config, models, seeds, runs_dir: str, log=print, shard=(0, 1),
     run_start = time.perf_counter()
     if not finished:
       log(f"{prefix}: training into {run_dir} ({elapsed})")
-      alter_train.train(config, save_test_ranks=True, verify_data=verify_data)
+      trainer.train(config, save_test_ranks=True, verify_data=verify_data)
       trained += 1
     if not os.path.exists(ranks_path):  # floors (no best weights); runs from older versions
       if finished:
@@ -289,7 +290,7 @@ def run_workers(models, seeds, runs_dir: str, workers: int, overwrite: bool = Fa
   shutil.rmtree(claims, ignore_errors=True)  # a killed grid's claims: its runs resume
   os.makedirs(claims)
   command = [sys.executable, "-m", "alterrec_tf.experiments"] + sys.argv[1:]
-  processes = [subprocess.Popen(command + [f"--worker={i}"], env=env)  # pylint: disable=consider-using-with
+  processes = [subprocess.Popen(command + [f"--worker={i}"], env=env)
                for i in range(workers)]
   codes = [process.wait() for process in processes]
   shutil.rmtree(claims, ignore_errors=True)
@@ -304,7 +305,7 @@ def run_workers(models, seeds, runs_dir: str, workers: int, overwrite: bool = Fa
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (after the TF_NUM_* env)
+  import tensorflow as tf  # after the TF_NUM_* env
   tf.get_logger().setLevel("ERROR")  # retracing notices of the per-run evaluators
   config = alter_config.TrainConfig.from_flags()
   if not config.data_dir:

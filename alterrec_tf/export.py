@@ -37,75 +37,22 @@ such an export needs `import tensorflow_text` (serving/check.py and
 recommend.py do it).
 """
 
-import json
 import os
 import time
 from typing import Optional
 
-from alterrec_tf import cli
-from alterrec_tf import config as alter_config
-from alterrec_tf import runs as alter_runs
+from alterrec_tf import cli, flagfiles
 from alterrec_tf.formats import new_items as alter_new_items
-from alterrec_tf.formats import schema
 from alterrec_tf.models import names as model_names
 from alterrec_tf.serving import build as serving_build
-from alterrec_tf.serving import publish
+from alterrec_tf.serving import pipeline
 from alterrec_tf.serving.build import ExportError
+from alterrec_tf.training import loading
 
-EXPORT_INFO_FILE = publish.EXPORT_INFO_FILE
-WARMUP_FILE = "tf_serving_warmup_requests"
-ASSETS_EXTRA = publish.ASSETS_EXTRA
-WEIGHTS_FILE = alter_runs.BEST_WEIGHTS_FILE
-
-
-
-
-# --- loading a run ------------------------------------------------------------------
-def load_config(run_dir: str) -> "alter_config.TrainConfig":
-  try:
-    return alter_runs.load_config(run_dir)
-  except alter_config.ConfigError as error:
-    raise ExportError(str(error)) from None
-
-
-def check_run(run_dir: str, data_dir: Optional[str] = None, verify_data: bool = True,
-              weights: bool = True):
-  """(TrainConfig, manifest, data_dir) of an exportable run, its dataset
-  verified (`verify_data`) and (`weights`) its best weights present; nothing is
-  built, TensorFlow is not loaded.
-
-  Raises:
-    ExportError, DataError: one line naming the run, file or flag.
-  """
-  config = load_config(run_dir)
-  if config.model not in model_names.ALTERREC_TOWERS:
-    raise ExportError(f"{run_dir} is a --model={config.model} run, which cannot be "
-                      f"exported; exportable: {', '.join(model_names.ALTERREC_TOWERS)}")
-  data_dir = data_dir or config.data_dir
-  manifest = schema.load_manifest(data_dir, verify_hashes=verify_data)
-  if weights:
-    check_weights(run_dir)
-  return config, manifest, data_dir
-
-
-def check_weights(run_dir: str) -> None:
-  """Refuses a run without best weights (one that never finished an epoch)."""
-  weights = os.path.join(run_dir, WEIGHTS_FILE)
-  if not os.path.exists(weights):
-    reason = ("the run has not finished an epoch" if not alter_runs.load_results(run_dir)
-              else "the run finished without best weights")
-    raise ExportError(f"{weights} is missing ({reason}); train it to the end with "
-                      "python -m alterrec_tf.train and export again")
-
-
-def check_k(k: int, manifest: dict, data_dir: str, new_items: Optional[str] = None) -> None:
-  """Refuses a list length outside [1, items of the catalogue].
-
-  With --new_items the upper end is checked again once the table is read.
-  """
-  catalogue = manifest["num_items"] - 1
-  if k < 1 or (k > catalogue and not new_items):
-    raise ExportError(f"--k={k} must be in [1, {catalogue}] (the items of {data_dir})")
+EXPORT_INFO_FILE = pipeline.EXPORT_INFO_FILE
+WARMUP_FILE = pipeline.WARMUP_FILE
+ASSETS_EXTRA = pipeline.ASSETS_EXTRA
+WEIGHTS_FILE = pipeline.WEIGHTS_FILE
 
 
 def check_request(run_dir: str, export_dir: Optional[str], data_dir: Optional[str] = None,
@@ -115,7 +62,7 @@ def check_request(run_dir: str, export_dir: Optional[str], data_dir: Optional[st
   """Everything `export` checks before TensorFlow is loaded (about a second).
 
   Returns:
-    (TrainConfig, manifest, data_dir) as `check_run`.
+    (TrainConfig, manifest, data_dir) as `training.loading.check_run`.
 
   Raises:
     CommandError, ExportError, DataError: one line naming the flag, run or file.
@@ -127,38 +74,17 @@ def check_request(run_dir: str, export_dir: Optional[str], data_dir: Optional[st
                       "(0 = the next one)")
   if k < 1:  # before reading anything
     raise ExportError(f"--k={k} must be at least 1 (items per recommendation list)")
-  config, manifest, data_dir = check_run(run_dir, data_dir, verify_data, weights=False)
-  check_k(k, manifest, data_dir, new_items)
+  config, manifest, data_dir = loading.check_run(run_dir, data_dir, verify_data,
+                                                 weights=False)
+  pipeline.check_k(k, manifest, data_dir, new_items)
   if text_signatures:
-    reason = serving_build.text_signature_obstacle(model_names.ALTERREC_TOWERS[config.model], manifest,
-                                     text_encoder_dir)
+    reason = serving_build.text_signature_obstacle(
+        model_names.ALTERREC_TOWERS[config.model], manifest, text_encoder_dir)
     if reason:
       raise ExportError(f"--text_signatures: {reason}")
   cli.check_writable(export_dir, "--export_dir")
-  check_weights(run_dir)
+  loading.check_weights(run_dir)
   return config, manifest, data_dir
-
-
-def load_run(run_dir: str, data_dir: Optional[str] = None, verify_data: bool = True,
-             checked=None):
-  """(Keras model with the best weights, TrainConfig, manifest, data_dir) of a run.
-
-  The config's alpha is the one the run chose on validation where it tuned it
-  (results.json "alpha", `train --tune_alpha`).
-
-  Args:
-    checked: the result of `check_run` / `check_request` (not checked again).
-  """
-  from alterrec_tf.models import registry as models  # pylint: disable=g-import-not-at-top
-  config, manifest, data_dir = checked or check_run(run_dir, data_dir, verify_data)
-  results = alter_runs.load_results(run_dir) or {}
-  if "alpha" in results:  # chosen on validation after training (--tune_alpha)
-    config = config.replace(alpha=float(results["alpha"]))
-  text_embeddings = schema.load_text_embeddings(data_dir, manifest)
-  weights = os.path.join(run_dir, WEIGHTS_FILE)
-  model = models.build_model(config, manifest, text_embeddings)
-  model.load_weights(weights)
-  return model, config, manifest, data_dir
 
 
 # --- export -----------------------------------------------------------------------------
@@ -169,7 +95,9 @@ def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
            warmup: bool = True, verify: bool = True, loaded_run=None,
            verify_data: bool = True, text_signatures: Optional[bool] = None,
            text_encoder_dir: Optional[str] = None, cold_id_part: str = "imputed") -> dict:
-  """Exports `run_dir` as version `version` (default: next) of `export_dir`.
+  """Exports `run_dir` as version `version` (default: next) of `export_dir`:
+  checks the request, loads the run (`training.loading`) and hands it to the
+  export pipeline (`serving.pipeline.export_run`).
 
   Args:
     exclude_session_items: never recommend an item of the request; None: as the
@@ -191,169 +119,27 @@ def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
     ExportError: the export cannot be done as asked, or writing it failed (a
       full disk): one line; nothing is left in export_dir.
   """
+  start = time.perf_counter()
   created = bool(export_dir) and not os.path.exists(export_dir)
   try:
-    return _export(run_dir, export_dir, data_dir, version, k, exclude_session_items,
-                   new_items, model_name, warmup, verify, loaded_run, verify_data,
-                   text_signatures, text_encoder_dir, cold_id_part)
+    if loaded_run is None:  # every check before TensorFlow is loaded
+      checked = check_request(run_dir, export_dir, data_dir, k, version, new_items,
+                              verify_data, text_signatures, text_encoder_dir)
+      loaded_run = loading.load_run(run_dir, checked=checked)
+    info = pipeline.export_run(loaded_run, run_dir, export_dir, version, k,
+                               exclude_session_items, new_items, model_name, warmup, verify,
+                               text_signatures, text_encoder_dir, cold_id_part)
   except BaseException:
     if created and os.path.isdir(export_dir) and not os.listdir(export_dir):
       os.rmdir(export_dir)  # a refusal leaves no empty --export_dir behind
     raise
-
-
-def _export(run_dir, export_dir, data_dir, version, k, exclude_session_items, new_items,
-            model_name, warmup, verify, loaded_run, verify_data, text_signatures,
-            text_encoder_dir, cold_id_part) -> dict:
-  """`export` (which removes the export_dir it created when this fails)."""
-  start = time.perf_counter()
-  if loaded_run is None:  # every check before TensorFlow is loaded
-    checked = check_request(run_dir, export_dir, data_dir, k, version, new_items, verify_data,
-                            text_signatures, text_encoder_dir)
-    loaded_run = load_run(run_dir, checked=checked)
-  model, config, manifest, data_dir = loaded_run
-  check_k(k, manifest, data_dir, new_items)
-  exclude_session_items = session_item_exclusion(run_dir, config, manifest,
-                                                 exclude_session_items)
-  version, final = publish.choose_version(export_dir, version)
-  model_name = model_name or os.path.basename(os.path.normpath(export_dir)) or "alterrec"
-  try:
-    with publish.staging(export_dir, version) as staging:
-      target, scratch = os.path.join(staging, "model"), os.path.join(staging, "scratch")
-      os.makedirs(scratch)
-      text_layer, text_info = serving_build.build_text_layer(
-          model, manifest, schema.read_vocab(data_dir), text_signatures, text_encoder_dir)
-      module, rows, new_rows, cold_id_imputer = serving_build.build_module(
-          model, config, manifest, data_dir, scratch, k,
-          exclude_session_items, new_items, text_layer, cold_id_part)
-      num_warmup = save_module(module, target, model_name, rows, config.max_len, k, warmup)
-      checked = None
-      if verify:
-        # pylint: disable-next=g-import-not-at-top  (loads tensorflow_text)
-        from alterrec_tf.serving import check as export_check
-        checked = export_check.verify_staged_export(
-            target, model, data_dir, manifest, k, module, rows, new_rows,
-            exclude_session_items, cold_id_imputer, text_layer, text_info)
-      info = export_info(run_dir, data_dir, model, config, manifest, module, rows, k,
-                         exclude_session_items, new_items, cold_id_imputer, text_layer,
-                         text_info, checked)
-      weights = os.path.join(run_dir, WEIGHTS_FILE) if run_dir else None
-      info.update(version=version, model_name=model_name, warmup_requests=num_warmup,
-                  **publish.size_info(target, weights))
-      info["total_bytes"] = publish.folder_bytes(target) + len(json.dumps(info))
-      publish.publish(target, final, info)
-  except Exception as error:  # pylint: disable=broad-except  (only I/O errors are rewritten)
-    problem = cli.io_problem(error)
-    if problem is None:
-      raise
-    raise ExportError(f"writing the export failed, nothing was exported: {problem}") from error
-  info["path"] = final
   info["export_seconds"] = time.perf_counter() - start
   return info
 
 
-def session_item_exclusion(run_dir: str, config, manifest: dict,
-                           requested: Optional[bool]) -> bool:
-  """Whether the export never recommends a request's own items: `requested`,
-  or (None) as the run was trained (its resolved --seen_items).
-
-  Raises:
-    ExportError: keeping them for a run that never learned to score them.
-  """
-  excluded_in_training = (
-      alter_config.resolve_seen_items(config, manifest).seen_items == "exclude")
-  if requested is None:
-    return excluded_in_training
-  if excluded_in_training and not requested:
-    raise ExportError(
-        f"{run_dir} was trained and evaluated with --seen_items=exclude: its scores of "
-        "the session's own items were never trained; export it with session items "
-        "excluded (leave --exclude_session_items unset)")
-  return requested
-
-
-def save_module(module, target: str, model_name: str, rows, max_len: int, k: int,
-                warmup: bool) -> int:
-  """Saves the serving module as a SavedModel at `target` (and, with `warmup`,
-  TF Serving's warm-up requests); returns the number of warm-up requests."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (checks run before TF)
-
-  from alterrec_tf.serving import warmup as serving_warmup  # pylint: disable=g-import-not-at-top
-  tf.saved_model.save(module, target, signatures=module.signatures())
-  if not warmup:
-    return 0
-  return serving_warmup.write_warmup(
-      os.path.join(target, publish.ASSETS_EXTRA, WARMUP_FILE), model_name,
-      serving_warmup.warmup_requests(rows, module.popularity.numpy(), max_len, k))
-
-
-def export_info(run_dir: str, data_dir: str, model, config, manifest: dict, module, rows,
-                k: int, exclude_session_items: bool, new_items: Optional[str],
-                cold_id_imputer, text_layer, text_info: dict, checked) -> dict:
-  """What an export holds (assets.extra/alterrec_export.json, without sizes)."""
-  from alterrec_tf.serving import module as serving  # pylint: disable=g-import-not-at-top
-  return {
-      "run_dir": os.path.abspath(run_dir), "data_dir": os.path.abspath(data_dir),
-      "model": config.model, "data_content_hash": manifest.get("content_hash"),
-      "towers": list(model.tower_names), "alpha": config.alpha,
-      "text_temperature": config.text_temperature, "embedding_dim": config.embedding_dim,
-      "max_len": config.max_len, "k": k, "exclude_session_items": exclude_session_items,
-      "num_items": len(rows), "num_trained_items": manifest["num_items"],
-      "num_new_items": len(rows) - manifest["num_items"], "new_items": new_items or "",
-      "signatures": list(module.signature_names),
-      "text_signatures": text_layer is not None,
-      "cold_id_part": ("imputed" if cold_id_imputer is not None else
-                       "zero" if {"id", "text"} <= set(model.tower_names) else None),
-      "text": ({**text_info, "signatures": list(serving.TEXT_SIGNATURES)}
-               if text_layer is not None else text_info),
-      "verified_sessions": None if checked is None else len(checked),
-      "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-  }
-
-
-def format_info(info: dict) -> str:
-  ratio = info["variables_bytes"] / max(info["weights_bytes"], 1)
-  lines = [
-      f"exported {info['model']} ({'+'.join(info['towers'])}) to {info['path']}",
-      f"  items: {info['num_items']} ({info['num_new_items']} cold-start), k={info['k']}, "
-      f"exclude_session_items={info['exclude_session_items']}"
-      + (f", cold items' ID part: {info['cold_id_part']}" if info.get("cold_id_part") else ""),
-      f"  variables/: {info['variables_bytes'] / 1e6:.2f} MB; exported weights "
-      f"(sum of nbytes): {info['weights_bytes'] / 1e6:.2f} MB; ratio {ratio:.3f}",
-      f"  saved_model.pb: {info['saved_model_pb_bytes'] / 1e6:.2f} MB; whole version "
-      f"folder: {info['total_bytes'] / 1e6:.2f} MB",
-  ]
-  if info.get("training_weights_file_bytes"):
-    lines.append(f"  (training {WEIGHTS_FILE}, with optimizer state and the ID table: "
-                 f"{info['training_weights_file_bytes'] / 1e6:.2f} MB)")
-  text = info.get("text") or {}
-  if info.get("text_signatures"):
-    lines.append(
-        f"  text signatures {', '.join(text['signatures'])}: fields "
-        f"{','.join(text['fields'])}; the sentence encoder ({text['layers']} layers, "
-        f"d={text['dim']}, {text['vocabulary_size']} tokens) adds "
-        f"{text['encoder_weights_bytes'] / 1e6:.1f} MB of weights to variables/ (its graph "
-        "and vocabulary are in saved_model.pb); load with `import tensorflow_text`")
-    if text.get("table_check"):
-      lines.append(f"  sentence encoder re-embeds {text['table_check']['items']} dataset "
-                   f"titles to within {text['table_check']['max_abs_diff']:.1g} of its "
-                   "text table")
-  elif text.get("skipped"):
-    lines.append(f"  no text signatures: {text['skipped']}")
-  if info.get("verified_sessions"):
-    lines.append(f"  checked: top-{info['k']} of {info['verified_sessions']} test sessions "
-                 "equal the Keras model's")
-  if text.get("verified"):
-    lines.append(f"  checked: the text signatures on {text['verified']['candidates']} "
-                 "candidate texts equal the Keras layers")
-  lines.append(f"  warmup requests: {info['warmup_requests']}; took "
-               f"{info['export_seconds']:.1f}s")
-  return "\n".join(lines)
-
-
 # --- command line ---------------------------------------------------------------------
 def define_flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import flags
   # --run_dir and --data_dir are the training flags of alterrec_tf.config.
   flags.DEFINE_string("export_dir", None, "Model base folder; the export is written to "
                       "export_dir/N (TF Serving's version layout).")
@@ -389,7 +175,7 @@ def define_flags():
 
 def main(argv):
   del argv
-  from absl import flags, logging  # pylint: disable=g-import-not-at-top
+  from absl import flags, logging
   logging.set_verbosity(logging.WARNING)
   values = flags.FLAGS
   verify_data = bool(cli.flag_value("verify_data", True))
@@ -399,11 +185,10 @@ def main(argv):
                 text_signatures=values.text_signatures,
                 text_encoder_dir=values.text_encoder_dir,
                 cold_id_part=values.cold_id_part)
-  print(format_info(info))
+  print(pipeline.format_info(info))
 
 
 def run():
-  from alterrec_tf import flagfiles  # pylint: disable=g-import-not-at-top
   define_flags()
   cli.run(main, flagfiles.PREPARE_FLAG_NAMES, known=(ExportError, alter_new_items.NewItemsError))
 

@@ -23,6 +23,11 @@ PREPARE_FLAG_NAMES = frozenset({
     "excluded_stock_codes", "split_seed", "sheet", "text_keys",
 })
 
+# Flags of the shared command line, defined by `cli.define_flags`
+# (`training_flag_names` lists them for data_tools.prepare, which skips them in a
+# shared flagfile).
+FLAG_NAMES = frozenset({"traceback", "verify_data"})
+
 
 def _flag_name(arg: str, known: frozenset) -> str:
   name = arg.lstrip("-").split("=", 1)[0]
@@ -64,6 +69,6 @@ def make_parser(foreign_flag_names: Iterable[str]):
 
 def training_flag_names() -> frozenset:
   """Names of every flag `alterrec_tf` defines (for `data_tools.prepare`): the
-  training flags and those of the shared command line (`cli.FLAG_NAMES`)."""
-  from alterrec_tf import cli, config  # pylint: disable=g-import-not-at-top
-  return frozenset(config.defined_flag_names()) | cli.FLAG_NAMES
+  training flags and those of the shared command line (`FLAG_NAMES`)."""
+  from alterrec_tf import config  # (defines the training flags: only when asked)
+  return frozenset(config.defined_flag_names()) | FLAG_NAMES

@@ -125,10 +125,10 @@ def recommend(version_dir: str, items: Sequence[str], k: Optional[int] = None, l
   rows: [(rank, raw_id, score)] best first.
   """
   # tensorflow_text: the ops of the text signatures' tokenizer register on import (0.3 s)
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import tensorflow_text  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
+  import tensorflow as tf
+  import tensorflow_text  # noqa: F401
 
-  from alterrec_tf.serving import module as serving  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.serving import module as serving
   loaded = loaded or load_export(version_dir)
   session = tf.constant([[str(i) for i in items] or [""]], tf.string)
   if k is None:
@@ -166,7 +166,7 @@ def format_recommendations(items: Sequence[str], rows, ignored: int, fallback: b
 
 
 def define_flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import flags
   flags.DEFINE_string("export_dir", None, "A version folder of the export, or its parent "
                       "(the highest version is used).")
   flags.DEFINE_list("items", [], "The session: raw item ids, oldest first, comma-separated.")
@@ -175,7 +175,7 @@ def define_flags():
 
 def main(argv: List[str]):
   del argv
-  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import flags
   values = flags.FLAGS
   version_dir = check_request(values.export_dir, values.k)
   items = [i.strip() for i in values.items if i.strip()]
@@ -187,7 +187,7 @@ def main(argv: List[str]):
 
 
 def run():
-  from alterrec_tf import flagfiles  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import flagfiles
   define_flags()
   cli.run(main, flagfiles.PREPARE_FLAG_NAMES, verify_data=False)
 

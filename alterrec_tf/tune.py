@@ -18,8 +18,7 @@ from absl import flags, logging
 
 from alterrec_tf import cli, flagfiles
 from alterrec_tf import config as alter_config
-from alterrec_tf import train as alter_train
-from alterrec_tf.training import tuning
+from alterrec_tf.training import trainer, tuning
 
 flags.DEFINE_list("models", list(tuning.TUNABLE), "Models to tune, each with the same budget.")
 flags.DEFINE_integer("trials", 12, "Trials per model.")
@@ -42,7 +41,7 @@ def main(argv):
                            f"{', '.join(tuning.TUNABLE)}")
   if options.trials < 1 or options.tune_max_epochs < 1 or options.tune_patience < 1:
     raise cli.CommandError("--trials, --tune_max_epochs and --tune_patience must be at least 1")
-  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.formats import schema
   manifest = schema.load_manifest(config.data_dir,
                                   verify_hashes=bool(cli.flag_value("verify_data", True)))
   cli.check_writable(options.tune_dir, "--tune_dir")
@@ -52,8 +51,8 @@ def main(argv):
   for model in options.models:
     records.append(tuning.tune_model(
         config, model, manifest["num_items"] - 1, os.path.join(options.tune_dir, model),
-        budget, lambda trial, rank_test: alter_train.train(trial, rank_test=rank_test,
-                                                           verify_data=False),
+        budget, lambda trial, rank_test: trainer.train(trial, rank_test=rank_test,
+                                                       verify_data=False),
         log=lambda line: print(line, flush=True)))
   table = tuning.budget_table(records)
   with open(os.path.join(options.tune_dir, "tuning.md"), "w", encoding="utf-8") as f:

@@ -26,9 +26,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app, flags
 
-from benchmarks import common  # pylint: disable=wrong-import-position
+from benchmarks import common
 
 flags.DEFINE_string("config", "configs/online_retail.flags", "Flagfile of both commands.")
 flags.DEFINE_string("raw_path", os.path.join(common.REPO_ROOT, "..", "shared", "datasets",
@@ -70,7 +70,7 @@ def run_command(name: str, folder: str) -> dict:
 
 
 def run(folder: str) -> dict:
-  from data_tools import compare  # pylint: disable=g-import-not-at-top
+  from data_tools import compare
   machine = common.machine_info()
   print(common.machine_line(machine), flush=True)
   result = {"command": common.command_line(), "machine": machine,

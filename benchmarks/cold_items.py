@@ -46,16 +46,15 @@ K = 20
 
 def main(argv):
   del argv
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  import tensorflow as tf
 
-  from alterrec_tf import export as alter_export  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import train as alter_train  # pylint: disable=g-import-not-at-top
-  from alterrec_tf.data import windows  # pylint: disable=g-import-not-at-top
-  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
-  from alterrec_tf.models import cold_items, towers  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.data import windows
+  from alterrec_tf.formats import schema
+  from alterrec_tf.models import cold_items, towers
+  from alterrec_tf.training import loading, trainer
 
-  model, config, manifest, data_dir = alter_export.load_run(FLAGS.trained_run)
+  model, config, manifest, data_dir = loading.load_run(FLAGS.trained_run)
   num_items = manifest["num_items"]
   counts = windows.item_counts(schema.split_files(data_dir, manifest, "train"),
                                num_items).numpy()
@@ -88,7 +87,8 @@ def main(argv):
   is_hidden = np.zeros(num_items, bool)
   is_hidden[hidden] = True
   print(f"run {FLAGS.trained_run}: {len(trained)} trained items, {len(hidden)} hidden "
-        f"({FLAGS.hidden_share:.0%}, seed {FLAGS.hidden_seed}); imputed from the other {len(kept)}; "
+        f"({FLAGS.hidden_share:.0%}, seed {FLAGS.hidden_seed}); imputed from the other "
+        f"{len(kept)}; "
         f"seen items: {config.seen_items}")
 
   @tf.function(reduce_retracing=True)
@@ -109,7 +109,7 @@ def main(argv):
 
   for split_name in FLAGS.splits:
     split = windows.load_split(data_dir, manifest, split_name, config.max_len,
-                               alter_train.TEST_WINDOW_STRIDE)
+                               trainer.TEST_WINDOW_STRIDE)
     start = time.perf_counter()
     collected = {name: [] for name in variants}
     all_targets = []

@@ -25,7 +25,7 @@ if REPO_ROOT not in sys.path:
 # --- machine --------------------------------------------------------------------
 def machine_info() -> dict:
   """CPU count, CPU model, load, versions and accelerators of this run."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   model = platform.processor() or platform.machine()
   try:
     with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -54,14 +54,14 @@ def machine_line(info: dict) -> str:
 
 
 def on_gpu() -> bool:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   return bool(tf.config.list_physical_devices("GPU"))
 
 
 # --- timing ---------------------------------------------------------------------
 def sync(value):
   """Blocks until `value` (a tensor or nested structure of tensors) is computed."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   for leaf in tf.nest.flatten(value):
     if hasattr(leaf, "numpy"):
       leaf.numpy()
@@ -133,7 +133,7 @@ class PeakMemory:
       time.sleep(self.interval)
 
   def __enter__(self):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
     self.start_rss = self.peak_rss = rss_bytes()
     if on_gpu():
       tf.config.experimental.reset_memory_stats("GPU:0")
@@ -142,7 +142,7 @@ class PeakMemory:
     return self
 
   def __exit__(self, *exc):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
     self._stop.set()
     self._thread.join()
     self.peak_rss = max(self.peak_rss, rss_bytes())
@@ -159,7 +159,7 @@ def mib(n) -> str:
 def matmul_flops_per_second(size: int = 2048, dtype: str = "float32", repeats: int = 10):
   """Dense-matmul FLOP/s this machine reaches: median over `repeats` products of
   two [size, size] matrices (2 size^3 FLOPs each), on the default device."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   a = tf.random.stateless_normal([size, size], seed=[1, 2], dtype=dtype)
   b = tf.random.stateless_normal([size, size], seed=[3, 4], dtype=dtype)
   product = tf.function(lambda x, y: tf.reduce_sum(tf.matmul(x, y)[:1, :1]))

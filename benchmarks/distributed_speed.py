@@ -32,13 +32,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app, flags
 
-from alterrec_tf import config as alter_config  # pylint: disable=wrong-import-position
-from alterrec_tf import flagfiles  # pylint: disable=wrong-import-position
-from alterrec_tf import runs as alter_runs  # pylint: disable=wrong-import-position
-from alterrec_tf.training import distribution  # pylint: disable=wrong-import-position
-from benchmarks import common  # pylint: disable=wrong-import-position
+from alterrec_tf import config as alter_config
+from alterrec_tf import flagfiles
+from alterrec_tf import runs as alter_runs
+from alterrec_tf.training import distribution
+from benchmarks import common
 
 flags.DEFINE_integer("synthetic_items", 1500, "Catalogue of the synthetic dataset.")
 flags.DEFINE_integer("synthetic_sessions", 4000, "Training sessions of the synthetic dataset.")
@@ -112,7 +112,7 @@ def measure(config, scratch):
 def dataset(config, scratch):
   if config.data_dir:
     return config
-  from tests import synthetic  # pylint: disable=g-import-not-at-top
+  from tests import synthetic
   data_dir = os.path.join(scratch, "synthetic")
   synthetic.write_dataset(data_dir, num_items=FLAGS.synthetic_items,
                           num_sessions=FLAGS.synthetic_sessions, text_dim=64,

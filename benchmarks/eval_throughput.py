@@ -36,11 +36,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app, flags
 
-from alterrec_tf import config as alter_config  # pylint: disable=wrong-import-position
-from alterrec_tf import flagfiles  # pylint: disable=wrong-import-position
-from benchmarks import common  # pylint: disable=wrong-import-position
+from alterrec_tf import config as alter_config
+from alterrec_tf import flagfiles
+from benchmarks import common
 
 flags.DEFINE_string("split", "test", "Split of --data_dir to evaluate.")
 flags.DEFINE_boolean("real", True, "Evaluate --data_dir (false: synthetic only).")
@@ -97,11 +97,11 @@ def sum_flops(config, shapes, num_items, text_dim, tower_names):
 
 def evaluate_dataset(label, data_dir, manifest, text, config, peak, split_name):
   """Times the Evaluator over one split; returns the result dict."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
-  from alterrec_tf.data import windows as alter_data  # pylint: disable=g-import-not-at-top
-  from alterrec_tf.models import registry as models  # pylint: disable=g-import-not-at-top
-  from alterrec_tf.training import evaluation  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.data import windows as alter_data
+  from alterrec_tf.models import registry as models
+  from alterrec_tf.training import evaluation
 
   num_items = manifest["num_items"]
   text_dim = int(manifest.get("text_dim") or 0)
@@ -111,6 +111,7 @@ def evaluate_dataset(label, data_dir, manifest, text, config, peak, split_name):
   split = alter_data.load_split(data_dir, manifest, split_name, config.max_len,
                                 config.eval_window_stride)
   load_seconds = time.perf_counter() - start
+  config = alter_config.resolve_seen_items(config, manifest)
   model = models.build_model(config, manifest, text)
   evaluator = evaluation.Evaluator(model, config.ks, config.mrr_k)
   batches = split.batches(config.eval_batch_size)
@@ -142,7 +143,7 @@ def evaluate_dataset(label, data_dir, manifest, text, config, peak, split_name):
     # a [P] reduction of each head: nothing large leaves the graph
     scores_only = tf.function(lambda b: {k: tf.reduce_max(v, axis=1) for k, v in
                                          model.score_heads(b)[0].items()},
-                              input_signature=[evaluator._top_lists.input_signature[0]],  # pylint: disable=protected-access
+                              input_signature=[evaluator._top_lists.input_signature[0]],
                               autograph=False)
     scores_only(subset[0])
 
@@ -156,7 +157,7 @@ def evaluate_dataset(label, data_dir, manifest, text, config, peak, split_name):
         "batches": len(subset), "prefixes": sample_prefixes,
         "read_batches": subset_read_seconds,
         "scores": run_all(scores_only),
-        "scores_and_top_k": run_all(evaluator._top_lists),  # pylint: disable=protected-access
+        "scores_and_top_k": run_all(evaluator._top_lists),
         "full_evaluator": _timed(lambda: evaluator(batches.take(n))),
     }
   return {
@@ -201,7 +202,7 @@ def _timed(fn):
 
 
 def synthetic_dataset(num_items, num_sessions):
-  from tests import synthetic  # pylint: disable=g-import-not-at-top
+  from tests import synthetic
   out_dir = os.path.join(tempfile.mkdtemp(prefix="alterrec_bench_"), f"synthetic_{num_items}")
   manifest = synthetic.write_dataset(out_dir, num_items=num_items + 1,
                                      num_sessions=num_sessions, text_dim=384,
@@ -210,9 +211,9 @@ def synthetic_dataset(num_items, num_sessions):
 
 
 def run(config):
-  import keras  # pylint: disable=g-import-not-at-top
+  import keras
 
-  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.formats import schema
   machine = common.machine_info()
   print(common.machine_line(machine), flush=True)
   matmul = common.matmul_flops_per_second(FLAGS.matmul_size)
@@ -276,7 +277,8 @@ def print_tables(result):
                  + (f" (est. from {r['timed_prefixes']:,} prefixes in "
                     f"{r['timed_seconds']:.0f} s)" if estimate else "")
                  + f" +{r['trace_seconds']:.1f} s trace",
-                 common.fmt_rate(r["prefixes_per_second"]), common.fmt_flops(r["whole_split_flops"]["total"]),
+                 common.fmt_rate(r["prefixes_per_second"]),
+                 common.fmt_flops(r["whole_split_flops"]["total"]),
                  f"{r['achieved_flops_per_second'] / 1e9:.1f}",
                  f"{100 * r['fraction_of_matmul_peak']:.0f}%", common.mib(r["peak_rss_bytes"])])
   print(common.table(["dataset", "items", "windows", "prefixes", "whole split",

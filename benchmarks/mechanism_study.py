@@ -93,7 +93,7 @@ def _mean_sd(values: List[float]) -> str:
 
 def _per_row(ranks, metric: str):
   """Per-prefix value of `metric` from 1-based ranks [N]."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import numpy as np
   name, k = metric.split("@")
   hit = ranks <= int(k)
   if name == "hits":
@@ -106,7 +106,7 @@ def paired_difference(cell: str, model: str, reference: str, metric: str,
   """`model` - `reference` on the test prefixes, each prefix's metric averaged
   over the seeds both have, with a 95% interval from resampling prefixes
   (a paired bootstrap; seed 0 of the resampling)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import numpy as np
   root = os.path.join(FLAGS.study_dir, cell)
   seeds = sorted(seed for seed in os.listdir(os.path.join(root, model))
                  if all(os.path.isfile(os.path.join(root, name, seed, "test_ranks.npz"))

@@ -29,10 +29,10 @@ import time
 os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars between the figures
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app, flags
 
-from benchmarks import common  # pylint: disable=wrong-import-position
-from data_tools import prepare as prepare_lib  # pylint: disable=wrong-import-position
+from benchmarks import common
+from data_tools import prepare as prepare_lib
 
 flags.DEFINE_list("embedding_batch_sizes", [],
                   "Batch sizes of the timed SBERT step (default: the flagfile's "
@@ -51,7 +51,7 @@ def rows_read(manifest, raw_path):
   cleaning = manifest.get("filters", {}).get("cleaning", {})
   if "rows_read" in cleaning:
     return int(cleaning["rows_read"])
-  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  import pyarrow.parquet as pq
   return int(pq.ParquetFile(raw_path).metadata.num_rows)
 
 
@@ -69,10 +69,10 @@ def resolve_raw_path(path):
 
 
 def run(options):
-  import dataclasses  # pylint: disable=g-import-not-at-top
+  import dataclasses
 
-  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
-  from data_tools import embed  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.formats import schema
+  from data_tools import embed
   machine = common.machine_info()
   print(common.machine_line(machine), flush=True)
   raw_path = resolve_raw_path(options.raw_path)
@@ -108,7 +108,7 @@ def run(options):
         print(f"SBERT {options.text_model}, batch {size}: {distinct:,} titles in "
               f"{seconds:.1f} s", flush=True)
       try:
-        import torch  # pylint: disable=g-import-not-at-top
+        import torch
         torch_threads = torch.get_num_threads()
       except ImportError:
         torch_threads = None
@@ -156,7 +156,7 @@ def print_tables(result):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  import dataclasses  # pylint: disable=g-import-not-at-top
+  import dataclasses
   options = prepare_lib.options_from_flags()
   # output folders are temporary ones; --output_dir is ignored
   run(dataclasses.replace(options, raw_path=options.raw_path or DEFAULT_RAW_PATH,
@@ -164,5 +164,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from alterrec_tf import flagfiles  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import flagfiles
   app.run(main, flags_parser=flagfiles.make_parser(prepare_lib.training_flag_names()))

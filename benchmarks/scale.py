@@ -59,11 +59,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app, flags
 
-from alterrec_tf import config as alter_config  # pylint: disable=wrong-import-position
-from alterrec_tf import flagfiles  # pylint: disable=wrong-import-position
-from benchmarks import common, scale_data, scale_tables, train_steps  # pylint: disable=wrong-import-position
+from alterrec_tf import config as alter_config
+from alterrec_tf import flagfiles
+from benchmarks import common, scale_data, scale_tables, train_steps
 
 flags.DEFINE_list("items", ["10000", "100000", "1000000"],
                   "Catalogue sizes (items, padding not counted), with --base_sessions.")
@@ -136,7 +136,7 @@ def eval_budget(num_items: int) -> int:
 def budgeted(batches, max_prefixes, max_seconds, seen):
   """Yields batches until `max_prefixes` prefixes (the last batch cut to the
   windows that reach it) or until `max_seconds` have passed."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import numpy as np
   start = time.perf_counter()
   for batch in batches:
     if seen["prefixes"] >= max_prefixes or (
@@ -154,7 +154,7 @@ def budgeted(batches, max_prefixes, max_seconds, seen):
 
 def load_split(data_dir, manifest, split_name, max_len, stride):
   """The windows of a split (`windows.SplitData`); exits if the dataset lacks it."""
-  from alterrec_tf.data import windows  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.data import windows
   split = windows.load_split(data_dir, manifest, split_name, max_len, stride)
   if split is None:
     raise SystemExit(f"error: {data_dir} has no {split_name} split")
@@ -163,7 +163,7 @@ def load_split(data_dir, manifest, split_name, max_len, stride):
 
 def measure_evaluation(model, data_dir, manifest, config) -> dict:
   """Prefixes/s of the Evaluator over the first test prefixes."""
-  from alterrec_tf.training import evaluation  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.training import evaluation
   split = load_split(data_dir, manifest, "test", config.max_len, config.eval_window_stride)
   evaluator = evaluation.Evaluator(model, config.ks, config.mrr_k, tfrs_metrics=False)
   batches = split.batches(config.eval_batch_size)
@@ -209,7 +209,7 @@ def time_phases(model, stream, steps: int) -> dict:
 def top_k_timings(batch, num_items, k, repeats=3) -> dict:
   """Median seconds of tf.math.top_k(k) over [P, V] random scores, sorted and
   unsorted (the model ranks the partner's scores unsorted)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   scores = tf.random.stateless_normal([int(batch["target_mask"].sum()), num_items], [1, 2])
   out = {}
   for name, is_sorted in (("sorted", True), ("unsorted", False)):
@@ -221,7 +221,7 @@ def top_k_timings(batch, num_items, k, repeats=3) -> dict:
 
 def measure_training(model, data_dir, manifest, config, reference: bool) -> dict:
   """Prefixes/s of each phase on sampled batches (and a breakdown at the reference)."""
-  from benchmarks import step_pieces  # pylint: disable=g-import-not-at-top
+  from benchmarks import step_pieces
   start = time.perf_counter()
   split = load_split(data_dir, manifest, "train", config.max_len, config.train_window_stride)
   load_seconds = time.perf_counter() - start
@@ -251,16 +251,17 @@ def measure_training(model, data_dir, manifest, config, reference: bool) -> dict
 
 def run_point(items: int, sessions: int, config) -> dict:
   """Measures one grid point in this process; returns its result."""
-  import keras  # pylint: disable=g-import-not-at-top
+  import keras
 
-  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
-  from alterrec_tf.models import registry  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.formats import schema
+  from alterrec_tf.models import registry
   start = time.perf_counter()
   data_dir, manifest, _ = scale_data.cached_dataset(FLAGS.cache_dir, items, sessions,
                                                     **data_params())
   text = schema.load_text_embeddings(data_dir, manifest)
   config = train_steps.check_config(config.replace(data_dir=data_dir), manifest["num_items"])
   keras.utils.set_random_seed(config.seed)
+  config = alter_config.resolve_seen_items(config, manifest)
   model = registry.build_model(config, manifest, text)
   built = {"rss_bytes": common.rss_bytes(), "seconds": time.perf_counter() - start}
   result = {"items": items, "sessions": sessions, "num_items": manifest["num_items"],

@@ -83,7 +83,7 @@ def write_dataset(folder: str, num_items: int, num_sessions: int, exponent: floa
                   text_dim: int = 32, max_length: int = 200, test_sessions: int = 2000,
                   seed: int = 0) -> dict:
   """Writes a prepared dataset of `num_items` items (+ padding) and returns its manifest."""
-  from tests import synthetic  # pylint: disable=g-import-not-at-top
+  from tests import synthetic
   rng = np.random.default_rng(seed)
   item_of_rank = rng.permutation(num_items) + 1
   cdf = zipf_cdf(num_items, exponent)
@@ -103,7 +103,7 @@ def write_dataset(folder: str, num_items: int, num_sessions: int, exponent: floa
 def cached_dataset(cache_root: str, num_items: int, num_sessions: int, **params) -> tuple:
   """(folder, manifest, seconds spent writing: 0 when cached) of a dataset,
   generated on first use under `cache_root`/`dataset_key(...)`."""
-  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.formats import schema
   defaults: Dict[str, Any] = dict(exponent=1.0, text_dim=32, max_length=200,
                                   test_sessions=2000, seed=0)
   defaults.update(params)

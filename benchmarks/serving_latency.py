@@ -38,7 +38,7 @@ flags.DEFINE_string("output", "benchmarks/results/serving_latency.json", "JSON r
 
 
 def random_sessions(rng, count, num_items, max_len):
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import numpy as np
   ids = np.zeros([count, max_len], np.int64)
   lengths = rng.integers(1, max_len + 1, count)
   for row, length in enumerate(lengths):
@@ -48,10 +48,10 @@ def random_sessions(rng, count, num_items, max_len):
 
 def prefix_sessions(rng, count, data_dir, max_len):
   """Random prefixes (>= 1 item, last max_len kept) of the test split's sessions."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  import tensorflow as tf
 
-  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.formats import schema
   manifest = schema.load_manifest(data_dir)
   files = schema.split_files(data_dir, manifest, "test") or schema.split_files(
       data_dir, manifest, "train")
@@ -68,14 +68,14 @@ def prefix_sessions(rng, count, data_dir, max_len):
 
 
 def percentile_ms(values, q):
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import numpy as np
   return float(np.percentile(np.asarray(values) * 1e3, q))
 
 
 def benchmark(version_dir, single_calls=500, batch_size=256, batches=20, warmup_calls=20,
               seed=0, data_dir=None, signature="serving_default"):
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  import tensorflow as tf
   import tensorflow_text  # noqa: F401  (registers the ops of the export's text signatures)
   info_path = os.path.join(version_dir, "assets.extra", "alterrec_export.json")
   with open(info_path, encoding="utf-8") as f:
@@ -164,7 +164,7 @@ def main(argv):
   if not values.export_dir:
     raise SystemExit("error: --export_dir is required")
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from alterrec_tf import recommend  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import recommend
   version_dir = recommend.resolve_version_dir(values.export_dir)
   result = benchmark(version_dir, values.single_calls, values.batch_size, values.batches,
                      values.warmup_calls, values.seed, values.data_dir)

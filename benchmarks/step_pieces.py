@@ -14,12 +14,12 @@ from benchmarks import common
 
 def breakdown(model, batch, config, repeats=3):
   """Median seconds of the pieces of the hard-negative steps of each tower."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
-  from alterrec_tf.models import alterrec as alter_model  # pylint: disable=g-import-not-at-top
-  from alterrec_tf.models import negatives as alter_negatives  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.data.windows import scored_positions
+  from alterrec_tf.models import negatives as alter_negatives
   batch = {k: tf.constant(v) for k, v in batch.items()}
-  positions, targets = alter_model.scored_positions(batch)
+  positions, targets = scored_positions(batch)
   item_ids = batch["item_ids"]
   seed = tf.constant([config.seed, 0], tf.int32)
   out = {}
@@ -42,7 +42,7 @@ def breakdown(model, batch, config, repeats=3):
 
     @tf.function(autograph=False)
     def whole_signal(name=name):
-      return model._partner_signal(  # pylint: disable=protected-access
+      return model._partner_signal(
           name, item_ids, positions, targets, seed)
 
     @tf.function(autograph=False)

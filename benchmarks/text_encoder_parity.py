@@ -51,7 +51,7 @@ flags.DEFINE_string("output", "benchmarks/results/text_encoder_parity.json",
 
 def read_items(path: str, count: int):
   """(titles, descriptions) of the first `count` sorted distinct product names."""
-  import pandas as pd  # pylint: disable=g-import-not-at-top
+  import pandas as pd
   raw = pd.read_parquet(path, columns=["Description", "StockCode", "UnitPrice", "Country"])
   raw = raw.dropna(subset=["Description"])
   titles = sorted(raw["Description"].astype(str).unique())[:count]
@@ -68,7 +68,7 @@ def read_items(path: str, count: int):
 
 
 def cosines(a, b):
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import numpy as np
   return np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
@@ -93,16 +93,16 @@ def folder_bytes(path: str) -> int:
 
 def main(argv):
   del argv
-  from absl import logging  # pylint: disable=g-import-not-at-top
+  from absl import logging
   logging.set_verbosity(logging.WARNING)
   values = flags.FLAGS
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import pandas as pd  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  import pandas as pd
+  import tensorflow as tf
 
-  from alterrec_tf.text import convert  # pylint: disable=g-import-not-at-top
-  from alterrec_tf.text import encoder as keras_text  # pylint: disable=g-import-not-at-top
-  from data_tools import embed  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.text import convert
+  from alterrec_tf.text import encoder as keras_text
+  from data_tools import embed
 
   info = common.machine_info()
   titles, descriptions = read_items(values.raw_path, values.titles)

@@ -26,14 +26,12 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  from alterrec_tf import export as alter_export  # pylint: disable=g-import-not-at-top
-  from alterrec_tf import train as alter_train  # pylint: disable=g-import-not-at-top
-  from alterrec_tf.data import windows  # pylint: disable=g-import-not-at-top
-  from alterrec_tf.training import evaluation  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.data import windows
+  from alterrec_tf.training import evaluation, loading, trainer
 
-  model, config, manifest, data_dir = alter_export.load_run(FLAGS.trained_run)
+  model, config, manifest, data_dir = loading.load_run(FLAGS.trained_run)
   split = windows.load_split(data_dir, manifest, FLAGS.split, config.max_len,
-                             alter_train.TEST_WINDOW_STRIDE)
+                             trainer.TEST_WINDOW_STRIDE)
   timings = {}
   for tfrs_metrics in (True, False):
     evaluator = evaluation.Evaluator(model, config.ks, config.mrr_k, tfrs_metrics)

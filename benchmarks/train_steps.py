@@ -65,9 +65,9 @@ class BatchStream:
   """
 
   def __init__(self, batches, expand=False, max_len=None):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
 
-    from alterrec_tf.data import per_prefix  # pylint: disable=g-import-not-at-top
+    from alterrec_tf.data import per_prefix
     if expand:
       batches = [{k: v.numpy() for k, v in per_prefix.expand_to_prefixes(b, max_len).items()}
                  for b in batches]
@@ -94,7 +94,7 @@ class BatchStream:
 
 def time_train_function(model, stream, warmup, steps):
   """[(seconds, info)] of `steps` calls of model.train_function after `warmup`."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import numpy as np
   if stream.position < 0:  # the tiny tracing batch
     stream.next_info()
     float(model.train_function(stream.iterator)["loss"])

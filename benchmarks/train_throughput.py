@@ -15,14 +15,15 @@ Batches: --num_batches full batches of epoch 0 of the real training split
 (SplitData.epochs_of_batches: shuffled, length-bucketed and trimmed, as fit
 sees them), taken at evenly spaced quantiles of their number of scored prefixes
 so that short and long windows are represented as in the epoch, held in memory
-so input is not timed (the input pipeline is timed on its own below). For each phase of Algorithm 1 (ID
-or text tower; random or the partner's hard negatives):
+so input is not timed (the input pipeline is timed on its own below). For each
+phase of Algorithm 1 (ID or text tower; random or the partner's hard negatives):
 
   one pass    the model's compiled Keras train_function (what fit runs) on the
               window batches: one causal pass per window gives every prefix.
               --warmup untimed steps, then each sample batch --repeats times.
   per-prefix  the same train_function on the --reference_steps sample batches
-              closest to the epoch's mean prefixes per batch, expanded by `alterrec_tf.per_prefix.expand_to_prefixes`
+              closest to the epoch's mean prefixes per batch, expanded by
+              `alterrec_tf.per_prefix.expand_to_prefixes`
               (one row per scored prefix, padded to max_len: the authors' input
               format). Same prefixes per step, same loss. The expansion is done
               before timing, as the reference's loader precomputes its rows; the
@@ -49,15 +50,15 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app, flags
 
-from alterrec_tf import config as alter_config  # pylint: disable=wrong-import-position
-from alterrec_tf import flagfiles  # pylint: disable=wrong-import-position
+from alterrec_tf import config as alter_config
+from alterrec_tf import flagfiles
 from benchmarks import (
-  common,  # pylint: disable=wrong-import-position
-  step_pieces,  # pylint: disable=wrong-import-position
+  common,
+  step_pieces,
 )
-from benchmarks.train_steps import (  # pylint: disable=wrong-import-position
+from benchmarks.train_steps import (
   BatchStream,
   batch_info,
   check_config,
@@ -92,7 +93,7 @@ _SCRATCH = []  # temporary folders (synthetic data), deleted at exit
 def synthetic_dataset(out_dir, num_items=3701, num_sessions=14000, text_dim=384,
                       max_session_length=48, seed=0):
   """An Online-Retail-sized prepared dataset (mean session length ~25)."""
-  from tests import synthetic  # pylint: disable=g-import-not-at-top
+  from tests import synthetic
   return synthetic.write_dataset(out_dir, num_items=num_items, num_sessions=num_sessions,
                                  text_dim=text_dim, num_clusters=40,
                                  max_session_length=max_session_length, seed=seed)
@@ -100,9 +101,9 @@ def synthetic_dataset(out_dir, num_items=3701, num_sessions=14000, text_dim=384,
 
 def load_dataset(config):
   """(data_dir, manifest, text table) of --data_dir, or of a synthetic dataset."""
-  import tempfile  # pylint: disable=g-import-not-at-top
+  import tempfile
 
-  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.formats import schema
   data_dir = config.data_dir or DEFAULT_DATA_DIR
   if FLAGS.synthetic:
     scratch = tempfile.mkdtemp(prefix="alterrec_bench_")
@@ -150,7 +151,7 @@ def summarise(timed, config, tower, hard, num_items, text_dim, peak, memory):
 
 def schedule_weights(config, tower_names):
   """Epochs spent in each (tower, hard) phase over m_max epochs."""
-  from alterrec_tf.training import schedule  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.training import schedule
   weights = {}
   for epoch in range(config.m_max):
     phase, hard = schedule.phase_for_epoch(epoch, config, tower_names)
@@ -160,11 +161,11 @@ def schedule_weights(config, tower_names):
 
 
 def run(config):
-  import keras  # pylint: disable=g-import-not-at-top
+  import keras
 
-  from alterrec_tf.data import windows as alter_data  # pylint: disable=g-import-not-at-top
-  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
-  from alterrec_tf.models import registry as models  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.data import windows as alter_data
+  from alterrec_tf.formats import schema
+  from alterrec_tf.models import registry as models
 
   machine = common.machine_info()
   print(common.machine_line(machine), flush=True)
@@ -177,6 +178,7 @@ def run(config):
   num_items = manifest["num_items"]
   text_dim = int(manifest.get("text_dim") or 0)
   config = check_config(config.replace(data_dir=data_dir), num_items)
+  config = alter_config.resolve_seen_items(config, manifest)
   keras.utils.set_random_seed(config.seed)
   start = time.perf_counter()
   split = alter_data.load_split(data_dir, manifest, "train", config.max_len,
@@ -270,7 +272,8 @@ def run(config):
 def print_tables(result):
   config, peak = result["config"], result["matmul"]["flops_per_second"]
   print(f"\nTraining throughput: {result['dataset']['name']} "
-        f"({result['dataset']['num_items']} items), {config['model']}, d={config['embedding_dim']}, "
+        f"({result['dataset']['num_items']} items), {config['model']}, "
+        f"d={config['embedding_dim']}, "
         f"ID {config['id_encoder']}, text {config['text_encoder']}, k1={config['k1']}, "
         f"k2={config['k2']}, {config['batch_size']} windows/batch, max_len {config['max_len']}, "
         f"XLA {'on' if result['jit_compile'] else 'off'}; "

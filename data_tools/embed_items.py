@@ -151,7 +151,8 @@ def main(argv: List[str]):
                           values.embedding_batch_size, text_backend=values.text_backend,
                           text_encoder_dir=values.text_encoder_dir)
   print(f"wrote {summary['num_items']} new items ({summary['text_dim']}-d, "
-        f"{summary['text_model']} via {summary['text_backend']}, fields {','.join(summary['fields'])}) to "
+        f"{summary['text_model']} via {summary['text_backend']}, "
+        f"fields {','.join(summary['fields'])}) to "
         f"{os.path.abspath(summary['output'])}"
         + (f"; skipped {summary['skipped_known']} already trained" if summary["skipped_known"]
            else ""))

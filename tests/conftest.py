@@ -36,16 +36,16 @@ def amazon_m2_dir() -> str:
 @pytest.fixture(scope="session")
 def text_encoder():
   """The offline all-MiniLM-L6-v2 model, loaded once per test session."""
-  from data_tools import embed  # pylint: disable=g-import-not-at-top
+  from data_tools import embed
   return embed.load_encoder("all-MiniLM-L6-v2")
 
 
 @pytest.fixture(scope="session")
 def read_prepared():
   """A function data_dir -> (manifest, sessions read back through tf.data)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
-  from alterrec_tf.formats import schema  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.formats import schema
 
   def read(data_dir: str, parallel: bool = False):
     manifest = schema.load_manifest(data_dir, verify_hashes=True)
@@ -88,6 +88,6 @@ def fake_encoder() -> FakeEncoder:
 @pytest.fixture(scope="session")
 def export_run(tmp_path_factory) -> dict:
   """A tiny trained two-tower run that the export tests share (trained once)."""
-  from tests import export_fixture  # pylint: disable=g-import-not-at-top
+  from tests import export_fixture
   return export_fixture.train_tiny_run(str(tmp_path_factory.mktemp("export_data")),
                                        str(tmp_path_factory.mktemp("export_run")))

@@ -6,11 +6,12 @@ import os
 
 import pytest
 
-from alterrec_tf import alpha_sweep, export
+from alterrec_tf import alpha_sweep
 from alterrec_tf.config import TrainConfig
 from alterrec_tf.data import windows as alter_data
-from alterrec_tf.train import train
 from alterrec_tf.training import alpha as alter_alpha
+from alterrec_tf.training import loading
+from alterrec_tf.training.trainer import train
 from tests import synthetic
 
 ALPHAS = (0.0, 0.3, 0.5, 1.0)
@@ -49,7 +50,7 @@ def test_sweep_ends_are_the_towers_and_the_trained_alpha_is_the_fused_score(fini
 
 def test_sweep_refuses_a_single_tower_model(finished_run):
   run_dir, _ = finished_run
-  model, config, manifest, data_dir = export.load_run(run_dir)
+  model, config, manifest, data_dir = loading.load_run(run_dir)
   model.tower_names = ("id",)
   split = alter_data.load_split(data_dir, manifest, "valid", config.max_len, 25)
   with pytest.raises(ValueError, match="both towers"):
@@ -81,7 +82,7 @@ def test_tune_alpha_picks_the_best_validation_alpha_and_the_test_and_export_use_
     for metric, value in sweep[split][f"{results['alpha']:g}"].items():
       assert results[split]["fused"][metric] == pytest.approx(value, abs=1e-6), split
   # the export and the alpha sweep read the chosen alpha
-  model, loaded_config, _, _ = export.load_run(tuned_dir)
+  model, loaded_config, _, _ = loading.load_run(tuned_dir)
   assert loaded_config.alpha == results["alpha"] and model.settings.alpha == results["alpha"]
   # a run folder written before the flag existed is still the same run
   del config["tune_alpha"]

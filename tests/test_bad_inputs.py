@@ -158,14 +158,15 @@ def test_verification_costs_one_read_per_process_and_sees_a_later_change(copy):
 
 def test_noverify_data_names_the_damaged_shard_when_reading_fails(copy, tmp_path):
   # what the command line does with a read error of train() (--noverify_data)
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
-  from alterrec_tf import train as alter_train  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import train as alter_train
+  from alterrec_tf.training import trainer
   flip_byte(os.path.join(copy, TRAIN_SHARD), None)
   config = TrainConfig(data_dir=copy, run_dir=str(tmp_path / "run"), embedding_dim=8,
                        max_len=8, k1=2, k2=10, m_max=1, verbose=0)
   with pytest.raises(tf.errors.DataLossError) as raised:
-    alter_train.train(config, verify_data=False)
+    trainer.train(config, verify_data=False)
   error = alter_train.damaged_data(raised.value, copy)
   assert isinstance(error, schema.DataError)
   assert f"{os.path.join(copy, TRAIN_SHARD)} record 1: corrupted record" in str(error)
@@ -386,8 +387,8 @@ def background(data, shared_dir):
      with other settings".
   2. The export of the run it trained, on a full disk.
   """
-  from alterrec_tf import train as alter_train  # pylint: disable=g-import-not-at-top
-  from alterrec_tf.data import windows  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.data import windows
+  from alterrec_tf.training import trainer
   run_dir = os.path.join(shared_dir, "crashed")
   config = TrainConfig(data_dir=data, run_dir=run_dir, model="id_only", embedding_dim=4096,
                        max_len=8, k1=2, k2=10, m_max=1, verbose=0)
@@ -399,7 +400,7 @@ def background(data, shared_dir):
   windows.load_split = out_of_memory
   try:
     with pytest.raises(MemoryError):
-      alter_train.train(config)
+      trainer.train(config)
   finally:
     windows.load_split = original
   assert os.listdir(run_dir) == [alter_runs.CONFIG_FILE]  # what the crash leaves
@@ -448,7 +449,7 @@ def test_a_full_disk_during_export_is_one_line_and_leaves_nothing(background):
 
 # --- serving: the padding token is not an item ------------------------------------------------
 def test_recommend_counts_the_padding_token_as_an_unknown_id(tmp_path):
-  from alterrec_tf import recommend  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import recommend
   assets = tmp_path / "assets"
   assets.mkdir()
   (assets / recommend.VOCAB_ASSET).write_text("0\t[PAD]\t\n1\tSKU1\tmug\n2\tSKU2\tlamp\n")
@@ -463,15 +464,15 @@ def test_recommend_counts_the_padding_token_as_an_unknown_id(tmp_path):
 
 
 def test_serving_counts_a_raw_padding_token_as_unknown(tmp_path):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
-  from alterrec_tf.serving import module as serving  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.serving import module as serving
   vocab = tmp_path / serving.VOCAB_ASSET
   vocab.write_text("0\t[PAD]\t\n1\tSKU1\tmug\n2\tSKU2\tlamp\n")
   part = serving.TowerPart("id", None, 2, 1.0, 3)
   module = serving.ServingModule(np.zeros([3, 2], np.float32), [part], np.zeros([3]),
                                  str(vocab), max_len=4, k=1, exclude_session_items=False)
   request = tf.constant([["SKU1", schema.PADDING_TOKEN, ""]])
-  dense, ignored = module._from_raw(request)  # pylint: disable=protected-access
+  dense, ignored = module._from_raw(request)
   assert dense.numpy().tolist() == [[1, 0, 0]]
   assert ignored.numpy().tolist() == [1]

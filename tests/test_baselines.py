@@ -43,7 +43,8 @@ def test_nfrec_id_and_text_parts_sum_exactly_to_its_score(dataset, fusion):
   config = tiny_config(data_dir, model=f"nfrec_{fusion}")
   text = schema.load_text_embeddings(data_dir, manifest)
   model = baselines.build_baseline(config, manifest["num_items"], text, None)
-  model.train_step(synthetic.first_batch(data_dir, manifest, "train", config.max_len))  # move off init
+  # move off init
+  model.train_step(synthetic.first_batch(data_dir, manifest, "train", config.max_len))
   batch = synthetic.first_batch(data_dir, manifest, "test", config.max_len)
   heads, _ = model.score_heads(batch)
   fused, id_part, text_part = (heads[h].numpy()[:, 1:] for h in ("fused", "id", "text"))

@@ -6,9 +6,10 @@ import pytest
 import tensorflow as tf
 
 from alterrec_tf.data import windows as alter_data
+from alterrec_tf.data.windows import scored_positions
 from alterrec_tf.formats import schema
 from alterrec_tf.models import negatives, registry, scoring
-from alterrec_tf.models.alterrec import ID_PHASE, TEXT_PHASE, scored_positions
+from alterrec_tf.models.contract import ID_PHASE, TEXT_PHASE
 from alterrec_tf.training import evaluation
 from tests import synthetic
 from tests.test_model import small_config
@@ -77,7 +78,6 @@ def test_chunked_hard_negatives_are_the_same_partner_ranks(tmp_path, seen_items)
   chunked = _model("alterrec", manifest, text, 5, seen_items)
   chunked.set_weights(whole.get_weights())
   for partner in ("id", "text"):
-    # pylint: disable=protected-access
     expected = whole._frozen_top_k(partner, item_ids, positions, 12, sorted_list=True)
     values, ids = chunked._frozen_top_k(partner, item_ids, positions, 12, sorted_list=True)
     np.testing.assert_array_equal(ids.numpy(), expected[1].numpy())

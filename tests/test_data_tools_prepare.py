@@ -46,7 +46,7 @@ def test_tfrecords_give_back_exactly_the_sessions(with_text, read_prepared):
   written = with_text.sessions.rename(columns={S.SPLIT: "split"})
   pd.testing.assert_frame_equal(_frame(rows), written[_frame(rows).columns])
   _, parallel = read_prepared(with_text.output_dir, parallel=True)
-  key = lambda row: (row["split"], row[S.SESSION_ID])  # pylint: disable=g-long-lambda
+  key = lambda row: (row["split"], row[S.SESSION_ID])
   assert sorted(parallel, key=key) == sorted(rows, key=key)
   assert manifest["num_sessions"] == {
       split: sum(r["split"] == split for r in rows) for split in schema.SPLITS}
@@ -229,8 +229,8 @@ def test_config_flagfiles_parse(config):
   path = os.path.join(REPO_ROOT, "configs", config)
   known = set(flagfiles.PREPARE_FLAG_NAMES) | prepare.training_flag_names()
   args = defined.read_flags_from_files([f"--flagfile={path}"], force_gnu=False)
-  mine = [a for a in args if flagfiles._flag_name(a, known) in  # pylint: disable=protected-access
+  mine = [a for a in args if flagfiles._flag_name(a, known) in
           flagfiles.PREPARE_FLAG_NAMES]
-  assert all(flagfiles._flag_name(a, known) in known for a in args)  # pylint: disable=protected-access
+  assert all(flagfiles._flag_name(a, known) in known for a in args)
   defined(["prepare"] + mine + ["--raw_path=x", "--output_dir=y"])
   prepare.options_from_flags(defined).validate()

@@ -77,7 +77,7 @@ def test_online_retail_csv_form_reads_like_parquet(online_retail_path, tmp_path)
   head = pd.read_parquet(online_retail_path).iloc[:3000]
   head.to_csv(tmp_path / "retail.csv", index=False)
   head.to_parquet(tmp_path / "retail.parquet")
-  read = lambda name: purchase_log.read_online_retail(  # pylint: disable=g-long-lambda
+  read = lambda name: purchase_log.read_online_retail(
       PrepareOptions(raw_path=str(tmp_path / name), output_dir="unused"))
   from_csv, from_parquet = read("retail.csv"), read("retail.parquet")
   pd.testing.assert_frame_equal(from_csv.sessions, from_parquet.sessions)

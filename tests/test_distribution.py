@@ -46,8 +46,8 @@ from alterrec_tf import config as alter_config
 from alterrec_tf import runs as alter_runs
 from alterrec_tf.config import TrainConfig
 from alterrec_tf.data import windows as alter_data
-from alterrec_tf.train import train
 from alterrec_tf.training import distribution
+from alterrec_tf.training.trainer import train
 from tests import synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,7 +67,7 @@ def exact_config(data_dir, run_dir, **changes):
 
 def read_run(run_dir):
   """(results, history, best weights {name: array}) of a finished run folder."""
-  import h5py  # pylint: disable=g-import-not-at-top
+  import h5py
   results = alter_runs.load_results(run_dir)
   history = alter_runs.read_json(os.path.join(run_dir, alter_runs.HISTORY_FILE))
   weights = {}
@@ -216,8 +216,8 @@ def start_worker(dataset, run_dir, workers, index=0, *flags):
   env = dict(os.environ, TF_CONFIG=tf_config, TF_CPP_MIN_LOG_LEVEL="3")
   command = [sys.executable, "-m", "alterrec_tf.train"] + exact_config(
       dataset, str(run_dir), distribution="multi_worker").to_flags()
-  return subprocess.Popen(command + list(flags), cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE)
+  return subprocess.Popen(command + list(flags), cwd=REPO, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def free_port():

@@ -11,9 +11,10 @@ import sys
 import numpy as np
 import pytest
 
-from alterrec_tf import experiments, report
+from alterrec_tf import experiments
 from alterrec_tf import runs as alter_runs
-from alterrec_tf.analysis import long_tail, tables
+from alterrec_tf.analysis import long_tail, report, tables
+from alterrec_tf.analysis.runs import load_runs
 from alterrec_tf.config import ConfigError, TrainConfig
 from alterrec_tf.models import names as model_names
 from alterrec_tf.training import evaluation
@@ -301,7 +302,7 @@ def test_experiments_cli_trains_every_model_in_two_workers_then_skips_finished_r
                        shard=(1, 2))
   assert len(lines) == 1 and f"] {ALL_MODELS[0]} seed 0: finished earlier" in lines[0], lines
   # a killed grid's .claims is not a model for the report
-  assert {run.model for run in report.load_runs(str(runs_dir), seeds=[0])} == set(ALL_MODELS)
+  assert {run.model for run in load_runs(str(runs_dir), seeds=[0])} == set(ALL_MODELS)
   shutil.rmtree(runs_dir / experiments.CLAIMS_DIR)
 
   # resumable: a second pass over the grid trains nothing
@@ -478,4 +479,4 @@ def test_the_report_names_a_cut_history_json(tmp_path):
   with open(history, "r+b") as f:
     f.truncate(os.path.getsize(history) // 2)
   with pytest.raises(alter_runs.RunFileError, match=f"{history} is damaged .*--overwrite"):
-    report.load_runs(str(tmp_path / "runs"), seeds=[0])
+    load_runs(str(tmp_path / "runs"), seeds=[0])

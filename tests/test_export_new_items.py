@@ -16,6 +16,7 @@ from alterrec_tf.models.settings import ModelSettings
 from alterrec_tf.serving import build as serving_build
 from alterrec_tf.serving import check as export_check
 from alterrec_tf.serving import module as serving
+from alterrec_tf.serving import pipeline
 from tests.export_fixture import ALPHA, MAX_LEN, TEMPERATURE, K, call
 
 
@@ -104,7 +105,7 @@ def test_cold_start_items_get_an_id_part_imputed_from_their_text(export_run, tmp
   info = export.export(export_run["run_dir"], str(tmp_path / "m"), k=K, new_items=folder,
                        warmup=False, loaded_run=export_run["loaded"])  # verified by export
   assert info["cold_id_part"] == "imputed"
-  assert "cold items' ID part: imputed" in export.format_info(info)
+  assert "cold items' ID part: imputed" in pipeline.format_info(info)
   module = tf.saved_model.load(info["path"])
   matrix, V, d = module.item_matrix.numpy(), model.num_items, config.embedding_dim
   counts = alter_data.item_counts(schema.split_files(data_dir, manifest, "train"), V)
@@ -128,7 +129,7 @@ def test_cold_start_items_get_an_id_part_imputed_from_their_text(export_run, tmp
 
 def test_embed_items_writes_a_table_the_exporter_reads(export_run, tmp_path):
   pytest.importorskip("pandas")
-  from data_tools import embed_items  # pylint: disable=g-import-not-at-top
+  from data_tools import embed_items
 
   class FakeEncoder:  # a deterministic stand-in for the sentence model
     def encode(self, texts, **kwargs):

@@ -244,9 +244,11 @@ def test_session_knn_prefers_recent_sessions(tmp_path):
   top = lambda model: list(np.argsort(-model.score_heads(batch)[0]["fused"].numpy()[0],
                                       kind="stable")[:4])
   # one neighbour among equally similar sessions: the newest ([1, 4])
-  assert top(session_knn.SessionKNN.from_files(files, 8, neighbours=1, sample_size=0)) == [1, 4, 2, 3]
+  newest = session_knn.SessionKNN.from_files(files, 8, neighbours=1, sample_size=0)
+  assert top(newest) == [1, 4, 2, 3]
   # all neighbours, but only the 2 most recent candidates
-  assert top(session_knn.SessionKNN.from_files(files, 8, neighbours=3, sample_size=2)) == [1, 3, 4, 2]
+  recent = session_knn.SessionKNN.from_files(files, 8, neighbours=3, sample_size=2)
+  assert top(recent) == [1, 3, 4, 2]
 
 
 # --- every floor --------------------------------------------------------------------------

@@ -1,9 +1,12 @@
-"""The package's layering (issue 11): no import cycle, models/ and data/ below
-training, serving and analysis, and models built from `ModelSettings` only."""
+"""The package's layering (issues 11 and 31): every module in a layer, imports
+only downwards (imports inside functions count), no import cycle of any kind,
+no command imported by another module, and models built from `ModelSettings`
+only."""
 
 import ast
 import dataclasses
 import os
+import textwrap
 
 import pytest
 
@@ -11,9 +14,20 @@ from alterrec_tf.config import TrainConfig
 
 PACKAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            "alterrec_tf")
-LOWER_LAYERS = ("alterrec_tf.models", "alterrec_tf.data", "alterrec_tf.formats")
-UPPER_LAYERS = ("alterrec_tf.training", "alterrec_tf.serving", "alterrec_tf.analysis",
-                "data_tools")
+# The commands (`python -m alterrec_tf.<name>`): flags, checks before TensorFlow, printing.
+COMMANDS = tuple(f"alterrec_tf.{name}" for name in (
+    "train", "export", "recommend", "experiments", "alpha_sweep", "report", "tune"))
+# Lowest first; a module may import its own layer and those below it.
+LAYERS = (
+    ("lower", ("alterrec_tf.models", "alterrec_tf.data", "alterrec_tf.formats",
+               "alterrec_tf.text")),
+    ("settings", ("alterrec_tf.flagfiles", "alterrec_tf.cli", "alterrec_tf.config",
+                  "alterrec_tf.runs")),
+    ("upper", ("alterrec_tf.training", "alterrec_tf.serving", "alterrec_tf.analysis")),
+    ("commands", COMMANDS),
+)
+# The modules that read or define absl flags: no model or data module imports them.
+FLAG_MODULES = ("alterrec_tf.config", "alterrec_tf.cli", "alterrec_tf.flagfiles")
 
 
 def _module_name(path):
@@ -22,13 +36,28 @@ def _module_name(path):
   return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path, module, known):
+def _within(module, prefixes):
+  return any(module == prefix or module.startswith(prefix + ".") for prefix in prefixes)
+
+
+def _layer(module):
+  """Index of `module`'s layer in LAYERS (the package's __init__: the lowest)."""
+  if module == "alterrec_tf":
+    return 0
+  for index, (_, prefixes) in enumerate(LAYERS):
+    if _within(module, prefixes):
+      return index
+  return None
+
+
+def _imports(source, path, module, known):
   """{imported alterrec_tf / data_tools module: module-level?} of one file.
 
-  `from package import name` counts as an import of package.name when that is
-  a module, else of package.
+  Every import statement counts, also those inside functions and under
+  `if TYPE_CHECKING:`. `from package import name` counts as an import of
+  package.name when that is a module, else of package.
   """
-  tree = ast.parse(open(path, encoding="utf-8").read(), path)
+  tree = ast.parse(source, path)
   top_level = {id(node) for node in tree.body}
   found = {}
   package = module if path.endswith("__init__.py") else module.rpartition(".")[0]
@@ -49,6 +78,38 @@ def _imports(path, module, known):
   return found
 
 
+def find_cycle(edges):
+  """One import cycle of `edges` ({module: imported modules}) as a list of
+  modules, first = last; None where there is none."""
+  state = {}
+
+  def visit(module, stack):
+    state[module] = "open"
+    for target in sorted(edges.get(module, ())):
+      if state.get(target) == "open":
+        return stack[stack.index(target):] + [module, target] if target in stack else (
+            stack + [module, target])
+      if target not in state:
+        cycle = visit(target, stack + [module])
+        if cycle:
+          return cycle
+    state[module] = "done"
+    return None
+
+  for module in sorted(edges):
+    if module not in state:
+      cycle = visit(module, [])
+      if cycle:
+        return cycle
+  return None
+
+
+def _edges(graph, known):
+  """Every import between two modules of the package (function-level ones too)."""
+  return {module: {name for name in imported if name in known and name != module}
+          for module, imported in graph.items()}
+
+
 @pytest.fixture(scope="module")
 def import_graph():
   modules = {}
@@ -58,37 +119,85 @@ def import_graph():
         path = os.path.join(root, file)
         modules[_module_name(path)] = path
   known = set(modules)
-  return {module: _imports(path, module, known) for module, path in modules.items()}, known
+  graph = {}
+  for module, path in modules.items():
+    with open(path, encoding="utf-8") as f:
+      graph[module] = _imports(f.read(), path, module, known)
+  return graph, known
 
 
-def test_models_and_data_import_no_upper_layer(import_graph):
+def test_every_module_is_in_a_layer(import_graph):
   graph, _ = import_graph
-  offending = [(module, name) for module, imported in graph.items()
-               if module.startswith(LOWER_LAYERS)
-               for name in imported if name.startswith(UPPER_LAYERS)]
-  assert not offending
+  assert not [module for module in graph if _layer(module) is None]
+  assert set(COMMANDS) <= set(graph)  # (a renamed command is renamed here too)
 
 
-def test_no_module_level_import_cycle(import_graph):
+def test_imports_go_downwards_only(import_graph):
   graph, known = import_graph
-  # (a module importing its own package is no cycle: Python runs the package first)
-  edges = {module: {name for name, top in imported.items() if top and name in known
-                    and not module.startswith(name + ".") and name != module}
-           for module, imported in graph.items()}
-  state = {}
+  upward = [(module, name) for module, targets in _edges(graph, known).items()
+            for name in targets if _layer(name) > _layer(module)]
+  assert not upward
+  assert not [(module, name) for module, imported in graph.items()
+              for name in imported if name.startswith("data_tools")]
 
-  def visit(module, stack):
-    state[module] = "open"
-    for target in sorted(edges.get(module, ())):
-      if state.get(target) == "open":
-        raise AssertionError("import cycle: " + " -> ".join(stack + [module, target]))
-      if target not in state:
-        visit(target, stack + [module])
-    state[module] = "done"
 
-  for module in sorted(edges):
-    if module not in state:
-      visit(module, [])
+def test_models_and_data_import_no_flag_module(import_graph):
+  graph, _ = import_graph
+  assert not [(module, name) for module, imported in graph.items()
+              if _layer(module) == 0 for name in imported if _within(name, FLAG_MODULES)]
+
+
+def test_no_module_imports_a_command(import_graph):
+  graph, known = import_graph
+  # (the grid and the tuner call the trainer's library function, training.trainer)
+  assert not [(module, name) for module, targets in _edges(graph, known).items()
+              for name in targets if name in COMMANDS]
+
+
+def _reachable(edges, module):
+  seen, todo = set(), [module]
+  while todo:
+    for target in edges.get(todo.pop(), ()):
+      if target not in seen:
+        seen.add(target)
+        todo.append(target)
+  return seen
+
+
+def test_shared_helpers_live_with_their_owners(import_graph):
+  graph, known = import_graph
+  edges = _edges(graph, known)
+  # the count floors and the serving graph need no Keras AlterRec
+  for module in ("alterrec_tf.models.baselines.floors", "alterrec_tf.serving.module",
+                 "alterrec_tf.training.schedule", "alterrec_tf.training.evaluation"):
+    assert "alterrec_tf.models.alterrec" not in _reachable(edges, module), module
+
+
+def test_no_import_cycle(import_graph):
+  graph, known = import_graph
+  cycle = find_cycle(_edges(graph, known))
+  assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_an_injected_cycle_fails(import_graph):
+  graph, known = import_graph
+  assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+  assert find_cycle({"a": {"a"}}) == ["a", "a"]
+  assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+  # an import inside a function, into the real graph: analysis.tables <- report was one
+  source = textwrap.dedent("""
+      def rows():
+        from alterrec_tf.analysis import report  # inside a function
+        return report
+  """)
+  path = os.path.join(PACKAGE_DIR, "analysis", "tables.py")
+  injected = dict(graph)
+  injected["alterrec_tf.analysis.tables"] = {
+      **graph["alterrec_tf.analysis.tables"],
+      **_imports(source, path, "alterrec_tf.analysis.tables", known)}
+  assert injected["alterrec_tf.analysis.tables"]["alterrec_tf.analysis.report"] is False
+  cycle = find_cycle(_edges(injected, known))
+  assert cycle and {"alterrec_tf.analysis.tables", "alterrec_tf.analysis.report"} <= set(cycle)
 
 
 def test_model_settings_are_a_subset_of_the_train_config():
@@ -113,9 +222,17 @@ def test_models_refuse_the_whole_train_config():
     sasrec.SASRec(TrainConfig(embedding_dim=8, max_len=4), 10)
 
 
-def test_registry_hands_models_settings_with_seen_items_resolved():
+def test_seen_items_are_resolved_once_and_the_registry_refuses_auto():
+  from alterrec_tf import config as alter_config
   from alterrec_tf.models import registry
   config = TrainConfig(model="id_only", embedding_dim=8, max_len=4, seen_items="auto")
-  model = registry.build_model(config, {"num_items": 10, "sessions_deduplicated": True}, None)
+  deduplicated = {"num_items": 10, "sessions_deduplicated": True}
+  with pytest.raises(ValueError, match="--seen_items=auto must be resolved"):
+    registry.build_model(config, deduplicated, None)
+  resolved = alter_config.resolve_seen_items(config, deduplicated)
+  assert resolved.seen_items == "exclude"
+  assert alter_config.resolve_seen_items(resolved, {"num_items": 10}) is resolved
+  assert alter_config.resolve_seen_items(config, {"num_items": 10}).seen_items == "keep"
+  model = registry.build_model(resolved, deduplicated, None)
   assert model.settings.seen_items == "exclude"
   assert not hasattr(model, "config")

@@ -8,8 +8,10 @@ import tensorflow as tf
 
 from alterrec_tf import config as alter_config
 from alterrec_tf.data import windows as alter_data
+from alterrec_tf.data.windows import scored_positions
 from alterrec_tf.models import negatives
-from alterrec_tf.models.alterrec import ID_PHASE, TEXT_PHASE, AlterRec, scored_positions
+from alterrec_tf.models.alterrec import AlterRec
+from alterrec_tf.models.contract import ID_PHASE, TEXT_PHASE
 from alterrec_tf.models.settings import ModelSettings
 from alterrec_tf.training import schedule
 from tests.test_model import NUM_ITEMS, small_config, text_table, window_batch

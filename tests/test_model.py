@@ -8,7 +8,8 @@ from alterrec_tf.config import TrainConfig
 from alterrec_tf.data import windows as alter_data
 from alterrec_tf.models import layers as alter_layers
 from alterrec_tf.models import negatives
-from alterrec_tf.models.alterrec import ID_PHASE, TEXT_PHASE, AlterRec
+from alterrec_tf.models.alterrec import AlterRec
+from alterrec_tf.models.contract import ID_PHASE, TEXT_PHASE
 from alterrec_tf.models.settings import ModelSettings
 from alterrec_tf.training import schedule
 
@@ -187,7 +188,7 @@ def test_augmented_positives_come_from_their_source_and_negatives_from_the_partn
 
 
 def alter_data_positions(batch):
-  from alterrec_tf.models.alterrec import scored_positions  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.data.windows import scored_positions
   return scored_positions(batch)
 
 

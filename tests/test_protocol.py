@@ -9,13 +9,12 @@ import tensorflow as tf
 
 from alterrec_tf import config as alter_config
 from alterrec_tf import runs as alter_runs
-from alterrec_tf import train as alter_train
 from alterrec_tf.config import TrainConfig
 from alterrec_tf.data import windows as alter_data
+from alterrec_tf.data.windows import scored_positions
 from alterrec_tf.formats import schema
 from alterrec_tf.models import negatives, registry
-from alterrec_tf.models.alterrec import scored_positions
-from alterrec_tf.training import evaluation
+from alterrec_tf.training import evaluation, trainer
 from tests import synthetic
 
 NUM_ITEMS = 90
@@ -51,7 +50,7 @@ def tiny_config(data_dir, **changes):
 
 
 def build(data_dir, manifest, **changes):
-  config = tiny_config(data_dir, **changes)
+  config = alter_config.resolve_seen_items(tiny_config(data_dir, **changes), manifest)
   text = schema.load_text_embeddings(data_dir, manifest)
   return registry.build_model(config, manifest, text,
                               train_files=schema.split_files(data_dir, manifest, "train"))
@@ -98,7 +97,7 @@ def test_hard_negatives_and_augmented_positives_are_never_prefix_items(dedup_dat
   positions, targets = scored_positions(batch)
   seen = prefix_items(batch, positions)
   for tower in ("id", "text"):
-    hard, augmented = model._partner_signal(  # pylint: disable=protected-access
+    hard, augmented = model._partner_signal(
         tower, batch[alter_data.ITEM_IDS], positions, targets, tf.constant([1, 2]))
     for row, items in enumerate(seen):
       assert not items & set(hard.numpy()[row]), tower
@@ -126,7 +125,7 @@ def test_exact_test_protocol_equals_a_per_prefix_loop_on_long_sessions(dedup_dat
   data_dir, manifest, sessions = dedup_data
   model = build(data_dir, manifest, model="alterrec")  # default seen_items: auto -> exclude
   split = alter_data.load_split(data_dir, manifest, "test", MAX_LEN,
-                                alter_train.TEST_WINDOW_STRIDE)
+                                trainer.TEST_WINDOW_STRIDE)
   metrics, ranks = evaluation.Evaluator(model)(split.batches(8), keep_ranks=True)
   reference, reference_targets = [], []
   for items in sessions["test"]:
@@ -171,10 +170,11 @@ def test_each_prefix_weighs_the_same_whatever_its_batch(loss):
         per_prefix_sum / prefixes_per_batch, rel=1e-5)
 
 
-def test_trainer_records_the_resolved_protocol_and_scores_every_training_prefix(dedup_data, tmp_path):
+def test_trainer_records_the_resolved_protocol_and_scores_every_training_prefix(dedup_data,
+                                                                               tmp_path):
   data_dir, manifest, _ = dedup_data
   config = tiny_config(data_dir, run_dir=str(tmp_path / "run"), model="sasrec", m_max=1)
-  results = alter_train.train(config)
+  results = trainer.train(config)
   saved = json.loads((tmp_path / "run" / "config.json").read_text())
   assert saved["seen_items"] == "exclude" and saved["loss_weighting"] == "prefix"
   assert results["train_examples_per_epoch"] == sum(
@@ -197,7 +197,7 @@ def test_tfrs_factorized_top_k_equals_the_keras_rs_hits(dedup_data, seen_items):
   data_dir, manifest, _ = dedup_data
   model = build(data_dir, manifest, model="alterrec", seen_items=seen_items, ks=(1, 5, 10))
   split = alter_data.load_split(data_dir, manifest, "test", MAX_LEN,
-                                alter_train.TEST_WINDOW_STRIDE)
+                                trainer.TEST_WINDOW_STRIDE)
   metrics = evaluation.Evaluator(model, ks=(1, 5, 10))(split.batches(8))["fused"]
   for k in (1, 5, 10):
     assert metrics[f"tfrs_hits@{k}"] == pytest.approx(metrics[f"hits@{k}"], abs=1e-6), k

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
+from alterrec_tf import config as alter_config
 from alterrec_tf import export
 from alterrec_tf.config import TrainConfig
 from alterrec_tf.data import windows as alter_data
@@ -23,6 +24,7 @@ from alterrec_tf.models import cold_items, registry
 from alterrec_tf.serving import build as serving_build
 from alterrec_tf.serving import check as export_check
 from alterrec_tf.serving import module as serving
+from alterrec_tf.serving import pipeline
 from alterrec_tf.text import convert, item_space
 from alterrec_tf.text import encoder as keras_text
 from data_tools import embed, embed_items, prepare
@@ -73,6 +75,7 @@ def run(tmp_path_factory, encoder_dir):
   config = TrainConfig(data_dir=data_dir, run_dir=str(tmp_path_factory.mktemp("text_run")),
                        embedding_dim=16, max_len=MAX_LEN, num_heads=2, num_layers=1,
                        k1=2, k2=20, alpha=ALPHA, text_temperature=TEMPERATURE)
+  config = alter_config.resolve_seen_items(config, manifest)  # (as training.loading does)
   model = registry.build_model(config, manifest, schema.load_text_embeddings(data_dir, manifest))
   return model, config, manifest, data_dir
 
@@ -135,7 +138,7 @@ def test_export_info_states_the_text_signatures_and_their_size(text_export):
   assert text["table_check"]["median_abs_diff"] < 1e-5
   assert text["verified"]["candidates"] > 0
   assert text_export["variables_bytes"] > text["encoder_weights_bytes"]
-  lines = export.format_info(text_export)
+  lines = pipeline.format_info(text_export)
   assert "text signatures new_item_vectors, score_text_candidates" in lines
   assert "import tensorflow_text" in lines
 

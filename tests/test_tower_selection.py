@@ -9,8 +9,8 @@ import pytest
 from alterrec_tf import config as alter_config
 from alterrec_tf.formats import schema
 from alterrec_tf.models import registry
-from alterrec_tf.train import train
 from alterrec_tf.training import tower_selection
+from alterrec_tf.training.trainer import train
 from tests.test_training import dataset, tiny_config  # noqa: F401  (the module fixture)
 
 HISTORY = [  # ID trains in epochs 1-2 and 5, text in 3-4 (frozen figures repeat)

@@ -12,8 +12,8 @@ from alterrec_tf import config as alter_config
 from alterrec_tf import runs as alter_runs
 from alterrec_tf.config import TrainConfig
 from alterrec_tf.formats import schema
-from alterrec_tf.train import train
 from alterrec_tf.training import callbacks as alter_callbacks
+from alterrec_tf.training.trainer import train
 from tests import synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,9 +83,9 @@ def test_killed_run_resumes_and_ends_like_an_uninterrupted_one(dataset, tmp_path
 
 def test_test_split_ranked_once_at_the_selected_epoch_matches_per_epoch_ranking(
     dataset, tmp_path):
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import numpy as np
 
-  from alterrec_tf.training import evaluation  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.training import evaluation
   every_epoch = train(tiny_config(dataset, str(tmp_path / "every")))
   once_dir = tmp_path / "once"
   once = train(tiny_config(dataset, str(once_dir), test_every_epoch=False),
@@ -106,7 +106,7 @@ def test_test_split_ranked_once_at_the_selected_epoch_matches_per_epoch_ranking(
 
 def test_rerun_shows_a_finished_run_refuses_other_flags_and_overwrite_retrains(
     dataset, tmp_path):
-  from alterrec_tf import config as alter_config  # pylint: disable=g-import-not-at-top
+  from alterrec_tf import config as alter_config
   config = tiny_config(dataset, str(tmp_path / "run"), m_max=2)
   first = train(config)
   history = tmp_path / "run" / "history.json"

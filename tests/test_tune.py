@@ -6,8 +6,8 @@ import os
 import pytest
 
 from alterrec_tf.config import TrainConfig
-from alterrec_tf.train import train
 from alterrec_tf.training import tuning
+from alterrec_tf.training.trainer import train
 from tests.test_training import dataset, tiny_config  # noqa: F401  (the module fixture)
 
 
@@ -70,7 +70,7 @@ def test_a_trial_never_ranks_the_test_split(dataset, tmp_path):  # noqa: F811
 
 
 def test_a_trial_left_running_by_a_kill_is_retried_with_its_parameters(tmp_path):
-  import optuna  # pylint: disable=g-import-not-at-top
+  import optuna
   study_dir = str(tmp_path / "text_only")
   base, budget = TrainConfig(k1=6, k2=806), tuning.TuningBudget(2, 5, 2)
   calls = []

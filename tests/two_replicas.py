@@ -21,10 +21,10 @@ import sys
 import numpy as np
 
 # (alterrec_tf first: it sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from alterrec_tf import config as alter_config
 from alterrec_tf.data import windows as alter_data
 from alterrec_tf.formats import schema
-from alterrec_tf.models import alterrec as alter_model
-from alterrec_tf.models import registry, replicas
+from alterrec_tf.models import contract, registry, replicas
 from alterrec_tf.training import distribution
 from tests import test_distribution
 
@@ -33,7 +33,7 @@ STEPS = 3  # SASRec steps compared
 
 def split_cpu(count=2):
   """The CPU as `count` logical devices (before TensorFlow's runtime starts)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   cpu = tf.config.list_physical_devices("CPU")[0]
   tf.config.set_logical_device_configuration(
       cpu, [tf.config.LogicalDeviceConfiguration()] * count)
@@ -54,9 +54,10 @@ class Setup:
 
   def model(self, name, placement):
     """Model `name` built and compiled under `placement`, as `train` builds it."""
-    import keras  # pylint: disable=g-import-not-at-top
+    import keras
     keras.utils.set_random_seed(self.config.seed)
-    config = self.config.replace(model=name, distribution=placement.distribution)
+    config = alter_config.resolve_seen_items(
+        self.config.replace(model=name, distribution=placement.distribution), self.manifest)
     with placement.strategy.scope():
       model = registry.build_model(config, self.manifest, self.text)
     model.prefixes_per_batch = self.prefixes_per_batch
@@ -83,8 +84,8 @@ def gradient_check(setup, placement, model):
     {"loss": [single process, replicas], "largest_gradient", "largest_difference"
     (single-process gradient vs the weights' move on the replicas)}.
   """
-  import keras  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import keras
+  import tensorflow as tf
   variables = model.tower("id").trainable_variables
   with placement.strategy.scope():
     sgd = keras.optimizers.SGD(1.0)
@@ -129,8 +130,8 @@ def tower_check(setup, placement, model):
   model.make_train_function()
   iterator = setup.iterator(placement, 2)
   steps = []
-  for trained, frozen, phase in (("id", "text", alter_model.ID_PHASE),
-                                 ("text", "id", alter_model.TEXT_PHASE)):
+  for trained, frozen, phase in (("id", "text", contract.ID_PHASE),
+                                 ("text", "id", contract.TEXT_PHASE)):
     model.phase.assign(phase)
     before = state()
     model.train_function(iterator)

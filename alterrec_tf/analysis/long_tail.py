@@ -73,7 +73,7 @@ def long_tail_analysis(runs, bins=None, reference="sasrec", head="fused") -> Opt
   group, and the improvement ratio model / reference - 1 per group.
 
   Args:
-    runs: `report.Run`s (model, run_dir, ranks_path, ranks()).
+    runs: `analysis.runs.Run`s (model, run_dir, ranks_path, ranks()).
     bins: upper edges of the groups (`long_tail_groups`); None: quintiles.
     reference: model the improvements are relative to.
     head: score head whose ranks are grouped.

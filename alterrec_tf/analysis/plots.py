@@ -27,14 +27,14 @@ def epoch_curve(model_runs, key):
 
 
 def _pyplot():
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt
   return plt
 
 
 def _integer_epochs(axis):
-  from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
+  from matplotlib.ticker import MaxNLocator
   axis.xaxis.set_major_locator(MaxNLocator(integer=True))
   axis.set_xlabel("epoch")
 
@@ -104,7 +104,7 @@ def plot_alterrec(grouped, path, dataset="") -> Optional[str]:
   if model is None:
     return None
   plt = _pyplot()
-  from matplotlib.patches import Patch  # pylint: disable=g-import-not-at-top
+  from matplotlib.patches import Patch
   runs = grouped[model]
   fig, axis = plt.subplots(figsize=(11, 4.8))
   phases = {h["epoch"]: (h.get("train/phase"), h.get("train/hard_negatives"))

@@ -1,7 +1,7 @@
 """The report's tables: mean ± std over seeds per model, score parts, cost, and
 their Markdown (with the long-tail table and the code-commit count).
 
-Each function takes finished runs (`report.Run`: model, seed, results dict,
+Each function takes finished runs (`analysis.runs.Run`: model, seed, results dict,
 history list) and returns plain dicts of fractions; the `format_*` functions
 turn them into Markdown (%).
 """
@@ -15,7 +15,7 @@ from alterrec_tf.analysis import long_tail
 from alterrec_tf.models import names as model_names
 
 if TYPE_CHECKING:
-  from alterrec_tf.report import Run
+  from alterrec_tf.analysis.runs import Run
 
 TABLE_METRICS = ("hits@10", "hits@20", "ndcg@10", "ndcg@20")
 display_name = model_names.display_name

@@ -30,6 +30,20 @@ TARGET_IDS = "target_ids"
 TARGET_MASK = "target_mask"
 
 
+def scored_positions(batch: Dict[str, tf.Tensor]):
+  """The scored prefixes of a window batch (the batch format above).
+
+  Args:
+    batch: {ITEM_IDS, TARGET_IDS, TARGET_MASK: [B, L]}.
+
+  Returns:
+    (positions int64 [P, 2]: (row, column) of every prefix whose TARGET_MASK is
+    set; targets int64 [P]: its target item).
+  """
+  positions = tf.where(batch[TARGET_MASK])
+  return positions, tf.gather_nd(batch[TARGET_IDS], positions)
+
+
 def session_windows(item_ids: tf.Tensor, eval_start: tf.Tensor, max_len: int,
                     stride: int) -> Dict[str, tf.Tensor]:
   """Cuts one session into prefix windows.

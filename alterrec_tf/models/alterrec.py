@@ -20,31 +20,15 @@ import keras
 import tensorflow as tf
 
 from alterrec_tf.data import windows as alter_data
+from alterrec_tf.data.windows import scored_positions
 from alterrec_tf.models import negatives as alter_negatives
 from alterrec_tf.models import replicas as alter_replicas
 from alterrec_tf.models import scoring
 from alterrec_tf.models import settings as model_settings
 from alterrec_tf.models import towers as alter_towers
+from alterrec_tf.models.contract import ID_PHASE, TEXT_PHASE
 
-ID_PHASE = 0
-TEXT_PHASE = 1
 TOWER_NAMES = ("id", "text")
-
-
-def fused_query_scales(settings, tower_names) -> dict:
-  """Weight of each tower's session vector in the fused query (Eq. 12): alpha
-  and (1 - alpha) / text_temperature, or 1 / temperature for a single tower
-  (`settings`: anything with `alpha` and `text_temperature`)."""
-  text_scale = 1.0 / settings.text_temperature
-  if len(tower_names) == 1:
-    return {"id": 1.0, "text": text_scale}
-  return {"id": settings.alpha, "text": (1.0 - settings.alpha) * text_scale}
-
-
-def scored_positions(batch):
-  """Indices [P, 2] of the scored prefixes of a window batch, and targets [P]."""
-  positions = tf.where(batch[alter_data.TARGET_MASK])
-  return positions, tf.gather_nd(batch[alter_data.TARGET_IDS], positions)
 
 
 class AlterRec(keras.Model):
@@ -414,7 +398,7 @@ class AlterRec(keras.Model):
     queries = self.prefix_queries(item_ids, positions, tables)
     heads = scoring.heads_over_items(self, queries, tables,
                                      self.seen_items_of(item_ids, positions))
-    scales = fused_query_scales(self.settings, self.tower_names)
+    scales = scoring.fused_query_scales(self.settings, self.tower_names)
     fused_queries = tf.concat([scales[name] * queries[name] for name in self.tower_names],
                               axis=1)
     return heads, targets, fused_queries

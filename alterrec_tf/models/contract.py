@@ -12,6 +12,10 @@ import tensorflow as tf
 
 Batch = Dict[str, tf.Tensor]
 
+# Values of `AlternatingModel.phase`: which tower trains (Algorithm 1).
+ID_PHASE = 0
+TEXT_PHASE = 1
+
 
 @runtime_checkable
 class RankingModel(Protocol):
@@ -48,7 +52,7 @@ class RankingModel(Protocol):
 class AlternatingModel(RankingModel, Protocol):
   """A model trained by Algorithm 1: one tower at a time, chosen by `phase`."""
 
-  phase: tf.Variable  # int32: which tower trains (models.alterrec.ID_PHASE / TEXT_PHASE)
+  phase: tf.Variable  # int32: which tower trains (ID_PHASE / TEXT_PHASE)
   hard_negatives: tf.Variable  # int32: 0 uniform negatives, 1 the partner's ranks
 
   def optimizer_of(self, name: str): ...

@@ -4,21 +4,29 @@ Every model it returns satisfies `contract.RankingModel` (AlterRec and its
 ablations also `contract.AlternatingModel`); the names are `models.names`.
 """
 
-from alterrec_tf import config as alter_config
 from alterrec_tf.models import alterrec as alter_model
 from alterrec_tf.models import baselines, contract
 from alterrec_tf.models.names import ALTERREC_TOWERS, BASELINES
-from alterrec_tf.models.settings import ModelSettings
+from alterrec_tf.models.settings import SEEN_ITEMS, ModelSettings
 
 
 def build_model(config, manifest, text_embeddings, train_files=None) -> contract.RankingModel:
   """Builds (creates all variables of) the model named by `config.model`.
 
-  The model receives `ModelSettings.of(config)` (with --seen_items resolved
-  from the manifest), not the trainer's config. `train_files` (the training
-  TFRecords) are read only by the count-based floors (models.names.FLOORS).
+  The model receives `ModelSettings.of(config)`, not the trainer's config;
+  `config.seen_items` must be resolved already ("exclude" or "keep": resolved
+  once where the config entered, see `models.settings`). `train_files` (the
+  training TFRecords) are read only by the count-based floors
+  (models.names.FLOORS).
+
+  Raises:
+    ValueError: an unresolved --seen_items ("auto") or an unknown --model.
   """
-  settings = ModelSettings.of(alter_config.resolve_seen_items(config, manifest))
+  if config.seen_items not in SEEN_ITEMS:
+    raise ValueError(f"--seen_items={config.seen_items} must be resolved against the "
+                     f"dataset to one of {', '.join(SEEN_ITEMS)} before a model is built "
+                     "(alterrec_tf.config.resolve_seen_items)")
+  settings = ModelSettings.of(config)
   num_items = manifest["num_items"]
   if settings.model in ALTERREC_TOWERS:
     model = alter_model.AlterRec(settings, num_items, text_embeddings,

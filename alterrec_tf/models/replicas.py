@@ -70,7 +70,7 @@ def replicated_train_function(model, step_functions: Dict[Hashable, Callable],
   Returns:
     iterator -> {name: scalar log} (scalars whatever the strategy).
   """
-  functions = {key: model._make_function(_vector_logs(fn))  # pylint: disable=protected-access
+  functions = {key: model._make_function(_vector_logs(fn))
                for key, fn in step_functions.items()}
   only = next(iter(functions))
 

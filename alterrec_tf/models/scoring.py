@@ -30,6 +30,25 @@ NEG_INF = -1e9
 Heads = Dict[str, tf.Tensor]
 
 
+def fused_query_scales(settings, tower_names) -> Dict[str, float]:
+  """Weight of each tower's session vector in the fused query (Eq. 12): alpha
+  and (1 - alpha) / text_temperature, or 1 / temperature for a single tower.
+
+  One definition for the model's fused head and the serving graph.
+
+  Args:
+    settings: anything with `alpha` and `text_temperature`.
+    tower_names: the model's towers, ("id", "text"), ("id",) or ("text",).
+
+  Returns:
+    {"id": scale, "text": scale} (floats).
+  """
+  text_scale = 1.0 / settings.text_temperature
+  if len(tower_names) == 1:
+    return {"id": 1.0, "text": text_scale}
+  return {"id": settings.alpha, "text": (1.0 - settings.alpha) * text_scale}
+
+
 def mask_padding(scores, offset=0):
   """Puts the padding item (index 0) of [..., C] scores of items
   [offset, offset + C) at -1e9."""

@@ -8,10 +8,21 @@ names (a `TrainConfig`, another `ModelSettings`). The fields have no
 defaults: each default is written once, in the flag definitions of
 `alterrec_tf.config`, and a model built by hand narrows a `TrainConfig`:
 `AlterRec(ModelSettings.of(TrainConfig(embedding_dim=16)), ...)`.
+
+`--seen_items` reaches a model as one typed value, `SeenItems`: the command
+resolves the flag's "auto" against the dataset once where a config enters
+(`alterrec_tf.config.resolve_seen_items`: the command line, `trainer.train`
+for library callers, `training.loading` for a trained run), and
+`models.registry.build_model` refuses a config that was not resolved.
 """
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal, get_args
+
+# What a built model does with the items already in the prefix: score them out
+# ("exclude": never recommended, never negatives) or rank them like any item.
+SeenItems = Literal["exclude", "keep"]
+SEEN_ITEMS = get_args(SeenItems)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +79,7 @@ class ModelSettings:
   random_negative_share: float
   text_temperature: float
   augmentation_source: str
-  seen_items: str
+  seen_items: SeenItems
   score_chunk_size: int
   softmax: str
   hard_negative_weight: float

@@ -36,7 +36,7 @@ class ExportError(ValueError):
 # --- new items --------------------------------------------------------------------------
 def project_new_items(model, embeddings: np.ndarray) -> np.ndarray:
   """Text item vectors [n, d] of new SBERT rows, as TextItemEncoder in eval mode."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   encoder = model.text_tower.item_encoder
   projected = encoder.norm(encoder.projection(tf.constant(embeddings, tf.float32)))
   return np.asarray(projected, dtype=np.float32)
@@ -90,10 +90,8 @@ def load_text_encoder(manifest: dict, text_encoder_dir: Optional[str]):
   Raises:
     ExportError: one line naming the folder or model.
   """
-  # pylint: disable=g-import-not-at-top
   from alterrec_tf.text import convert
   from alterrec_tf.text import encoder as text_encoder
-  # pylint: enable=g-import-not-at-top
   model_name = manifest.get("text_model") or ""
   try:
     if text_encoder_dir and text_encoder.is_encoder_folder(text_encoder_dir):
@@ -143,7 +141,7 @@ def check_text_table(field_mean, model, manifest: dict, rows) -> Optional[dict]:
   Returns:
     {"items", "max_abs_diff", "median_abs_diff"} of the per-item max |difference|.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   if list(manifest.get("text_fields") or []) != ["title"]:
     return None
   titled = [i for i in range(1, manifest["num_items"]) if str(rows[i][1]).strip()]
@@ -171,10 +169,8 @@ def build_text_layer(model, manifest: dict, rows, text_signatures: Optional[bool
   try:
     if reason:
       raise ExportError(reason)
-    # pylint: disable=g-import-not-at-top
     from alterrec_tf.text import encoder as text_encoder
     from alterrec_tf.text import item_space
-    # pylint: enable=g-import-not-at-top
     encoder = load_text_encoder(manifest, text_encoder_dir)
     field_mean = text_encoder.FieldMeanEncoder(encoder, name="field_mean")
     table_check = check_text_table(field_mean, model, manifest, rows)
@@ -217,7 +213,7 @@ def serving_parts(model, config, num_items: int, new_rows: Optional[np.ndarray] 
                   cold_id_imputer=None):
   """(item matrix [V, D], [TowerPart]) of a model, with optional new text rows
   (their ID part: `cold_id_imputer` of their text rows, else zeros)."""
-  from alterrec_tf.serving import module as serving  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.serving import module as serving
   scales = serving.tower_scales(config, model.tower_names)
   num_new = 0 if new_rows is None else len(new_rows)
   blocks, parts = [], []
@@ -245,8 +241,8 @@ def build_module(model, config, manifest, data_dir: str, scratch_dir: str, k: in
   `text_layer`: the `ItemTextVectors` of the text signatures (`build_text_layer`).
   `cold_id_part`: "imputed" (an ID+text model's new items get the ID rows of
   the trained items nearest in text, `models.cold_items`) or "zero"."""
-  from alterrec_tf.data import windows as alter_data  # pylint: disable=g-import-not-at-top
-  from alterrec_tf.serving import module as serving  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.data import windows as alter_data
+  from alterrec_tf.serving import module as serving
   num_items = manifest["num_items"]
   rows = schema.read_vocab(data_dir)
   if len(rows) != num_items:
@@ -264,7 +260,7 @@ def build_module(model, config, manifest, data_dir: str, scratch_dir: str, k: in
       schema.split_files(data_dir, manifest, "train"), num_items), dtype=np.float32)
   cold_id_imputer = None
   if cold_id_part == "imputed" and {"id", "text"} <= set(model.tower_names):
-    from alterrec_tf.models import cold_items  # pylint: disable=g-import-not-at-top
+    from alterrec_tf.models import cold_items
     cold_id_imputer = cold_items.for_model(model, counts)
   matrix, parts = serving_parts(model, config, num_items, new_rows, cold_id_imputer)
   popularity = np.concatenate([counts, np.zeros([len(rows) - num_items], np.float32)])

@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_text  # noqa: F401  # pylint: disable=unused-import
+import tensorflow_text  # noqa: F401
 
 from alterrec_tf.formats import schema
 from alterrec_tf.serving import module as serving

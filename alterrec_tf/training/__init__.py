@@ -1,1 +1,3 @@
-"""Training loop pieces: the epoch callbacks (phase schedule, evaluation, backup) and full-catalogue evaluation."""
+"""The trainer (`trainer.train`) and its pieces: the epoch callbacks (phase schedule,
+evaluation, backup), full-catalogue evaluation, alpha tuning, distribution, and
+loading a trained run (`loading`)."""

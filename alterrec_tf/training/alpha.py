@@ -28,12 +28,12 @@ def sweep(model, split, alphas: Sequence[float], ks=(10, 20), mrr_k=20,
   """
   # TensorFlow on first use: `alpha_sweep` imports this module and checks its
   # command before TensorFlow starts.
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  import tensorflow as tf
 
-  from alterrec_tf.data import windows as alter_data  # pylint: disable=g-import-not-at-top
-  from alterrec_tf.models.alterrec import scored_positions  # pylint: disable=g-import-not-at-top
-  from alterrec_tf.training import evaluation  # pylint: disable=g-import-not-at-top
+  from alterrec_tf.data import windows as alter_data
+  from alterrec_tf.data.windows import scored_positions
+  from alterrec_tf.training import evaluation
 
   if tuple(model.tower_names) != ("id", "text"):
     raise ValueError(f"an alpha sweep needs both towers; {model.settings.model} has "

@@ -105,7 +105,8 @@ class EpochEvaluation(keras.callbacks.Callback):
       if (tower_selection.epochs_without_gain(self.history, self.selection_metric)
           >= self.config.early_stopping_patience):
         self.model.stop_training = True
-    elif previous_best and epoch + 1 - previous_best["epoch"] >= self.config.early_stopping_patience:
+    elif (previous_best
+          and epoch + 1 - previous_best["epoch"] >= self.config.early_stopping_patience):
       self.model.stop_training = True
     alter_runs.write_json_atomic(os.path.join(self.run_dir, alter_runs.HISTORY_FILE), self.history)
     fused = f"valid/fused/{self.selection_metric}"
@@ -147,7 +148,8 @@ class RunBackup(keras.callbacks.Callback):
 
   def on_epoch_end(self, epoch, logs=None):
     self.manager.save(checkpoint_number=epoch + 1)
-    alter_runs.write_json_atomic(os.path.join(self.directory, "epoch.json"), {"epochs_done": epoch + 1})
+    alter_runs.write_json_atomic(os.path.join(self.directory, "epoch.json"),
+                                 {"epochs_done": epoch + 1})
 
   def on_train_end(self, logs=None):
     shutil.rmtree(self.directory, ignore_errors=True)

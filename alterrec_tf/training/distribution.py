@@ -372,7 +372,7 @@ def place(distribution: str, cluster_timeout_s: float = DEFAULT_CLUSTER_TIMEOUT_
     ConfigError: multi_worker without a valid TF_CONFIG; ClusterError: a worker
       not reached in time.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   if distribution == NONE:
     return Placement(NONE, tf.distribute.get_strategy(), True, 1)
   if distribution not in (MIRRORED, MULTI_WORKER):
@@ -388,7 +388,7 @@ def place(distribution: str, cluster_timeout_s: float = DEFAULT_CLUSTER_TIMEOUT_
 
 
 def _multi_worker(cluster_timeout_s: float) -> Placement:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   _, _, cluster = tf_config_task()
   wait_for_workers(cluster_timeout_s)
   options = tf.distribute.experimental.CommunicationOptions(
@@ -407,7 +407,7 @@ def _multi_worker(cluster_timeout_s: float) -> Placement:
 def local_devices() -> List[str]:
   """The devices of --distribution=mirrored: this machine's GPUs, else its
   (logical) CPUs (one, unless split with `tf.config.set_logical_device_configuration`)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
   return [device.name for device in devices]
 
@@ -425,7 +425,7 @@ def write_dir(placement: Placement, run_dir: str) -> str:
 def _from_chief(placement: Placement, value: int) -> int:
   """The chief's `value` on every worker (a collective: every worker calls it,
   the others with any value). Replica 0 lives on the chief."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
   def contribution():
     first = tf.distribute.get_replica_context().replica_id_in_sync_group == 0
@@ -469,7 +469,7 @@ def chief_verdict(placement: Placement, previous_run: Callable[[], Optional[dict
     raise alter_config.ConfigError(
         f"the chief refused {run_dir} (a run trained with other settings: see its output)")
   if verdict == _FINISHED and results is None:
-    from alterrec_tf import runs as alter_runs  # pylint: disable=g-import-not-at-top
+    from alterrec_tf import runs as alter_runs
     results = alter_runs.load_results(run_dir)
   return results
 
@@ -487,7 +487,7 @@ def compile_model(placement: Placement, model) -> None:
   with placement.strategy.scope():
     model.compile(jit_compile=False)
   if placement.distribution != NONE:
-    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None  # pylint: disable=protected-access
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
 
 
 # --- batches ------------------------------------------------------------------------
@@ -504,7 +504,7 @@ def replica_slice(batch, replica, num_replicas: int):
     batch, m = ceil(B / R), padded at the end with empty windows (item 0,
     target 0, not scored) where the batch has fewer.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   rows = tf.shape(next(iter(batch.values())))[0]
   share = (rows + num_replicas - 1) // num_replicas
   start = tf.minimum(tf.cast(replica, tf.int32) * share, rows)
@@ -526,7 +526,7 @@ def distribute_batches(placement: Placement, batches):
   """
   if placement.distribution == NONE:
     return batches
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   num_replicas = placement.replicas
 
   def worker_batches(context):

@@ -23,7 +23,6 @@ import tensorflow as tf
 
 from alterrec_tf.data import windows as alter_data
 from alterrec_tf.models import contract, scoring, towers
-from alterrec_tf.models.alterrec import scored_positions as alter_scored_positions
 from alterrec_tf.training import retrieval
 
 
@@ -123,7 +122,7 @@ class Evaluator:
   def _chunked_ranks_eager(self, batch, tables):
     """Target ranks per head and targets, ranking the catalogue in chunks of
     `chunk_size` items (`scoring.top_k_over_chunks`)."""
-    positions, targets = alter_scored_positions(batch)
+    positions, targets = alter_data.scored_positions(batch)
     item_ids = batch[alter_data.ITEM_IDS]
     queries = self.model.prefix_queries(item_ids, positions, tables, training=False)
     seen = self.model.seen_items_of(item_ids, positions)
@@ -198,7 +197,8 @@ def metrics_from_ranks(ranks: np.ndarray, ks=(10, 20), mrr_k=20) -> Dict[str, fl
   for k in ks:
     hit = ranks <= k
     out[f"hits@{k}"] = float(hit.mean()) if ranks.size else 0.0
-    out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0).mean()) if ranks.size else 0.0
+    out[f"ndcg@{k}"] = (float(np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0).mean())
+                        if ranks.size else 0.0)
   hit = ranks <= mrr_k
   out[f"mrr@{mrr_k}"] = float(np.where(hit, 1.0 / ranks, 0.0).mean()) if ranks.size else 0.0
   return out

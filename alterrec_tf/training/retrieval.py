@@ -39,9 +39,9 @@ _MAX_EXACT_FLOAT_ID = 2 ** 24
 def load_tfrs():
   """The `tensorflow_recommenders` module, or None (with one stderr line, once, saying why)."""
   try:
-    import tensorflow_recommenders as tfrs  # pylint: disable=g-import-not-at-top
+    import tensorflow_recommenders as tfrs
     return tfrs
-  except Exception as error:  # pylint: disable=broad-except  (TFRS raises several kinds)
+  except Exception as error:  # TFRS raises several kinds
     print("note: no TFRS retrieval metrics: tensorflow_recommenders cannot be imported "
           f"({type(error).__name__}: {str(error).splitlines()[0][:120]}); import "
           "alterrec_tf before tensorflow, or set TF_USE_LEGACY_KERAS=1",
@@ -72,7 +72,7 @@ def _index_classes(tfrs):
       vectors, seen = queries[:, :self._query_dim], queries[:, self._query_dim:]
       exclusions = tf.cast(seen, tf.int32)
       scores, ids = self._index(vectors, k=k + seen.shape[1])
-      return tfrs.layers.factorized_top_k._exclude(  # pylint: disable=protected-access
+      return tfrs.layers.factorized_top_k._exclude(
           scores, ids, exclude=exclusions, k=k)
 
     def is_exact(self) -> bool:

@@ -7,7 +7,7 @@ from typing import Callable, List, Optional
 
 import keras
 
-from alterrec_tf.models.alterrec import ID_PHASE, TEXT_PHASE
+from alterrec_tf.models.contract import ID_PHASE, TEXT_PHASE
 
 GATE_METRIC = "hits@20"
 

@@ -89,7 +89,7 @@ def trial_dir(study_dir: str, params: Dict[str, Any]) -> str:
 def _retry_interrupted(study) -> int:
   """Marks the trials a killed process left running as failed and queues
   their parameters again; returns how many. One process per study."""
-  import optuna  # pylint: disable=g-import-not-at-top
+  import optuna
   running = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
   for trial in running:
     study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
@@ -110,7 +110,7 @@ def tune_model(base, model: str, catalogue: int, study_dir: str, budget: TuningB
     train_fn: `train(config, rank_test=False) -> results` (the trainer).
     log: where progress lines go.
   """
-  import optuna  # pylint: disable=g-import-not-at-top
+  import optuna
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   space = search_space(model, catalogue, base.k1)
   study = optuna.create_study(
@@ -149,7 +149,7 @@ def best_record(study, model: str, space: Dict[str, Sequence[Any]],
                 budget: TuningBudget, k1: int) -> dict:
   """The best finished trial of `study` with the budget spent on it, and its
   training flags ("flags": negatives written as --k2 = k1 + negatives)."""
-  import optuna  # pylint: disable=g-import-not-at-top
+  import optuna
   complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
   best = max(complete, key=lambda t: (t.value, -t.number))
   flags = [f"--model={model}"]

@@ -19,12 +19,12 @@ import keras
 import tensorflow as tf
 
 from alterrec_tf.data import windows as alter_data
+from alterrec_tf.data.windows import scored_positions
 from alterrec_tf.models import negatives as alter_negatives
 from alterrec_tf.models import replicas as alter_replicas
 from alterrec_tf.models import scoring
 from alterrec_tf.models import settings as model_settings
 from alterrec_tf.models import towers as alter_towers
-from alterrec_tf.models.alterrec import scored_positions
 
 
 class FullSoftmaxModel(keras.Model):

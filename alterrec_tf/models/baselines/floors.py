@@ -42,10 +42,10 @@ import scipy.sparse
 import tensorflow as tf
 
 from alterrec_tf.data import windows as alter_data
+from alterrec_tf.data.windows import scored_positions
 from alterrec_tf.formats import schema
 from alterrec_tf.models import layers as alter_layers
 from alterrec_tf.models import towers as alter_towers
-from alterrec_tf.models.alterrec import scored_positions
 
 MAX_DENSE_ITEMS = 20_000  # 20k x 20k float32 = 1.6 GB
 TIE_BREAK = 1e-6
