@@ -26,8 +26,10 @@ one value by d moves every sum by d. The tolerance, 1e-4 of the L2 norm (5.9e-3
 on Online Retail, whose rows have unit norm), accepts noise of relative size up
 to ~4e-5, 300 times float32's epsilon (measured on Online Retail: noise of
 relative size 1e-7 moves the sums by at most 5.9e-6, 1e-5 by 1.4e-3), and refuses
-a change of any one value by 1e-2, or two rows swapped (BUILD_NOTES.md,
-"Dataset identity across CPUs and the pinned install").
+a change of any one value by more than the tolerance (on Online Retail: by 1e-2;
+the absolute tolerance grows with the square root of the number of items), or
+two rows swapped (BUILD_NOTES.md, "Dataset identity across CPUs and the pinned
+install").
 """
 
 import hashlib
