@@ -182,7 +182,9 @@ def restore_archived_runs(models, seeds, runs_dir: str, archive_dir: str, log=No
   where runs_dir has no finished run of it (an unfinished one there is replaced;
   a finished one is kept, and archived again when the grid passes it); returns
   how many were copied. The grid's settings check then compares them like any
-  run already in runs_dir.
+  run already in runs_dir, their data by identity (`runs.data_conflicts`: the
+  archive's `runs.MIGRATION_FILE` is merged into runs_dir's for runs that only
+  record the old content_hash).
 
   The archive is shared (committed, copied between machines): every run to
   restore is checked first (`runs.check_archived_run`: its files against its
@@ -192,6 +194,7 @@ def restore_archived_runs(models, seeds, runs_dir: str, archive_dir: str, log=No
   Raises:
     RunFileError: naming the archived file (and metric) that fails.
   """
+  alter_runs.copy_migration(archive_dir, runs_dir)  # identities of pre-issue-33 runs
   to_restore = []
   for seed in seeds:
     for model in models:
@@ -334,8 +337,9 @@ def main(argv):
     if archive_dir and not config.overwrite:
       restored = restore_archived_runs(models, seeds, runs_dir, archive_dir)
       if restored:
-        print(f"grid: {restored} finished run(s) restored from {archive_dir} (each checked: "
-              "test figures recomputed from its ranks, files against its hashes)", flush=True)
+        print(f"grid: {restored} of {len(models) * len(seeds)} runs restored from the archive "
+              f"{archive_dir} (each checked: test figures recomputed from its ranks, files "
+              "against its hashes; its data is checked against --data_dir next)", flush=True)
   if workers > 1 and worker < 0:
     # here too: fail before starting workers
     check_grid(config, models, seeds, runs_dir, verify_data)

@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from alterrec_tf import config as alter_config
+from alterrec_tf.formats import identity as data_identity
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
@@ -389,7 +390,7 @@ def run_conflicts(config, manifest) -> Tuple[List[str], Optional[dict]]:
 
   Returns:
     (differences, results): a list of "--flag=old (now new)" strings (plus a
-    data content_hash line when the data changed), empty when the run matches
+    line per data file that changed, `data_conflicts`), empty when the run matches
     or run_dir holds none; and the run's results dict when it finished, else None.
   """
   config_path = os.path.join(config.run_dir, CONFIG_FILE)
@@ -405,10 +406,93 @@ def run_conflicts(config, manifest) -> Tuple[List[str], Optional[dict]]:
              if name not in RUN_NEUTRAL_SETTINGS
              and previous.get(name, defaults.get(name)) != value]
   results = load_results(config.run_dir)
-  if results is not None and results.get("data_content_hash") != manifest.get("content_hash"):
-    changed.append(f"data content_hash {results.get('data_content_hash')} "
-                   f"(now {manifest.get('content_hash')})")
+  if results is not None:
+    changed += data_conflicts(config.run_dir, results, config.data_dir, manifest)
   return changed, results
+
+
+# Beside archived runs (and copied into a grid's runs_dir when they are
+# restored): {"identities": {old content_hash: data_identity}} for runs trained
+# before results.json recorded `data_identity` (issue 33); `data_conflicts`.
+MIGRATION_FILE = "data_identities.json"
+
+
+def legacy_identities(run_dir: str) -> Dict[str, dict]:
+  """The `MIGRATION_FILE` entries found in run_dir and its two parent folders
+  (a grid's run_dir is runs_dir/<model>/seed<k>)."""
+  found: Dict[str, dict] = {}
+  folder = os.path.abspath(run_dir)
+  for _ in range(3):
+    path = os.path.join(folder, MIGRATION_FILE)
+    if os.path.exists(path):
+      for old_hash, identity in read_json(path).get("identities", {}).items():
+        found.setdefault(old_hash, identity)
+    folder = os.path.dirname(folder)
+  return found
+
+
+def data_conflicts(run_dir: str, results: dict, data_dir: str, manifest: dict) -> List[str]:
+  """How the dataset in data_dir differs from the one the finished run was
+  trained on: exactly on sessions, vocabulary and split, within float rounding
+  on the text table (`formats.identity.compare`); empty when it is the same.
+
+  A run trained before results.json recorded `data_identity` has only the
+  old `data_content_hash` (every file's bytes): it matches when the hash is
+  the current data's, or when a `MIGRATION_FILE` beside it maps the hash to an
+  identity that matches.
+  """
+  recorded = results.get("data_identity")
+  if not recorded:
+    old_hash = results.get("data_content_hash")
+    if old_hash == manifest.get("content_hash"):
+      return []
+    recorded = legacy_identities(run_dir).get(str(old_hash))
+    if not recorded:
+      return [f"data content_hash {old_hash} (now {manifest.get('content_hash')}; the run "
+              f"records no data_identity and no {MIGRATION_FILE} beside it maps that hash)"]
+  return data_identity.compare(recorded, data_identity.current_identity(data_dir, manifest))
+
+
+def dataset_identity(data_dir: str, manifest: dict) -> dict:
+  """What a run records of its data (results.json `data_identity`)."""
+  return data_identity.current_identity(data_dir, manifest)
+
+
+def write_migration(folder: str, data_dir: str) -> dict:
+  """Records in folder/`MIGRATION_FILE` the identity of the dataset in data_dir
+  under its content_hash (kept entries stay); run it where the old runs' data
+  was prepared byte for byte (same content_hash). Returns the file's content."""
+  with open(os.path.join(data_dir, "manifest.json"), encoding="utf-8") as f:
+    manifest = json.load(f)
+  path = os.path.join(folder, MIGRATION_FILE)
+  content = read_json(path) if os.path.exists(path) else {}
+  content["about"] = (
+      "runs trained before results.json recorded data_identity (issue 33) name their "
+      "data by content_hash (every file's bytes, the float text table included); this "
+      "maps such a hash to the identity that machines agree on "
+      "(alterrec_tf/formats/identity.py, alterrec_tf.runs.data_conflicts)")
+  content.setdefault("identities", {})[manifest["content_hash"]] = (
+      data_identity.dataset_identity(data_dir, manifest))
+  write_json_atomic(path, content)
+  return content
+
+
+def copy_migration(archive_dir: str, runs_dir: str) -> bool:
+  """Merges archive_dir's `MIGRATION_FILE` into runs_dir's (restored runs are
+  checked against it there). Returns whether archive_dir has one."""
+  source = os.path.join(archive_dir, MIGRATION_FILE)
+  if not os.path.exists(source):
+    return False
+  target = os.path.join(runs_dir, MIGRATION_FILE)
+  content = read_json(target) if os.path.exists(target) else {}
+  archived = read_json(source)
+  content["about"] = archived.get("about", content.get("about"))
+  identities = content.setdefault("identities", {})
+  for old_hash, identity in archived.get("identities", {}).items():
+    identities.setdefault(old_hash, identity)
+  os.makedirs(runs_dir, exist_ok=True)
+  write_json_atomic(target, content)
+  return True
 
 
 # Files that show a run finished at least one epoch (RunBackup writes

@@ -34,7 +34,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # data_tools' progress bars
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import common  # noqa: E402
 
 flags.DEFINE_integer("titles", 1000, "Distinct product names (the first, sorted).")
 flags.DEFINE_integer("batch_size", 64, "Texts per encode batch (data_tools' default).")

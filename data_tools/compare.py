@@ -7,7 +7,8 @@ gives (tests/test_beam_prepare.py, benchmarks/beam_prepare.py):
   eval_start, raw item ids) read back from the TFRecord shards;
 * vocabulary: the set of raw item ids (and each item's title);
 * item text table: each item's row, found by raw id, within `atol`;
-* manifest: every field but the file hashes, the content hash and the
+* manifest: every field but the file hashes, the content hash, the data
+  identity (its text part differs in float rounding) and the
   --output_dir flag (and, as told, the dataset name).
 
 Also reported, not required: whether the folders are byte-identical (equal
@@ -23,7 +24,7 @@ import numpy as np
 from alterrec_tf.formats import schema
 
 SessionKey = Tuple[str, str, int, int, Tuple[str, ...]]
-IGNORED_MANIFEST_KEYS = ("file_hashes", "content_hash")
+IGNORED_MANIFEST_KEYS = ("file_hashes", "content_hash", "data_identity")
 IGNORED_FLAGS = ("output_dir",)
 
 
@@ -52,7 +53,7 @@ class Comparison:
 
 def read_sessions(folder: str, manifest: dict) -> Dict[str, Counter]:
   """{split: multiset of `SessionKey`} of a prepared folder, raw item ids."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   vocab = [raw for raw, _ in schema.read_vocab(folder)]
   found: Dict[str, Counter] = {}
   for split in schema.SPLITS:

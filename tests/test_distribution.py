@@ -111,6 +111,7 @@ def single_process(dataset, tmp_path_factory):
   return read_run(run_dir)
 
 
+@pytest.mark.slow  # a minute or more on 2 cores: `make test-slow` (CI runs it)
 def test_two_workers_train_like_one_process_and_only_the_chief_writes(
     dataset, single_process, tmp_path):
   run_dir = tmp_path / "run"
@@ -144,6 +145,7 @@ def test_mirrored_on_one_device_trains_like_no_strategy(dataset, single_process,
   assert_same_training(read_run(run_dir), single_process)
 
 
+@pytest.mark.slow  # a minute or more on 2 cores: `make test-slow` (CI runs it)
 def test_two_replicas_sum_to_the_one_process_step_and_the_frozen_tower_stays_bit_identical(
     dataset, tmp_path):
   out = tmp_path / "two_replicas.json"

@@ -225,6 +225,7 @@ def test_code_version_is_the_commit_of_the_checkout_the_package_sits_at_the_top_
   assert alter_runs.code_version(str(installed)) == {"git_commit": None, "modified": None}
 
 
+@pytest.mark.slow  # a minute or more on 2 cores: `make test-slow` (CI runs it)
 def test_experiments_cli_trains_every_model_in_two_workers_then_skips_finished_runs(tmp_path):
   data_dir = str(tmp_path / "data")
   synthetic.write_dataset(data_dir, num_items=50, num_sessions=60, max_session_length=16)

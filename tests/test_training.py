@@ -57,6 +57,7 @@ def test_two_epoch_cli_run_writes_results_history_and_tensorboard(dataset, tmp_p
   assert not (run_dir / alter_runs.BACKUP_DIR).exists()  # finished: backup removed
 
 
+@pytest.mark.slow  # a minute or more on 2 cores: `make test-slow` (CI runs it)
 def test_killed_run_resumes_and_ends_like_an_uninterrupted_one(dataset, tmp_path, monkeypatch):
   config = tiny_config(dataset, str(tmp_path / "full"))
   uninterrupted = train(config)
@@ -81,6 +82,7 @@ def test_killed_run_resumes_and_ends_like_an_uninterrupted_one(dataset, tmp_path
   assert resumed["valid"] == uninterrupted["valid"]
 
 
+@pytest.mark.slow  # a minute or more on 2 cores: `make test-slow` (CI runs it)
 def test_test_split_ranked_once_at_the_selected_epoch_matches_per_epoch_ranking(
     dataset, tmp_path):
   import numpy as np

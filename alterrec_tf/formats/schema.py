@@ -61,7 +61,7 @@ _FEATURES: Dict[str, object] = {}
 def feature_spec() -> Dict[str, object]:
   """The `tf.io.parse_example` spec of a session (built once; needs TensorFlow)."""
   if not _FEATURES:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top,redefined-outer-name
+    import tensorflow as tf
     _FEATURES.update({
         ITEM_IDS: tf.io.VarLenFeature(tf.int64),
         SESSION_ID: tf.io.FixedLenFeature([], tf.string),
@@ -98,7 +98,7 @@ def make_example(item_ids: Sequence[int], session_id: str, user_id: str = "",
   Returns:
     The serialised example.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top,redefined-outer-name
+  import tensorflow as tf
   item_ids = [int(i) for i in item_ids]
   if len(item_ids) < 2:
     raise ValueError(f"session {session_id!r} has {len(item_ids)} items; "
@@ -131,7 +131,7 @@ def parse_examples(serialized: "tf.Tensor") -> Dict[str, "tf.Tensor"]:
     A dict with `item_ids` as a `tf.RaggedTensor` [batch, (len)] int64 and the
     scalar features as [batch] tensors.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top,redefined-outer-name
+  import tensorflow as tf
   parsed = tf.io.parse_example(serialized, feature_spec())
   parsed[ITEM_IDS] = tf.RaggedTensor.from_sparse(parsed[ITEM_IDS])
   return parsed
@@ -282,7 +282,7 @@ def find_damaged_shards(data_dir: str, manifest: dict) -> List[str]:
   or corrupt record, a record that is not a session, an item index outside
   the vocabulary). Needs TensorFlow; costs one pass over the data.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top,redefined-outer-name
+  import tensorflow as tf
   problems = []
   for split in SPLITS:
     for path in split_files(data_dir, manifest, split):

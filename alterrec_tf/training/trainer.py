@@ -256,6 +256,7 @@ def _results(config, manifest, best, history, train_split, seconds, test=None,
   results = {
       "model": config.model, "seed": config.seed, "dataset": manifest.get("dataset_name"),
       "data_content_hash": manifest.get("content_hash"),
+      "data_identity": alter_runs.dataset_identity(config.data_dir, manifest),
       "code_version": alter_runs.code_version(),
       "best_epoch": best.get("epoch"), "epochs_run": len(history),
       "selection": "valid fused hits@20", "valid": valid,

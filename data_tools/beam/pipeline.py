@@ -77,7 +77,7 @@ def direct_runner(beam_options: PipelineOptions):
   let Beam create the named runner."""
   name = beam_options.view_as(StandardOptions).runner or DEFAULT_RUNNER
   if name.lower() in ("direct", "directrunner"):
-    from apache_beam.runners.portability.fn_api_runner import (  # pylint: disable=g-import-not-at-top
+    from apache_beam.runners.portability.fn_api_runner import (
         FnApiRunner,
     )
     return FnApiRunner()

@@ -22,7 +22,7 @@ from typing import Dict, List, Tuple
 import apache_beam as beam
 import numpy as np
 
-from alterrec_tf.formats import schema
+from alterrec_tf.formats import identity, schema
 from data_tools import prepare, writer
 from data_tools import sessions as S
 from data_tools.beam.read import progress, write_key
@@ -101,6 +101,7 @@ class ManifestFn(beam.DoFn):
     written = {"files": files, "text_dim": text["text_dim"],
                "num_items_without_text": text["num_items_without_text"],
                "file_hashes": writer.file_hashes(self._folder, names)}
+    written["data_identity"] = identity.dataset_identity(self._folder, written)
     report = prepare.filter_report(self._options, header, frequency, unseen)
     manifest = prepare.build_manifest(header, self._options, stats, rule, report, written)
     writer.write_manifest(self._folder, manifest)
