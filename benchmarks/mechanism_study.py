@@ -128,7 +128,7 @@ def paired_difference(cell: str, model: str, reference: str, metric: str,
 def summarize() -> dict:
   """Prints the study's table and curves; returns them (also summary.json)."""
   summary: Dict[str, dict] = {}
-  print("| cell | model | seeds | " + " | ".join(METRICS) + " | best epochs | s/run |")
+  print("| cell | model | seeds | " + " | ".join(METRICS) + " | best epochs | s, last process |")
   print("|---|---|---|" + "---|" * (len(METRICS) + 2))
   for cell in CELLS:
     for model, runs in _runs(cell).items():
