@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
@@ -175,6 +176,27 @@ def check_output_dir(output_dir: str) -> None:
     raise S.DataToolsError(
         f"{output_dir}: --output_dir is not empty and holds no "
         f"{schema.MANIFEST_FILE}; refusing to replace it (choose another folder)")
+  check_writable_parent(output_dir)
+
+
+def check_writable_parent(output_dir: str) -> None:
+  """Fails before any input is read if the folder that will hold `output_dir`
+  (the nearest existing one above it: the output is written next to it and
+  renamed into place) cannot be written.
+
+  Raises:
+    S.DataToolsError: naming the folder and the reason.
+  """
+  parent = os.path.dirname(os.path.abspath(output_dir))
+  while not os.path.isdir(parent) and os.path.dirname(parent) != parent:
+    parent = os.path.dirname(parent)
+  try:
+    with tempfile.NamedTemporaryFile(dir=parent, prefix=".write-check-"):
+      pass
+  except OSError as error:
+    raise S.DataToolsError(
+        f"{parent}: cannot write there ({error.strerror or error}), so --output_dir="
+        f"{output_dir} cannot be written; choose another --output_dir") from error
 
 
 def _process_alive(pid: int) -> bool:

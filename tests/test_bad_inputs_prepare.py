@@ -206,3 +206,27 @@ def test_an_empty_or_missing_item2index_is_reported_as_such(tmp_path):
                        check=False)
   error_line(out, f"{item_map}: no such file", "--text_keys=original")
   assert not (tmp_path / "prepared").exists()
+
+
+def test_unwritable_output_parent_is_refused_before_the_input_is_read(tmp_path, monkeypatch):
+  """Issue 34 (notes): prepare used to read the whole input before finding that it
+  cannot write its output; the check now comes first (simulated: root may write
+  anywhere, so the write check itself is made to fail)."""
+  import tempfile
+
+  from data_tools import prepare, readers
+
+  raw = tmp_path / "raw.csv"
+  raw.write_text("InvoiceNo,StockCode\n")
+  read = []
+  monkeypatch.setattr(readers, "read", lambda options: read.append(options))
+
+  def refuse(*args, **kwargs):
+    raise PermissionError(13, "Permission denied")
+
+  monkeypatch.setattr(tempfile, "NamedTemporaryFile", refuse)
+  with pytest.raises(DataToolsError, match=r"cannot write there \(Permission denied\)"):
+    prepare.prepare(PrepareOptions(raw_path=str(raw),
+                                   output_dir=str(tmp_path / "missing" / "out")))
+  assert read == []  # nothing was read
+  assert not (tmp_path / "missing").exists()
