@@ -100,20 +100,12 @@ def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
   export pipeline (`serving.pipeline.export_run`).
 
   Args:
-    exclude_session_items: never recommend an item of the request; None: as the
-      run was trained and evaluated (its --seen_items).
     loaded_run: an already loaded (model, config, manifest, data_dir) (tests).
     verify_data: check the dataset's files against its manifest hashes first.
-    text_signatures: add new_item_vectors / score_text_candidates (the sentence
-      encoder in the graph); None: where the run and dataset allow it.
-    text_encoder_dir: the converted sentence encoder (see `load_text_encoder`).
-    cold_id_part: the ID columns of items added after training (--new_items and
-      the text signatures): "imputed" (the ID rows of the trained items nearest
-      in text, `models.cold_items`) or "zero".
+    The others: as `serving.pipeline.export_run`.
 
   Returns:
-    The export info (also written to assets.extra/alterrec_export.json), with
-    "path" the final version folder.
+    The export info of `serving.pipeline.export_run`.
 
   Raises:
     ExportError: the export cannot be done as asked, or writing it failed (a

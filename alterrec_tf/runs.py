@@ -19,7 +19,6 @@ every test metric of its results.json recomputed from its test_ranks.npz.
 """
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ import numpy as np
 
 from alterrec_tf import config as alter_config
 from alterrec_tf.formats import identity as data_identity
+from alterrec_tf.formats import schema
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
@@ -157,20 +157,11 @@ def write_results(run_dir: str, results: dict) -> None:
   write_hashes(run_dir)
 
 
-def file_sha256(path: str) -> str:
-  """Hex SHA-256 of a file's bytes."""
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def write_hashes(run_dir: str) -> None:
   """Writes hashes.json: the SHA-256 of each of the run's `HASHED_FILES`. Written
   last, when the run is finished, and again by whatever changes a finished run
   (test ranks ranked later, an alpha sweep)."""
-  hashes = {name: file_sha256(os.path.join(run_dir, name)) for name in HASHED_FILES
+  hashes = {name: schema.file_sha256(os.path.join(run_dir, name)) for name in HASHED_FILES
             if os.path.isfile(os.path.join(run_dir, name))}
   write_json_atomic(os.path.join(run_dir, HASHES_FILE), {"sha256": hashes})
 
@@ -201,7 +192,7 @@ def check_hashes(run_dir: str, hint: str = DAMAGED_ARCHIVE_HINT) -> bool:
       if name in ARCHIVED_FILES:
         raise RunFileError(f"{file_path} is missing (listed in {path}); {hint}")
       continue
-    if file_sha256(file_path) != expected:
+    if schema.file_sha256(file_path) != expected:
       raise RunFileError(f"{file_path} does not match its SHA-256 in {path}; {hint}")
   for name in HASHED_FILES:
     if name not in hashes and os.path.isfile(os.path.join(run_dir, name)):

@@ -32,11 +32,12 @@ two rows swapped (BUILD_NOTES.md, "Dataset identity across CPUs and the pinned
 install").
 """
 
-import hashlib
 import os
 from typing import List, Mapping, Optional
 
 import numpy as np
+
+from alterrec_tf.formats import schema
 
 IDENTITY_VERSION = 1
 SIGNATURE_SIZE = 16
@@ -79,11 +80,9 @@ def text_identity(table: np.ndarray, file_name: str) -> dict:
 
 
 def exact_hash(file_hashes: Mapping[str, str]) -> str:
-  """One hash over the files' hashes (the text table left out by the caller)."""
-  digest = hashlib.sha256()
-  for name in sorted(file_hashes):
-    digest.update(f"{name}={file_hashes[name]}\n".encode("utf-8"))
-  return digest.hexdigest()
+  """One hash over the files' hashes (the text table left out by the caller):
+  `schema.content_hash` of the exact part."""
+  return schema.content_hash(file_hashes)
 
 
 def dataset_identity(data_dir: str, manifest: Mapping) -> dict:
