@@ -32,6 +32,8 @@ from absl import flags
 # Cell -> (models, extra training flags). k1 = 6 everywhere (the flagfile's),
 # so k2 = 6 + negatives.
 CELLS: Dict[str, tuple] = {
+    # The flagfile as it is (its own k2, temperature and schedule).
+    "flagfile": (("alterrec", "alterrec_random"), []),
     "neg800": (("alterrec", "alterrec_random"), ["--k2=806"]),
     "neg200": (("alterrec", "alterrec_random"), ["--k2=206"]),
     "neg50": (("alterrec", "alterrec_random"), ["--k2=56"]),

@@ -42,6 +42,15 @@ def other_cpu(data_dir, out_dir):
   return manifest
 
 
+def _makefile_grid_flags():
+  """The flags `make grid` adds to the flagfile (the Makefile's GRID_FLAGS)."""
+  with open(os.path.join(REPO, "Makefile"), encoding="utf-8") as f:
+    for line in f:
+      if line.startswith("GRID_FLAGS ?="):
+        return line.split("?=", 1)[1].split()
+  raise AssertionError("the Makefile defines no GRID_FLAGS")
+
+
 def test_prepared_online_retail_is_the_archive_s_data_and_the_grid_trains_nothing(tmp_path):
   data_dir = str(tmp_path / "online_retail")
   prepared = subprocess.run(  # `make prepare`
@@ -66,7 +75,8 @@ def test_prepared_online_retail_is_the_archive_s_data_and_the_grid_trains_nothin
   grid = subprocess.run(
       [sys.executable, "-m", "alterrec_tf.experiments", "--flagfile=configs/online_retail.flags",
        f"--data_dir={tmp_path / 'avx512'}", f"--runs_dir={tmp_path / 'runs'}", "--workers=2",
-       f"--archive_dir={archive}", "--seeds=0,1,2", f"--report_dir={tmp_path / 'report'}"],
+       f"--archive_dir={archive}", "--seeds=0,1,2", f"--report_dir={tmp_path / 'report'}",
+       *_makefile_grid_flags()],
       cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900, check=False)
   assert grid.returncode == 0, grid.stdout[-2000:] + grid.stderr[-3000:]
   assert f"grid: 45 of 45 runs restored from the archive {archive}" in grid.stdout
