@@ -22,10 +22,10 @@ PYTEST_ARGS ?= -n $(TEST_WORKERS) --dist loadfile --durations=15
 # under 15 minutes from a fresh clone on a slow 2-core host (BUILD_NOTES.md, "The
 # demo from a fresh clone"). The full schedule (up to 30 epochs with early
 # stopping, about an hour on 2 cores): `make train`.
-DEMO_FLAGS ?= --m_max=4 --m_random=1 --m_gap=1 --hard_negative_selection=argpartition
+# It ends with the test table beside the four count floors of the same split.
+DEMO_FLAGS ?= --m_max=4 --m_random=1 --m_gap=1 --hard_negative_selection=argpartition \
+  --floors=most_popular,transition,sequential_rules,session_knn
 DEMO_RUN ?= runs/online_retail_demo
-# Keep TensorFlow's C++ start-up chatter out of the demo and test output.
-export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 # The issue-15 acceptance grid (every model x 3 seeds, ~15 h on 2 cores):
 # resumes from the runs committed under GRID_ARCHIVE and adds each run there as

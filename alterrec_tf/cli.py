@@ -36,12 +36,17 @@ class CommandError(ValueError):
 
 
 def define_flags(verify_data: bool = True) -> None:
-  """Defines --traceback and (for commands that read a dataset) --verify_data,
-  once per process (their names: `flagfiles.FLAG_NAMES`)."""
+  """Defines --traceback, --tensorflow_log and (for commands that read a
+  dataset) --verify_data, once per process (their names: `flagfiles.FLAG_NAMES`)."""
   if "traceback" not in flags.FLAGS:
     flags.DEFINE_boolean("traceback", False,
                          "On an error, show the Python stack instead of one line "
                          "(for bug reports).")
+  if "tensorflow_log" not in flags.FLAGS:
+    flags.DEFINE_boolean("tensorflow_log", False,
+                         "Show TensorFlow's own log lines (its C++ start-up and info lines: "
+                         "CUDA probing, oneDNN notices). Hidden by default "
+                         "(TF_CPP_MIN_LOG_LEVEL=3), unless that variable is set.")
   if verify_data and "verify_data" not in flags.FLAGS:
     flags.DEFINE_boolean("verify_data", True,
                          "Check the SHA-256 of every shard and table of the dataset against "
@@ -176,12 +181,59 @@ def report(error: BaseException, known: Sequence[Type[BaseException]] = (),
   return ERROR_EXIT_CODE
 
 
+def quiet_tensorflow(show_log: bool) -> None:
+  """Hides TensorFlow's C++ log lines (start-up chatter such as "failed call to
+  cuInit" on a machine without a GPU, oneDNN notices, per-op info) by setting
+  TF_CPP_MIN_LOG_LEVEL=3 for this process and its children, unless `show_log`
+  (--tensorflow_log) or the user set the variable. Call before TensorFlow loads."""
+  if not show_log:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def load_tensorflow(show_log: bool = False) -> None:
+  """Imports TensorFlow now, without the lines its libraries write to stderr
+  while they load ("All log messages before absl::InitializeLog() ...", "Could
+  not find cuda drivers ..."), which no log level reaches: stderr (file
+  descriptor 2) goes to a scratch file during the import and is shown only if
+  the import fails. Commands call it after their checks, where TensorFlow is
+  needed anyway. TensorFlow's Python warnings (e.g. retracing notices) are
+  hidden as well. With `show_log` (--tensorflow_log), or TF_CPP_MIN_LOG_LEVEL
+  set below 3 by the user, everything is shown."""
+  quiet_tensorflow(show_log)
+  if (show_log or "tensorflow" in sys.modules
+      or os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "3"):
+    import tensorflow  # noqa: F401  (the import is the point)
+    return
+  _import_without_stderr()
+  import tensorflow as tf
+  tf.get_logger().setLevel("ERROR")  # its Python warnings (retracing notices) too
+
+
+def _import_without_stderr() -> None:
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      import tensorflow  # noqa: F401,F811
+    except BaseException:
+      os.dup2(saved, 2)
+      captured.seek(0)
+      sys.stderr.write(captured.read().decode("utf-8", "replace"))
+      raise
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+
+
 def guard(main: Callable, known: Sequence[Type[BaseException]] = (),
           io_hint: str = "") -> Callable:
   """`main` with every exception turned into `report`'s one line and exit 1
-  (the stack itself with --traceback). SystemExit and Ctrl-C pass through."""
+  (the stack itself with --traceback). SystemExit and Ctrl-C pass through.
+  TensorFlow's log lines are hidden first (`quiet_tensorflow`)."""
 
   def guarded(argv):
+    quiet_tensorflow(flag_value("tensorflow_log", False))
     try:
       return main(argv)
     except (SystemExit, KeyboardInterrupt):

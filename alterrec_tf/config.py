@@ -153,7 +153,9 @@ _define("boolean", "resume", True, "Resume from run_dir's backup if one exists."
 _define("boolean", "overwrite", False,
         "Replace the run in run_dir. Without it, a finished run with the same flags "
         "is shown, not retrained, and a run with other flags is refused.")
-_define("integer", "verbose", 1, "Keras progress output: 0 silent, 1 bar, 2 line.")
+_define("integer", "verbose", 1,
+        "Progress: 0 silent, 1 one line per epoch (phase, each head's validation "
+        "Hits@20 / NDCG@20, time), 2 also Keras' progress bar.")
 _define("enum", "distribution", "none", ["none", "mirrored", "multi_worker"],
         "tf.distribute strategy of training: 'none' (one process, no strategy), "
         "'mirrored' (MirroredStrategy over this machine's devices), 'multi_worker' "

@@ -308,7 +308,8 @@ def run_workers(models, seeds, runs_dir: str, workers: int, overwrite: bool = Fa
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  import tensorflow as tf  # after the TF_NUM_* env
+  cli.load_tensorflow(cli.flag_value("tensorflow_log", False))  # after the TF_NUM_* env
+  import tensorflow as tf
   tf.get_logger().setLevel("ERROR")  # retracing notices of the per-run evaluators
   config = alter_config.TrainConfig.from_flags()
   if not config.data_dir:

@@ -26,7 +26,7 @@ PREPARE_FLAG_NAMES = frozenset({
 # Flags of the shared command line, defined by `cli.define_flags`
 # (`training_flag_names` lists them for data_tools.prepare, which skips them in a
 # shared flagfile).
-FLAG_NAMES = frozenset({"traceback", "verify_data"})
+FLAG_NAMES = frozenset({"traceback", "tensorflow_log", "verify_data"})
 
 
 def _flag_name(arg: str, known: frozenset) -> str:

@@ -17,27 +17,19 @@ that run_dir can be written (`check_command`); a refused command prints one line
 import os
 import sys
 
-from absl import logging
+from absl import flags, logging
 
 from alterrec_tf import cli, flagfiles
 from alterrec_tf import config as alter_config
 from alterrec_tf import runs as alter_runs
-from alterrec_tf.training import trainer
+from alterrec_tf.models import names as model_names
+from alterrec_tf.training import progress, trainer
 
-
-def format_table(results) -> str:
-  """Markdown table of the test metrics of every head at the selected epoch."""
-  test = results.get("test", {})
-  if not test:
-    return "(no test split)"
-  heads = sorted(test, key=lambda h: (h != "fused", h))
-  metrics = list(dict.fromkeys(m for head in heads for m in test[head]))  # fused's first
-  lines = ["| head | " + " | ".join(metrics) + " |",
-           "|---" * (len(metrics) + 1) + "|"]
-  for head in heads:  # e.g. tfrs_hits@K only where a fused item matrix exists: "-" elsewhere
-    lines.append(f"| {head} | " + " | ".join(
-        f"{100 * test[head][m]:.2f}" if m in test[head] else "-" for m in metrics) + " |")
-  return "\n".join(lines)
+flags.DEFINE_list("floors", [],
+                  "Count floors to rank on the same test split after training and show "
+                  f"beside the table, of {', '.join(model_names.FLOORS)} (each a run in "
+                  "run_dir/floors/<name>, reused when the command runs again). `make demo` "
+                  "shows all four.")
 
 
 # --- command line -----------------------------------------------------------------------
@@ -98,29 +90,56 @@ def damaged_data(error: BaseException, data_dir: str):
       "the default, refuses a changed shard before training)")
 
 
+def floor_configs(config, names):
+  """{floor: its TrainConfig} (run_dir/floors/<floor>), checked before TensorFlow.
+
+  Raises:
+    CommandError: a name that is not a count floor.
+  """
+  unknown = [name for name in names if name not in model_names.FLOORS]
+  if unknown:
+    raise cli.CommandError(f"--floors: {', '.join(unknown)} is not a count floor; choose from "
+                           f"{', '.join(model_names.FLOORS)}")
+  return {name: config.replace(model=name,
+                               run_dir=os.path.join(config.run_dir, "floors", name))
+          for name in names}
+
+
+def _train(config, verify_data):
+  """trainer.train, with a damaged shard named (`damaged_data`)."""
+  try:
+    return trainer.train(config, verify_data=verify_data)
+  except Exception as error:
+    damaged = damaged_data(error, config.data_dir)
+    if damaged is None:
+      raise
+    raise damaged from error
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   config = alter_config.TrainConfig.from_flags()
   verify_data = bool(cli.flag_value("verify_data", True))
+  floors = floor_configs(config, flags.FLAGS.floors)
   results = check_command(config, verify_data)
+  cli.load_tensorflow(cli.flag_value("tensorflow_log", False))
   if results is not None:
     print(f"{config.run_dir} already holds this finished run: showing its results "
           "(--overwrite trains it again)", flush=True)
   else:
-    try:
-      results = trainer.train(config, verify_data=verify_data)
-    except Exception as error:
-      damaged = damaged_data(error, config.data_dir)
-      if damaged is None:
-        raise
-      raise damaged from error
+    results = _train(config, verify_data)
+  floor_results = {}
+  if floors:
+    print(f"ranking the test split with the count floors: {', '.join(floors)}", flush=True)
+  for name, floor_config in floors.items():
+    floor_results[name] = _train(floor_config, verify_data=False)  # (checked above)
   print(f"\n{config.model} on {results['dataset']} (seed {config.seed}), test metrics (%) "
         f"at best validation epoch {results['best_epoch']} of {results['epochs_run']} "
         f"(--m_max={config.m_max})"
         + (f", alpha {results['alpha']:g} chosen on validation" if "alpha" in results else "")
         + ":")
-  print(format_table(results))
+  print(progress.results_table(results, floor_results))
   seen = results.get("seen_items", config.seen_items)
   print("items already in the session: " + (
       "scored out, never recommended (--seen_items=exclude)" if seen == "exclude" else

@@ -45,6 +45,7 @@ def main(argv):
   manifest = schema.load_manifest(config.data_dir,
                                   verify_hashes=bool(cli.flag_value("verify_data", True)))
   cli.check_writable(options.tune_dir, "--tune_dir")
+  cli.load_tensorflow(cli.flag_value("tensorflow_log", False))
   budget = tuning.TuningBudget(options.trials, options.tune_max_epochs, options.tune_patience,
                                options.sampler_seed)
   records = []

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from absl import app, flags
 
-from alterrec_tf import flagfiles
+from alterrec_tf import cli, flagfiles
 from alterrec_tf.formats import identity, schema
 from data_tools import embed, filtering, readers, splits, writer
 from data_tools import sessions as S
@@ -307,7 +307,9 @@ def main(argv: List[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
-    prepare(options_from_flags())
+    options = options_from_flags()
+    cli.load_tensorflow()  # without its start-up lines (TF_CPP_MIN_LOG_LEVEL=0 shows them)
+    prepare(options)
   except (S.DataToolsError, OSError) as error:
     print(f"error: {error}", file=sys.stderr, flush=True)
     sys.exit(1)

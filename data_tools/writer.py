@@ -35,7 +35,6 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 from tqdm import tqdm
 
 from alterrec_tf.formats import schema
@@ -111,6 +110,7 @@ def write_shard(path: str, rows: Iterable[dict], index: Dict[str, int],
   Returns:
     The number of records written.
   """
+  import tensorflow as tf  # (here: `prepare` loads it quietly after its checks)
   written = 0
   with tf.io.TFRecordWriter(path) as writer:
     for row in rows:

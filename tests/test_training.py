@@ -37,11 +37,27 @@ def test_two_epoch_cli_run_writes_results_history_and_tensorboard(dataset, tmp_p
   run_dir = tmp_path / "run"
   command = [sys.executable, "-m", "alterrec_tf.train", f"--data_dir={dataset}",
              f"--run_dir={run_dir}", "--m_max=2", "--m_random=1", "--embedding_dim=16",
-             "--max_len=10", "--k1=2", "--k2=20", "--batch_size=16", "--verbose=0"]
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+             "--max_len=10", "--k1=2", "--k2=20", "--batch_size=16",
+             "--floors=most_popular,transition"]
+  # the default output, as a user sees it: no TensorFlow start-up lines, one line
+  # per epoch, the table with the floors of the same split
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
   out = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert "| fused |" in out.stdout and "| id |" in out.stdout and "| text |" in out.stdout
+  for chatter in ("cuInit", "cuda", "absl::InitializeLog", "I0000", "E0000", "oneDNN"):
+    assert chatter not in out.stderr + out.stdout, chatter
+  epoch_lines = [line for line in out.stdout.splitlines() if line.startswith("epoch ")]
+  assert len(epoch_lines) == 2, out.stdout
+  assert epoch_lines[0].startswith("epoch 1/2 | id network, uniform negatives | valid H@20")
+  assert epoch_lines[1].startswith("epoch 2/2 | text network, uniform negatives | valid H@20")
+  assert all("fused " in line and "id " in line and "text " in line and " s eval" in line
+             for line in epoch_lines)
+  for head in ("fused", "id", "text"):
+    assert f"| AlterRec | {head} |" in out.stdout
+  assert "| MostPopular (floor) | - |" in out.stdout
+  assert "| Transitions (1st order) (floor) | - |" in out.stdout
+  floor = json.loads((run_dir / "floors" / "transition" / "results.json").read_text())
+  assert floor["model"] == "transition" and floor["test"]["fused"]["hits@20"] > 0.0
   results = json.loads((run_dir / "results.json").read_text())
   history = json.loads((run_dir / "history.json").read_text())
   assert len(history) == 2 and results["best_epoch"] in (1, 2)

@@ -11,7 +11,7 @@ import keras
 import tensorflow as tf
 
 from alterrec_tf import runs as alter_runs
-from alterrec_tf.training import evaluation, tower_selection
+from alterrec_tf.training import evaluation, progress, tower_selection
 
 
 def reseed_dropout(model, seed: int, epoch: int) -> None:
@@ -109,12 +109,10 @@ class EpochEvaluation(keras.callbacks.Callback):
           and epoch + 1 - previous_best["epoch"] >= self.config.early_stopping_patience):
       self.model.stop_training = True
     alter_runs.write_json_atomic(os.path.join(self.run_dir, alter_runs.HISTORY_FILE), self.history)
-    fused = f"valid/fused/{self.selection_metric}"
-    if self.config.verbose and fused in record:
-      print(f"epoch {epoch + 1}: valid fused {self.selection_metric} "
-            f"{record[fused]:.4f}, train {train_seconds:.1f}s "
-            f"({record['train_examples_per_second']:.0f} prefixes/s), "
-            f"eval {record['eval_seconds']:.1f}s", flush=True)
+    if self.config.verbose:
+      best = self.best()
+      print(progress.epoch_line(record, self.config.m_max, best["epoch"] if best else None,
+                                getattr(self.model, "partner_of", None)), flush=True)
 
 
 class RunBackup(keras.callbacks.Callback):

@@ -101,7 +101,7 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False, verify_dat
     model.fit(distribution.distribute_batches(placement, train_split.epochs_of_batches(
                   config.batch_size, config.seed, epochs_done, config.m_max)),
               epochs=config.m_max, initial_epoch=epochs_done, steps_per_epoch=steps,
-              callbacks=callbacks, verbose=config.verbose, shuffle=False)
+              callbacks=callbacks, verbose=1 if config.verbose == 2 else 0, shuffle=False)
   best = evaluation_callback.best()
   config, test, alpha_tuning = _test_at_best(config, model, manifest, valid_split, test_split,
                                              best, save_test_ranks)
