@@ -80,6 +80,11 @@ import tensorflow as tf
 from alterrec_tf.formats import schema
 from alterrec_tf.models import cold_items, scoring
 
+try:  # TensorFlow's un-lowered cond (see `_cond`)
+  from tensorflow.python.ops.cond_v2 import fast_cond_v2 as _fast_cond_v2
+except ImportError:  # pragma: no cover - an older or newer TensorFlow
+  _fast_cond_v2 = None
+
 NEG_INF = -1e9  # score of excluded items (as towers.NEG_INF)
 PADDING_SCORE = 2 * NEG_INF  # the padding column: below every item
 
@@ -511,5 +516,17 @@ def _compact(dense):
 
 
 def _cond(pred, true_fn, false_fn):
-  """tf.cond of the serving graph."""
-  return tf.cond(pred, true_fn, false_fn)
+  """tf.cond as one If op that runs the branch taken and nothing of the other.
+
+  A plain tf.cond is lowered to Switch/Merge when the function is instantiated,
+  and the executor then walks every op of the branch not taken as dead: with
+  the length buckets' four encoder passes per tower beside the one-pass path,
+  that was 15% of a one-session call (BUILD_NOTES.md, "Serving latency").
+  TensorFlow's `fast_cond_v2` keeps the If functional (a standard op: TF
+  Serving runs it as any SavedModel's); the branches must not need automatic
+  control dependencies (these only read variables). Falls back to tf.cond
+  where a TensorFlow lacks it.
+  """
+  if _fast_cond_v2 is None:
+    return tf.cond(pred, true_fn, false_fn)
+  return _fast_cond_v2(pred, true_fn, false_fn)
