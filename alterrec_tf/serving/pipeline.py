@@ -145,7 +145,9 @@ def save_module(module, target: str, model_name: str, rows, max_len: int, k: int
     return 0
   return serving_warmup.write_warmup(
       os.path.join(target, publish.ASSETS_EXTRA, WARMUP_FILE), model_name,
-      serving_warmup.warmup_requests(rows, module.popularity.numpy(), max_len, k))
+      serving_warmup.warmup_requests(
+          rows, module.popularity.numpy(), max_len, k,
+          module.num_text_fields if module.has_text_signatures else 0))
 
 
 def export_info(run_dir: str, data_dir: str, model, config, manifest: dict, module, rows,
