@@ -1,6 +1,7 @@
-"""The serving graph's chunked top k (--serving_chunk_size) and its one-pass
-fast path for small requests: the lists of brute force over the whole
-catalogue, ties included.
+"""The serving graph's chunked top k (--serving_chunk_size), its one-pass
+fast path for small requests and its stacked session encoders: the lists of
+brute force over the whole catalogue, ties included, and the Keras layers'
+session vectors.
 
 Tie order (stated in `serving.module`): equal scores are listed by lower item
 index, as tf.math.top_k over the whole catalogue lists them. The catalogue
@@ -16,10 +17,12 @@ import pytest
 import tensorflow as tf
 
 from alterrec_tf.models import layers
+from alterrec_tf.serving import encoders as serving_encoders
 from alterrec_tf.serving import module as serving
 
 NUM_ITEMS = 23  # V, padding included: no chunk size below divides it but 1
 DIMS = (3, 2)  # the two towers' widths
+WIDTH = sum(DIMS)
 SCALES = (1.0, 0.5)
 MAX_LEN = 4
 # request rows (0 = padding, >= NUM_ITEMS: unknown and ignored)
@@ -35,10 +38,10 @@ SESSIONS = [
 ]
 
 
-def _catalogue():
-  """(item matrix float32 [V, 5], popularity [V]) full of exact ties."""
+def _catalogue(width=WIDTH):
+  """(item matrix float32 [V, width], popularity [V]) full of exact ties."""
   rng = np.random.default_rng(0)
-  matrix = rng.integers(-1, 3, size=(NUM_ITEMS, sum(DIMS))).astype(np.float32)
+  matrix = rng.integers(-1, 3, size=(NUM_ITEMS, width)).astype(np.float32)
   matrix[[12, 19]] = matrix[5]  # the same vector in three chunks
   matrix[0] = 0.0
   popularity = rng.integers(0, 4, size=NUM_ITEMS).astype(np.float32)
@@ -54,15 +57,17 @@ def _vocab(tmp_path) -> str:
 
 
 def _module(tmp_path, chunk_size, exclude_session_items=True, encoders=None,
-            fast_path_batch=serving.FAST_PATH_BATCH, max_len=MAX_LEN, k=5):
-  matrix, popularity = _catalogue()
+            fast_path_batch=serving.FAST_PATH_BATCH, max_len=MAX_LEN, k=5,
+            stack_encoders=True, dims=DIMS):
+  matrix, popularity = _catalogue(sum(dims))
   encoders = encoders or [layers.MeanSessionEncoder(name=f"{name}_sessions")
                           for name in ("id", "text")]
   parts = [serving.TowerPart(name, encoder, dim, scale, NUM_ITEMS)
-           for name, encoder, dim, scale in zip(("id", "text"), encoders, DIMS, SCALES)]
+           for name, encoder, dim, scale in zip(("id", "text"), encoders, dims, SCALES)]
   return serving.ServingModule(matrix, parts, popularity, _vocab(tmp_path), max_len, k,
                                exclude_session_items, chunk_size=chunk_size,
-                               fast_path_batch=fast_path_batch)
+                               fast_path_batch=fast_path_batch,
+                               stack_encoders=stack_encoders)
 
 
 def _request(sessions=SESSIONS):
@@ -166,11 +171,71 @@ def test_chunked_export_loads_and_serves_the_same_lists(tmp_path):
   np.testing.assert_array_equal(out[serving.OUTPUT_INDICES].numpy()[:, :5], ids)
 
 
+def _transformers(dims=(4, 4), num_layers=2, num_heads=2, seed=3):
+  """Untrained Transformer session encoders (dropout 0.1, off at inference) with
+  random LayerNorm weights too, so that every weight matters."""
+  keras.utils.set_random_seed(seed)
+  encoders = [layers.TransformerSessionEncoder(20, dim, num_layers, num_heads, 0.1,
+                                               name=f"{name}_sessions")
+              for name, dim in zip(("id", "text"), dims)]
+  rng = np.random.default_rng(seed)
+  for encoder in encoders:
+    for weight in encoder.weights:
+      if "gamma" in weight.path or "beta" in weight.path:
+        weight.assign(rng.normal(1.0 if "gamma" in weight.path else 0.0, 0.3,
+                                 weight.shape).astype(np.float32))
+  return encoders
+
+
+@pytest.mark.parametrize("towers", [1, 2])
+def test_stacked_transformer_equals_the_keras_encoders(towers):
+  encoders = _transformers()[:towers]
+  stacked = serving_encoders.StackedTransformer.from_encoders(encoders)
+  rng = np.random.default_rng(0)
+  lengths = np.array([1, 13, 5, 7, 0, 13, 2])  # 0: an empty row (masked everywhere)
+  mask = np.arange(13)[None, :] < lengths[:, None]
+  vectors = rng.normal(size=(towers, len(lengths), 13, 4)).astype(np.float32)
+  vectors *= mask[None, :, :, None]
+  last = np.maximum(lengths - 1, 0)
+  out = stacked.last_vectors(tf.constant(vectors), tf.constant(mask),
+                             tf.constant(last, tf.int32)).numpy()
+  assert out.shape == (towers, len(lengths), 4)
+  for tower, encoder in enumerate(encoders):
+    prefixes = encoder(tf.constant(vectors[tower]), tf.constant(mask), training=False).numpy()
+    expected = prefixes[np.arange(len(lengths)), last]
+    real = lengths > 0
+    np.testing.assert_allclose(out[tower][real], expected[real], rtol=1e-5, atol=1e-5)
+
+
+def test_only_transformers_of_one_shape_are_stacked():
+  mean = layers.MeanSessionEncoder(name="id_sessions")
+  assert serving_encoders.StackedTransformer.from_encoders([mean, mean]) is None
+  assert serving_encoders.StackedTransformer.from_encoders(_transformers((4, 6))) is None
+  assert serving_encoders.StackedTransformer.from_encoders(_transformers()) is not None
+
+
+def test_stacked_and_keras_encoders_serve_the_same_lists(tmp_path):
+  encoders = _transformers()
+  rng = np.random.default_rng(4)
+  sessions = [list(rng.integers(1, NUM_ITEMS, size=n)) for n in rng.integers(0, 21, size=20)]
+  request = _request(sessions)
+  outputs = []
+  for stack_encoders in (True, False):
+    module = _module(tmp_path, 0, encoders=encoders, max_len=20, stack_encoders=stack_encoders,
+                     dims=(4, 4))
+    assert bool(module.stacked_encoders) == stack_encoders
+    assert len(module.session_encoders) == (0 if stack_encoders else 2)
+    # 20 sessions: the length buckets; one at a time: the one-pass path
+    outputs.append([_top_k(module, request, NUM_ITEMS - 1)] + [
+        _top_k(module, request[row:row + 1], NUM_ITEMS - 1) for row in range(3)])
+  for stacked, keras_layers in zip(*outputs):
+    np.testing.assert_allclose(stacked[serving.OUTPUT_SCORES],
+                               keras_layers[serving.OUTPUT_SCORES], rtol=1e-5, atol=1e-5)
+
+
 def test_one_pass_fast_path_equals_the_length_buckets(tmp_path):
   # Transformer encoders (untrained): max_len 20 gives buckets <= 8, 9..16, 17..20
-  keras.utils.set_random_seed(3)
-  encoders = [layers.TransformerSessionEncoder(20, dim, 1, 1, 0.0, name=f"{name}_sessions")
-              for name, dim in zip(("id", "text"), DIMS)]
+  encoders = _transformers(DIMS, num_layers=1, num_heads=1)
   rng = np.random.default_rng(1)
   sessions = [list(rng.integers(1, NUM_ITEMS, size=n)) for n in rng.integers(0, 21, size=12)]
   request = _request(sessions)

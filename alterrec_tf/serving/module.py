@@ -82,6 +82,7 @@ import tensorflow as tf
 
 from alterrec_tf.formats import schema
 from alterrec_tf.models import cold_items, scoring
+from alterrec_tf.serving import encoders as serving_encoders
 
 try:  # TensorFlow's un-lowered cond (see `_cond`)
   from tensorflow.python.ops.cond_v2 import fast_cond_v2 as _fast_cond_v2
@@ -181,13 +182,15 @@ class ServingModule(tf.Module):
       top k (0: one [B, V] matmul at any size).
     fast_path_batch: requests of at most this many sessions run the session
       encoders in one pass (no length buckets).
+    stack_encoders: run the towers' Transformer session encoders of one shape
+      as one `encoders.StackedTransformer` (else each tower's Keras layer).
   """
 
   def __init__(self, item_matrix, towers: Sequence[TowerPart], popularity, vocab_path: str,
                max_len: int, k: int, exclude_session_items: bool,
                text_item_vectors=None, num_text_fields: int = 0,
                cold_id_imputer=None, chunk_size: int = 0,
-               fast_path_batch: int = FAST_PATH_BATCH):
+               fast_path_batch: int = FAST_PATH_BATCH, stack_encoders: bool = True):
     super().__init__(name="alterrec_serving")
     num_items, width = item_matrix.shape
     if sum(t.dim for t in towers) != width:
@@ -220,8 +223,21 @@ class ServingModule(tf.Module):
     # session lengths <= 8, <= 16, <= 32, ... are encoded as separate batches
     self.length_buckets = tuple(b for b in (8, 16, 32, 64, 128, 256) if b < max_len)
     # Tracked children: only the session encoders (not the towers, whose item
-    # encoders hold the ID table and the SBERT table that serving never reads).
-    self.session_encoders = [t.session_encoder for t in towers]
+    # encoders hold the ID table and the SBERT table that serving never reads):
+    # each group's towers stacked where they can be, else their Keras layers.
+    self.stacked_encoders: List[serving_encoders.StackedTransformer] = []
+    self._stacked: Dict[Tuple[int, ...], int] = {}  # group -> its stacked_encoders entry
+    for _, members in self._tower_groups:
+      consecutive = members == tuple(range(members[0], members[-1] + 1))
+      stacked = (serving_encoders.StackedTransformer.from_encoders(
+          [self._parts[index].session_encoder for index in members])
+          if stack_encoders and consecutive else None)
+      if stacked is not None:
+        self._stacked[members] = len(self.stacked_encoders)
+        self.stacked_encoders.append(stacked)
+    self.session_encoders = [self._parts[index].session_encoder
+                             for _, members in self._tower_groups if members not in self._stacked
+                             for index in members]
     # Scoring reads the matrix transposed, in blocks of `chunk_size` items
     # [chunks, D, C] (one block [1, D, V] without chunks): q @ block is a plain
     # matmul, 1.5-3x faster on CPU than q @ rows^T (transpose_b) for 1 to 256
@@ -431,7 +447,7 @@ class ServingModule(tf.Module):
     def one_pass():
       return self._last_vectors(members, items)
 
-    encoders = [self.session_encoders[index] for index in members]
+    encoders = [self._parts[index].session_encoder for index in members]
     if not self.length_buckets or not any(encoder.weights for encoder in encoders):
       return one_pass()
     return _cond(items.nrows(out_type=tf.int32) <= self.fast_path_batch, one_pass,
@@ -450,10 +466,20 @@ class ServingModule(tf.Module):
       mask = tf.not_equal(window, schema.PADDING_INDEX)
       vectors = self._rows(window)  # [n, L, D]
       last_position = tf.maximum(lengths - 1, 0)
+    if members in self._stacked:  # all of them at once: [T, n, d]
+      start, end = self._columns[members[0]][0], self._columns[members[-1]][1]
+      shape = tf.shape(vectors)
+      stacked = tf.transpose(tf.reshape(
+          vectors[:, :, start:end], [shape[0], shape[1], len(members), -1]), [2, 0, 1, 3])
+      encoder = self.stacked_encoders[self._stacked[members]]
+      last = encoder.last_vectors(stacked, mask, last_position)
+      last = tf.where((lengths > 0)[None, :, None], last, tf.zeros_like(last))
+      return tf.unstack(last, num=len(members))
     outputs = []
     for index in members:
       start, end = self._columns[index]
-      prefixes = self.session_encoders[index](vectors[:, :, start:end], mask, training=False)
+      prefixes = self._parts[index].session_encoder(vectors[:, :, start:end], mask,
+                                                    training=False)
       last = tf.gather(prefixes, last_position, batch_dims=1)
       outputs.append(tf.where((lengths > 0)[:, None], last, tf.zeros_like(last)))
     return outputs
