@@ -70,8 +70,11 @@ session, so a batch of mostly short sessions is not padded to max_len; one
 tf.cond chooses. A causal encoder's output at a session's last item does not
 depend on padding after it, so both equal the full-window model up to float
 rounding. Towers that read the same items share the window and one gather of
-item vectors. The variables are only ever read whole (`_rows`): a gather on a
-variable itself would make TensorFlow copy all of it at every request.
+item vectors, and Transformer encoders of one shape run as one stacked
+computation (`encoders.StackedTransformer`: the ops of one encoder for both
+towers, the last block only at the last item). The variables are only ever
+read whole (`_rows`): a gather on a variable itself would make TensorFlow
+copy all of it at every request.
 benchmarks/serving_profile.py times each piece (the SCOPE_* name scopes).
 """
 
