@@ -35,15 +35,9 @@ NAME_SCOPE = "stacked_sessions"  # of the graph's ops (benchmarks/serving_profil
 
 
 def _layer_norm(x, gamma, beta, epsilon):
-  """LayerNormalization over the last axis; gamma, beta [T, 1, ..., d]."""
+  """LayerNormalization over the last axis; gamma, beta [T, 1, d]."""
   mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
   return (x - mean) * tf.math.rsqrt(variance + epsilon) * gamma + beta
-
-
-def _at(x, position):
-  """x [T, n, L, d] at position [n] of each row -> [T, n, d] (exact: a one-hot sum)."""
-  one_hot = tf.one_hot(position, tf.shape(x)[2], dtype=x.dtype)  # [n, L]
-  return tf.reduce_sum(x * one_hot[None, :, :, None], axis=2)
 
 
 class StackedTransformer(tf.Module):
@@ -68,29 +62,39 @@ class StackedTransformer(tf.Module):
       return tf.Variable(np.stack([np.asarray(v, np.float32) for v in values]),
                          trainable=False, name=name)
 
-    def norm(get, name):  # gamma, beta [T, 1, 1, d]
-      return (stack([get(e).gamma.numpy()[None, None] for e in encoders], f"{name}_gamma"),
-              stack([get(e).beta.numpy()[None, None] for e in encoders], f"{name}_beta"))
+    def norm(get, name):  # gamma, beta [T, 1, d]
+      return (stack([get(e).gamma.numpy()[None] for e in encoders], f"{name}_gamma"),
+              stack([get(e).beta.numpy()[None] for e in encoders], f"{name}_beta"))
 
     self.epsilon = float(first.input_norm.epsilon)
     self.positions = stack([e.positions.numpy() for e in encoders], "positions")
     self.input_norm = norm(lambda e: e.input_norm, "input_norm")
     self.blocks = []
+    scale = 1.0 / math.sqrt(float(self.key_dim))  # Keras scales the projected queries
     for index in range(self.num_blocks):
       def of(e, index=index):
         return e.blocks[index]
 
-      def qkv(e, index=index):  # [d, 3 * heads * key_dim] and [3 * heads * key_dim]
+      def projection(e, names):  # [d, len(names) * heads * key_dim] and its bias
         mha = of(e).attention
-        dense = (mha._query_dense, mha._key_dense, mha._value_dense)
-        kernel = np.concatenate([d.kernel.numpy().reshape(self.dim, -1) for d in dense], 1)
-        bias = np.concatenate([d.bias.numpy().reshape(-1) for d in dense])
-        return kernel, bias
+        dense = [getattr(mha, f"_{name}_dense") for name in names]
+        factor = [scale if name == "query" else 1.0 for name in names]
+        kernel = np.concatenate([d.kernel.numpy().reshape(self.dim, -1) * f
+                                 for d, f in zip(dense, factor)], 1)
+        bias = np.concatenate([d.bias.numpy().reshape(-1) * f for d, f in zip(dense, factor)])
+        return kernel, bias[None]
 
-      parts = [qkv(e) for e in encoders]
-      self.blocks.append({
-          "qkv_kernel": stack([k for k, _ in parts], f"block_{index}_qkv_kernel"),
-          "qkv_bias": stack([b[None] for _, b in parts], f"block_{index}_qkv_bias"),
+      # [T, d, 3 * heads * key_dim]: one matmul for queries, keys and values;
+      # the last block projects its queries (one row per session) apart
+      groups = ((("query", "key", "value"),) if index < self.num_blocks - 1
+                else (("query",), ("key", "value")))
+      weights = {}
+      for names in groups:
+        label = "".join(name[0] for name in names)
+        parts = [projection(e, names) for e in encoders]
+        weights[f"{label}_kernel"] = stack([k for k, _ in parts], f"block_{index}_{label}_kernel")
+        weights[f"{label}_bias"] = stack([b for _, b in parts], f"block_{index}_{label}_bias")
+      weights.update({
           "out_kernel": stack([of(e).attention._output_dense.kernel.numpy().reshape(
               -1, self.dim) for e in encoders], f"block_{index}_out_kernel"),
           "out_bias": stack([of(e).attention._output_dense.bias.numpy()[None]
@@ -108,6 +112,7 @@ class StackedTransformer(tf.Module):
           "ffn_norm": norm(lambda e, index=index: e.blocks[index].ffn_norm,
                            f"block_{index}_ffn_norm"),
       })
+      self.blocks.append(weights)
 
   @classmethod
   def from_encoders(cls, encoders) -> Optional["StackedTransformer"]:
@@ -134,51 +139,18 @@ class StackedTransformer(tf.Module):
           return None
     return cls(encoders)
 
-  def _dense(self, x, kernel, bias):
-    """x [T, ..., a] @ kernel [T, a, b] + bias [T, 1, b] -> [T, ..., b]."""
-    shape = tf.shape(x)
-    flat = tf.reshape(x, [self.num_towers, -1, shape[-1]])
-    out = tf.matmul(flat, kernel) + bias
-    return tf.reshape(out, tf.concat([shape[:-1], tf.shape(kernel)[-1:]], 0))
+  def _feed_forward(self, block, x):
+    """x [T, N, d] -> [T, N, d]: ReLU(x W1 + b1) W2 + b2."""
+    hidden = tf.nn.relu(tf.matmul(x, block["hidden_kernel"]) + block["hidden_bias"])
+    return tf.matmul(hidden, block["output_kernel"]) + block["output_bias"]
 
-  def _attention(self, block, queries_from, x, key_mask, causal):
-    """Keras MultiHeadAttention of queries at `queries_from` [T, n, Q, d] over
-    keys and values `x` [T, n, S, d], masked by key_mask [n, S] (and, `causal`,
-    query position >= key position) -> [T, n, Q, d]."""
-    heads, key_dim = self.num_heads, self.key_dim
-    width = heads * key_dim
-    kernel, bias = block["qkv_kernel"], block["qkv_bias"]
-    if queries_from is x:
-      qkv = self._dense(x, kernel, bias)  # [T, n, S, 3 * width]
-      query, key, value = qkv[..., :width], qkv[..., width:2 * width], qkv[..., 2 * width:]
-    else:
-      query = self._dense(queries_from, kernel[:, :, :width], bias[:, :, :width])
-      key_value = self._dense(x, kernel[:, :, width:], bias[:, :, width:])
-      key, value = key_value[..., :width], key_value[..., width:]
-
-    def split(t):  # [T, n, L, heads * key_dim] -> [T, n, heads, L, key_dim]
-      shape = tf.shape(t)
-      t = tf.reshape(t, tf.concat([shape[:3], [heads, key_dim]], 0))
-      return tf.transpose(t, [0, 1, 3, 2, 4])
-
-    query = split(query) * tf.constant(1.0 / math.sqrt(float(key_dim)), tf.float32)
-    scores = tf.matmul(query, split(key), transpose_b=True)  # [T, n, heads, Q, S]
-    mask = key_mask[None, :, None, None, :]  # [1, n, 1, 1, S]
-    if causal:
-      length = tf.shape(x)[2]
-      positions = tf.range(length)
-      mask = mask & (positions[:, None] >= positions[None, :])[None, None, None]
+  def _attend(self, query, key, value, mask):
+    """Keras' attention of query [T, n, heads, Q, e] (scaled) over key, value
+    [T, n, heads, S, e] where mask [1, n, 1, Q or 1, S] -> contexts [T, n, heads, Q, e]."""
+    scores = tf.matmul(query, key, transpose_b=True)
     scores = tf.where(mask, scores, tf.constant(LARGE_NEGATIVE, tf.float32))
     weights = tf.where(mask, tf.nn.softmax(scores, axis=-1), 0.0)
-    context = tf.matmul(weights, split(value))  # [T, n, heads, Q, key_dim]
-    context = tf.transpose(context, [0, 1, 3, 2, 4])
-    shape = tf.shape(context)
-    context = tf.reshape(context, tf.concat([shape[:3], [width]], 0))
-    return self._dense(context, block["out_kernel"], block["out_bias"])
-
-  def _feed_forward(self, block, x):
-    hidden = tf.nn.relu(self._dense(x, block["hidden_kernel"], block["hidden_bias"]))
-    return self._dense(hidden, block["output_kernel"], block["output_bias"])
+    return tf.matmul(weights, value)
 
   def last_vectors(self, vectors, mask, last_position):
     """Session vectors at each session's last item.
@@ -196,21 +168,37 @@ class StackedTransformer(tf.Module):
       return self._last_vectors(vectors, mask, last_position)
 
   def _last_vectors(self, vectors, mask, last_position):
-    length = tf.shape(vectors)[2]
-    x = vectors + self.positions[:, None, :length, :]
+    towers, heads, key_dim, dim = self.num_towers, self.num_heads, self.key_dim, self.dim
+    width = heads * key_dim
+    shape = tf.shape(vectors)
+    rows, length = shape[1], shape[2]
+    # tokens [T, n * L, d]: the dense layers are one matmul per tower
+    x = tf.reshape(vectors + self.positions[:, None, :length, :], [towers, -1, dim])
     x = _layer_norm(x, *self.input_norm, self.epsilon)
-    for index, block in enumerate(self.blocks):
-      if index < self.num_blocks - 1:
-        attended = self._attention(block, x, x, mask, causal=True)
-        x = _layer_norm(x + attended, *block["attention_norm"], self.epsilon)
-        x = _layer_norm(x + self._feed_forward(block, x), *block["ffn_norm"], self.epsilon)
-        continue
-      # the last block: only the last item's row (its causal mask: every real
-      # item of the right-padded window, all at or before it)
-      last = _at(x, last_position)[:, :, None, :]  # [T, n, 1, d]
-      attended = self._attention(block, last, x, mask, causal=False)
-      last = _layer_norm(last + attended, *block["attention_norm"], self.epsilon)
-      x = _layer_norm(last + self._feed_forward(block, last), *block["ffn_norm"],
-                      self.epsilon)
-      return x[:, :, 0, :]
-    return _at(x, last_position)
+    key_mask = mask[None, :, None, None, :]  # [1, n, 1, 1, L]
+    for block in self.blocks[:-1]:
+      qkv = tf.matmul(x, block["qkv_kernel"]) + block["qkv_bias"]  # [T, nL, 3 * width]
+      qkv = tf.reshape(qkv, [towers, rows, length, 3, heads, key_dim])
+      query, key, value = tf.unstack(tf.transpose(qkv, [3, 0, 1, 4, 2, 5]))  # [T, n, h, L, e]
+      positions = tf.range(length)
+      causal = key_mask & (positions[:, None] >= positions[None, :])  # [1, n, 1, L, L]
+      context = self._attend(query, key, value, causal)
+      context = tf.reshape(tf.transpose(context, [0, 1, 3, 2, 4]), [towers, -1, width])
+      attended = tf.matmul(context, block["out_kernel"]) + block["out_bias"]
+      x = _layer_norm(x + attended, *block["attention_norm"], self.epsilon)
+      x = _layer_norm(x + self._feed_forward(block, x), *block["ffn_norm"], self.epsilon)
+    # The last block only at each session's last item (its causal mask: every
+    # real item of the right-padded window, all at or before it).
+    block = self.blocks[-1]
+    last = tf.gather(x, tf.range(rows) * length + last_position, axis=1)  # [T, n, d]
+    query = tf.reshape(tf.matmul(last, block["q_kernel"]) + block["q_bias"],
+                       [towers, -1, heads, 1, key_dim])
+    kv = tf.matmul(x, block["kv_kernel"]) + block["kv_bias"]  # [T, nL, 2 * width]
+    kv = tf.reshape(kv, [towers, rows, length, 2, heads, key_dim])
+    key, value = tf.unstack(tf.transpose(kv, [3, 0, 1, 4, 2, 5]))
+    context = self._attend(query, key, value, key_mask)  # [T, n, h, 1, e]
+    attended = tf.matmul(tf.reshape(context, [towers, -1, width]), block["out_kernel"]) \
+        + block["out_bias"]
+    last = _layer_norm(last + attended, *block["attention_norm"], self.epsilon)
+    return _layer_norm(last + self._feed_forward(block, last), *block["ffn_norm"],
+                       self.epsilon)
