@@ -280,8 +280,11 @@ def synthetic_folder(num_items: int, config, k: int, chunk_size) -> str:
 
   from alterrec_tf.serving import build as serving_build
   chunk = serving_build.DEFAULT_SERVING_CHUNK_SIZE if chunk_size is None else chunk_size
-  with open(os.path.join(common.REPO_ROOT, "alterrec_tf", "serving", "module.py"), "rb") as f:
-    graph = hashlib.sha256(f.read()).hexdigest()[:8]
+  digest = hashlib.sha256()
+  for name in ("module.py", "encoders.py", "build.py"):
+    with open(os.path.join(common.REPO_ROOT, "alterrec_tf", "serving", name), "rb") as f:
+      digest.update(f.read())
+  graph = digest.hexdigest()[:8]
   return os.path.join(FLAGS.synthetic_dir, (
       f"{graph}_items{num_items}_{config.model}_d{config.embedding_dim}_{config.id_encoder}-"
       f"{config.text_encoder}_l{config.num_layers}h{config.num_heads}_len{config.max_len}"
