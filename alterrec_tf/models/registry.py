@@ -1,12 +1,13 @@
 """Model registry: `--model` name -> a built model for the trainer.
 
 Every model it returns satisfies `contract.RankingModel` (AlterRec and its
-ablations also `contract.AlternatingModel`); the names are `models.names`.
+ablations also `contract.AlternatingModel`); the names are `models.names`, and
+an AlterRec ablation is built from its `names.AlterRecVariant`.
 """
 
 from alterrec_tf.models import alterrec as alter_model
 from alterrec_tf.models import baselines, contract
-from alterrec_tf.models.names import ALTERREC_TOWERS, BASELINES
+from alterrec_tf.models.names import ALTERREC_VARIANTS, BASELINES
 from alterrec_tf.models.settings import SEEN_ITEMS, ModelSettings
 
 
@@ -28,9 +29,9 @@ def build_model(config, manifest, text_embeddings, train_files=None) -> contract
                      "(alterrec_tf.config.resolve_seen_items)")
   settings = ModelSettings.of(config)
   num_items = manifest["num_items"]
-  if settings.model in ALTERREC_TOWERS:
+  if settings.model in ALTERREC_VARIANTS:
     model = alter_model.AlterRec(settings, num_items, text_embeddings,
-                                 towers=ALTERREC_TOWERS[settings.model])
+                                 variant=ALTERREC_VARIANTS[settings.model])
     model.build_all()
   elif settings.model in BASELINES:
     model = baselines.build_baseline(settings, num_items, text_embeddings, train_files)
