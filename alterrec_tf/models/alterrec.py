@@ -10,8 +10,9 @@ With `settings.seen_items == "exclude"` every score the model computes (the
 trained tower's logits, the partner's ranking, evaluation heads) has the
 prefix's own items at -1e9 (`towers.mask_seen_items`): they are never hard
 negatives or augmented positives, add nothing as uniform negatives, and are
-never recommended. With `loss_weighting == "prefix"` the trainer sets
-`prefixes_per_batch` and every scored prefix weighs the same in every step.
+never recommended. Built with `prefixes_per_batch` (the trainer passes it
+with `loss_weighting == "prefix"`), every scored prefix weighs the same in
+every step.
 
 Which ablation it is comes from its `names.AlterRecVariant` (the towers, the
 partner's negatives, augmented positives), never from `settings.model`.
@@ -44,10 +45,14 @@ class AlterRec(keras.Model):
     variant: which ablation (`names.ALTERREC_VARIANTS`): its towers, whether
       hard phases take the partner's ranks, whether they add augmented
       positives; None: AlterRec itself (two towers, partner negatives).
+    prefixes_per_batch: the training split's mean scored prefixes per batch:
+      a batch's loss is its prefixes' summed loss divided by it
+      (`negatives.reduce_prefix_losses`); None: the mean over the batch.
   """
 
   def __init__(self, settings: model_settings.ModelSettings, num_items: int,
-               text_embeddings=None, variant: Optional[AlterRecVariant] = None, **kwargs):
+               text_embeddings=None, variant: Optional[AlterRecVariant] = None,
+               prefixes_per_batch: Optional[float] = None, **kwargs):
     super().__init__(**kwargs)
     if not isinstance(settings, model_settings.ModelSettings):
       raise TypeError(f"AlterRec takes a ModelSettings, not a {type(settings).__name__}: "
@@ -86,7 +91,7 @@ class AlterRec(keras.Model):
     self._replicated = tf.distribute.has_strategy()  # built in a strategy's scope
     self.id_optimizer = keras.optimizers.Adam(settings.learning_rate, name="id_adam")
     self.text_optimizer = keras.optimizers.Adam(settings.learning_rate, name="text_adam")
-    self.prefixes_per_batch = None  # set by the trainer (loss_weighting="prefix")
+    self.prefixes_per_batch = prefixes_per_batch
     self.id_loss_tracker = keras.metrics.Mean(name="id_loss")
     self.text_loss_tracker = keras.metrics.Mean(name="text_loss")
 

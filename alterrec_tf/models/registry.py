@@ -11,14 +11,18 @@ from alterrec_tf.models.names import ALTERREC_VARIANTS, BASELINES
 from alterrec_tf.models.settings import SEEN_ITEMS, ModelSettings
 
 
-def build_model(config, manifest, text_embeddings, train_files=None) -> contract.RankingModel:
+def build_model(config, manifest, text_embeddings, train_files=None,
+                prefixes_per_batch=None) -> contract.RankingModel:
   """Builds (creates all variables of) the model named by `config.model`.
 
   The model receives `ModelSettings.of(config)`, not the trainer's config;
   `config.seen_items` must be resolved already ("exclude" or "keep": resolved
   once where the config entered, see `models.settings`). `train_files` (the
   training TFRecords) are read only by the count-based floors
-  (models.names.FLOORS).
+  (models.names.FLOORS). `prefixes_per_batch` (the training split's mean
+  scored prefixes per batch; the trainer passes it with
+  `--loss_weighting=prefix`) makes a trained model's batch loss the sum over
+  its prefixes divided by it; None: the batch mean.
 
   Raises:
     ValueError: an unresolved --seen_items ("auto") or an unknown --model.
@@ -31,10 +35,12 @@ def build_model(config, manifest, text_embeddings, train_files=None) -> contract
   num_items = manifest["num_items"]
   if settings.model in ALTERREC_VARIANTS:
     model = alter_model.AlterRec(settings, num_items, text_embeddings,
-                                 variant=ALTERREC_VARIANTS[settings.model])
+                                 variant=ALTERREC_VARIANTS[settings.model],
+                                 prefixes_per_batch=prefixes_per_batch)
     model.build_all()
   elif settings.model in BASELINES:
-    model = baselines.build_baseline(settings, num_items, text_embeddings, train_files)
+    model = baselines.build_baseline(settings, num_items, text_embeddings, train_files,
+                                     prefixes_per_batch)
   else:
     raise ValueError(f"--model={config.model} is not available yet")
   if not isinstance(model, contract.RankingModel):

@@ -75,7 +75,8 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False, verify_dat
 
   with placement.strategy.scope():  # variables (optimizers' too) replicated
     model = models.build_model(config, manifest, text_embeddings,
-                               train_files=schema.split_files(config.data_dir, manifest, "train"))
+                               train_files=schema.split_files(config.data_dir, manifest, "train"),
+                               prefixes_per_batch=_prefixes_per_batch(config, train_split))
   if not model.trainable_variables:  # non-neural floors: no training loop
     return _finish_without_training(config, model, manifest, valid_split, test_split)
 
@@ -93,8 +94,6 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False, verify_dat
   if model.tower_names:  # AlterRec and its ablations: Algorithm 1's phases
     callbacks.insert(1, schedule.PhaseSchedule(config, lambda: evaluation_callback.history))
   steps = train_split.steps(config.batch_size)
-  if config.loss_weighting == "prefix":  # every prefix weighs the same in every step
-    model.prefixes_per_batch = train_split.num_examples / max(steps, 1)
   distribution.compile_model(placement, model)
   start = time.perf_counter()
   if epochs_done < config.m_max:
@@ -125,6 +124,15 @@ def _load_splits(config, manifest):
                                 config.eval_window_stride),
           alter_data.load_split(config.data_dir, manifest, "test", config.max_len,
                                 TEST_WINDOW_STRIDE))
+
+
+def _prefixes_per_batch(config, train_split):
+  """The training split's mean scored prefixes per batch with
+  `--loss_weighting=prefix` (every prefix then weighs the same in every step),
+  else (or without a training split) None: each batch's mean loss."""
+  if config.loss_weighting != "prefix" or train_split is None:
+    return None
+  return train_split.num_examples / max(train_split.steps(config.batch_size), 1)
 
 
 def _restore(model, config, chief_dir):
