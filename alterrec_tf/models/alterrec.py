@@ -207,6 +207,10 @@ class AlterRec(keras.Model):
       return None
     return "text" if name == "id" else "id"
 
+  def set_alpha(self, alpha: float) -> None:
+    """Sets the ID score's weight in "fused" (Eq. 12): `settings.alpha`."""
+    self.settings = self.settings.replace(alpha=alpha)
+
   def augmentation_source_of(self, name):
     """The tower whose top-p are tower `name`'s augmented positives: the partner
     (paper), or the ID tower for both (reference code, `--augmentation_source=id`)."""

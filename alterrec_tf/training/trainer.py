@@ -157,12 +157,14 @@ def _test_at_best(config, model, manifest, valid_split, test_split, best, save_t
     (config, with the chosen alpha; test {head: {metric: value}} or None; the
     `training.alpha.tune` record or None).
   """
+  from alterrec_tf.models import contract
   from alterrec_tf.training import alpha as alter_alpha
   best_weights = os.path.join(config.run_dir, alter_runs.BEST_WEIGHTS_FILE)
   if best is None or not os.path.exists(best_weights):
     return config, None, None
   alpha_tuning = None
-  if config.tune_alpha and tuple(model.tower_names) == ("id", "text"):
+  if (config.tune_alpha and isinstance(model, contract.AlternatingModel)
+      and tuple(model.tower_names) == ("id", "text")):
     model.load_weights(best_weights)
     if config.tower_selection == "each":  # each network at its own best epoch
       tower_selection.load_towers(model, config.run_dir)
@@ -171,7 +173,7 @@ def _test_at_best(config, model, manifest, valid_split, test_split, best, save_t
       os.replace(tmp, best_weights)  # what is tested is what export reads
     alpha_tuning = alter_alpha.tune(model, valid_split, config)
     config = config.replace(alpha=alpha_tuning["alpha"])
-    model.settings = model.settings.replace(alpha=config.alpha)
+    model.set_alpha(config.alpha)
     print(f"alpha chosen on validation: {config.alpha:g} (trained with "
           f"{alpha_tuning['trained_with']:g})", flush=True)
   test = None
@@ -287,9 +289,13 @@ def _results(config, manifest, best, history, train_split, seconds, test=None,
 
 
 def _finish_without_training(config, model, manifest, valid_split, test_split):
+  """Evaluates a model without trainable variables (the floors) once; its
+  training time is the counting's (`contract.CountModel.fit_seconds`)."""
+  from alterrec_tf.models import contract
   from alterrec_tf.training import evaluation
   start = time.perf_counter()
-  record = {"epoch": 0, "train_seconds": float(getattr(model, "fit_seconds", 0.0)),
+  fit_seconds = model.fit_seconds if isinstance(model, contract.CountModel) else 0.0
+  record = {"epoch": 0, "train_seconds": float(fit_seconds),
             "train_examples_per_second": 0.0}
   for split_name, split in (("valid", valid_split), ("test", test_split)):
     if split is None:
