@@ -347,7 +347,7 @@ class AlterRec(keras.Model):
     return {"loss": loss, "id_loss": self.id_loss_tracker.result(),
             "text_loss": self.text_loss_tracker.result()}
 
-  # --- scoring (the `scoring.FactorizedScorer` contract) ------------------------
+  # --- scoring (the `contract.FactorizedScorer` protocol) -----------------------
   def item_tables(self, training=False):
     """{tower: item matrix [V, d]}."""
     return {name: self.tower(name).item_matrix(training=training)

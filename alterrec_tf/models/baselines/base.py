@@ -1,7 +1,7 @@
 """Shared base of the neural baselines: one Adam, full-softmax cross-entropy.
 
 A baseline only says how it scores the catalogue at the scored prefixes
-(`item_tables` and `prefix_queries`, the `scoring.FactorizedScorer` contract);
+(`item_tables` and `prefix_queries`, the `contract.FactorizedScorer` protocol);
 this class does the rest for the trainer: building every
 variable (`build_all`), the training step (full-softmax CE of the "fused" head
 over the whole catalogue, one optimizer for every weight), the evaluation
@@ -65,7 +65,7 @@ class FullSoftmaxModel(keras.Model):
     self.loss_tracker = keras.metrics.Mean(name="loss")
     self.part_trackers = [keras.metrics.Mean(name=f"{part}_loss") for part in self.part_names]
 
-  # --- scoring (the `scoring.FactorizedScorer` contract) ------------------------
+  # --- scoring (the `contract.FactorizedScorer` protocol) -----------------------
   def item_tables(self, training=False):
     """{head: item table [V, d_h]} (more entries may hold tables the queries read)."""
     raise NotImplementedError
