@@ -1,7 +1,9 @@
 """The TF Serving module: fused top-K recommendation as one matmul and one top_k.
 
 `ServingModule` is a plain `tf.Module` (not a Keras model) that holds only what
-serving needs:
+serving needs, defines the signatures and maps requests to dense indices and
+back to raw ids; its two sides are `serving.query` (sessions -> fused query)
+and `serving.topk` (fused query -> the top k of the catalogue). It holds:
 
   item_matrix   float [V, D]: the item vectors of every tower side by side,
                 D = sum of the towers' d (ID columns first); cold-start rows
@@ -20,10 +22,9 @@ A request is scored as
   q = concat(alpha * u_id, (1 - alpha) / text_temperature * u_text)   [B, D]
   scores = q @ item_matrix^T = q @ item_blocks[b] per block           [B, V]
 
-which equals alpha * ID + (1 - alpha) * text of the trained model (Eq. 12).
-The weights alpha and 1/temperature multiply the session vector (B x D numbers
-per request) instead of the matrix, so the item vectors the session encoders
-read are the trained ones, unscaled.
+which equals alpha * ID + (1 - alpha) * text of the trained model (Eq. 12)
+(the query: `serving.query.SessionQuery`; the scores and the top k, chunked
+or not: `serving.topk.CatalogueScorer`).
 
 Request layout: a session is a row of dense item indices (or raw ids) where 0
 (or "") is padding. The graph compacts every row (non-padding items move left,
@@ -51,49 +52,27 @@ score the items would get if exported with --new_items. The sentence encoder
 (an `alterrec_tf.text` Keras BERT with a tensorflow-text tokenizer) is then part
 of the SavedModel: a process that loads it must `import tensorflow_text` first.
 
-Ranking: the top k by score; equal scores are listed by lower item index
-(tf.math.top_k's order over the whole catalogue), also when the catalogue is
-scored in chunks. With `chunk_size` (export: --serving_chunk_size) below V,
-items [offset, offset + C) are scored chunk by chunk (their matmul [B, C],
-the popularity of empty sessions, the request's items and the padding column
-scored out inside the chunk) and folded into a running top k in a
-tf.while_loop (`models.scoring.top_k_over_chunks`, as evaluation ranks big
-catalogues), so a request's scores take B x C floats, not B x V; the lists are
-the one-matmul lists. Only standard TensorFlow ops (While, MatMul, TopKV2, ...).
-
-Cost: the session encoders dominate a small catalogue (the fused scoring is
-one [B, D] x [D, V] matmul and one top_k); a request of at most
-`fast_path_batch` sessions (default 16) runs them in one pass over its
-sessions padded to the longest, a larger one per bucket of session lengths
-(<= 8, 9..16, 17..32, ..., max_len), each bucket padded to its own longest
-session, so a batch of mostly short sessions is not padded to max_len; one
-tf.cond chooses. A causal encoder's output at a session's last item does not
-depend on padding after it, so both equal the full-window model up to float
-rounding. Towers that read the same items share the window and one gather of
-item vectors, and Transformer encoders of one shape run as one stacked
-computation (`encoders.StackedTransformer`: the ops of one encoder for both
-towers, the last block only at the last item). The variables are only ever
-read whole (`_rows`): a gather on a variable itself would make TensorFlow
-copy all of it at every request.
+Ranking: the top k by score, equal scores by lower item index, also when the
+catalogue is scored in chunks (`chunk_size`, export: --serving_chunk_size; see
+`serving.topk`). Cost: the session encoders dominate a small catalogue; see
+`serving.query` for how they run (one pass or length buckets, shared windows,
+stacked encoders) and why the variables are only ever read whole.
+Only standard TensorFlow ops (While, MatMul, TopKV2, If, ...).
 benchmarks/serving_profile.py times each piece (the SCOPE_* name scopes).
 """
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from alterrec_tf.formats import schema
 from alterrec_tf.models import cold_items, scoring
-from alterrec_tf.serving import encoders as serving_encoders
+from alterrec_tf.serving import query as serving_query
+from alterrec_tf.serving import topk as serving_topk
 
-try:  # TensorFlow's un-lowered cond (see `_cond`)
-  from tensorflow.python.ops.cond_v2 import fast_cond_v2 as _fast_cond_v2
-except ImportError:  # pragma: no cover - an older or newer TensorFlow
-  _fast_cond_v2 = None
-
-NEG_INF = -1e9  # score of excluded items (as towers.NEG_INF)
-PADDING_SCORE = 2 * NEG_INF  # the padding column: below every item
+NEG_INF = serving_topk.NEG_INF  # score of excluded items (as towers.NEG_INF)
+PADDING_SCORE = serving_topk.PADDING_SCORE  # the padding column: below every item
 
 SIGNATURE_DEFAULT = "serving_default"
 SIGNATURE_TOP_K = "top_k"
@@ -126,39 +105,22 @@ _INT_IDS = tf.TensorSpec([None, None], tf.int64, name=INPUT_ITEM_IDS)
 _RAW_IDS = tf.TensorSpec([None, None], tf.string, name=INPUT_RAW_ITEM_IDS)
 _K = tf.TensorSpec([], tf.int32, name=INPUT_K)
 
-FAST_PATH_BATCH = 16  # requests of at most this many sessions skip the length buckets
+FAST_PATH_BATCH = serving_query.FAST_PATH_BATCH  # default fast_path_batch
 
 # name scopes of the serving graph's pieces (benchmarks/serving_profile.py adds
 # up the time of each; the session encoders are the Keras layers' own scopes)
 SCOPE_IDS_IN = "ids_in"
-SCOPE_COMPACT = "compact"
-SCOPE_BUCKETS = "length_buckets"
-SCOPE_WINDOWS = "windows"
-SCOPE_SCORES = "scores"
-SCOPE_SEEN = "seen_items"
-SCOPE_TOP_K = "top_k"
+SCOPE_COMPACT = serving_query.SCOPE_COMPACT
+SCOPE_BUCKETS = serving_query.SCOPE_BUCKETS
+SCOPE_WINDOWS = serving_query.SCOPE_WINDOWS
+SCOPE_SCORES = serving_topk.SCOPE_SCORES
+SCOPE_SEEN = serving_topk.SCOPE_SEEN
+SCOPE_TOP_K = serving_topk.SCOPE_TOP_K
 SCOPE_IDS_OUT = "ids_out"
 
 
 tower_scales = scoring.fused_query_scales  # one definition for training and serving
-
-
-class TowerPart:
-  """How one tower enters the serving graph.
-
-  Attributes:
-    name: "id" or "text".
-    session_encoder: the trained Keras session encoder ([B, L, d], mask) -> [B, L, d].
-    dim: d.
-    scale: weight of its session vector in the fused query (alpha, or
-      (1 - alpha) / text_temperature, or 1 / temperature for a single tower).
-    known_items: items with index >= this are skipped by this tower's session
-      encoder (the ID tower: the trained catalogue size; text: all items).
-  """
-
-  def __init__(self, name: str, session_encoder, dim: int, scale: float, known_items: int):
-    self.name, self.session_encoder, self.dim = name, session_encoder, int(dim)
-    self.scale, self.known_items = float(scale), int(known_items)
+TowerPart = serving_query.TowerPart  # how one tower enters the serving graph
 
 
 class ServingModule(tf.Module):
@@ -213,31 +175,16 @@ class ServingModule(tf.Module):
       raise ValueError(f"chunk_size={chunk_size} must be >= 0 (0: one matmul)")
     self.chunk_size = int(chunk_size)
     self.fast_path_batch = int(fast_path_batch)
+    # (lists, tuples and dicts are tracked children of a tf.Module: names kept)
     self._parts = tuple(towers)
-    self._columns: List[Tuple[int, int]] = []  # each tower's columns in item_matrix
-    for part in self._parts:
-      start = self._columns[-1][1] if self._columns else 0
-      self._columns.append((start, start + part.dim))
-    # towers that read the same items share their window: [(known_items, [tower index])]
-    groups: Dict[int, list] = {}
-    for index, part in enumerate(self._parts):
-      groups.setdefault(min(part.known_items, self.num_items), []).append(index)
-    self._tower_groups = tuple((known, tuple(members)) for known, members in groups.items())
-    # session lengths <= 8, <= 16, <= 32, ... are encoded as separate batches
-    self.length_buckets = tuple(b for b in (8, 16, 32, 64, 128, 256) if b < max_len)
+    self._columns = serving_query.tower_columns(self._parts)
+    self._tower_groups = serving_query.tower_groups(self._parts, self.num_items)
+    self.length_buckets = serving_query.length_buckets(self.max_len)
     # Tracked children: only the session encoders (not the towers, whose item
     # encoders hold the ID table and the SBERT table that serving never reads):
     # each group's towers stacked where they can be, else their Keras layers.
-    self.stacked_encoders: List[serving_encoders.StackedTransformer] = []
-    self._stacked: Dict[Tuple[int, ...], int] = {}  # group -> its stacked_encoders entry
-    for _, members in self._tower_groups:
-      consecutive = members == tuple(range(members[0], members[-1] + 1))
-      stacked = (serving_encoders.StackedTransformer.from_encoders(
-          [self._parts[index].session_encoder for index in members])
-          if stack_encoders and consecutive else None)
-      if stacked is not None:
-        self._stacked[members] = len(self.stacked_encoders)
-        self.stacked_encoders.append(stacked)
+    self.stacked_encoders, self._stacked = serving_query.stack_groups(
+        self._parts, self._tower_groups, stack_encoders)
     self.session_encoders = [self._parts[index].session_encoder
                              for _, members in self._tower_groups if members not in self._stacked
                              for index in members]
@@ -254,8 +201,8 @@ class ServingModule(tf.Module):
     item_matrix = np.asarray(item_matrix, np.float32)
     if self.num_chunks == 1:
       self.item_matrix = tf.Variable(item_matrix, trainable=False, name="item_matrix")
-    self.item_blocks = tf.Variable(_blocks(item_matrix, self.block_size), trainable=False,
-                                   name="item_blocks")
+    self.item_blocks = tf.Variable(serving_topk.blocks(item_matrix, self.block_size),
+                                   trainable=False, name="item_blocks")
     self.popularity = tf.Variable(popularity, dtype=tf.float32, trainable=False,
                                   name="popularity")
     self.vocab_asset = tf.saved_model.Asset(vocab_path)
@@ -265,6 +212,14 @@ class ServingModule(tf.Module):
     self.index_to_raw = tf.lookup.StaticHashTable(
         tf.lookup.TextFileInitializer(self.vocab_asset, tf.int64, 0, tf.string, 1,
                                       delimiter="\t"), default_value="")
+    # the graph's two sides (plain objects: what they read is tracked above)
+    self._query = serving_query.SessionQuery(
+        self._parts, self._columns, self._tower_groups, self.length_buckets,
+        self.stacked_encoders, self._stacked, self._rows, self.num_items, self.max_len,
+        self.fast_path_batch)
+    self._scorer = serving_topk.CatalogueScorer(self.item_blocks, self.popularity,
+                                                self.num_items, self.block_size,
+                                                self.exclude_session_items)
     # Tracked only with text signatures: the sentence encoder (~90 MB for
     # all-MiniLM-L6-v2) and the text tower's projection + LayerNorm.
     self.num_text_fields = int(num_text_fields)
@@ -409,129 +364,29 @@ class ServingModule(tf.Module):
       return tf.cast(dense, tf.int32), ignored
 
   def _rows(self, indices):
-    """Item matrix rows float [..., D] of item indices int [...].
-
-    The variables are only ever read whole (a tensor of the variable, then
-    gathered): a gather on a variable (ResourceGather) switches it to
-    copy-on-read, after which TensorFlow copies all of it at every later
-    read (the scoring matmul's), which cost more than the rest of a
-    one-session request at 3.4k items."""
-    if self.num_chunks == 1:
-      return tf.gather(tf.convert_to_tensor(self.item_matrix), indices)
-    # item i is column i % C of block i // C: element (i // C, d, i % C) of the blocks
-    indices = tf.cast(indices, tf.int64)
-    width = sum(part.dim for part in self._parts)
-    block, column = indices // self.block_size, indices % self.block_size
-    flat = ((block * width)[..., None] + tf.range(width, dtype=tf.int64)) * self.block_size \
-        + column[..., None]
-    return tf.gather(tf.reshape(tf.convert_to_tensor(self.item_blocks), [-1]), flat)
+    """Item matrix rows float [..., D] of item indices int [...], read from the
+    variables whole (`serving.query.item_rows`)."""
+    return serving_query.item_rows(self.item_matrix if self.num_chunks == 1 else None,
+                                   self.item_blocks, self.block_size, indices)
 
   def session_query(self, session):
-    """Fused query vectors [B, D] of compacted sessions (ragged int32 [B, None]).
-
-    Towers that read the same items (all of them, unless the ID tower skips
-    cold-start items) share one window and one gather of item vectors
-    [B, L, D]. A request of at most `fast_path_batch` sessions is encoded in
-    one pass; a larger one per bucket of session lengths, both towers in one
-    branch per bucket."""
-    blocks = [None] * len(self._parts)
-    for known, members in self._tower_groups:
-      items = session
-      if known < self.num_items:
-        items = tf.ragged.boolean_mask(session, session < known)
-      items = items[:, -self.max_len:]
-      for index, vectors in zip(members, self._group_last_vectors(members, items)):
-        blocks[index] = vectors * self._parts[index].scale
-    return blocks[0] if len(blocks) == 1 else tf.concat(blocks, axis=-1)
-
-  def _group_last_vectors(self, members, items):
-    """Session vectors [n, d_t] of towers `members` (indices into the towers)
-    at the last item of ragged sessions [n, None], in one pass or bucketed."""
-    def one_pass():
-      return self._last_vectors(members, items)
-
-    encoders = [self._parts[index].session_encoder for index in members]
-    if not self.length_buckets or not any(encoder.weights for encoder in encoders):
-      return one_pass()
-    return _cond(items.nrows(out_type=tf.int32) <= self.fast_path_batch, one_pass,
-                 lambda: self._bucketed_last_vectors(members, items))
-
-  def _last_vectors(self, members, items):
-    """Session vectors [n, d_t] of towers `members` at the last item of ragged
-    sessions [n, None] (zeros for an empty session), one window for all."""
-    lengths = tf.cast(items.row_lengths(), tf.int32)
-    # Right-padded to the longest session given, not to max_len: a causal
-    # encoder's output at the last real item does not depend on the padding
-    # after it, and short sessions cost proportionally less.
-    with tf.name_scope(SCOPE_WINDOWS):
-      window = items.to_tensor(default_value=schema.PADDING_INDEX)
-      window = tf.pad(window, [[0, 0], [0, tf.maximum(1 - tf.shape(window)[1], 0)]])
-      mask = tf.not_equal(window, schema.PADDING_INDEX)
-      vectors = self._rows(window)  # [n, L, D]
-      last_position = tf.maximum(lengths - 1, 0)
-    if members in self._stacked:  # all of them at once: [T, n, d]
-      start, end = self._columns[members[0]][0], self._columns[members[-1]][1]
-      shape = tf.shape(vectors)
-      stacked = tf.transpose(tf.reshape(
-          vectors[:, :, start:end], [shape[0], shape[1], len(members), -1]), [2, 0, 1, 3])
-      encoder = self.stacked_encoders[self._stacked[members]]
-      last = encoder.last_vectors(stacked, mask, last_position)
-      last = tf.where((lengths > 0)[None, :, None], last, tf.zeros_like(last))
-      return tf.unstack(last, num=len(members))
-    outputs = []
-    for index in members:
-      start, end = self._columns[index]
-      prefixes = self._parts[index].session_encoder(vectors[:, :, start:end], mask,
-                                                    training=False)
-      last = tf.gather(prefixes, last_position, batch_dims=1)
-      outputs.append(tf.where((lengths > 0)[:, None], last, tf.zeros_like(last)))
-    return outputs
-
-  def _bucketed_last_vectors(self, members, items):
-    """As `_last_vectors`, run per session-length bucket, so that a batch of
-    mostly short sessions is not padded to its longest one."""
-    with tf.name_scope(SCOPE_BUCKETS):
-      lengths = tf.cast(items.row_lengths(), tf.int32)
-      bucket = tf.searchsorted(tf.constant(self.length_buckets, tf.int32), lengths,
-                               side="left")
-      rows = tf.range(tf.shape(lengths)[0])
-      parts = tf.dynamic_partition(rows, bucket, len(self.length_buckets) + 1)
-      subsets = [tf.gather(items, index) for index in parts]
-    outputs = []
-    for index, subset in zip(parts, subsets):
-      outputs.append(_cond(
-          tf.size(index) > 0,
-          lambda subset=subset: self._last_vectors(members, subset),
-          lambda index=index: [tf.zeros([tf.size(index), end - start])
-                               for start, end in (self._columns[m] for m in members)]))
-    with tf.name_scope(SCOPE_BUCKETS):
-      return [tf.dynamic_stitch(parts, [bucket_outputs[position] for bucket_outputs in outputs])
-              for position in range(len(members))]
+    """Fused query vectors [B, D] of compacted sessions (ragged int32 [B, None]):
+    `serving.query.SessionQuery`."""
+    return self._query(session)
 
   def _dense_query(self, dense):
     """dense int32 [B, L] valid indices (0 = padding, any layout) -> fused query [B, D]."""
-    return self.session_query(_compact(dense))
+    return self.session_query(serving_query.compact(dense))
 
   def _recommend(self, dense, ignored, k, query=None):
     """dense int32 [B, L] valid indices (0 = padding, any layout) -> outputs.
 
     `query`: the (shared) function dense -> fused query [B, D]; default
-    `_dense_query`. The catalogue is scored in one [B, V] matmul, or, with a
-    `chunk_size` below V, chunk by chunk into a running top k
-    (`scoring.top_k_over_chunks`: the same lists, ties by lower item index)."""
+    `_dense_query`. The top k: `serving.topk.CatalogueScorer` (one [B, V]
+    matmul, or chunk by chunk into a running top k: the same lists)."""
     queries = (query or self._dense_query)(dense)
     empty = tf.reduce_all(tf.equal(dense, schema.PADDING_INDEX), axis=1)
-    blocks = tf.convert_to_tensor(self.item_blocks)  # [chunks, D, C]
-
-    def chunk_scores(offset, size):
-      return {"fused": self._item_scores(queries, blocks[offset // self.block_size], dense,
-                                         empty, offset, size)}
-
-    k = tf.clip_by_value(tf.cast(k, tf.int32), 0, self.num_items - 1)
-    with tf.name_scope(SCOPE_TOP_K):
-      values, indices = scoring.top_k_over_chunks(chunk_scores, self.num_items, k,
-                                                  self.block_size)["fused"]
-    indices = tf.cast(indices, tf.int64)
+    values, indices = self._scorer.top_k(queries, dense, empty, k)
     with tf.name_scope(SCOPE_IDS_OUT):
       raw_ids = self.index_to_raw.lookup(indices)
     return {
@@ -541,58 +396,3 @@ class ServingModule(tf.Module):
         OUTPUT_IGNORED: ignored,
         OUTPUT_FALLBACK: empty,
     }
-
-  def _item_scores(self, queries, block, dense, empty, offset, size):
-    """Served scores [B, size] of items offset..offset + size - 1 (the first
-    `size` columns of their block [D, C] of `item_blocks`): the fused score,
-    the popularity of an empty session, NEG_INF for the request's items
-    (`exclude_session_items`), PADDING_SCORE for the padding item."""
-    with tf.name_scope(SCOPE_SCORES):
-      scores = tf.matmul(queries, block)
-      if not isinstance(size, int) or size < self.block_size:  # the last block: padded
-        scores = scores[:, :size]
-      popularity = self.popularity[offset:offset + size]
-      scores = tf.where(empty[:, None], popularity[None, :], scores)
-    if self.exclude_session_items:
-      with tf.name_scope(SCOPE_SEEN):
-        scores = scoring.mask_items(scores, dense, offset)
-    with tf.name_scope(SCOPE_SCORES):
-      # Padding ranks below everything, excluded items included, so that it
-      # is never returned (k <= V - 1).
-      is_padding = tf.equal(tf.range(size) + offset, schema.PADDING_INDEX)[None, :]
-      return tf.where(is_padding, tf.constant(PADDING_SCORE, tf.float32), scores)
-
-
-def _blocks(matrix: np.ndarray, chunk_size: int) -> np.ndarray:
-  """The rows [V, D] as transposed blocks [ceil(V / C), D, C]: block b holds
-  items b * C .. b * C + C - 1 as columns (the last block zero-padded)."""
-  num_items, width = matrix.shape
-  count = -(-num_items // chunk_size)
-  blocks = np.zeros([count, width, chunk_size], np.float32)
-  for block in range(count):
-    rows = matrix[block * chunk_size:(block + 1) * chunk_size]
-    blocks[block, :, :len(rows)] = rows.T
-  return blocks
-
-
-def _compact(dense):
-  """Ragged int32 [B, None]: the items of each row of dense [B, L], in order."""
-  with tf.name_scope(SCOPE_COMPACT):
-    return tf.ragged.boolean_mask(dense, tf.not_equal(dense, schema.PADDING_INDEX))
-
-
-def _cond(pred, true_fn, false_fn):
-  """tf.cond as one If op that runs the branch taken and nothing of the other.
-
-  A plain tf.cond is lowered to Switch/Merge when the function is instantiated,
-  and the executor then walks every op of the branch not taken as dead: with
-  the length buckets' four encoder passes per tower beside the one-pass path,
-  that was 15% of a one-session call (BUILD_NOTES.md, "Serving latency").
-  TensorFlow's `fast_cond_v2` keeps the If functional (a standard op: TF
-  Serving runs it as any SavedModel's); the branches must not need automatic
-  control dependencies (these only read variables). Falls back to tf.cond
-  where a TensorFlow lacks it.
-  """
-  if _fast_cond_v2 is None:
-    return tf.cond(pred, true_fn, false_fn)
-  return _fast_cond_v2(pred, true_fn, false_fn)
