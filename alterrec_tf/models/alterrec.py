@@ -19,7 +19,7 @@ partner's negatives, augmented positives), never from `settings.model`.
 """
 
 import functools
-from typing import Optional
+from typing import Any, Optional
 
 import keras
 import tensorflow as tf
@@ -49,6 +49,8 @@ class AlterRec(keras.Model):
       a batch's loss is its prefixes' summed loss divided by it
       (`negatives.reduce_prefix_losses`); None: the mean over the batch.
   """
+
+  train_function: Any  # Keras' compiled step (Keras sets it; typed for mypy)
 
   def __init__(self, settings: model_settings.ModelSettings, num_items: int,
                text_embeddings=None, variant: Optional[AlterRecVariant] = None,

@@ -34,8 +34,9 @@ LARGE_NEGATIVE = -1e9  # Keras' Softmax: masked scores (float32)
 NAME_SCOPE = "stacked_sessions"  # of the graph's ops (benchmarks/serving_profile.py)
 
 
-def _layer_norm(x, gamma, beta, epsilon):
-  """LayerNormalization over the last axis; gamma, beta [T, 1, d]."""
+def _layer_norm(x, norm, epsilon):
+  """LayerNormalization over the last axis; norm = (gamma, beta), each [T, 1, d]."""
+  gamma, beta = norm
   mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
   return (x - mean) * tf.math.rsqrt(variance + epsilon) * gamma + beta
 
@@ -174,7 +175,7 @@ class StackedTransformer(tf.Module):
     rows, length = shape[1], shape[2]
     # tokens [T, n * L, d]: the dense layers are one matmul per tower
     x = tf.reshape(vectors + self.positions[:, None, :length, :], [towers, -1, dim])
-    x = _layer_norm(x, *self.input_norm, self.epsilon)
+    x = _layer_norm(x, self.input_norm, self.epsilon)
     key_mask = mask[None, :, None, None, :]  # [1, n, 1, 1, L]
     for block in self.blocks[:-1]:
       qkv = tf.matmul(x, block["qkv_kernel"]) + block["qkv_bias"]  # [T, nL, 3 * width]
@@ -185,8 +186,8 @@ class StackedTransformer(tf.Module):
       context = self._attend(query, key, value, causal)
       context = tf.reshape(tf.transpose(context, [0, 1, 3, 2, 4]), [towers, -1, width])
       attended = tf.matmul(context, block["out_kernel"]) + block["out_bias"]
-      x = _layer_norm(x + attended, *block["attention_norm"], self.epsilon)
-      x = _layer_norm(x + self._feed_forward(block, x), *block["ffn_norm"], self.epsilon)
+      x = _layer_norm(x + attended, block["attention_norm"], self.epsilon)
+      x = _layer_norm(x + self._feed_forward(block, x), block["ffn_norm"], self.epsilon)
     # The last block only at each session's last item (its causal mask: every
     # real item of the right-padded window, all at or before it).
     block = self.blocks[-1]
@@ -199,6 +200,6 @@ class StackedTransformer(tf.Module):
     context = self._attend(query, key, value, key_mask)  # [T, n, h, 1, e]
     attended = tf.matmul(tf.reshape(context, [towers, -1, width]), block["out_kernel"]) \
         + block["out_bias"]
-    last = _layer_norm(last + attended, *block["attention_norm"], self.epsilon)
-    return _layer_norm(last + self._feed_forward(block, last), *block["ffn_norm"],
+    last = _layer_norm(last + attended, block["attention_norm"], self.epsilon)
+    return _layer_norm(last + self._feed_forward(block, last), block["ffn_norm"],
                        self.epsilon)

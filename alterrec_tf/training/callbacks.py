@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import time
+from typing import Optional
 
 import keras
 import tensorflow as tf
@@ -53,8 +54,8 @@ class EpochEvaluation(keras.callbacks.Callback):
     self.train_examples = train_examples
     self.history = list(history or [])
     self.selection_metric = selection_metric
-    self._epoch_start = None
-    self._evaluator = None
+    self._epoch_start = 0.0  # (set when each epoch begins)
+    self._evaluator: Optional[evaluation.Evaluator] = None
 
   def on_epoch_begin(self, epoch, logs=None):
     self._epoch_start = time.perf_counter()

@@ -142,7 +142,7 @@ class Evaluator:
     [P, D] and each prefix's items [P, max_len]."""
     if self._tfrs is None:
       scores, targets = self.model.score_heads(batch)
-      extra = ()
+      extra: tuple = ()
     else:
       scores, targets, queries = self.model.score_heads_and_queries(batch)
       seen = towers.prefix_items(batch[alter_data.ITEM_IDS],

@@ -15,6 +15,7 @@ imported where used.
 
 import os
 import time
+from typing import cast
 
 from alterrec_tf import config as alter_config
 from alterrec_tf import runs as alter_runs
@@ -97,7 +98,8 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False, verify_dat
   distribution.compile_model(placement, model)
   start = time.perf_counter()
   if epochs_done < config.m_max:
-    model.fit(distribution.distribute_batches(placement, train_split.epochs_of_batches(
+    keras_model = cast(keras.Model, model)  # every model is a Keras model (contract.py)
+    keras_model.fit(distribution.distribute_batches(placement, train_split.epochs_of_batches(
                   config.batch_size, config.seed, epochs_done, config.m_max)),
               epochs=config.m_max, initial_epoch=epochs_done, steps_per_epoch=steps,
               callbacks=callbacks, verbose=1 if config.verbose == 2 else 0, shuffle=False)
@@ -253,7 +255,7 @@ def _results(config, manifest, best, history, train_split, seconds, test=None,
   best = best or (history[-1] if history else {})
 
   def pick(split):
-    out = {}
+    out: dict = {}
     for key, value in best.items():
       parts = key.split("/")
       if len(parts) == 3 and parts[0] == split:

@@ -13,7 +13,7 @@ logged every epoch as `<part>_loss` without any gradient, so the imbalance of
 the paper's Figure 3 can be drawn from history.json.
 """
 
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import keras
 import tensorflow as tf
@@ -48,6 +48,8 @@ class FullSoftmaxModel(keras.Model):
 
   tower_names: Tuple[str, ...] = ()
   part_names: Tuple[str, ...] = ()
+
+  train_function: Any  # Keras' compiled step (Keras sets it; typed for mypy)
 
   def __init__(self, settings: model_settings.ModelSettings, num_items: int,
                prefixes_per_batch: Optional[float] = None, **kwargs):
