@@ -22,6 +22,7 @@ import functools
 from typing import Any, Optional
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from alterrec_tf.data import windows as alter_data
@@ -48,13 +49,18 @@ class AlterRec(keras.Model):
     prefixes_per_batch: the training split's mean scored prefixes per batch:
       a batch's loss is its prefixes' summed loss divided by it
       (`negatives.reduce_prefix_losses`); None: the mean over the batch.
+    partner_lists: int32 [num_items, N], each item's N most frequent partners
+      in the training sessions, rows ascending (`data.cooccurrence.
+      top_cooccurring`): hard negatives on their target's list are dropped
+      (`settings.false_negative_cooccurrence`); None: no such guard.
   """
 
   train_function: Any  # Keras' compiled step (Keras sets it; typed for mypy)
 
   def __init__(self, settings: model_settings.ModelSettings, num_items: int,
                text_embeddings=None, variant: Optional[AlterRecVariant] = None,
-               prefixes_per_batch: Optional[float] = None, **kwargs):
+               prefixes_per_batch: Optional[float] = None,
+               partner_lists: Optional[np.ndarray] = None, **kwargs):
     super().__init__(**kwargs)
     if not isinstance(settings, model_settings.ModelSettings):
       raise TypeError(f"AlterRec takes a ModelSettings, not a {type(settings).__name__}: "
@@ -90,6 +96,12 @@ class AlterRec(keras.Model):
     if settings.false_negative_cosine > 0.0 and text_embeddings is not None:
       table = tf.convert_to_tensor(text_embeddings, tf.float32)
       self._unit_text = tf.math.l2_normalize(table, axis=1)
+    self._partner_lists = None  # [V, N] co-occurrence guard
+    if settings.false_negative_cooccurrence > 0:
+      if partner_lists is None:
+        raise ValueError("--false_negative_cooccurrence needs the training sessions' partner "
+                         "lists (data.cooccurrence.top_cooccurring)")
+      self._partner_lists = tf.constant(partner_lists, tf.int32)
     self._replicated = tf.distribute.has_strategy()  # built in a strategy's scope
     self.id_optimizer = keras.optimizers.Adam(settings.learning_rate, name="id_adam")
     self.text_optimizer = keras.optimizers.Adam(settings.learning_rate, name="text_adam")
@@ -190,6 +202,8 @@ class AlterRec(keras.Model):
       if self._unit_text is not None:
         hard_ids = alter_negatives.drop_close_negatives(
             hard_ids, targets, self._unit_text, cfg.false_negative_cosine)
+      if self._partner_lists is not None:
+        hard_ids = alter_negatives.drop_listed_negatives(hard_ids, targets, self._partner_lists)
       if cfg.random_share_decay_epochs:
         hard_ids = alter_negatives.mix_negatives_dynamic(hard_ids, seed, self.random_share,
                                                          self.num_items)

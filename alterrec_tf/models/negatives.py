@@ -148,6 +148,26 @@ def drop_close_negatives(negative_ids, target_ids, unit_text, min_cosine: float)
   return tf.where(close, tf.zeros_like(negative_ids), negative_ids)
 
 
+def drop_listed_negatives(negative_ids, target_ids, partner_lists):
+  """The co-occurrence guard: negatives on their target's list of frequent
+  partners (`data.cooccurrence.top_cooccurring`) become padding (id 0).
+
+  Args:
+    negative_ids: int [P, K].
+    target_ids: int [P].
+    partner_lists: int32 [V, N], each row ascending (unused slots hold V).
+
+  Returns:
+    int32 [P, K].
+  """
+  negative_ids = tf.cast(negative_ids, tf.int32)
+  lists = tf.gather(partner_lists, tf.cast(target_ids, tf.int32))  # [P, N]
+  slots = tf.searchsorted(lists, negative_ids, side="left")  # [P, K]
+  slots = tf.minimum(slots, tf.shape(lists)[1] - 1)
+  listed = tf.equal(tf.gather(lists, slots, batch_dims=1), negative_ids)
+  return tf.where(listed, tf.zeros_like(negative_ids), negative_ids)
+
+
 def reduce_prefix_losses(per_prefix, prefixes_per_batch=None):
   """Batch loss from per-prefix losses [P]: their mean, or (with
   `prefixes_per_batch`, a constant of the split) their sum divided by it, so
