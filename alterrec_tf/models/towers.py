@@ -4,9 +4,9 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from alterrec_tf.formats import schema
 from alterrec_tf.models import layers as alter_layers
 from alterrec_tf.models import scoring
-from alterrec_tf.formats import schema
 
 NEG_INF = scoring.NEG_INF
 mask_padding = scoring.mask_padding

@@ -18,8 +18,7 @@ import keras
 import tensorflow as tf
 
 from alterrec_tf.models import towers as alter_towers
-from alterrec_tf.models.baselines import base
-from alterrec_tf.models.baselines import sasrec
+from alterrec_tf.models.baselines import base, sasrec
 
 
 class FDSA(base.FullSoftmaxModel):

@@ -28,8 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from alterrec_tf.formats import schema
-from alterrec_tf.models.baselines.floors import (CountFloor, read_sessions_and_times,
-                                                 training_counts)
+from alterrec_tf.models.baselines.floors import CountFloor, read_sessions_and_times, training_counts
 
 # V-SKNN defaults, chosen on the Online Retail validation split (--seen_items=exclude,
 # Hits@20 %; neighbours/sample: 50/all 23.33, 100/all 24.10, 200/all 24.06,
