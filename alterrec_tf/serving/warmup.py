@@ -7,7 +7,7 @@ checks both agree).
 """
 
 import os
-from typing import Dict
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -75,8 +75,12 @@ def predict_log_bytes(model_name: str, signature_name: str, inputs: Dict[str, np
   return log.SerializeToString(deterministic=True)
 
 
-def warmup_requests(rows, popularity: np.ndarray, max_len: int, k: int,
-                    num_text_fields: int = 0):
+# (signature name, {input name: array}) of one warm-up request.
+Request = Tuple[str, Dict[str, np.ndarray]]
+
+
+def warmup_requests(rows: Sequence[Sequence[str]], popularity: np.ndarray, max_len: int, k: int,
+                    num_text_fields: int = 0) -> List[Request]:
   """(signature, inputs) of the warmup requests: popular items as sessions.
 
   With `num_text_fields` (an export with text signatures), also one request of
@@ -113,7 +117,7 @@ def warmup_requests(rows, popularity: np.ndarray, max_len: int, k: int,
   return requests
 
 
-def write_warmup(path: str, model_name: str, requests) -> int:
+def write_warmup(path: str, model_name: str, requests: Sequence[Request]) -> int:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with tf.io.TFRecordWriter(path) as writer:
     for signature, inputs in requests:
