@@ -17,13 +17,14 @@ from alterrec_tf.models import names as model_names
 from alterrec_tf.serving.build import ExportError
 
 if TYPE_CHECKING:
-  from alterrec_tf.models.contract import RankingModel
+  import keras
 
 WEIGHTS_FILE = alter_runs.BEST_WEIGHTS_FILE
 # (TrainConfig with --seen_items resolved, manifest, data_dir) of `check_run`.
 CheckedRun = Tuple["alter_config.TrainConfig", Dict[str, Any], str]
-# (model with the best weights, TrainConfig, manifest, data_dir) of `load_run`.
-LoadedRun = Tuple["RankingModel", "alter_config.TrainConfig", Dict[str, Any], str]
+# (Keras model with the best weights, TrainConfig, manifest, data_dir) of `load_run`: the
+# registry's model (a `contract.RankingModel`; an AlterRec for export and the alpha sweep).
+LoadedRun = Tuple["keras.Model", "alter_config.TrainConfig", Dict[str, Any], str]
 
 
 def load_config(run_dir: str) -> "alter_config.TrainConfig":
