@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 import subprocess
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import numpy.typing as npt
@@ -378,7 +378,7 @@ def remove_run(run_dir: str) -> None:
 
 
 def run_conflicts(config: alter_config.TrainConfig,
-                  manifest: Mapping[str, Any]) -> Tuple[List[str], Optional[dict]]:
+                  manifest: dict) -> Tuple[List[str], Optional[dict]]:
   """How the run already in config.run_dir differs from `config`.
 
   Returns:

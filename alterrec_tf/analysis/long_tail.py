@@ -86,8 +86,8 @@ def long_tail_analysis(runs: Sequence["Run"], bins: Optional[Sequence[float]] = 
   with_ranks = [r for r in runs if r.ranks_path]
   if not with_ranks:
     return None
-  first = with_ranks[0].ranks()
-  counts = first["target_train_counts"]
+  first = with_ranks[0].ranks()  # (not None: a run with a ranks file, as every run below)
+  counts = first["target_train_counts"]  # type: ignore[index]
   bins = list(bins) if bins else auto_bins(counts)
   groups = long_tail_groups(counts, bins)
   num_groups = len(bins) + 1
@@ -100,7 +100,7 @@ def long_tail_analysis(runs: Sequence["Run"], bins: Optional[Sequence[float]] = 
     per_seed = []
     for run in model_runs:
       ranks = run.ranks()
-      if not np.array_equal(ranks["targets"], first["targets"]):
+      if not np.array_equal(ranks["targets"], first["targets"]):  # type: ignore[index]
         raise ValueError(f"{run.run_dir}: test targets differ from {with_ranks[0].run_dir}; "
                          "were the runs made on the same data?")
       per_seed.append([metrics_of_ranks(ranks[head][groups == g]) for g in range(num_groups)])

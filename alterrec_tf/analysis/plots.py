@@ -7,7 +7,7 @@ matplotlib is imported on first use: it is the optional `report` extra, and
 """
 
 from types import ModuleType
-from typing import TYPE_CHECKING, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -65,8 +65,9 @@ def _plot_parts(axis: "Axes", runs: Sequence["Run"], name: str, keys: Sequence[s
   """Draws a model's fused curve (solid black) and its ID / text parts (dashed
   red / green) from the history keys (fused, id, text), mean over seeds."""
   labels = (fused_label or name, f"ID in {name}", f"text in {name}")
-  styles = (dict(color="black", lw=2.2), dict(color="tab:red", ls="--", lw=1.8),
-            dict(color="tab:green", ls="--", lw=1.8))
+  styles: Tuple[Dict[str, Any], ...] = (
+      dict(color="black", lw=2.2), dict(color="tab:red", ls="--", lw=1.8),
+      dict(color="tab:green", ls="--", lw=1.8))
   for key, label, style in zip(keys, labels, styles):
     epochs, values = epoch_curve(runs, key)
     axis.plot(epochs, scale * values, marker="o", ms=3, label=label, **style)

@@ -98,6 +98,7 @@ def _draw_figures(grouped: Mapping[str, Sequence[Run]], analysis: Optional[dict]
     return {}
   from alterrec_tf.analysis import plots as report_plots
   figures = {}
+  data: Any  # (each figure's function takes its own data)
   for key, name, draw, data in (("fig3", "fig3_nfrec.png", report_plots.plot_nfrec, grouped),
                                 ("fig5", "fig5_alterrec.png", report_plots.plot_alterrec,
                                  grouped),

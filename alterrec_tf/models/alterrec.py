@@ -205,7 +205,8 @@ class AlterRec(keras.Model):
       hard_ids, augmented_ids = alter_negatives.partner_ranking(
           top_scores, top_ids, cfg.k1, num_augmented if source == partner_name else 0)
       if num_augmented and source != partner_name:
-        augmented_ids = self._frozen_top_k(source, item_ids, positions, num_augmented,
+        augmented_ids = self._frozen_top_k(source,  # type: ignore[arg-type]  # (a partner here)
+                                           item_ids, positions, num_augmented,
                                            sorted_list=True)[1]
       if self._unit_text is not None:
         hard_ids = alter_negatives.drop_close_negatives(

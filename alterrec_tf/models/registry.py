@@ -5,7 +5,7 @@ ablations also `contract.AlternatingModel`); the names are `models.names`, and
 an AlterRec ablation is built from its `names.AlterRecVariant`.
 """
 
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Optional, Protocol, Sequence
 
 from alterrec_tf.data import cooccurrence
 from alterrec_tf.models import alterrec as alter_model
@@ -29,7 +29,7 @@ class ModelConfig(Protocol):
   def seen_items(self) -> str: ...
 
 
-def build_model(config: ModelConfig, manifest: Mapping[str, Any],
+def build_model(config: ModelConfig, manifest: dict,
                 text_embeddings: Optional["np.ndarray"],
                 train_files: Optional[Sequence[str]] = None,
                 prefixes_per_batch: Optional[float] = None) -> contract.RankingModel:

@@ -239,7 +239,8 @@ def serving_parts(model: "AlterRec", config: "TrainConfig", num_items: int,
     tower = model.tower(name)
     matrix = np.asarray(tower.item_matrix(training=False), dtype=np.float32)
     if name == "id":
-      cold = (cold_id_imputer(new_rows) if num_new and cold_id_imputer is not None
+      cold = (cold_id_imputer(new_rows)  # type: ignore[arg-type]  # (num_new: rows given)
+              if num_new and cold_id_imputer is not None
               else np.zeros([num_new, matrix.shape[1]], np.float32))
       matrix = np.concatenate([matrix, cold])
     elif num_new:

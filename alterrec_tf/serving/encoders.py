@@ -70,8 +70,8 @@ class StackedTransformer(tf.Module):
       return tf.Variable(np.stack([np.asarray(v, np.float32) for v in values]),
                          trainable=False, name=name)
 
-    def norm(get: Callable[[layers.TransformerSessionEncoder], "keras.layers.LayerNormalization"],
-             name: str) -> Norm:  # gamma, beta [T, 1, d]
+    def norm(get: Callable[..., "keras.layers.LayerNormalization"],
+             name: str) -> Norm:  # gamma, beta [T, 1, d]; get: encoder -> its LayerNormalization
       return (stack([get(e).gamma.numpy()[None] for e in encoders], f"{name}_gamma"),
               stack([get(e).beta.numpy()[None] for e in encoders], f"{name}_beta"))
 

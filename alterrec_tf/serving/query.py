@@ -264,8 +264,8 @@ def compact(dense: tf.Tensor) -> tf.RaggedTensor:
     return tf.ragged.boolean_mask(dense, tf.not_equal(dense, schema.PADDING_INDEX))
 
 
-def cond(pred: tf.Tensor, true_fn: Callable[[], _Branch],
-         false_fn: Callable[[], _Branch]) -> _Branch:
+def cond(pred: tf.Tensor, true_fn: Callable[..., _Branch],
+         false_fn: Callable[..., _Branch]) -> _Branch:
   """tf.cond as one If op that runs the branch taken and nothing of the other.
 
   A plain tf.cond is lowered to Switch/Merge when the function is instantiated,

@@ -176,7 +176,9 @@ class Evaluator:
 
   def _retrieval_hits(self) -> retrieval.RetrievalHits:
     settings = self.model.settings
-    return retrieval.RetrievalHits(self._tfrs, self.model.fused_item_matrix(), self.ks,
+    # (called only with TFRS loaded: `__call__`)
+    return retrieval.RetrievalHits(self._tfrs,  # type: ignore[arg-type]
+                                   self.model.fused_item_matrix(), self.ks,
                                    settings.max_len, settings.seen_items == "exclude")
 
   @overload

@@ -15,7 +15,7 @@ imported where used.
 
 import os
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple, cast
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, cast
 
 from alterrec_tf import config as alter_config
 from alterrec_tf import runs as alter_runs
@@ -82,7 +82,8 @@ def train(config: TrainConfig, data_dir: Optional[str] = None, run_dir: Optional
   alter_runs.write_config(config.run_dir, config)
 
   keras.utils.set_random_seed(config.seed)
-  train_split, valid_split, test_split = _load_splits(config, manifest)
+  train_split: "SplitData"  # (training needs one, and the floors are counted from it)
+  train_split, valid_split, test_split = _load_splits(config, manifest)  # type: ignore[assignment]
   if not rank_test:
     test_split = None
 
@@ -124,7 +125,7 @@ def train(config: TrainConfig, data_dir: Optional[str] = None, run_dir: Optional
   return results
 
 
-def _load_splits(config: TrainConfig, manifest: Mapping[str, Any]) -> Splits:
+def _load_splits(config: TrainConfig, manifest: dict) -> Splits:
   """(train, valid, test) `SplitData` (None where the dataset has no such split).
 
   The exact protocol: every test prefix is scored with exactly its last max_len
@@ -165,7 +166,7 @@ def _restore(model: "RankingModel", config: TrainConfig,
   return backup, epochs_done, history
 
 
-def _test_at_best(config: TrainConfig, model: "RankingModel", manifest: Mapping[str, Any],
+def _test_at_best(config: TrainConfig, model: "RankingModel", manifest: dict,
                   valid_split: Optional["SplitData"], test_split: Optional["SplitData"],
                   best: Optional[Record], save_test_ranks: bool
                   ) -> Tuple[TrainConfig, Optional[Metrics], Optional[Dict[str, Any]]]:
@@ -190,7 +191,8 @@ def _test_at_best(config: TrainConfig, model: "RankingModel", manifest: Mapping[
       tmp = os.path.join(config.run_dir, "best.tmp.weights.h5")
       model.save_weights(tmp)
       os.replace(tmp, best_weights)  # what is tested is what export reads
-    alpha_tuning = alter_alpha.tune(model, valid_split, config)
+    # (every trained model has a validation split: config.check_against_dataset)
+    alpha_tuning = alter_alpha.tune(model, valid_split, config)  # type: ignore[arg-type]
     config = config.replace(alpha=alpha_tuning["alpha"])
     model.set_alpha(config.alpha)
     print(f"alpha chosen on validation: {config.alpha:g} (trained with "
@@ -211,7 +213,7 @@ def _test_at_best(config: TrainConfig, model: "RankingModel", manifest: Mapping[
   return config, test, alpha_tuning
 
 
-def _previous_run(config: TrainConfig, manifest: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+def _previous_run(config: TrainConfig, manifest: dict) -> Optional[Dict[str, Any]]:
   """The results of the same finished run in config.run_dir, else None.
 
   With --overwrite, the run's files are removed first (and None returned).
@@ -231,7 +233,7 @@ def _previous_run(config: TrainConfig, manifest: Mapping[str, Any]) -> Optional[
   return results
 
 
-def rank_test_split(config: TrainConfig, model: "RankingModel", manifest: Mapping[str, Any],
+def rank_test_split(config: TrainConfig, model: "RankingModel", manifest: dict,
                     test_split: "SplitData", ranks_dir: Optional[str] = None) -> Metrics:
   """Ranks the test split with the model's current weights.
 
@@ -263,7 +265,7 @@ def rank_test_split(config: TrainConfig, model: "RankingModel", manifest: Mappin
   return metrics
 
 
-def _results(config: TrainConfig, manifest: Mapping[str, Any], best: Optional[Record],
+def _results(config: TrainConfig, manifest: dict, best: Optional[Record],
              history: List[Record], train_split: Optional["SplitData"], seconds: float,
              test: Optional[Metrics] = None,
              alpha_tuning: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -311,7 +313,7 @@ def _results(config: TrainConfig, manifest: Mapping[str, Any], best: Optional[Re
 
 
 def _finish_without_training(config: TrainConfig, model: "RankingModel",
-                             manifest: Mapping[str, Any], valid_split: Optional["SplitData"],
+                             manifest: dict, valid_split: Optional["SplitData"],
                              test_split: Optional["SplitData"]) -> Dict[str, Any]:
   """Evaluates a model without trainable variables (the floors) once; its
   training time is the counting's (`contract.CountModel.fit_seconds`)."""
