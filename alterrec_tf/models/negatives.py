@@ -156,7 +156,8 @@ def drop_close_negatives(negative_ids: tf.Tensor, target_ids: tf.Tensor, unit_te
   return tf.where(close, tf.zeros_like(negative_ids), negative_ids)
 
 
-def drop_listed_negatives(negative_ids, target_ids, partner_lists):
+def drop_listed_negatives(negative_ids: tf.Tensor, target_ids: tf.Tensor,
+                          partner_lists: tf.Tensor) -> tf.Tensor:
   """The co-occurrence guard: negatives on their target's list of frequent
   partners (`data.cooccurrence.top_cooccurring`) become padding (id 0).
 
