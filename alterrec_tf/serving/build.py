@@ -165,6 +165,7 @@ def check_text_table(field_mean: "FieldMeanEncoder", model: "AlterRec", manifest
   step = max(1, len(titled) // TEXT_TABLE_ITEMS)
   items = titled[::step][:TEXT_TABLE_ITEMS]
   vectors = field_mean(tf.constant([[rows[i][1]] for i in items], tf.string)).numpy()
+  # (the model has a text tower: `build_text_layer` checked it first)
   table = np.asarray(model.text_tower.item_encoder.text_table)[items]  # type: ignore[union-attr]
   diff = np.abs(vectors - table).max(axis=1)
   return {"items": len(items), "max_abs_diff": float(diff.max()),
