@@ -8,16 +8,19 @@ defaults to the paper.
 
 import dataclasses
 import json
-from typing import Any, Dict, FrozenSet, List, Set
+from typing import TYPE_CHECKING, Any, Dict, FrozenSet, List, Optional, Set
 
 from absl import flags
 
 from alterrec_tf.models import names as model_names
 
+if TYPE_CHECKING:
+  import numpy as np
+
 _DEFINED: Set[str] = set()
 
 
-def _define(kind, name, default, *args, **kwargs):
+def _define(kind: str, name: str, default: Any, *args, **kwargs) -> flags.FlagHolder:
   """DEFINE_<kind>(name, default, ...) that also records the flag's name."""
   _DEFINED.add(name)
   return getattr(flags, "DEFINE_" + kind)(name, default, *args, **kwargs)
@@ -363,7 +366,8 @@ def check_flags(config: TrainConfig) -> None:
         "mean of --loss_weighting=batch does not)")
 
 
-def check_against_dataset(config: TrainConfig, manifest: dict, text_embeddings=None) -> None:
+def check_against_dataset(config: TrainConfig, manifest: dict,
+                          text_embeddings: Optional["np.ndarray"] = None) -> None:
   """Refuses flags that contradict the prepared dataset (before anything is built).
 
   Checks the flags' ranges (`check_flags`) first, then what the model needs of

@@ -21,6 +21,7 @@ Re-draw a report without training: python -m alterrec_tf.report
 """
 
 import os
+from typing import List
 
 from absl import flags
 
@@ -48,7 +49,7 @@ def define_flags() -> None:
                       "Model whose per-group metrics the long-tail plot divides by.")
 
 
-def main(argv):
+def main(argv: List[str]) -> None:
   del argv
   values = flags.FLAGS
   try:
@@ -72,7 +73,7 @@ def main(argv):
   print(f"report: {os.path.join(values.report_dir, 'README.md')}")
 
 
-def run():
+def run() -> None:
   define_flags()
   cli.run(main, verify_data=False)
 

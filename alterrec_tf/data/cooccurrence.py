@@ -13,7 +13,7 @@ with the catalogue squared: sessions are counted in chunks whose pair keys
 (a * V + b, a < b) are reduced with `np.unique` and merged.
 """
 
-from typing import Iterable, List
+from typing import Iterable, List, Tuple
 
 import numpy as np
 
@@ -31,7 +31,7 @@ def _session_pairs(session: np.ndarray, num_items: int) -> np.ndarray:
   return items[first] * num_items + items[second]
 
 
-def _reduce(keys: List[np.ndarray], counts: List[np.ndarray]):
+def _reduce(keys: List[np.ndarray], counts: List[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
   """Sums the counts of equal keys: (unique keys int64 [N], counts int64 [N])."""
   all_keys = np.concatenate(keys)
   all_counts = np.concatenate(counts)
@@ -40,7 +40,8 @@ def _reduce(keys: List[np.ndarray], counts: List[np.ndarray]):
       np.int64)
 
 
-def pair_counts(sessions: Iterable[np.ndarray], num_items: int):
+def pair_counts(sessions: Iterable[np.ndarray],
+                num_items: int) -> Tuple[np.ndarray, np.ndarray]:
   """Sessions in which each unordered pair of distinct items occurs together.
 
   Args:

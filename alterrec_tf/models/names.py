@@ -29,7 +29,7 @@ class AlterRecVariant:
   partner_negatives: bool
   augmented_positives: bool
 
-  def __post_init__(self):
+  def __post_init__(self) -> None:
     if not self.towers or not set(self.towers) <= {"id", "text"}:
       raise ValueError(f"an AlterRec variant has towers 'id' and/or 'text', not {self.towers}")
     if self.partner_negatives and len(self.towers) < 2:
@@ -95,7 +95,7 @@ def display_name(model: str) -> str:
   return f"{name} (seen items kept)" if seen_items == "keep" else name
 
 
-def order_key(model: str):
+def order_key(model: str) -> Tuple[int, bool, str]:
   """Sort key putting models in report order (unknown names last, by name); a
   variant right after its model."""
   base, seen_items = split_variant(model)

@@ -5,6 +5,8 @@ ablations also `contract.AlternatingModel`); the names are `models.names`, and
 an AlterRec ablation is built from its `names.AlterRecVariant`.
 """
 
+from typing import TYPE_CHECKING, Optional, Protocol, Sequence
+
 from alterrec_tf.data import cooccurrence
 from alterrec_tf.models import alterrec as alter_model
 from alterrec_tf.models import baselines, contract
@@ -12,9 +14,25 @@ from alterrec_tf.models.baselines import floors
 from alterrec_tf.models.names import ALTERREC_VARIANTS, BASELINES
 from alterrec_tf.models.settings import SEEN_ITEMS, ModelSettings
 
+if TYPE_CHECKING:
+  import numpy as np
 
-def build_model(config, manifest, text_embeddings, train_files=None,
-                prefixes_per_batch=None) -> contract.RankingModel:
+
+class ModelConfig(Protocol):
+  """What `build_model` reads of a config besides the `ModelSettings` fields it
+  narrows to (a `TrainConfig`; models import no flag module)."""
+
+  @property
+  def model(self) -> str: ...
+
+  @property
+  def seen_items(self) -> str: ...
+
+
+def build_model(config: ModelConfig, manifest: dict,
+                text_embeddings: Optional["np.ndarray"],
+                train_files: Optional[Sequence[str]] = None,
+                prefixes_per_batch: Optional[float] = None) -> contract.RankingModel:
   """Builds (creates all variables of) the model named by `config.model`.
 
   The model receives `ModelSettings.of(config)`, not the trainer's config;

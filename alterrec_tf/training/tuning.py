@@ -15,7 +15,12 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
+
+if TYPE_CHECKING:
+  import optuna
+
+  from alterrec_tf.config import TrainConfig
 
 # The shared search space (the paper searches lr {0.01, 0.001} and dropout
 # {0.1, 0.3, 0.5}; widths and layers around the flagfiles').
@@ -62,8 +67,8 @@ def search_space(model: str, catalogue: int, k1: int) -> Dict[str, Sequence[Any]
   return space
 
 
-def trial_config(base, model: str, params: Dict[str, Any], run_dir: str,
-                 budget: TuningBudget):
+def trial_config(base: "TrainConfig", model: str, params: Dict[str, Any], run_dir: str,
+                 budget: TuningBudget) -> "TrainConfig":
   """The `TrainConfig` of one trial: `base` with the trial's knobs."""
   changes = dict(params)
   negatives = changes.pop("negatives", None)
@@ -86,7 +91,7 @@ def trial_dir(study_dir: str, params: Dict[str, Any]) -> str:
   return os.path.join(study_dir, "trials", key)
 
 
-def _retry_interrupted(study) -> int:
+def _retry_interrupted(study: "optuna.Study") -> int:
   """Marks the trials a killed process left running as failed and queues
   their parameters again; returns how many. One process per study."""
   import optuna
@@ -97,8 +102,9 @@ def _retry_interrupted(study) -> int:
   return len(running)
 
 
-def tune_model(base, model: str, catalogue: int, study_dir: str, budget: TuningBudget,
-               train_fn: Callable[..., dict], log: Callable[[str], None] = print) -> dict:
+def tune_model(base: "TrainConfig", model: str, catalogue: int, study_dir: str,
+               budget: TuningBudget, train_fn: Callable[..., dict],
+               log: Callable[[str], None] = print) -> dict:
   """Runs (or resumes) the study of one model; returns `best_record`.
 
   Args:
@@ -117,7 +123,7 @@ def tune_model(base, model: str, catalogue: int, study_dir: str, budget: TuningB
       study_name=model, storage=_storage(study_dir), direction="maximize",
       load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=budget.sampler_seed))
 
-  def objective(trial):
+  def objective(trial: "optuna.Trial") -> float:
     params = {name: trial.suggest_categorical(name, list(values))
               for name, values in space.items()}
     run_dir = trial_dir(study_dir, params)
@@ -145,7 +151,7 @@ def tune_model(base, model: str, catalogue: int, study_dir: str, budget: TuningB
   return record
 
 
-def best_record(study, model: str, space: Dict[str, Sequence[Any]],
+def best_record(study: "optuna.Study", model: str, space: Dict[str, Sequence[Any]],
                 budget: TuningBudget, k1: int) -> dict:
   """The best finished trial of `study` with the budget spent on it, and its
   training flags ("flags": negatives written as --k2 = k1 + negatives)."""

@@ -22,14 +22,14 @@ Built from the training TFRecords only, like every floor in `floors.py`, whose
 """
 
 import time
-from typing import List
+from typing import List, Sequence, Tuple
 
 import numpy as np
+import numpy.typing as npt
 import tensorflow as tf
 
 from alterrec_tf.formats import schema
-from alterrec_tf.models.baselines.floors import (CountFloor, read_sessions_and_times,
-                                                 training_counts)
+from alterrec_tf.models.baselines.floors import CountFloor, read_sessions_and_times, training_counts
 
 # V-SKNN defaults, chosen on the Online Retail validation split (--seen_items=exclude,
 # Hits@20 %; neighbours/sample: 50/all 23.33, 100/all 24.10, 200/all 24.06,
@@ -41,7 +41,8 @@ SKNN_NEIGHBOURS = 100
 SKNN_SAMPLE_SIZE = 0
 
 
-def sessions_newest_first(sessions, timestamps) -> List[np.ndarray]:
+def sessions_newest_first(sessions: Sequence[np.ndarray],
+                          timestamps: npt.ArrayLike) -> List[np.ndarray]:
   """The sessions' distinct items (sorted), most recent session first.
 
   Args:
@@ -56,7 +57,7 @@ def sessions_newest_first(sessions, timestamps) -> List[np.ndarray]:
   return [np.unique(np.asarray(sessions[n], np.int64)) for n in newest_first]
 
 
-def row_ids(ragged):
+def row_ids(ragged: tf.RaggedTensor) -> tf.Tensor:
   """Row of each flat value of a ragged [R, (n)] tensor: int64 [total].
 
   The same as `ragged.value_rowids()`, which builds on `tf.repeat` and is about
@@ -85,8 +86,9 @@ class SessionKNN(CountFloor):
     exclude_seen: score the prefix's own items out.
   """
 
-  def __init__(self, session_items, counts, neighbours: int = SKNN_NEIGHBOURS,
-               sample_size: int = SKNN_SAMPLE_SIZE, exclude_seen: bool = False, **kwargs):
+  def __init__(self, session_items: Sequence[np.ndarray], counts: npt.ArrayLike,
+               neighbours: int = SKNN_NEIGHBOURS, sample_size: int = SKNN_SAMPLE_SIZE,
+               exclude_seen: bool = False, **kwargs) -> None:
     super().__init__(counts, exclude_seen, **kwargs)
     self.num_items = int(np.asarray(counts).shape[0])
     self.num_sessions = len(session_items)
@@ -103,8 +105,9 @@ class SessionKNN(CountFloor):
     self.sample_size = int(sample_size)
 
   @classmethod
-  def from_files(cls, train_files, num_items: int, neighbours: int = SKNN_NEIGHBOURS,
-                 sample_size: int = SKNN_SAMPLE_SIZE, exclude_seen: bool = False):
+  def from_files(cls, train_files: Sequence[str], num_items: int,
+                 neighbours: int = SKNN_NEIGHBOURS, sample_size: int = SKNN_SAMPLE_SIZE,
+                 exclude_seen: bool = False) -> "SessionKNN":
     """Indexes only the sessions of `train_files` (the training split)."""
     start = time.perf_counter()
     sessions, timestamps = read_sessions_and_times(train_files)
@@ -113,7 +116,8 @@ class SessionKNN(CountFloor):
     model.fit_seconds = time.perf_counter() - start
     return model
 
-  def prefix_weights(self, item_ids, positions):
+  def prefix_weights(self, item_ids: tf.Tensor,
+                     positions: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     """Position weights of the prefix items: (items int32 [P, L], weights float32 [P, L]).
 
     Position u (0-based) of the prefix ending at t weighs (u + 1) / (t + 1); an
@@ -133,7 +137,7 @@ class SessionKNN(CountFloor):
     decay = tf.cast(steps[None, :] + 1, tf.float32) / tf.cast(ends + 1, tf.float32)
     return rows, tf.where(in_prefix & ~repeated_later, decay, 0.0)
 
-  def similarities(self, item_ids, positions):
+  def similarities(self, item_ids: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
     """Cosine of each prefix with each training session: float32 [P, N].
 
     Columns are the training sessions, newest first.
@@ -154,7 +158,7 @@ class SessionKNN(CountFloor):
     norms = tf.sqrt(tf.reduce_sum(tf.square(weights), axis=1))  # |q|: [P]
     return dots / self.session_norms[None, :] / tf.maximum(norms, 1e-12)[:, None]
 
-  def prefix_scores(self, item_ids, positions):
+  def prefix_scores(self, item_ids: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
     """sum over the neighbours of cosine x 1[j in neighbour] + popularity: [P, V]."""
     similarities = self.similarities(item_ids, positions)  # [P, N], newest session first
     if self.sample_size:
