@@ -13,15 +13,12 @@ writes models/alterrec/N/ (N = the next integer version unless --version):
   assets.extra/alterrec_export.json what was exported (k, alpha, items, sizes, ...)
 
 The version folder is written under a hidden temporary name inside export_dir,
-checked (loaded back and compared with the Keras model) and then renamed, so a
-model server watching export_dir never sees a partial version, and a failed
-export leaves nothing behind (also on a full disk). Before TensorFlow is
-loaded, the command checks the run, the dataset (the SHA-256 of every shard and
-table, --verify_data), --k against the catalogue and that export_dir can be
-written (`check_request`); a refused command prints one line (`alterrec_tf.cli`).
-This module does not import data_tools, pandas or torch (TensorFlow itself
-imports pandas where it is installed). The pieces it saves (new items, the text
-layer, the serving module) are built by `alterrec_tf.serving.build`.
+checked against the Keras model, then renamed: a model server never sees a
+partial version, and a failed export (a full disk too) leaves nothing behind.
+Before TensorFlow loads, `check_request` checks the run, the dataset (SHA-256 of
+every file, --verify_data), --k and that export_dir is writable; a refusal is one
+line (`alterrec_tf.cli`). No data_tools, pandas or torch import here; the saved
+pieces are built by `alterrec_tf.serving.build`.
 
 Text signatures (`--text_signatures`; by default on when the run has a text
 tower and the dataset's sentence model can be rebuilt): the export also holds
