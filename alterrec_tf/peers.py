@@ -183,6 +183,7 @@ def main(argv):
         f"valid / test prefixes, {export['num_items'] - 1} items, max_len {export['max_len']} "
         f"({time.perf_counter() - start:.0f} s)", flush=True)
   targets = atomic.read_targets(atomic_dir)
+  test_order = atomic.evaluation_order(config.data_dir, config.max_len, config.eval_batch_size)
   batch_size = _train_batch_size(config, values, manifest, rows["train"])
   threads = _threads(values.peers_threads)
   python = os.path.join(values.peers_venv, "bin", "python")
@@ -227,7 +228,7 @@ def main(argv):
         continue
     try:
       results = lists.write_run(result_dir, export, targets, job, run_dir, config.ks,
-                                config.mrr_k, process_seconds)
+                                config.mrr_k, process_seconds, test_order)
     except lists.ListsError as error:
       failures.append(f"RecBole's {model} lists do not fit the export ({error}): "
                       f"{result_dir}")

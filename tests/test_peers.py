@@ -77,6 +77,8 @@ def test_rows_are_the_scored_prefixes_of_our_pipeline(synthetic_export):
     assert sorted((tuple(h), t) for _, h, t in rows) == sorted(expected)
     assert [t for _, _, t in rows] == targets[split].tolist()
     assert max(len(h) for _, h, _ in rows) == 8  # (sessions of up to 30 items: cut)
+    order = atomic.evaluation_order(data_dir, max_len=8, eval_batch_size=64, split=split)
+    assert [(tuple(rows[i][1]), rows[i][2]) for i in order] == expected  # (our evaluator's)
 
 
 def test_rows_follow_our_order_with_the_last_max_len_items(tmp_path):
@@ -222,6 +224,8 @@ def test_an_imported_run_is_one_the_report_and_the_archive_check_read(synthetic_
   assert results["source"] == "RecBole 1.2.1" and results["compute_seconds"]["process"] == 7.5
   with np.load(os.path.join(run_dir, alter_runs.TEST_RANKS_FILE)) as saved:
     assert saved["targets"].tolist() == targets["test"].tolist()
+    counts = targets["train_item_counts"]
+    assert saved["target_train_counts"].tolist() == counts[targets["test"]].tolist()
     recomputed = evaluation.metrics_from_ranks(saved["fused"])
   assert results["test"]["fused"] == pytest.approx(recomputed, abs=1e-6)
   assert "figures recomputed" in alter_runs.check_archived_run(run_dir)

@@ -7,7 +7,8 @@ is the dataset name RecBole is given (its `data_path/<dataset>/` layout):
   <name>.valid.inter   (same columns)
   <name>.test.inter    (same columns)
   <name>.item          item_id:token [text_codes:token_seq]: every item of our catalogue
-  targets.npz          int32 [rows] target of every row of each split (our item indices)
+  targets.npz          int32 [rows] target of every row of each split (our item indices),
+                       and train_item_counts [num_items] (training occurrences of each item)
   export.json          counts, max_len, the item vocabulary, the text codes, the data hash
 
 A row is one scored prefix of our tf.data pipeline (`data.windows` at stride 1):
@@ -44,7 +45,7 @@ import numpy as np
 from alterrec_tf.data import windows
 from alterrec_tf.formats import schema
 
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: targets.npz holds train_item_counts
 EXPORT_FILE = "export.json"
 TARGETS_FILE = "targets.npz"
 SPLITS = schema.SPLITS
@@ -91,6 +92,36 @@ def scored_prefixes(files: List[str], max_len: int) -> Prefixes:
     histories.extend(item_ids[row, :column + 1] for row, column in zip(rows, columns))
     targets.append(batch[windows.TARGET_IDS][rows, columns].astype(np.int32))
   return Prefixes(histories, np.concatenate(targets) if targets else np.zeros([0], np.int32))
+
+
+def evaluation_order(data_dir: str, max_len: int, eval_batch_size: int,
+                     split: str = "test") -> np.ndarray:
+  """Where our evaluator's prefixes sit among the export's rows of `split`.
+
+  Our runs keep test ranks in the evaluator's order (`SplitData.batches`: windows
+  grouped by length, `eval_batch_size` at a time, then each batch's scored
+  positions), which the report's long-tail table compares across runs. A prefix is
+  matched to an export row by its items and target; rows equal in both are
+  interchangeable (same history, same list, same rank).
+
+  Returns:
+    int [rows]: the export row of each prefix in the evaluator's order, so
+    `ranks[order]` are a peer's ranks in the order of our test_ranks.npz.
+  """
+  manifest = schema.load_manifest(data_dir)
+  files = schema.split_files(data_dir, manifest, split)
+  rows = scored_prefixes(files, max_len)
+  slots: Dict[tuple, List[int]] = {}
+  for row in range(len(rows.targets) - 1, -1, -1):
+    key = (int(rows.targets[row]), *rows.histories[row].tolist())
+    slots.setdefault(key, []).append(row)
+  order: List[int] = []
+  for batch in windows.SplitData(files, max_len, 1).batches(eval_batch_size):
+    items = batch[windows.ITEM_IDS].numpy()
+    targets = batch[windows.TARGET_IDS].numpy()
+    for b, column in np.argwhere(batch[windows.TARGET_MASK].numpy()):
+      order.append(slots[(int(targets[b, column]), *items[b, :column + 1].tolist())].pop())
+  return np.asarray(order, np.int64)
 
 
 def _nearest(points: np.ndarray, centres: np.ndarray, chunk: int = 65536) -> np.ndarray:
@@ -165,7 +196,7 @@ def read_export(out_dir: str) -> Optional[dict]:
 
 
 def read_targets(out_dir: str) -> Dict[str, np.ndarray]:
-  """{split: int32 [rows]} targets of an export folder."""
+  """{split: int32 [rows]} targets of an export folder (and "train_item_counts")."""
   with np.load(os.path.join(out_dir, TARGETS_FILE), allow_pickle=False) as data:
     return {split: data[split] for split in data.files}
 
@@ -252,8 +283,10 @@ def export(data_dir: str, out_dir: str, max_len: int, subspaces: int = DEFAULT_S
       targets[split] = prefixes.targets
     item_codes = (text_codes(table, subspaces, codes, seed) if table is not None else None)
     _write_items(os.path.join(staging, f"{name}.item"), manifest["num_items"], item_codes)
+    train_files = schema.split_files(data_dir, manifest, "train")
+    counts = windows.item_counts(train_files, manifest["num_items"]).numpy()
     np.savez(os.path.join(staging, TARGETS_FILE), train=targets["train"],
-             valid=targets["valid"], test=targets["test"])
+             valid=targets["valid"], test=targets["test"], train_item_counts=counts)
     vocab = schema.read_vocab(data_dir)
     description = {
         "version": EXPORT_VERSION, "export_id": identity, "name": name,

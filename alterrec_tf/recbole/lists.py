@@ -17,8 +17,9 @@ The run folder (`runs.run_dir_of(runs_dir, "recbole_<model>", seed)`):
                   (`valid/recbole/...`, seen items scored out like ours)
   results.json    valid and test Hits/NDCG@K, MRR (ours, head "fused"), best epoch,
                   compute (wall seconds), source "RecBole 1.2.1"
-  test_ranks.npz  "fused" ranks and "targets" of every test row (the archive check
-                  recomputes the figures from them)
+  test_ranks.npz  "fused" ranks, "targets" and "target_train_counts" of every test
+                  row, in our evaluator's order (the archive check recomputes the
+                  figures from them; the long-tail table compares them with ours)
   hashes.json     (`runs.write_results`)
 """
 
@@ -88,7 +89,8 @@ def split_metrics(lists: np.ndarray, targets: np.ndarray, ks: Iterable[int], mrr
 
 def write_run(result_dir: str, export: Dict[str, Any], targets: Dict[str, np.ndarray],
               job: Dict[str, Any], run_dir: str, ks=(10, 20), mrr_k: int = 20,
-              process_seconds: Optional[float] = None) -> dict:
+              process_seconds: Optional[float] = None,
+              test_order: Optional[np.ndarray] = None) -> dict:
   """Turns `result_dir` (recbole_run.py's output) into the run folder `run_dir`.
 
   Args:
@@ -100,6 +102,9 @@ def write_run(result_dir: str, export: Dict[str, Any], targets: Dict[str, np.nda
     ks, mrr_k: the cut-offs (ours).
     process_seconds: wall seconds of the RecBole process as the caller saw it
       (interpreter and library start-up included), when known.
+    test_order: int [rows], the export rows in our evaluator's order
+      (`atomic.evaluation_order`): test_ranks.npz is written in that order, as our
+      runs' are, so the report compares them prefix by prefix; None: export order.
 
   Returns:
     results.json's content.
@@ -152,7 +157,12 @@ def write_run(result_dir: str, export: Dict[str, Any], targets: Dict[str, np.nda
   alter_runs.write_json_atomic(os.path.join(run_dir, alter_runs.HISTORY_FILE), history)
   ranks_path = os.path.join(run_dir, alter_runs.TEST_RANKS_FILE)
   tmp = ranks_path + ".tmp.npz"
-  np.savez(tmp, fused=test_ranks, targets=targets["test"].astype(np.int32))
+  order = np.arange(len(test_ranks)) if test_order is None else test_order
+  test_targets = targets["test"].astype(np.int64)[order]
+  arrays: Dict[str, Any] = {"fused": test_ranks[order], "targets": test_targets}
+  if "train_item_counts" in targets:
+    arrays["target_train_counts"] = targets["train_item_counts"][test_targets]
+  np.savez_compressed(tmp, **arrays)
   os.replace(tmp, ranks_path)
   alter_runs.write_results(run_dir, results)
   return results
