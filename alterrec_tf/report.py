@@ -57,10 +57,11 @@ def main(argv: List[str]) -> None:
     bins = [float(edge) for edge in values.long_tail_bins]
   except ValueError as error:
     raise cli.CommandError(f"--seeds and --long_tail_bins take numbers: {error}") from None
-  unknown = [m for m in values.models if model_names.split_variant(m)[0] not in model_names.ALL]
+  known = model_names.ALL + model_names.PEERS
+  unknown = [m for m in values.models if model_names.split_variant(m)[0] not in known]
   if unknown:
-    raise cli.CommandError(f"unknown --models {unknown}; choose from {list(model_names.ALL)} "
-                           f"(each optionally with {model_names.KEEP_SEEN_SUFFIX})")
+    raise cli.CommandError(f"unknown --models {unknown}; choose from {list(known)} "
+                           f"(ours optionally with {model_names.KEEP_SEEN_SUFFIX})")
   if not os.path.isdir(values.runs_dir):
     raise cli.CommandError(f"--runs_dir={values.runs_dir} is not a folder")
   if not load_runs(values.runs_dir, values.models or None, seeds or None):
