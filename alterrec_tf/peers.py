@@ -82,7 +82,8 @@ def _threads(requested: int) -> int:
     return os.cpu_count() or 1
 
 
-def check_request(config, values, manifest: dict) -> Dict:
+def check_request(config: alter_config.TrainConfig, values: flags.FlagValues,
+                  manifest: dict) -> Dict:
   """Checks the flags before TensorFlow; returns the parsed --peers_config."""
   unknown = [m for m in values.models if m not in jobs.MODELS]
   if unknown or not values.models:
@@ -111,7 +112,8 @@ def check_request(config, values, manifest: dict) -> Dict:
   return extra
 
 
-def _train_batch_size(config, values, manifest: dict, train_rows: int) -> int:
+def _train_batch_size(config: alter_config.TrainConfig, values: flags.FlagValues,
+                      manifest: dict, train_rows: int) -> int:
   if values.peers_batch_size > 0:
     return values.peers_batch_size
   from alterrec_tf.data import windows
@@ -158,7 +160,7 @@ def run_recbole(python: str, job: dict, work_dir: str, threads: int) -> float:
   return time.perf_counter() - start
 
 
-def main(argv):
+def main(argv: List[str]) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)
   values = flags.FLAGS
@@ -246,7 +248,7 @@ def main(argv):
     raise PeerError(f"{len(failures)} failed: " + "; ".join(failures))
 
 
-def run():
+def run() -> None:
   define_flags()
   cli.run(main, flagfiles.PREPARE_FLAG_NAMES, known=(PeerError,),
           io_hint="finished models are skipped when the same command runs again")

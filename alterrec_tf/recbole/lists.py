@@ -25,7 +25,7 @@ The run folder (`runs.run_dir_of(runs_dir, "recbole_<model>", seed)`):
 
 import json
 import os
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 
@@ -80,7 +80,8 @@ def check_lists(split: str, lists: np.ndarray, targets: np.ndarray, num_items: i
     raise ListsError(f"{split}: a list names an item twice")
 
 
-def split_metrics(lists: np.ndarray, targets: np.ndarray, ks: Iterable[int], mrr_k: int):
+def split_metrics(lists: np.ndarray, targets: np.ndarray, ks: Iterable[int],
+                  mrr_k: int) -> Tuple[Dict[str, float], np.ndarray]:
   """(our metrics of the lists {metric: fraction}, ranks int32 [N])."""
   ks = tuple(ks)
   ranks = ranks_in_lists(lists, targets, max(max(ks), mrr_k))
@@ -88,7 +89,8 @@ def split_metrics(lists: np.ndarray, targets: np.ndarray, ks: Iterable[int], mrr
 
 
 def write_run(result_dir: str, export: Dict[str, Any], targets: Dict[str, np.ndarray],
-              job: Dict[str, Any], run_dir: str, ks=(10, 20), mrr_k: int = 20,
+              job: Dict[str, Any], run_dir: str, ks: Tuple[int, ...] = (10, 20),
+              mrr_k: int = 20,
               process_seconds: Optional[float] = None,
               test_order: Optional[np.ndarray] = None) -> dict:
   """Turns `result_dir` (recbole_run.py's output) into the run folder `run_dir`.
