@@ -6,7 +6,10 @@ rate, dropout, width, Transformer layers; epochs by early stopping on
 validation Hits@20) plus the model's own (`OWN_KNOBS`). A trial trains with
 `alterrec_tf.train.train(..., rank_test=False)`: the test split is never ranked
 while tuning, and the objective is the best validation Hits@20 of the fused
-score. Trials are sampled by TPE with a fixed seed, so a study is repeatable;
+score. The first trial of every study is the command's own setting (each knob
+at the value of the search space nearest to the flags': the flagfile's model is
+always among the candidates, so tuning never ends below the untuned default on
+validation); the rest are sampled by TPE with a fixed seed, so a study is repeatable;
 a killed study resumes (its finished trials are kept, an interrupted trial is
 queued again with the same parameters and resumes its run folder's backup).
 """
@@ -79,6 +82,24 @@ def trial_config(base: "TrainConfig", model: str, params: Dict[str, Any], run_di
                       **changes)
 
 
+def starting_params(base: "TrainConfig", space: Dict[str, Sequence[Any]]) -> Dict[str, Any]:
+  """The command's own setting inside `space`: each knob at its nearest value.
+
+  Args:
+    base: the `TrainConfig` of the command (negatives are `k2 - k1`).
+    space: the knobs and their values (`search_space`).
+
+  Returns:
+    {knob: value}, each value one of `space[knob]`.
+  """
+  current = {"negatives": base.k2 - base.k1}
+  params = {}
+  for name, values in space.items():
+    value = current[name] if name in current else getattr(base, name)
+    params[name] = min(values, key=lambda v: (abs(float(v) - float(value)), float(v)))
+  return params
+
+
 def _storage(study_dir: str) -> str:
   os.makedirs(study_dir, exist_ok=True)
   return f"sqlite:///{os.path.abspath(os.path.join(study_dir, 'study.db'))}"
@@ -136,6 +157,8 @@ def tune_model(base: "TrainConfig", model: str, catalogue: int, study_dir: str,
     log(f"{model} trial {trial.number}: valid hits@20 {100 * value:.2f} with {params}")
     return value
 
+  if not study.trials:
+    study.enqueue_trial(starting_params(base, space))
   retried = _retry_interrupted(study)
   if retried:
     log(f"{model}: {retried} interrupted trial(s) queued again (their runs resume)")
