@@ -44,6 +44,10 @@ CELLS: Dict[str, tuple] = {
     "neg800_gate": (("alterrec",), ["--k2=806", "--hard_negative_gate=0.9"]),
     "neg800_guard": (("alterrec",), ["--k2=806", "--false_negative_cosine=0.8"]),
     "neg800_cooc": (("alterrec",), ["--k2=806", "--false_negative_cooccurrence=20"]),
+    # Online Retail, 50 negatives: the ID network falls in its first hard epoch; are the
+    # partner's negatives false ones (close in text, or bought together)?
+    "neg50_guard": (("alterrec",), ["--k2=56", "--false_negative_cosine=0.8"]),
+    "neg50_cooc": (("alterrec",), ["--k2=56", "--false_negative_cooccurrence=20"]),
     "single": (("id_only", "text_only"), []),
     "baselines": (("sasrec", "fdsa"), []),
 }
