@@ -15,7 +15,7 @@ ALTERREC_TOWERS: Dict[str, Tuple[str, ...]] = {
     "text_only": ("text",),
 }
 NEURAL_BASELINES = ("nfrec_sum", "nfrec_concat", "sasrec", "fdsa")
-FLOORS = ("most_popular", "transition", "sequential_rules", "session_knn")
+FLOORS = ("most_popular", "transition", "sequential_rules", "session_knn", "stan")
 BASELINES = NEURAL_BASELINES + FLOORS
 
 # Report order: floors, baselines, ablations, AlterRec.
@@ -26,8 +26,9 @@ NEEDS_TEXT = ("alterrec", "alterrec_aug", "alterrec_random", "text_only", "nfrec
 
 DISPLAY_NAMES = {
     "most_popular": "MostPopular", "transition": "Transitions (1st order)",
-    "sequential_rules": "SequentialRules (SR)", "session_knn": "V-SKNN", "sasrec": "SASRec",
-    "fdsa": "FDSA", "nfrec_sum": "NFRec (sum)", "nfrec_concat": "NFRec (concat)",
+    "sequential_rules": "SequentialRules (SR)", "session_knn": "V-SKNN", "stan": "STAN",
+    "sasrec": "SASRec", "fdsa": "FDSA", "nfrec_sum": "NFRec (sum)",
+    "nfrec_concat": "NFRec (concat)",
     "id_only": "AlterRec w/o text (ID only)", "text_only": "AlterRec w/o ID (text only)",
     "alterrec_random": "AlterRec_random", "alterrec": "AlterRec",
     "alterrec_aug": "AlterRec_aug",
