@@ -170,7 +170,7 @@ def test_sequential_rules_pruning_keeps_the_strongest_then_the_first_made():
 
 def test_sequential_rules_score_the_last_item_only(tmp_path):
   data_dir, manifest = handmade(tmp_path, valid=[[5, 6], [6, 5, 1]], test=[[5, 6], [1, 2, 3]])
-  model = build_floor(data_dir, manifest, "sequential_rules")  # steps 10, "div", pruning 20
+  model = build_floor(data_dir, manifest, "sequential_rules")  # the defaults: "div", no pruning
   assert model.rules.numpy()[5, 6] == 0.0 and model.rules.numpy()[6, 5] == 0.0
   counts = training_item_counts(schema.split_files(data_dir, manifest, "train"), 8)
   popularity = floors.TIE_BREAK * counts / counts.max()

@@ -325,3 +325,16 @@ def test_neighbourhood_floors_equal_a_plain_python_reference(dataset, name, para
     assert row[0] == NEG_INF
   print(f"{compared} of {len(prefixes)} prefixes compared")
   assert compared >= 0.5 * len(prefixes)
+
+
+@pytest.mark.parametrize("name", ["session_knn", "stan"])
+def test_scoring_in_chunks_of_prefixes_changes_nothing(dataset, name, monkeypatch):
+  data_dir, manifest = dataset
+  model = floor_registry.build_floor(name, schema.split_files(data_dir, manifest, "train"),
+                                     manifest["num_items"], neighbours=5)
+  batch = synthetic.first_batch(data_dir, manifest, "test", 10)
+  whole = model.score_heads(batch)[0]["fused"].numpy()
+  monkeypatch.setattr(neighbourhood, "MAX_VOTE_SLOTS", 3 * 5)  # 3 prefixes a chunk
+  chunked = tf.function(lambda b: model.score_heads(b)[0]["fused"])(batch).numpy()
+  assert len(whole) > 3 and len(whole) % 3 != 0
+  np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-9)

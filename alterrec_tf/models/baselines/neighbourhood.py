@@ -17,8 +17,9 @@ order (a later file position is more recent; `data_tools` writes each split sort
 time). Equal similarities: the more recent session first.
 
 The training sessions are held as inverted lists (item -> sessions, session -> items);
-evaluating P prefixes holds a few dense [P, N] tensors (N training sessions; about
-330 MB each at P = 6,400, N = 12,784) and one [P, V] int32 map of the prefix items.
+the prefixes are scored in chunks, each holding a few dense [P, N] tensors (N training
+sessions; at most 64 MB each), one [P, V] int32 map of the prefix items and the votes
+of P x k neighbours.
 """
 
 import dataclasses
@@ -33,6 +34,11 @@ from alterrec_tf.models.baselines.floors import CountFloor
 # session-rec's decay names (vsknn.py `weighting` / `weighting_score`, sr.py `weighting`).
 WEIGHTINGS = ("same", "div", "linear", "log", "quadratic")
 SECONDS_PER_DAY = 86400.0
+# Prefixes are scored in chunks of at most this many (prefix, training session) cells
+# (the dense [P, N] tensors, 64 MB each) and (prefix, neighbour) slots (the votes: a
+# slot holds its neighbour's items).
+MAX_PREFIX_CELLS = 2 ** 24
+MAX_VOTE_SLOTS = 2 ** 17
 
 
 def _log10(x):
@@ -289,7 +295,27 @@ class NeighbourhoodFloor(CountFloor):
                                     indices, places)
 
   def prefix_scores(self, item_ids, positions):
-    """The neighbours' votes, divided by the prefix's largest, + popularity: [P, V]."""
+    """The neighbours' votes, divided by the prefix's largest, + popularity: [P, V].
+
+    In chunks of prefixes (`chunk_scores`), so that memory is bounded by
+    `MAX_PREFIX_CELLS` and `MAX_VOTE_SLOTS` whatever the batch and k.
+    """
+    chunk = max(1, min(MAX_PREFIX_CELLS // max(self.num_sessions, 1),
+                       MAX_VOTE_SLOTS // self.neighbours))
+    total = tf.shape(positions)[0]
+    num_chunks = tf.maximum((total + chunk - 1) // chunk, 1)  # one, maybe empty
+
+    def body(i, parts):
+      return i + 1, parts.write(i, self.chunk_scores(item_ids,
+                                                     positions[i * chunk:(i + 1) * chunk]))
+
+    parts = tf.TensorArray(tf.float32, size=num_chunks, infer_shape=False,
+                           element_shape=tf.TensorShape([None, self.num_items]))
+    _, parts = tf.while_loop(lambda i, _: i < num_chunks, body, [tf.constant(0), parts])
+    return tf.reshape(parts.concat(), [total, self.num_items])
+
+  def chunk_scores(self, item_ids, positions):
+    """`prefix_scores` of some prefixes at once: [P, V]."""
     prefixes = self.prefixes(item_ids, positions)
     weights = tf.where(prefixes.latest,
                        self.position_weights(prefixes.places, prefixes.lengths), 0.0)
