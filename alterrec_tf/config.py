@@ -406,7 +406,8 @@ def check_against_dataset(config: TrainConfig, manifest: dict, text_embeddings=N
         f"({catalogue}) of {data_dir}")
   if not 0 <= config.k1 < config.k2:
     raise ConfigError(f"need 0 <= --k1 < --k2, got k1={config.k1} k2={config.k2}")
-  if config.model == "alterrec_aug" and not 0 < config.p <= config.k1:
+  augments = model_names.ALTERREC_VARIANTS[config.model].augmented_positives
+  if augments and not 0 < config.p <= config.k1:
     raise ConfigError(
-        f"alterrec_aug needs 0 < --p <= --k1 (augmented positives rank above the "
+        f"{config.model} needs 0 < --p <= --k1 (augmented positives rank above the "
         f"hard negatives), got p={config.p} k1={config.k1}")

@@ -58,7 +58,7 @@ WEIGHTS_FILE = pipeline.WEIGHTS_FILE
 def check_request(run_dir: str, export_dir: Optional[str], data_dir: Optional[str] = None,
                   k: int = 20, version: Optional[int] = None, new_items: Optional[str] = None,
                   verify_data: bool = True, text_signatures: Optional[bool] = None,
-                  text_encoder_dir: Optional[str] = None):
+                  text_encoder_dir: Optional[str] = None, serving_chunk_size: int = 0):
   """Everything `export` checks before TensorFlow is loaded (about a second).
 
   Returns:
@@ -72,6 +72,9 @@ def check_request(run_dir: str, export_dir: Optional[str], data_dir: Optional[st
   if version is not None and version < 0:
     raise ExportError(f"--version={version}: TF Serving versions are integers >= 1 "
                       "(0 = the next one)")
+  if serving_chunk_size < 0:
+    raise ExportError(f"--serving_chunk_size={serving_chunk_size} must be >= 0 (0: score "
+                      "the whole catalogue in one matmul)")
   if k < 1:  # before reading anything
     raise ExportError(f"--k={k} must be at least 1 (items per recommendation list)")
   config, manifest, data_dir = loading.check_run(run_dir, data_dir, verify_data,
@@ -94,7 +97,8 @@ def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
            new_items: Optional[str] = None, model_name: Optional[str] = None,
            warmup: bool = True, verify: bool = True, loaded_run=None,
            verify_data: bool = True, text_signatures: Optional[bool] = None,
-           text_encoder_dir: Optional[str] = None, cold_id_part: str = "imputed") -> dict:
+           text_encoder_dir: Optional[str] = None, cold_id_part: str = "imputed",
+           serving_chunk_size: int = serving_build.DEFAULT_SERVING_CHUNK_SIZE) -> dict:
   """Exports `run_dir` as version `version` (default: next) of `export_dir`:
   checks the request, loads the run (`training.loading`) and hands it to the
   export pipeline (`serving.pipeline.export_run`).
@@ -116,11 +120,13 @@ def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
   try:
     if loaded_run is None:  # every check before TensorFlow is loaded
       checked = check_request(run_dir, export_dir, data_dir, k, version, new_items,
-                              verify_data, text_signatures, text_encoder_dir)
+                              verify_data, text_signatures, text_encoder_dir,
+                              serving_chunk_size)
       loaded_run = loading.load_run(run_dir, checked=checked)
     info = pipeline.export_run(loaded_run, run_dir, export_dir, version, k,
                                exclude_session_items, new_items, model_name, warmup, verify,
-                               text_signatures, text_encoder_dir, cold_id_part)
+                               text_signatures, text_encoder_dir, cold_id_part,
+                               serving_chunk_size)
   except BaseException:
     if created and os.path.isdir(export_dir) and not os.listdir(export_dir):
       os.rmdir(export_dir)  # a refusal leaves no empty --export_dir behind
@@ -149,6 +155,11 @@ def define_flags():
                     "signatures): 'imputed' (the similarity-weighted ID rows of the 20 "
                     "trained items nearest in text: their fused score on the trained "
                     "items' scale), or 'zero' (text term only).")
+  flags.DEFINE_integer("serving_chunk_size", serving_build.DEFAULT_SERVING_CHUNK_SIZE,
+                       "Score a catalogue of more items in chunks of this many, merged "
+                       "into a running top k (a request's memory bounded by the chunk, not "
+                       "the catalogue; the same lists, ties by lower item index); 0: one "
+                       "[B, V] matmul at any size.")
   flags.DEFINE_string("model_name", None, "Model name in the warmup requests (default: "
                       "export_dir's base name, as TF Serving's --model_name).")
   flags.DEFINE_boolean("warmup", True, "Write assets.extra/tf_serving_warmup_requests.")
@@ -176,7 +187,8 @@ def main(argv):
                 values.model_name, values.warmup, values.verify, verify_data=verify_data,
                 text_signatures=values.text_signatures,
                 text_encoder_dir=values.text_encoder_dir,
-                cold_id_part=values.cold_id_part)
+                cold_id_part=values.cold_id_part,
+                serving_chunk_size=values.serving_chunk_size)
   print(pipeline.format_info(info))
 
 

@@ -20,7 +20,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
-from absl import app, flags
+from absl import app, flags, logging
 
 from alterrec_tf import cli, flagfiles
 from alterrec_tf.formats import identity, schema
@@ -306,6 +306,7 @@ define_flags()
 def main(argv: List[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.WARNING)  # (the sentence encoder's "Loading ..." info lines)
   try:
     options = options_from_flags()
     cli.load_tensorflow()  # without its start-up lines (TF_CPP_MIN_LOG_LEVEL=0 shows them)

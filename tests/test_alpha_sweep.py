@@ -9,6 +9,7 @@ import pytest
 from alterrec_tf import alpha_sweep
 from alterrec_tf.config import TrainConfig
 from alterrec_tf.data import windows as alter_data
+from alterrec_tf.models import registry
 from alterrec_tf.training import alpha as alter_alpha
 from alterrec_tf.training import loading
 from alterrec_tf.training.trainer import train
@@ -50,8 +51,8 @@ def test_sweep_ends_are_the_towers_and_the_trained_alpha_is_the_fused_score(fini
 
 def test_sweep_refuses_a_single_tower_model(finished_run):
   run_dir, _ = finished_run
-  model, config, manifest, data_dir = loading.load_run(run_dir)
-  model.tower_names = ("id",)
+  _, config, manifest, data_dir = loading.load_run(run_dir)
+  model = registry.build_model(config.replace(model="id_only"), manifest, None)
   split = alter_data.load_split(data_dir, manifest, "valid", config.max_len, 25)
   with pytest.raises(ValueError, match="both towers"):
     alter_alpha.sweep(model, split, ALPHAS)

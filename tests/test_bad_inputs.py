@@ -230,6 +230,14 @@ def test_export_k_outside_the_catalogue_is_refused(data, shared_dir, tmp_path, k
   assert not (tmp_path / "models").exists()
 
 
+def test_export_negative_serving_chunk_size_is_refused(tmp_path):
+  # refused before the run is read
+  out = command("export", f"--run_dir={tmp_path / 'no_run'}",
+                f"--export_dir={tmp_path / 'models'}", "--serving_chunk_size=-1")
+  error_line(out, "--serving_chunk_size=-1", ">= 0")
+  assert not (tmp_path / "models").exists()
+
+
 def test_recommend_k_below_one_is_refused(tmp_path):
   out = command("recommend", f"--export_dir={tmp_path}", "--items=SKU00001", "--k=-3")
   error_line(out, "--k=-3", "at least 1")

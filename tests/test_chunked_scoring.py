@@ -37,10 +37,11 @@ def _dataset(tmp_path):
   return data_dir, manifest, schema.load_text_embeddings(data_dir, manifest)
 
 
-def _model(name, manifest, text, chunk_size, seen_items="exclude", **changes):
+def _model(name, manifest, text, chunk_size, seen_items="exclude", prefixes_per_batch=None,
+           **changes):
   config = small_config(model=name, score_chunk_size=chunk_size, seen_items=seen_items,
                         **changes)
-  return registry.build_model(config, manifest, text)
+  return registry.build_model(config, manifest, text, prefixes_per_batch=prefixes_per_batch)
 
 
 @pytest.mark.parametrize("name, seen_items", [
@@ -97,15 +98,14 @@ def test_chunked_training_loss_reads_only_sampled_items_and_equals_the_whole(tmp
                                                                                 hard):
   data_dir, manifest, text = _dataset(tmp_path)
   batch = _training_batch(data_dir, manifest)
-  whole = _model("alterrec_aug", manifest, text, 0, dropout=0.0)
-  chunked = _model("alterrec_aug", manifest, text, 5, dropout=0.0)
+  whole = _model("alterrec_aug", manifest, text, 0, prefixes_per_batch=40.0, dropout=0.0)
+  chunked = _model("alterrec_aug", manifest, text, 5, prefixes_per_batch=40.0, dropout=0.0)
   chunked.set_weights(whole.get_weights())
   seed = tf.constant([0, 3], tf.int32)
   name = "id" if phase == ID_PHASE else "text"
   results = []
   for model in (whole, chunked):
     model.hard_negatives.assign(hard)
-    model.prefixes_per_batch = 40.0
     results.append(model.loss_and_gradients(name, batch, seed, training=False))
   (loss, gradients, negatives), (chunk_loss, chunk_gradients, chunk_negatives) = results
   if hard:  # the same set of partner ranks (their order is free)

@@ -138,10 +138,15 @@ def test_layout_size_and_export_info(plain_export):
                    for n in os.listdir(os.path.join(path, "variables")))
   assert data_bytes == info["variables_bytes"]
   matrix = plain_export["module"].item_matrix
-  assert tuple(matrix.shape) == (300, 64)  # [V, d_id + d_text]: the item table once
+  assert tuple(matrix.shape) == (300, 64)  # [V, d_id + d_text]
+  # scored against the same vectors transposed, one block below the chunk size
+  np.testing.assert_array_equal(plain_export["module"].item_blocks.numpy(),
+                                matrix.numpy().T[None])
   assert info["weights_bytes"] >= matrix.numpy().nbytes
   assert info["variables_bytes"] < 1.3 * info["weights_bytes"], info
   assert "ratio" in plain_export["stdout"]
+  assert info["serving_chunk_size"] == 65536 and not info["chunked_scoring"]
+  assert "scoring: one [B, V] matmul" in plain_export["stdout"]
 
 
 def test_oov_ids_are_ignored_and_counted(plain_export):

@@ -12,6 +12,7 @@ from alterrec_tf.data import windows as alter_data
 from alterrec_tf.formats import new_items, schema
 from alterrec_tf.models import alterrec as alter_model
 from alterrec_tf.models import cold_items
+from alterrec_tf.models.names import ALTERREC_VARIANTS
 from alterrec_tf.models.settings import ModelSettings
 from alterrec_tf.serving import build as serving_build
 from alterrec_tf.serving import check as export_check
@@ -26,7 +27,7 @@ def test_single_tower_models_export(export_run, towers, tmp_path):
   single_config = config.replace(model="id_only" if towers == ("id",) else "text_only")
   single = alter_model.AlterRec(ModelSettings.of(single_config), model.num_items,
                                 model.text_tower.item_encoder.text_table.numpy(),
-                                towers=towers)
+                                variant=ALTERREC_VARIANTS[single_config.model])
   single.build_all()
   single.tower(towers[0]).set_weights(model.tower(towers[0]).get_weights())
   info = export.export(export_run["run_dir"], str(tmp_path / "m"), k=K, warmup=False,

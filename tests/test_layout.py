@@ -215,10 +215,12 @@ def test_model_settings_are_a_subset_of_the_train_config():
 
 
 def test_models_refuse_the_whole_train_config():
+  from alterrec_tf.models import names as model_names
   from alterrec_tf.models.alterrec import AlterRec
   from alterrec_tf.models.baselines import sasrec
   with pytest.raises(TypeError, match="ModelSettings.of"):
-    AlterRec(TrainConfig(embedding_dim=8, max_len=4), 10, towers=("id",))
+    AlterRec(TrainConfig(embedding_dim=8, max_len=4), 10,
+             variant=model_names.ALTERREC_VARIANTS["id_only"])
   with pytest.raises(TypeError, match="ModelSettings.of"):
     sasrec.SASRec(TrainConfig(embedding_dim=8, max_len=4), 10)
 

@@ -10,6 +10,7 @@ from alterrec_tf.models import layers as alter_layers
 from alterrec_tf.models import negatives
 from alterrec_tf.models.alterrec import AlterRec
 from alterrec_tf.models.contract import ID_PHASE, TEXT_PHASE
+from alterrec_tf.models.names import ALTERREC_VARIANTS
 from alterrec_tf.models.settings import ModelSettings
 from alterrec_tf.training import schedule
 
@@ -77,7 +78,8 @@ def test_windows_give_every_target_once_with_its_last_max_len_items():
 
 
 def _built_model(**changes):
-  model = AlterRec(ModelSettings.of(small_config(**changes)), NUM_ITEMS, text_table())
+  settings = ModelSettings.of(small_config(**changes))
+  model = AlterRec(settings, NUM_ITEMS, text_table(), ALTERREC_VARIANTS[settings.model])
   model.build_all()
   return model
 

@@ -14,6 +14,7 @@ from alterrec_tf.config import TrainConfig
 from alterrec_tf.data import per_prefix
 from alterrec_tf.data import windows as alter_data
 from alterrec_tf.models.alterrec import AlterRec
+from alterrec_tf.models.names import ALTERREC_VARIANTS
 from alterrec_tf.models.settings import ModelSettings
 
 NUM_ITEMS = 40
@@ -35,7 +36,7 @@ def _model(encoder, model_name="alterrec"):
                        num_layers=2, num_heads=2, seed=1)
   table = np.random.default_rng(5).normal(size=(NUM_ITEMS, 12)).astype(np.float32)
   table[0] = 0.0
-  model = AlterRec(ModelSettings.of(config), NUM_ITEMS, table)
+  model = AlterRec(ModelSettings.of(config), NUM_ITEMS, table, ALTERREC_VARIANTS[model_name])
   model.build_all()
   return model
 

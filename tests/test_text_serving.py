@@ -24,7 +24,7 @@ from alterrec_tf.models import cold_items, registry
 from alterrec_tf.serving import build as serving_build
 from alterrec_tf.serving import check as export_check
 from alterrec_tf.serving import module as serving
-from alterrec_tf.serving import pipeline
+from alterrec_tf.serving import pipeline, warmup
 from alterrec_tf.text import convert, item_space
 from alterrec_tf.text import encoder as keras_text
 from data_tools import embed, embed_items, prepare
@@ -141,6 +141,25 @@ def test_export_info_states_the_text_signatures_and_their_size(text_export):
   lines = pipeline.format_info(text_export)
   assert "text signatures new_item_vectors, score_text_candidates" in lines
   assert "import tensorflow_text" in lines
+
+
+def test_warmup_requests_cover_the_text_signatures(run, text_export):
+  _, config, manifest, data_dir = run
+  rows = schema.read_vocab(data_dir)
+  popularity = np.arange(len(rows), dtype=np.float32)[::-1]
+  requests = warmup.warmup_requests(rows, popularity, config.max_len, 5, num_text_fields=1)
+  signatures = [signature for signature, _ in requests]
+  assert set(signatures) == set(serving.SIGNATURES) | set(serving.TEXT_SIGNATURES)
+  for signature, inputs in requests:  # each one a valid request of the export
+    out = text_export["module"].signatures[signature](
+        **{name: tf.constant(value) for name, value in inputs.items()})
+    assert out, signature
+  plain = warmup.warmup_requests(rows, popularity, config.max_len, 5)
+  assert [signature for signature, _ in plain] == signatures[:len(plain)]
+  # the candidates: the two most popular titles, and a row without text
+  fields = dict(requests)[serving.SIGNATURE_NEW_ITEM_VECTORS][serving.INPUT_FIELDS]
+  titled = [title for _, title in rows[1:] if title.strip()]
+  assert fields[:, 0].tolist() == [titled[0].encode(), titled[1].encode(), b""]
 
 
 def test_new_item_vectors_equal_item_text_vectors_in_python(run, text_export, encoder_dir):

@@ -59,8 +59,8 @@ class Setup:
     config = alter_config.resolve_seen_items(
         self.config.replace(model=name, distribution=placement.distribution), self.manifest)
     with placement.strategy.scope():
-      model = registry.build_model(config, self.manifest, self.text)
-    model.prefixes_per_batch = self.prefixes_per_batch
+      model = registry.build_model(config, self.manifest, self.text,
+                                   prefixes_per_batch=self.prefixes_per_batch)
     distribution.compile_model(placement, model)
     return model
 

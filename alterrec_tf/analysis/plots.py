@@ -17,7 +17,7 @@ from alterrec_tf.models import names as model_names
 def epoch_curve(model_runs, key):
   """Epochs and the mean over seeds of history[key] at each epoch (seeds that
   reached it)."""
-  values = {}
+  values: dict = {}
   for run in model_runs:
     for record in run.history:
       if key in record and record.get("epoch", 0) > 0:

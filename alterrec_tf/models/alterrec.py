@@ -10,11 +10,16 @@ With `settings.seen_items == "exclude"` every score the model computes (the
 trained tower's logits, the partner's ranking, evaluation heads) has the
 prefix's own items at -1e9 (`towers.mask_seen_items`): they are never hard
 negatives or augmented positives, add nothing as uniform negatives, and are
-never recommended. With `loss_weighting == "prefix"` the trainer sets
-`prefixes_per_batch` and every scored prefix weighs the same in every step.
+never recommended. Built with `prefixes_per_batch` (the trainer passes it
+with `loss_weighting == "prefix"`), every scored prefix weighs the same in
+every step.
+
+Which ablation it is comes from its `names.AlterRecVariant` (the towers, the
+partner's negatives, augmented positives), never from `settings.model`.
 """
 
 import functools
+from typing import Any, Optional
 
 import keras
 import tensorflow as tf
@@ -27,8 +32,7 @@ from alterrec_tf.models import scoring
 from alterrec_tf.models import settings as model_settings
 from alterrec_tf.models import towers as alter_towers
 from alterrec_tf.models.contract import ID_PHASE, TEXT_PHASE
-
-TOWER_NAMES = ("id", "text")
+from alterrec_tf.models.names import ALTERREC_VARIANTS, AlterRecVariant
 
 
 class AlterRec(keras.Model):
@@ -38,17 +42,27 @@ class AlterRec(keras.Model):
     settings: a `settings.ModelSettings` (`ModelSettings.of(train_config)`).
     num_items: catalogue size including the padding row 0.
     text_embeddings: float [num_items, text_dim] frozen SBERT table, or None.
-    towers: which uni-modal networks exist: ("id", "text"), ("id",) or ("text",).
+    variant: which ablation (`names.ALTERREC_VARIANTS`): its towers, whether
+      hard phases take the partner's ranks, whether they add augmented
+      positives; None: AlterRec itself (two towers, partner negatives).
+    prefixes_per_batch: the training split's mean scored prefixes per batch:
+      a batch's loss is its prefixes' summed loss divided by it
+      (`negatives.reduce_prefix_losses`); None: the mean over the batch.
   """
 
+  train_function: Any  # Keras' compiled step (Keras sets it; typed for mypy)
+
   def __init__(self, settings: model_settings.ModelSettings, num_items: int,
-               text_embeddings=None, towers=TOWER_NAMES, **kwargs):
+               text_embeddings=None, variant: Optional[AlterRecVariant] = None,
+               prefixes_per_batch: Optional[float] = None, **kwargs):
     super().__init__(**kwargs)
     if not isinstance(settings, model_settings.ModelSettings):
       raise TypeError(f"AlterRec takes a ModelSettings, not a {type(settings).__name__}: "
                       "narrow it with ModelSettings.of(...)")
     self.settings = settings
     self.num_items = num_items
+    self.variant = ALTERREC_VARIANTS["alterrec"] if variant is None else variant
+    towers = self.variant.towers
     self.tower_names = tuple(towers)
     self.id_tower = (alter_towers.build_tower("id", settings, num_items)
                      if "id" in towers else None)
@@ -79,7 +93,7 @@ class AlterRec(keras.Model):
     self._replicated = tf.distribute.has_strategy()  # built in a strategy's scope
     self.id_optimizer = keras.optimizers.Adam(settings.learning_rate, name="id_adam")
     self.text_optimizer = keras.optimizers.Adam(settings.learning_rate, name="text_adam")
-    self.prefixes_per_batch = None  # set by the trainer (loss_weighting="prefix")
+    self.prefixes_per_batch = prefixes_per_batch
     self.id_loss_tracker = keras.metrics.Mean(name="id_loss")
     self.text_loss_tracker = keras.metrics.Mean(name="text_loss")
 
@@ -186,14 +200,18 @@ class AlterRec(keras.Model):
 
     return tf.cond(self.hard_negatives > 0, hard_signal, random_signal)
 
-  def _augments(self):
-    return self.settings.model == "alterrec_aug"
+  def _augments(self) -> bool:
+    return self.variant.augmented_positives
 
-  def partner_of(self, name):
+  def partner_of(self, name: str) -> Optional[str]:
     """The tower whose ranking gives tower `name` its negatives, or None (random)."""
-    if len(self.tower_names) < 2 or self.settings.model == "alterrec_random":
+    if not self.variant.partner_negatives:
       return None
     return "text" if name == "id" else "id"
+
+  def set_alpha(self, alpha: float) -> None:
+    """Sets the ID score's weight in "fused" (Eq. 12): `settings.alpha`."""
+    self.settings = self.settings.replace(alpha=alpha)
 
   def augmentation_source_of(self, name):
     """The tower whose top-p are tower `name`'s augmented positives: the partner
@@ -331,7 +349,7 @@ class AlterRec(keras.Model):
     return {"loss": loss, "id_loss": self.id_loss_tracker.result(),
             "text_loss": self.text_loss_tracker.result()}
 
-  # --- scoring (the `scoring.FactorizedScorer` contract) ------------------------
+  # --- scoring (the `contract.FactorizedScorer` protocol) -----------------------
   def item_tables(self, training=False):
     """{tower: item matrix [V, d]}."""
     return {name: self.tower(name).item_matrix(training=training)

@@ -2,18 +2,56 @@
 
 Light on purpose (no TensorFlow import), so that flag definitions, the grid
 and the report can read it without building anything.
+
+AlterRec's ablations are typed settings (`AlterRecVariant`), not name strings:
+`models.registry` hands the variant of `--model` to `AlterRec`, which reads
+only the variant (never the model's name) to decide what it trains.
 """
 
+import dataclasses
 from typing import Dict, Optional, Tuple
 
-# AlterRec and its ablations: model name -> the towers it has.
-ALTERREC_TOWERS: Dict[str, Tuple[str, ...]] = {
-    "alterrec": ("id", "text"),
-    "alterrec_aug": ("id", "text"),
-    "alterrec_random": ("id", "text"),
-    "id_only": ("id",),
-    "text_only": ("text",),
+
+@dataclasses.dataclass(frozen=True)
+class AlterRecVariant:
+  """What one of AlterRec's ablations has and does.
+
+  Attributes:
+    towers: the uni-modal networks it has, ("id", "text"), ("id",) or ("text",).
+    partner_negatives: hard phases take each tower's negatives from its
+      partner's ranks k1..k2 (False: uniform negatives throughout, AlterRec_random
+      and the single-tower ablations).
+    augmented_positives: the top-p of the augmentation source are extra
+      positives in hard phases (AlterRec_aug, `ModelSettings.p` and `beta`).
+  """
+
+  towers: Tuple[str, ...]
+  partner_negatives: bool
+  augmented_positives: bool
+
+  def __post_init__(self):
+    if not self.towers or not set(self.towers) <= {"id", "text"}:
+      raise ValueError(f"an AlterRec variant has towers 'id' and/or 'text', not {self.towers}")
+    if self.partner_negatives and len(self.towers) < 2:
+      raise ValueError("partner negatives need both towers")
+    if self.augmented_positives and not self.partner_negatives:
+      raise ValueError("augmented positives come with the partner's ranking (partner negatives)")
+
+
+# AlterRec and its ablations: model name -> its variant.
+ALTERREC_VARIANTS: Dict[str, AlterRecVariant] = {
+    "alterrec": AlterRecVariant(("id", "text"), partner_negatives=True,
+                                augmented_positives=False),
+    "alterrec_aug": AlterRecVariant(("id", "text"), partner_negatives=True,
+                                    augmented_positives=True),
+    "alterrec_random": AlterRecVariant(("id", "text"), partner_negatives=False,
+                                       augmented_positives=False),
+    "id_only": AlterRecVariant(("id",), partner_negatives=False, augmented_positives=False),
+    "text_only": AlterRecVariant(("text",), partner_negatives=False, augmented_positives=False),
 }
+# model name -> the towers it has (what export, loading and the flag checks read).
+ALTERREC_TOWERS: Dict[str, Tuple[str, ...]] = {
+    name: variant.towers for name, variant in ALTERREC_VARIANTS.items()}
 NEURAL_BASELINES = ("nfrec_sum", "nfrec_concat", "sasrec", "fdsa")
 FLOORS = ("most_popular", "transition", "sequential_rules", "session_knn", "stan")
 BASELINES = NEURAL_BASELINES + FLOORS

@@ -1,23 +1,28 @@
 """Model registry: `--model` name -> a built model for the trainer.
 
 Every model it returns satisfies `contract.RankingModel` (AlterRec and its
-ablations also `contract.AlternatingModel`); the names are `models.names`.
+ablations also `contract.AlternatingModel`); the names are `models.names`, and
+an AlterRec ablation is built from its `names.AlterRecVariant`.
 """
 
 from alterrec_tf.models import alterrec as alter_model
 from alterrec_tf.models import baselines, contract
-from alterrec_tf.models.names import ALTERREC_TOWERS, BASELINES
+from alterrec_tf.models.names import ALTERREC_VARIANTS, BASELINES
 from alterrec_tf.models.settings import SEEN_ITEMS, ModelSettings
 
 
-def build_model(config, manifest, text_embeddings, train_files=None) -> contract.RankingModel:
+def build_model(config, manifest, text_embeddings, train_files=None,
+                prefixes_per_batch=None) -> contract.RankingModel:
   """Builds (creates all variables of) the model named by `config.model`.
 
   The model receives `ModelSettings.of(config)`, not the trainer's config;
   `config.seen_items` must be resolved already ("exclude" or "keep": resolved
   once where the config entered, see `models.settings`). `train_files` (the
   training TFRecords) are read only by the count-based floors
-  (models.names.FLOORS).
+  (models.names.FLOORS). `prefixes_per_batch` (the training split's mean
+  scored prefixes per batch; the trainer passes it with
+  `--loss_weighting=prefix`) makes a trained model's batch loss the sum over
+  its prefixes divided by it; None: the batch mean.
 
   Raises:
     ValueError: an unresolved --seen_items ("auto") or an unknown --model.
@@ -28,12 +33,14 @@ def build_model(config, manifest, text_embeddings, train_files=None) -> contract
                      "(alterrec_tf.config.resolve_seen_items)")
   settings = ModelSettings.of(config)
   num_items = manifest["num_items"]
-  if settings.model in ALTERREC_TOWERS:
+  if settings.model in ALTERREC_VARIANTS:
     model = alter_model.AlterRec(settings, num_items, text_embeddings,
-                                 towers=ALTERREC_TOWERS[settings.model])
+                                 variant=ALTERREC_VARIANTS[settings.model],
+                                 prefixes_per_batch=prefixes_per_batch)
     model.build_all()
   elif settings.model in BASELINES:
-    model = baselines.build_baseline(settings, num_items, text_embeddings, train_files)
+    model = baselines.build_baseline(settings, num_items, text_embeddings, train_files,
+                                     prefixes_per_batch)
   else:
     raise ValueError(f"--model={config.model} is not available yet")
   if not isinstance(model, contract.RankingModel):

@@ -108,7 +108,9 @@ def top_k_over_chunks(chunk_scores: Callable[[tf.Tensor, tf.Tensor], Heads],
     chunk_scores: (offset, size) -> {head: float [P, size]} scores of items
       offset..offset + size - 1.
     num_items: V, the catalogue size including padding.
-    k: list length (at most num_items; chunks may be shorter than k).
+    k: list length (at most num_items; chunks may be shorter than k): a
+      Python int, or an int32 scalar tensor (the lists' length is then not
+      static).
     chunk_size: items per chunk (at least 1).
 
   Returns:
@@ -116,7 +118,9 @@ def top_k_over_chunks(chunk_scores: Callable[[tf.Tensor, tf.Tensor], Heads],
   """
   num_chunks = -(-num_items // chunk_size)
   first_size = min(chunk_size, num_items)
-  state = {name: _top_k_with_ids(scores, min(k, first_size), 0)
+  static_k = isinstance(k, int)
+  state = {name: _top_k_with_ids(scores, min(k, first_size) if static_k
+                                 else tf.minimum(k, first_size), 0)
            for name, scores in chunk_scores(0, first_size).items()}
   if num_chunks == 1:
     return state
@@ -137,8 +141,8 @@ def top_k_over_chunks(chunk_scores: Callable[[tf.Tensor, tf.Tensor], Heads],
   _, state = tf.while_loop(lambda chunk, _: chunk < num_chunks, body, (tf.constant(1), state),
                            shape_invariants=(tf.TensorShape([]), invariants))
   for values, ids in state.values():  # the loop forgets the list length
-    values.set_shape([None, min(k, num_items)])
-    ids.set_shape([None, min(k, num_items)])
+    values.set_shape([None, min(k, num_items) if static_k else None])
+    ids.set_shape([None, min(k, num_items) if static_k else None])
   return state
 
 

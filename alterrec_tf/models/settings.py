@@ -30,7 +30,8 @@ class ModelSettings:
   """Architecture, optimiser and negative-sampling settings of one model.
 
   Attributes:
-    model: the `--model` name (picks ablation behaviour inside AlterRec).
+    model: the `--model` name (baselines are built by it; AlterRec's ablation
+      behaviour is its `names.AlterRecVariant`, not this name).
     seed: seed of initial weights, negatives and dropout.
     max_len: items of context per prefix (window length L).
     embedding_dim: d, the size of item and session vectors.

@@ -27,6 +27,10 @@ TEXT_TABLE_ITEMS = 32  # dataset items re-embedded to check the sentence encoder
 TEXT_TABLE_TOLERANCE = 1e-3  # median max |difference| allowed on those rows
 # the files of an encoder folder (= alterrec_tf.text.encoder's, without importing TF)
 ENCODER_FILES = ("text_encoder.json", "vocab.txt", "text_encoder.npz")
+# Catalogues of more items are served chunk by chunk (--serving_chunk_size): a
+# [B, V] score matrix would cost 256 MB per 256 sessions at 262k items; below
+# it the one [B, V] matmul is kept (3.4k and 40k items: one matmul).
+DEFAULT_SERVING_CHUNK_SIZE = 65536
 
 
 class ExportError(ValueError):
@@ -234,13 +238,15 @@ def serving_parts(model, config, num_items: int, new_rows: Optional[np.ndarray] 
 
 def build_module(model, config, manifest, data_dir: str, scratch_dir: str, k: int,
                  exclude_session_items: bool, new_items_path: Optional[str] = None,
-                 text_layer=None, cold_id_part: str = "imputed"):
+                 text_layer=None, cold_id_part: str = "imputed", chunk_size: int = 0):
   """(`ServingModule` of a loaded run, vocabulary rows it serves, new text rows or
   None, the `ColdIdImputer` of cold items' ID part or None).
 
   `text_layer`: the `ItemTextVectors` of the text signatures (`build_text_layer`).
   `cold_id_part`: "imputed" (an ID+text model's new items get the ID rows of
-  the trained items nearest in text, `models.cold_items`) or "zero"."""
+  the trained items nearest in text, `models.cold_items`) or "zero".
+  `chunk_size`: score catalogues of more items in chunks of this many (0: one
+  matmul; `serving.module.ServingModule`)."""
   from alterrec_tf.data import windows as alter_data
   from alterrec_tf.serving import module as serving
   num_items = manifest["num_items"]
@@ -269,5 +275,5 @@ def build_module(model, config, manifest, data_dir: str, scratch_dir: str, k: in
   module = serving.ServingModule(
       matrix, parts, popularity, vocab_path, config.max_len, k, exclude_session_items,
       text_layer, len(manifest.get("text_fields") or []) if text_layer is not None else 0,
-      cold_id_imputer)
+      cold_id_imputer, chunk_size=chunk_size)
   return module, rows, new_rows, cold_id_imputer

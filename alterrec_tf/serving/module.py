@@ -1,13 +1,18 @@
 """The TF Serving module: fused top-K recommendation as one matmul and one top_k.
 
 `ServingModule` is a plain `tf.Module` (not a Keras model) that holds only what
-serving needs:
+serving needs, defines the signatures and maps requests to dense indices and
+back to raw ids; its two sides are `serving.query` (sessions -> fused query)
+and `serving.topk` (fused query -> the top k of the catalogue). It holds:
 
   item_matrix   float [V, D]: the item vectors of every tower side by side,
                 D = sum of the towers' d (ID columns first); cold-start rows
                 (items added at export) have in the ID columns the ID row
                 imputed from their text (`models.cold_items`: the ID rows of
-                the trained items nearest in text), or zeros
+                the trained items nearest in text), or zeros. Kept only
+                without chunks (the session encoders gather its rows).
+  item_blocks   float [ceil(V / C), D, C]: the same vectors transposed, in
+                blocks of C items (C = V without chunks): what scoring reads
   popularity    float [V]: training counts, the ranking of an empty session
   the session encoders of the towers (the trained Keras layers themselves)
   two lookup tables read from the vocabulary asset (raw id <-> dense index)
@@ -15,12 +20,11 @@ serving needs:
 A request is scored as
 
   q = concat(alpha * u_id, (1 - alpha) / text_temperature * u_text)   [B, D]
-  scores = q @ item_matrix^T                                         [B, V]
+  scores = q @ item_matrix^T = q @ item_blocks[b] per block           [B, V]
 
-which equals alpha * ID + (1 - alpha) * text of the trained model (Eq. 12).
-The weights alpha and 1/temperature multiply the session vector (B x D numbers
-per request) instead of the matrix, so the item vectors the session encoders
-read are the trained ones, unscaled, and the matrix is stored once.
+which equals alpha * ID + (1 - alpha) * text of the trained model (Eq. 12)
+(the query: `serving.query.SessionQuery`; the scores and the top k, chunked
+or not: `serving.topk.CatalogueScorer`).
 
 Request layout: a session is a row of dense item indices (or raw ids) where 0
 (or "") is padding. The graph compacts every row (non-padding items move left,
@@ -48,12 +52,13 @@ score the items would get if exported with --new_items. The sentence encoder
 (an `alterrec_tf.text` Keras BERT with a tensorflow-text tokenizer) is then part
 of the SavedModel: a process that loads it must `import tensorflow_text` first.
 
-Cost: the transformer session encoder dominates (the fused scoring is one
-[B, D] x [D, V] matmul and one top_k). It runs per bucket of session lengths
-(<= 8, 9..16, 17..32, ..., max_len), each bucket padded to its own longest
-session, so a batch of mostly short sessions is not padded to max_len. A
-causal encoder's output at a session's last item does not depend on padding
-after it, so this equals the full-window model up to float rounding.
+Ranking: the top k by score, equal scores by lower item index, also when the
+catalogue is scored in chunks (`chunk_size`, export: --serving_chunk_size; see
+`serving.topk`). Cost: the session encoders dominate a small catalogue; see
+`serving.query` for how they run (one pass or length buckets, shared windows,
+stacked encoders) and why the variables are only ever read whole.
+Only standard TensorFlow ops (While, MatMul, TopKV2, If, ...).
+benchmarks/serving_profile.py times each piece (the SCOPE_* name scopes).
 """
 
 from typing import Dict, Sequence
@@ -63,9 +68,11 @@ import tensorflow as tf
 
 from alterrec_tf.formats import schema
 from alterrec_tf.models import cold_items, scoring
+from alterrec_tf.serving import query as serving_query
+from alterrec_tf.serving import topk as serving_topk
 
-NEG_INF = -1e9  # score of excluded items (as towers.NEG_INF)
-PADDING_SCORE = 2 * NEG_INF  # the padding column: below every item
+NEG_INF = serving_topk.NEG_INF  # score of excluded items (as towers.NEG_INF)
+PADDING_SCORE = serving_topk.PADDING_SCORE  # the padding column: below every item
 
 SIGNATURE_DEFAULT = "serving_default"
 SIGNATURE_TOP_K = "top_k"
@@ -98,26 +105,22 @@ _INT_IDS = tf.TensorSpec([None, None], tf.int64, name=INPUT_ITEM_IDS)
 _RAW_IDS = tf.TensorSpec([None, None], tf.string, name=INPUT_RAW_ITEM_IDS)
 _K = tf.TensorSpec([], tf.int32, name=INPUT_K)
 
+FAST_PATH_BATCH = serving_query.FAST_PATH_BATCH  # default fast_path_batch
+
+# name scopes of the serving graph's pieces (benchmarks/serving_profile.py adds
+# up the time of each; the session encoders are the Keras layers' own scopes)
+SCOPE_IDS_IN = "ids_in"
+SCOPE_COMPACT = serving_query.SCOPE_COMPACT
+SCOPE_BUCKETS = serving_query.SCOPE_BUCKETS
+SCOPE_WINDOWS = serving_query.SCOPE_WINDOWS
+SCOPE_SCORES = serving_topk.SCOPE_SCORES
+SCOPE_SEEN = serving_topk.SCOPE_SEEN
+SCOPE_TOP_K = serving_topk.SCOPE_TOP_K
+SCOPE_IDS_OUT = "ids_out"
+
 
 tower_scales = scoring.fused_query_scales  # one definition for training and serving
-
-
-class TowerPart:
-  """How one tower enters the serving graph.
-
-  Attributes:
-    name: "id" or "text".
-    session_encoder: the trained Keras session encoder ([B, L, d], mask) -> [B, L, d].
-    dim: d.
-    scale: weight of its session vector in the fused query (alpha, or
-      (1 - alpha) / text_temperature, or 1 / temperature for a single tower).
-    known_items: items with index >= this are skipped by this tower's session
-      encoder (the ID tower: the trained catalogue size; text: all items).
-  """
-
-  def __init__(self, name: str, session_encoder, dim: int, scale: float, known_items: int):
-    self.name, self.session_encoder, self.dim = name, session_encoder, int(dim)
-    self.scale, self.known_items = float(scale), int(known_items)
+TowerPart = serving_query.TowerPart  # how one tower enters the serving graph
 
 
 class ServingModule(tf.Module):
@@ -140,12 +143,19 @@ class ServingModule(tf.Module):
     cold_id_imputer: optional `models.cold_items.ColdIdImputer`: the text
       signatures' rows get ID columns imputed from the trained items' rows of
       item_matrix (else zeros), as the export's --new_items rows.
+    chunk_size: score a catalogue of more items chunk by chunk into a running
+      top k (0: one [B, V] matmul at any size).
+    fast_path_batch: requests of at most this many sessions run the session
+      encoders in one pass (no length buckets).
+    stack_encoders: run the towers' Transformer session encoders of one shape
+      as one `encoders.StackedTransformer` (else each tower's Keras layer).
   """
 
   def __init__(self, item_matrix, towers: Sequence[TowerPart], popularity, vocab_path: str,
                max_len: int, k: int, exclude_session_items: bool,
                text_item_vectors=None, num_text_fields: int = 0,
-               cold_id_imputer=None):
+               cold_id_imputer=None, chunk_size: int = 0,
+               fast_path_batch: int = FAST_PATH_BATCH, stack_encoders: bool = True):
     super().__init__(name="alterrec_serving")
     num_items, width = item_matrix.shape
     if sum(t.dim for t in towers) != width:
@@ -161,14 +171,38 @@ class ServingModule(tf.Module):
     self.max_len = int(max_len)
     self.k = int(k)
     self.exclude_session_items = bool(exclude_session_items)
+    if chunk_size < 0:
+      raise ValueError(f"chunk_size={chunk_size} must be >= 0 (0: one matmul)")
+    self.chunk_size = int(chunk_size)
+    self.fast_path_batch = int(fast_path_batch)
+    # (lists, tuples and dicts are tracked children of a tf.Module: names kept)
     self._parts = tuple(towers)
-    # session lengths <= 8, <= 16, <= 32, ... are encoded as separate batches
-    self.length_buckets = tuple(b for b in (8, 16, 32, 64, 128, 256) if b < max_len)
+    self._columns = serving_query.tower_columns(self._parts)
+    self._tower_groups = serving_query.tower_groups(self._parts, self.num_items)
+    self.length_buckets = serving_query.length_buckets(self.max_len)
     # Tracked children: only the session encoders (not the towers, whose item
-    # encoders hold the ID table and the SBERT table that serving never reads).
-    self.session_encoders = [t.session_encoder for t in towers]
-    self.item_matrix = tf.Variable(item_matrix, dtype=tf.float32, trainable=False,
-                                   name="item_matrix")
+    # encoders hold the ID table and the SBERT table that serving never reads):
+    # each group's towers stacked where they can be, else their Keras layers.
+    self.stacked_encoders, self._stacked = serving_query.stack_groups(
+        self._parts, self._tower_groups, stack_encoders)
+    self.session_encoders = [self._parts[index].session_encoder
+                             for _, members in self._tower_groups if members not in self._stacked
+                             for index in members]
+    # Scoring reads the matrix transposed, in blocks of `chunk_size` items
+    # [chunks, D, C] (one block [1, D, V] without chunks): q @ block is a plain
+    # matmul, 1.5-3x faster on CPU than q @ rows^T (transpose_b) for 1 to 256
+    # sessions at 40k items. The session encoders gather rows: without chunks
+    # from the matrix [V, D] kept beside it (at most chunk_size x D floats
+    # more); with chunks from the blocks (strided, a small cost beside
+    # scoring millions of items), so a big catalogue is held once.
+    self.block_size = self.chunk_size if 0 < self.chunk_size < self.num_items \
+        else self.num_items
+    self.num_chunks = -(-self.num_items // self.block_size)
+    item_matrix = np.asarray(item_matrix, np.float32)
+    if self.num_chunks == 1:
+      self.item_matrix = tf.Variable(item_matrix, trainable=False, name="item_matrix")
+    self.item_blocks = tf.Variable(serving_topk.blocks(item_matrix, self.block_size),
+                                   trainable=False, name="item_blocks")
     self.popularity = tf.Variable(popularity, dtype=tf.float32, trainable=False,
                                   name="popularity")
     self.vocab_asset = tf.saved_model.Asset(vocab_path)
@@ -178,6 +212,14 @@ class ServingModule(tf.Module):
     self.index_to_raw = tf.lookup.StaticHashTable(
         tf.lookup.TextFileInitializer(self.vocab_asset, tf.int64, 0, tf.string, 1,
                                       delimiter="\t"), default_value="")
+    # the graph's two sides (plain objects: what they read is tracked above)
+    self._query = serving_query.SessionQuery(
+        self._parts, self._columns, self._tower_groups, self.length_buckets,
+        self.stacked_encoders, self._stacked, self._rows, self.num_items, self.max_len,
+        self.fast_path_batch)
+    self._scorer = serving_topk.CatalogueScorer(self.item_blocks, self.popularity,
+                                                self.num_items, self.block_size,
+                                                self.exclude_session_items)
     # Tracked only with text signatures: the sentence encoder (~90 MB for
     # all-MiniLM-L6-v2) and the text tower's projection + LayerNorm.
     self.num_text_fields = int(num_text_fields)
@@ -293,7 +335,7 @@ class ServingModule(tf.Module):
       if part.name == "text":
         return text
       if part.name == "id" and hasattr(self, "cold_trained_items"):
-        trained = tf.gather(self.item_matrix, self.cold_trained_items)
+        trained = self._rows(self.cold_trained_items)
         return cold_items.impute_id_rows(text, trained[:, columns["text"]],
                                          trained[:, columns["id"]], *self._cold_neighbours)
       return tf.zeros([count, part.dim], text.dtype)
@@ -304,99 +346,53 @@ class ServingModule(tf.Module):
   # --- graph ----------------------------------------------------------------------
   def _from_indices(self, item_ids):
     """int64 [B, L] -> (valid dense indices int32 [B, L], ignored counts [B])."""
-    item_ids = tf.convert_to_tensor(item_ids, tf.int64)
-    known = (item_ids >= 0) & (item_ids < self.num_items)
-    ignored = tf.reduce_sum(
-        tf.cast(~known & (item_ids != schema.PADDING_INDEX), tf.int32), axis=1)
-    return tf.cast(tf.where(known, item_ids, schema.PADDING_INDEX), tf.int32), ignored
+    with tf.name_scope(SCOPE_IDS_IN):
+      item_ids = tf.convert_to_tensor(item_ids, tf.int64)
+      known = (item_ids >= 0) & (item_ids < self.num_items)
+      ignored = tf.reduce_sum(
+          tf.cast(~known & (item_ids != schema.PADDING_INDEX), tf.int32), axis=1)
+      return tf.cast(tf.where(known, item_ids, schema.PADDING_INDEX), tf.int32), ignored
 
   def _from_raw(self, raw_item_ids):
     """string [B, L] -> (valid dense indices int32 [B, L], ignored counts [B])."""
-    index = self.raw_to_index.lookup(raw_item_ids)
-    # "[PAD]" names row 0 of the vocabulary, the padding index: not an item
-    known = index > schema.PADDING_INDEX
-    ignored = tf.reduce_sum(tf.cast(~known & (raw_item_ids != ""), tf.int32), axis=1)
-    dense = tf.where(known, index, tf.constant(schema.PADDING_INDEX, tf.int64))
-    return tf.cast(dense, tf.int32), ignored
+    with tf.name_scope(SCOPE_IDS_IN):
+      index = self.raw_to_index.lookup(raw_item_ids)
+      # "[PAD]" names row 0 of the vocabulary, the padding index: not an item
+      known = index > schema.PADDING_INDEX
+      ignored = tf.reduce_sum(tf.cast(~known & (raw_item_ids != ""), tf.int32), axis=1)
+      dense = tf.where(known, index, tf.constant(schema.PADDING_INDEX, tf.int64))
+      return tf.cast(dense, tf.int32), ignored
+
+  def _rows(self, indices):
+    """Item matrix rows float [..., D] of item indices int [...], read from the
+    variables whole (`serving.query.item_rows`)."""
+    return serving_query.item_rows(self.item_matrix if self.num_chunks == 1 else None,
+                                   self.item_blocks, self.block_size, indices)
 
   def session_query(self, session):
-    """Fused query vectors [B, D] of compacted sessions (ragged int32 [B, None])."""
-    parts = []
-    start = 0
-    for part, encoder in zip(self._parts, self.session_encoders):
-      tower_items = session
-      if part.known_items < self.num_items:
-        tower_items = tf.ragged.boolean_mask(session, session < part.known_items)
-      tower_items = tower_items[:, -self.max_len:]
-      columns = (start, start + part.dim)
-      if encoder.weights and self.length_buckets:
-        last = self._bucketed_last_vectors(encoder, tower_items, columns)
-      else:
-        last = self._last_vectors(encoder, tower_items, columns)
-      parts.append(last * part.scale)
-      start += part.dim
-    return parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
-
-  def _last_vectors(self, encoder, items, columns):
-    """Session vectors [n, d] at the last item of ragged sessions [n, None]."""
-    lengths = tf.cast(items.row_lengths(), tf.int32)
-    # Right-padded to the longest session given, not to max_len: a causal
-    # encoder's output at the last real item does not depend on the padding
-    # after it, and short sessions cost proportionally less.
-    window = items.to_tensor(default_value=schema.PADDING_INDEX)
-    window = tf.pad(window, [[0, 0], [0, tf.maximum(1 - tf.shape(window)[1], 0)]])
-    vectors = tf.gather(self.item_matrix, window)[:, :, columns[0]:columns[1]]
-    prefixes = encoder(vectors, tf.not_equal(window, schema.PADDING_INDEX), training=False)
-    last = tf.gather(prefixes, tf.maximum(lengths - 1, 0), batch_dims=1)
-    return tf.where((lengths > 0)[:, None], last, tf.zeros_like(last))
-
-  def _bucketed_last_vectors(self, encoder, items, columns):
-    """As `_last_vectors`, run per session-length bucket, so that a batch of
-    mostly short sessions is not padded to its longest one."""
-    lengths = tf.cast(items.row_lengths(), tf.int32)
-    bucket = tf.searchsorted(tf.constant(self.length_buckets, tf.int32), lengths, side="left")
-    rows = tf.range(tf.shape(lengths)[0])
-    parts = tf.dynamic_partition(rows, bucket, len(self.length_buckets) + 1)
-    outputs = []
-    for index in parts:
-      subset = tf.gather(items, index)
-      outputs.append(tf.cond(
-          tf.size(index) > 0,
-          lambda subset=subset: self._last_vectors(encoder, subset, columns),
-          lambda index=index: tf.zeros([tf.size(index), columns[1] - columns[0]])))
-    return tf.dynamic_stitch(parts, outputs)
+    """Fused query vectors [B, D] of compacted sessions (ragged int32 [B, None]):
+    `serving.query.SessionQuery`."""
+    return self._query(session)
 
   def _dense_query(self, dense):
     """dense int32 [B, L] valid indices (0 = padding, any layout) -> fused query [B, D]."""
-    return self.session_query(
-        tf.ragged.boolean_mask(dense, tf.not_equal(dense, schema.PADDING_INDEX)))
+    return self.session_query(serving_query.compact(dense))
 
   def _recommend(self, dense, ignored, k, query=None):
     """dense int32 [B, L] valid indices (0 = padding, any layout) -> outputs.
 
     `query`: the (shared) function dense -> fused query [B, D]; default
-    `_dense_query`."""
-    session = tf.ragged.boolean_mask(dense, tf.not_equal(dense, schema.PADDING_INDEX))
-    scores = tf.matmul((query or self._dense_query)(dense), self.item_matrix,
-                       transpose_b=True)
-    empty = tf.equal(session.row_lengths(), 0)
-    scores = tf.where(empty[:, None], self.popularity[None, :], scores)
-    if self.exclude_session_items:
-      rows = tf.cast(session.value_rowids(), tf.int32)
-      seen = tf.stack([rows, session.flat_values], axis=1)
-      scores = tf.tensor_scatter_nd_update(
-          scores, seen, tf.fill([tf.shape(seen)[0]], tf.constant(NEG_INF, tf.float32)))
-    # Padding ranks below everything, excluded items included, so that it is
-    # never returned (k <= V - 1).
-    is_padding = tf.equal(tf.range(self.num_items), schema.PADDING_INDEX)[None, :]
-    scores = tf.where(is_padding, tf.constant(PADDING_SCORE, tf.float32), scores)
-    k = tf.clip_by_value(tf.cast(k, tf.int32), 0, self.num_items - 1)
-    top = tf.math.top_k(scores, k=k, sorted=True)
-    indices = tf.cast(top.indices, tf.int64)
+    `_dense_query`. The top k: `serving.topk.CatalogueScorer` (one [B, V]
+    matmul, or chunk by chunk into a running top k: the same lists)."""
+    queries = (query or self._dense_query)(dense)
+    empty = tf.reduce_all(tf.equal(dense, schema.PADDING_INDEX), axis=1)
+    values, indices = self._scorer.top_k(queries, dense, empty, k)
+    with tf.name_scope(SCOPE_IDS_OUT):
+      raw_ids = self.index_to_raw.lookup(indices)
     return {
-        OUTPUT_ITEM_IDS: self.index_to_raw.lookup(indices),
+        OUTPUT_ITEM_IDS: raw_ids,
         OUTPUT_INDICES: indices,
-        OUTPUT_SCORES: top.values,
+        OUTPUT_SCORES: values,
         OUTPUT_IGNORED: ignored,
         OUTPUT_FALLBACK: empty,
     }

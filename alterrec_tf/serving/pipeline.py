@@ -42,7 +42,8 @@ def export_run(loaded_run, run_dir: str, export_dir: str, version: Optional[int]
                new_items: Optional[str] = None, model_name: Optional[str] = None,
                warmup: bool = True, verify: bool = True,
                text_signatures: Optional[bool] = None, text_encoder_dir: Optional[str] = None,
-               cold_id_part: str = "imputed") -> dict:
+               cold_id_part: str = "imputed",
+               serving_chunk_size: int = serving_build.DEFAULT_SERVING_CHUNK_SIZE) -> dict:
   """Exports a loaded run as version `version` (default: next) of `export_dir`.
 
   Args:
@@ -58,6 +59,9 @@ def export_run(loaded_run, run_dir: str, export_dir: str, version: Optional[int]
     cold_id_part: the ID columns of items added after training (--new_items and
       the text signatures): "imputed" (the ID rows of the trained items nearest
       in text, `models.cold_items`) or "zero".
+    serving_chunk_size: a catalogue of more items is scored in chunks of this
+      many items into a running top k (memory bounded by the chunk, not the
+      catalogue); 0: always one [B, V] matmul.
 
   Returns:
     The export info (also written to assets.extra/alterrec_export.json), with
@@ -80,7 +84,7 @@ def export_run(loaded_run, run_dir: str, export_dir: str, version: Optional[int]
           model, manifest, schema.read_vocab(data_dir), text_signatures, text_encoder_dir)
       module, rows, new_rows, cold_id_imputer = serving_build.build_module(
           model, config, manifest, data_dir, scratch, k,
-          exclude_session_items, new_items, text_layer, cold_id_part)
+          exclude_session_items, new_items, text_layer, cold_id_part, serving_chunk_size)
       num_warmup = save_module(module, target, model_name, rows, config.max_len, k, warmup)
       checked = None
       if verify:
@@ -141,7 +145,9 @@ def save_module(module, target: str, model_name: str, rows, max_len: int, k: int
     return 0
   return serving_warmup.write_warmup(
       os.path.join(target, publish.ASSETS_EXTRA, WARMUP_FILE), model_name,
-      serving_warmup.warmup_requests(rows, module.popularity.numpy(), max_len, k))
+      serving_warmup.warmup_requests(
+          rows, module.popularity.numpy(), max_len, k,
+          module.num_text_fields if module.has_text_signatures else 0))
 
 
 def export_info(run_dir: str, data_dir: str, model, config, manifest: dict, module, rows,
@@ -157,6 +163,8 @@ def export_info(run_dir: str, data_dir: str, model, config, manifest: dict, modu
       "max_len": config.max_len, "k": k, "exclude_session_items": exclude_session_items,
       "num_items": len(rows), "num_trained_items": manifest["num_items"],
       "num_new_items": len(rows) - manifest["num_items"], "new_items": new_items or "",
+      "serving_chunk_size": module.chunk_size,
+      "chunked_scoring": 0 < module.chunk_size < module.num_items,
       "signatures": list(module.signature_names),
       "text_signatures": text_layer is not None,
       "cold_id_part": ("imputed" if cold_id_imputer is not None else
@@ -176,6 +184,8 @@ def format_info(info: dict) -> str:
       f"  items: {info['num_items']} ({info['num_new_items']} cold-start), k={info['k']}, "
       f"exclude_session_items={info['exclude_session_items']}"
       + (f", cold items' ID part: {info['cold_id_part']}" if info.get("cold_id_part") else ""),
+      "  scoring: " + (f"in chunks of {info['serving_chunk_size']} items (running top k)"
+                       if info.get("chunked_scoring") else "one [B, V] matmul"),
       f"  variables/: {info['variables_bytes'] / 1e6:.2f} MB; exported weights "
       f"(sum of nbytes): {info['weights_bytes'] / 1e6:.2f} MB; ratio {ratio:.3f}",
       f"  saved_model.pb: {info['saved_model_pb_bytes'] / 1e6:.2f} MB; whole version "

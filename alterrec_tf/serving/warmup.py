@@ -75,8 +75,16 @@ def predict_log_bytes(model_name: str, signature_name: str, inputs: Dict[str, np
   return log.SerializeToString(deterministic=True)
 
 
-def warmup_requests(rows, popularity: np.ndarray, max_len: int, k: int):
-  """(signature, inputs) of the warmup requests: popular items as sessions."""
+def warmup_requests(rows, popularity: np.ndarray, max_len: int, k: int,
+                    num_text_fields: int = 0):
+  """(signature, inputs) of the warmup requests: popular items as sessions.
+
+  With `num_text_fields` (an export with text signatures), also one request of
+  each text signature: the titles of the two most popular titled items and a
+  row without text as candidates, so that TF Serving's replay at load time
+  pays the text graph's first-call cost (function instantiation, the
+  tokenizer's tables) instead of the first user.
+  """
   order = [int(i) for i in np.argsort(-popularity[1:], kind="stable") + 1][:max_len]
   short = np.zeros([1, max_len], np.int64)
   short[0, :min(3, len(order))] = order[:3]
@@ -85,13 +93,24 @@ def warmup_requests(rows, popularity: np.ndarray, max_len: int, k: int):
   full[1, :min(5, len(order))] = order[:5][::-1]
   raw = np.array([[rows[i][0].encode("utf-8") for i in order[:3]]], dtype=object)
   top_k = np.int32(min(k, 5))
-  return [
+  requests = [
       (serving.SIGNATURE_DEFAULT, {serving.INPUT_ITEM_IDS: short}),
       (serving.SIGNATURE_DEFAULT, {serving.INPUT_ITEM_IDS: full}),
       (serving.SIGNATURE_TOP_K, {serving.INPUT_ITEM_IDS: short, serving.INPUT_K: top_k}),
       (serving.SIGNATURE_RAW, {serving.INPUT_RAW_ITEM_IDS: raw}),
       (serving.SIGNATURE_RAW_TOP_K, {serving.INPUT_RAW_ITEM_IDS: raw, serving.INPUT_K: top_k}),
   ]
+  if num_text_fields:
+    titles = [str(rows[i][1]) for i in order if str(rows[i][1]).strip()][:2] or ["item"]
+    fields = np.array([[title if f == 0 else "" for f in range(num_text_fields)]
+                       for title in titles] + [[""] * num_text_fields], dtype=object)
+    fields = np.vectorize(lambda text: text.encode("utf-8"), otypes=[object])(fields)
+    requests += [
+        (serving.SIGNATURE_NEW_ITEM_VECTORS, {serving.INPUT_FIELDS: fields}),
+        (serving.SIGNATURE_SCORE_TEXT, {serving.INPUT_RAW_ITEM_IDS: raw,
+                                        serving.INPUT_CANDIDATE_FIELDS: fields}),
+    ]
+  return requests
 
 
 def write_warmup(path: str, model_name: str, requests) -> int:

@@ -19,7 +19,7 @@ def sweep(model, split, alphas: Sequence[float], ks=(10, 20), mrr_k=20,
   """Fused metrics of a two-tower AlterRec for every alpha, one pass over a split.
 
   Args:
-    model: an `AlterRec` with both towers.
+    model: a `models.contract.AlternatingModel` with both towers (AlterRec).
     split: a `data.SplitData`.
     alphas: weights of the ID score.
 

@@ -6,11 +6,13 @@ import json
 import os
 import shutil
 import time
+from typing import Optional
 
 import keras
 import tensorflow as tf
 
 from alterrec_tf import runs as alter_runs
+from alterrec_tf.models import contract
 from alterrec_tf.training import evaluation, progress, tower_selection
 
 
@@ -52,8 +54,8 @@ class EpochEvaluation(keras.callbacks.Callback):
     self.train_examples = train_examples
     self.history = list(history or [])
     self.selection_metric = selection_metric
-    self._epoch_start = None
-    self._evaluator = None
+    self._epoch_start = 0.0  # (set when each epoch begins)
+    self._evaluator: Optional[evaluation.Evaluator] = None
 
   def on_epoch_begin(self, epoch, logs=None):
     self._epoch_start = time.perf_counter()
@@ -90,8 +92,7 @@ class EpochEvaluation(keras.callbacks.Callback):
     record["eval_seconds"] = time.perf_counter() - start
     previous_best = self.best()
     self.history.append(record)
-    each = (getattr(self.config, "tower_selection", "fused") == "each"
-            and len(getattr(self.model, "tower_names", ())) == 2)
+    each = self.config.tower_selection == "each" and len(self.model.tower_names) == 2
     if each:  # each network's own best weights (training.tower_selection)
       for name in tower_selection.improved_towers(self.history, self.model.tower_names,
                                                   self.selection_metric):
@@ -111,8 +112,10 @@ class EpochEvaluation(keras.callbacks.Callback):
     alter_runs.write_json_atomic(os.path.join(self.run_dir, alter_runs.HISTORY_FILE), self.history)
     if self.config.verbose:
       best = self.best()
+      partner_of = (self.model.partner_of
+                    if isinstance(self.model, contract.AlternatingModel) else None)
       print(progress.epoch_line(record, self.config.m_max, best["epoch"] if best else None,
-                                getattr(self.model, "partner_of", None)), flush=True)
+                                partner_of), flush=True)
 
 
 class RunBackup(keras.callbacks.Callback):

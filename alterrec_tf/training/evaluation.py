@@ -8,11 +8,11 @@ relevant item; y_pred is the list order), so no metric runs eagerly per batch.
 Hits@K is keras-rs RecallAtK with one relevant item. `full_ranking_ranks` is the
 numpy reference with the same tie rule (tests), and the per-prefix ranks feed
 the long-tail analysis. With a chunk size (`--score_chunk_size`) smaller than
-the catalogue, models with item tables (`scoring.FactorizedScorer`) are ranked
+the catalogue, models with item tables (`contract.FactorizedScorer`) are ranked
 in chunks of items with a running top-k: the same ranks, memory set by the
-chunk. Models with a fused item matrix (AlterRec and its
-ablations) also get `tfrs_hits@K` in their "fused" head: TFRS FactorizedTopK
-over a BruteForce index of that matrix (`training.retrieval`).
+chunk. Models with a fused item matrix (`contract.FusedItemMatrix`: AlterRec
+and its ablations) also get `tfrs_hits@K` in their "fused" head: TFRS
+FactorizedTopK over a BruteForce index of that matrix (`training.retrieval`).
 """
 
 from typing import Callable, Dict, Iterable, Optional
@@ -88,9 +88,13 @@ class Evaluator:
   evaluating after every epoch costs no retracing.
 
   Args:
-    model: has `score_heads(batch) -> ({head: [P, V] scores}, targets [P])`.
+    model: a `contract.RankingModel`: `score_heads(batch) -> ({head: [P, V]
+      scores}, targets [P])`; ranked in item chunks if a
+      `contract.FactorizedScorer`, with TFRS metrics if a `contract.FusedItemMatrix`.
     ks: cut-offs of Hits and NDCG.
     mrr_k: cut-off of MRR.
+    tfrs_metrics: add TFRS `tfrs_hits@K` where the model has a fused item matrix.
+    chunk_size: items ranked at once; None: the model's `settings.score_chunk_size`.
   """
 
   def __init__(self, model, ks=(10, 20), mrr_k=20, tfrs_metrics: bool = True,
@@ -103,15 +107,16 @@ class Evaluator:
         alter_data.TARGET_IDS: tf.TensorSpec([None, None], tf.int32),
         alter_data.TARGET_MASK: tf.TensorSpec([None, None], tf.bool),
     }
+    factorized = isinstance(model, contract.FactorizedScorer)
     if chunk_size is None:
-      chunk_size = getattr(getattr(model, "settings", None), "score_chunk_size", 0)
+      chunk_size = model.settings.score_chunk_size if factorized else 0
     # In item chunks: models with item tables, catalogues larger than a chunk.
-    self.chunk_size = (chunk_size if chunk_size and isinstance(model, contract.FactorizedScorer)
+    self.chunk_size = (chunk_size if chunk_size and factorized
                        and model.num_items > chunk_size else 0)
     # TFRS FactorizedTopK over the fused item matrix, for models that have one
     # (not in chunks: its BruteForce index scores the whole catalogue at once).
     self._tfrs = (retrieval.load_tfrs()
-                  if tfrs_metrics and hasattr(model, "fused_item_matrix")
+                  if tfrs_metrics and isinstance(model, contract.FusedItemMatrix)
                   and not self.chunk_size else None)
     self._batch_spec = spec
     self._top_lists = tf.function(self._top_lists_eager, input_signature=[spec])
@@ -137,7 +142,7 @@ class Evaluator:
     [P, D] and each prefix's items [P, max_len]."""
     if self._tfrs is None:
       scores, targets = self.model.score_heads(batch)
-      extra = ()
+      extra: tuple = ()
     else:
       scores, targets, queries = self.model.score_heads_and_queries(batch)
       seen = towers.prefix_items(batch[alter_data.ITEM_IDS],

@@ -28,7 +28,7 @@ within that (BUILD_NOTES, "TFRS retrieval metrics").
 
 import functools
 import sys
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import tensorflow as tf
 
@@ -49,7 +49,7 @@ def load_tfrs():
     return None
 
 
-def _index_classes(tfrs):
+def _index_classes(tfrs: Any):
   """The index layer that reads the prefix's items from the query's last columns."""
 
   class SeenItemsExcludedIndex(tfrs.layers.factorized_top_k.TopK):

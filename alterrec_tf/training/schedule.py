@@ -1,12 +1,13 @@
 """Algorithm 1's schedule: which tower trains in each epoch, with which negatives,
 and the levers of the mechanism study: a competence gate on the partner, an
 annealed uniform share and (reference-code option) each tower's learning-rate
-decay."""
+decay. The model is a `models.contract.AlternatingModel`."""
 
 from typing import Callable, List, Optional
 
 import keras
 
+from alterrec_tf.models import contract
 from alterrec_tf.models.contract import ID_PHASE, TEXT_PHASE
 
 GATE_METRIC = "hits@20"
@@ -77,6 +78,12 @@ class PhaseSchedule(keras.callbacks.Callback):
     self.history = history
     self._gated = 0.0
 
+  def set_model(self, model):
+    if not isinstance(model, contract.AlternatingModel):
+      raise TypeError(f"PhaseSchedule drives a models.contract.AlternatingModel (AlterRec), "
+                      f"not a {type(model).__name__}")
+    super().set_model(model)
+
   def on_epoch_begin(self, epoch, logs=None):
     model = self.model
     phase, hard = phase_for_epoch(epoch, self.config, model.tower_names)
@@ -86,7 +93,7 @@ class PhaseSchedule(keras.callbacks.Callback):
       hard, self._gated = 0, 1.0
     model.phase.assign(phase)
     model.hard_negatives.assign(hard)
-    if getattr(model, "random_share", None) is not None:
+    if model.random_share is not None:
       hard_before = sum(phase_for_epoch(e, self.config, model.tower_names)[1]
                         for e in range(epoch))
       model.random_share.assign(random_share_at(hard_before, self.config))
@@ -106,7 +113,7 @@ class PhaseSchedule(keras.callbacks.Callback):
       logs["hard_negatives"] = float(self.model.hard_negatives.numpy())
       if self.config.hard_negative_gate > 0.0:
         logs["gated"] = self._gated
-      if getattr(self.model, "random_share", None) is not None:
+      if self.model.random_share is not None:
         logs["random_share"] = float(self.model.random_share.numpy())
       for name in self.model.tower_names:
         logs[f"lr_{name}"] = float(self.model.optimizer_of(name).learning_rate.numpy())

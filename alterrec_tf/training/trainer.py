@@ -15,6 +15,7 @@ imported where used.
 
 import os
 import time
+from typing import cast
 
 from alterrec_tf import config as alter_config
 from alterrec_tf import runs as alter_runs
@@ -75,7 +76,8 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False, verify_dat
 
   with placement.strategy.scope():  # variables (optimizers' too) replicated
     model = models.build_model(config, manifest, text_embeddings,
-                               train_files=schema.split_files(config.data_dir, manifest, "train"))
+                               train_files=schema.split_files(config.data_dir, manifest, "train"),
+                               prefixes_per_batch=_prefixes_per_batch(config, train_split))
   if not model.trainable_variables:  # non-neural floors: no training loop
     return _finish_without_training(config, model, manifest, valid_split, test_split)
 
@@ -93,12 +95,11 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False, verify_dat
   if model.tower_names:  # AlterRec and its ablations: Algorithm 1's phases
     callbacks.insert(1, schedule.PhaseSchedule(config, lambda: evaluation_callback.history))
   steps = train_split.steps(config.batch_size)
-  if config.loss_weighting == "prefix":  # every prefix weighs the same in every step
-    model.prefixes_per_batch = train_split.num_examples / max(steps, 1)
   distribution.compile_model(placement, model)
   start = time.perf_counter()
   if epochs_done < config.m_max:
-    model.fit(distribution.distribute_batches(placement, train_split.epochs_of_batches(
+    keras_model = cast(keras.Model, model)  # every model is a Keras model (contract.py)
+    keras_model.fit(distribution.distribute_batches(placement, train_split.epochs_of_batches(
                   config.batch_size, config.seed, epochs_done, config.m_max)),
               epochs=config.m_max, initial_epoch=epochs_done, steps_per_epoch=steps,
               callbacks=callbacks, verbose=1 if config.verbose == 2 else 0, shuffle=False)
@@ -127,6 +128,15 @@ def _load_splits(config, manifest):
                                 TEST_WINDOW_STRIDE))
 
 
+def _prefixes_per_batch(config, train_split):
+  """The training split's mean scored prefixes per batch with
+  `--loss_weighting=prefix` (every prefix then weighs the same in every step),
+  else (or without a training split) None: each batch's mean loss."""
+  if config.loss_weighting != "prefix" or train_split is None:
+    return None
+  return train_split.num_examples / max(train_split.steps(config.batch_size), 1)
+
+
 def _restore(model, config, chief_dir):
   """(`RunBackup` callback, epochs done, their history records), read from the
   chief's run folder (the chief removed it with --overwrite: nothing read)."""
@@ -149,12 +159,14 @@ def _test_at_best(config, model, manifest, valid_split, test_split, best, save_t
     (config, with the chosen alpha; test {head: {metric: value}} or None; the
     `training.alpha.tune` record or None).
   """
+  from alterrec_tf.models import contract
   from alterrec_tf.training import alpha as alter_alpha
   best_weights = os.path.join(config.run_dir, alter_runs.BEST_WEIGHTS_FILE)
   if best is None or not os.path.exists(best_weights):
     return config, None, None
   alpha_tuning = None
-  if config.tune_alpha and tuple(model.tower_names) == ("id", "text"):
+  if (config.tune_alpha and isinstance(model, contract.AlternatingModel)
+      and tuple(model.tower_names) == ("id", "text")):
     model.load_weights(best_weights)
     if config.tower_selection == "each":  # each network at its own best epoch
       tower_selection.load_towers(model, config.run_dir)
@@ -163,7 +175,7 @@ def _test_at_best(config, model, manifest, valid_split, test_split, best, save_t
       os.replace(tmp, best_weights)  # what is tested is what export reads
     alpha_tuning = alter_alpha.tune(model, valid_split, config)
     config = config.replace(alpha=alpha_tuning["alpha"])
-    model.settings = model.settings.replace(alpha=config.alpha)
+    model.set_alpha(config.alpha)
     print(f"alpha chosen on validation: {config.alpha:g} (trained with "
           f"{alpha_tuning['trained_with']:g})", flush=True)
   test = None
@@ -243,7 +255,7 @@ def _results(config, manifest, best, history, train_split, seconds, test=None,
   best = best or (history[-1] if history else {})
 
   def pick(split):
-    out = {}
+    out: dict = {}
     for key, value in best.items():
       parts = key.split("/")
       if len(parts) == 3 and parts[0] == split:
@@ -279,9 +291,13 @@ def _results(config, manifest, best, history, train_split, seconds, test=None,
 
 
 def _finish_without_training(config, model, manifest, valid_split, test_split):
+  """Evaluates a model without trainable variables (the floors) once; its
+  training time is the counting's (`contract.CountModel.fit_seconds`)."""
+  from alterrec_tf.models import contract
   from alterrec_tf.training import evaluation
   start = time.perf_counter()
-  record = {"epoch": 0, "train_seconds": float(getattr(model, "fit_seconds", 0.0)),
+  fit_seconds = model.fit_seconds if isinstance(model, contract.CountModel) else 0.0
+  record = {"epoch": 0, "train_seconds": float(fit_seconds),
             "train_examples_per_second": 0.0}
   for split_name, split in (("valid", valid_split), ("test", test_split)):
     if split is None:

@@ -19,7 +19,8 @@ from alterrec_tf.models.names import FLOORS
 from alterrec_tf.models.settings import ModelSettings
 
 
-def build_baseline(settings, num_items: int, text_embeddings, train_files):
+def build_baseline(settings, num_items: int, text_embeddings, train_files,
+                   prefixes_per_batch=None):
   """Builds (creates every variable of) the baseline named by `settings.model`.
 
   Args:
@@ -27,6 +28,8 @@ def build_baseline(settings, num_items: int, text_embeddings, train_files):
     num_items: catalogue size including padding.
     text_embeddings: frozen item text table or None.
     train_files: the training TFRecords (floors count them; nothing else is read).
+    prefixes_per_batch: the neural baselines' loss weighting
+      (`base.FullSoftmaxModel`); None: the batch mean. Floors do not train.
   """
   settings = ModelSettings.of(settings)
   name = settings.model
@@ -38,11 +41,13 @@ def build_baseline(settings, num_items: int, text_embeddings, train_files):
   if name in ("nfrec_sum", "nfrec_concat"):
     fusion = name.split("_", 1)[1]
     model = nfrec.NFRec(settings.replace(nfrec_fusion=fusion), num_items, text_embeddings,
-                        fusion, name=name)
+                        fusion, prefixes_per_batch=prefixes_per_batch, name=name)
   elif name == "sasrec":
-    model = sasrec.SASRec(settings, num_items, name=name)
+    model = sasrec.SASRec(settings, num_items, prefixes_per_batch=prefixes_per_batch,
+                          name=name)
   elif name == "fdsa":
-    model = fdsa.FDSA(settings, num_items, text_embeddings, name=name)
+    model = fdsa.FDSA(settings, num_items, text_embeddings,
+                      prefixes_per_batch=prefixes_per_batch, name=name)
   else:
     raise ValueError(f"{name!r} is not a baseline; baselines are {NAMES}")
   model.build_all()

@@ -1,7 +1,7 @@
 """Shared base of the neural baselines: one Adam, full-softmax cross-entropy.
 
 A baseline only says how it scores the catalogue at the scored prefixes
-(`item_tables` and `prefix_queries`, the `scoring.FactorizedScorer` contract);
+(`item_tables` and `prefix_queries`, the `contract.FactorizedScorer` protocol);
 this class does the rest for the trainer: building every
 variable (`build_all`), the training step (full-softmax CE of the "fused" head
 over the whole catalogue, one optimizer for every weight), the evaluation
@@ -13,7 +13,7 @@ logged every epoch as `<part>_loss` without any gradient, so the imbalance of
 the paper's Figure 3 can be drawn from history.json.
 """
 
-from typing import Tuple
+from typing import Any, Optional, Tuple
 
 import keras
 import tensorflow as tf
@@ -33,6 +33,13 @@ class FullSoftmaxModel(keras.Model):
   Subclasses create their layers in `__init__` and implement `item_tables`
   and `prefix_queries`.
 
+  Args:
+    settings: a `settings.ModelSettings`.
+    num_items: catalogue size including padding.
+    prefixes_per_batch: the training split's mean scored prefixes per batch:
+      a batch's loss is its prefixes' summed CE divided by it
+      (`negatives.reduce_prefix_losses`); None: the mean over the batch.
+
   Attributes:
     tower_names: empty: there is no alternation (the trainer adds no
       `PhaseSchedule`).
@@ -42,14 +49,17 @@ class FullSoftmaxModel(keras.Model):
   tower_names: Tuple[str, ...] = ()
   part_names: Tuple[str, ...] = ()
 
-  def __init__(self, settings: model_settings.ModelSettings, num_items: int, **kwargs):
+  train_function: Any  # Keras' compiled step (Keras sets it; typed for mypy)
+
+  def __init__(self, settings: model_settings.ModelSettings, num_items: int,
+               prefixes_per_batch: Optional[float] = None, **kwargs):
     super().__init__(**kwargs)
     if not isinstance(settings, model_settings.ModelSettings):
       raise TypeError(f"{type(self).__name__} takes a ModelSettings, not a "
                       f"{type(settings).__name__}: narrow it with ModelSettings.of(...)")
     self.settings = settings
     self.num_items = num_items
-    self.prefixes_per_batch = None  # set by the trainer (loss_weighting="prefix")
+    self.prefixes_per_batch = prefixes_per_batch
     self.adam = keras.optimizers.Adam(settings.learning_rate, name="adam")
     self.train_steps = keras.Variable(0, dtype="int64", trainable=False, name="train_steps",
                                       aggregation="only_first_replica")  # (tf.distribute)
@@ -57,7 +67,7 @@ class FullSoftmaxModel(keras.Model):
     self.loss_tracker = keras.metrics.Mean(name="loss")
     self.part_trackers = [keras.metrics.Mean(name=f"{part}_loss") for part in self.part_names]
 
-  # --- scoring (the `scoring.FactorizedScorer` contract) ------------------------
+  # --- scoring (the `contract.FactorizedScorer` protocol) -----------------------
   def item_tables(self, training=False):
     """{head: item table [V, d_h]} (more entries may hold tables the queries read)."""
     raise NotImplementedError
