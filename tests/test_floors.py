@@ -37,12 +37,6 @@ def tiny_config(data_dir, **changes):
                      verbose=0).replace(**changes)
 
 
-
-
-
-
-
-
 def read_training_split(files):
   """Numpy reference: (item lists, timestamps) of the sessions of `files`."""
   sessions, times = [], []
@@ -231,3 +225,21 @@ def test_every_floor_counts_only_training_sessions(tmp_path, name):
   everything = build_floor(data_dir, manifest, name, splits=("train", "valid", "test"))
   assert not np.allclose(everything.score_heads(batch)[0]["fused"].numpy(),
                          scores["loud"].numpy())
+
+
+def test_a_floor_run_keeps_the_ranks_of_its_one_test_pass(dataset, tmp_path):
+  # the grid's save_test_ranks: written with the run (and hashed), not ranked again
+  from alterrec_tf import runs as alter_runs
+  from alterrec_tf.training import trainer
+  data_dir, _ = dataset
+  run_dir = tmp_path / "sequential_rules"
+  results = trainer.train(tiny_config(data_dir, model="sequential_rules", run_dir=str(run_dir),
+                                      seen_items="exclude"), save_test_ranks=True)
+  ranks = np.load(run_dir / alter_runs.TEST_RANKS_FILE)
+  assert len(ranks["fused"]) == len(ranks["targets"]) > 0
+  for k in (10, 20):
+    assert np.mean(ranks["fused"] <= k) == pytest.approx(results["test"]["fused"][f"hits@{k}"],
+                                                         abs=1e-6)
+  hashes = alter_runs.read_json(str(run_dir / alter_runs.HASHES_FILE))["sha256"]
+  assert alter_runs.TEST_RANKS_FILE in hashes
+  assert alter_runs.check_hashes(str(run_dir))

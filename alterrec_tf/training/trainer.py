@@ -79,7 +79,8 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False, verify_dat
                                train_files=schema.split_files(config.data_dir, manifest, "train"),
                                prefixes_per_batch=_prefixes_per_batch(config, train_split))
   if not model.trainable_variables:  # non-neural floors: no training loop
-    return _finish_without_training(config, model, manifest, valid_split, test_split)
+    return _finish_without_training(config, model, manifest, valid_split, test_split,
+                                    save_test_ranks)
 
   backup, epochs_done, history = _restore(model, config, chief_dir)
 
@@ -290,9 +291,12 @@ def _results(config, manifest, best, history, train_split, seconds, test=None,
   return results
 
 
-def _finish_without_training(config, model, manifest, valid_split, test_split):
+def _finish_without_training(config, model, manifest, valid_split, test_split,
+                             save_test_ranks=False):
   """Evaluates a model without trainable variables (the floors) once; its
-  training time is the counting's (`contract.CountModel.fit_seconds`)."""
+  training time is the counting's (`contract.CountModel.fit_seconds`). With
+  `save_test_ranks` the one test pass also writes test_ranks.npz (the grid then
+  need not rank the split again: a neighbourhood floor's pass is minutes)."""
   from alterrec_tf.models import contract
   from alterrec_tf.training import evaluation
   start = time.perf_counter()
@@ -302,8 +306,12 @@ def _finish_without_training(config, model, manifest, valid_split, test_split):
   for split_name, split in (("valid", valid_split), ("test", test_split)):
     if split is None:
       continue
-    evaluator = evaluation.Evaluator(model, config.ks, config.mrr_k)
-    for head, values in evaluator(split.batches(config.eval_batch_size)).items():
+    if split_name == "test" and save_test_ranks:
+      metrics = rank_test_split(config, model, manifest, split, config.run_dir)
+    else:
+      metrics = evaluation.Evaluator(model, config.ks, config.mrr_k)(
+          split.batches(config.eval_batch_size))
+    for head, values in metrics.items():
       for metric, value in values.items():
         record[f"{split_name}/{head}/{metric}"] = value
   history = [record]
