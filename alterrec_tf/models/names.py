@@ -64,7 +64,9 @@ NEEDS_TEXT = ("alterrec", "alterrec_aug", "alterrec_random", "text_only", "nfrec
 
 DISPLAY_NAMES = {
     "most_popular": "MostPopular", "transition": "Transitions (1st order)",
-    "sequential_rules": "SequentialRules (SR)", "session_knn": "V-SKNN", "stan": "STAN",
+    # the published floors by their papers (issue 35)
+    "sequential_rules": "SR (Ludewig & Jannach 2018)",
+    "session_knn": "V-SKNN (Ludewig & Jannach 2018)", "stan": "STAN (Garg et al. 2019)",
     "sasrec": "SASRec", "fdsa": "FDSA", "nfrec_sum": "NFRec (sum)",
     "nfrec_concat": "NFRec (concat)",
     "id_only": "AlterRec w/o text (ID only)", "text_only": "AlterRec w/o ID (text only)",
