@@ -30,6 +30,9 @@ def dataset(tmp_path_factory):
 
 
 def knn_floor(**params):
+  """V-SKNN of KNN_SESSIONS: "div" places and score decay, cosine, no idf unless given."""
+  params = {"weighting": "div", "weighting_score": "div", "similarity": "cosine",
+            "idf_weighting": 0.0, **params}
   sessions = [np.array(s) for s in KNN_SESSIONS]
   counts = np.bincount(np.concatenate(sessions), minlength=9)
   return session_knn.SessionKNN(sessions, KNN_TIMES, counts, **params)
@@ -183,12 +186,12 @@ def test_session_knn_prefers_recent_sessions(tmp_path):
   batch = probe_batch([[1]], [[5]])
   top = lambda model: list(np.argsort(-model.score_heads(batch)[0]["fused"].numpy()[0],
                                       kind="stable")[:4])
-  for name in ("session_knn", "stan"):
+  for name, params in (("session_knn", {"idf_weighting": 0.0}), ("stan", {})):
     # one neighbour among equally similar sessions: the newest ([1, 4])
-    newest = floor_registry.build_floor(name, files, 8, neighbours=1, sample_size=0)
+    newest = floor_registry.build_floor(name, files, 8, neighbours=1, sample_size=0, **params)
     assert top(newest) == [1, 4, 2, 3], name
     # all neighbours, but only the 2 most recent candidates
-    recent = floor_registry.build_floor(name, files, 8, neighbours=3, sample_size=2)
+    recent = floor_registry.build_floor(name, files, 8, neighbours=3, sample_size=2, **params)
     assert top(recent) == [1, 3, 4, 2], name
 
 
