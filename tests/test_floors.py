@@ -243,3 +243,7 @@ def test_a_floor_run_keeps_the_ranks_of_its_one_test_pass(dataset, tmp_path):
   hashes = alter_runs.read_json(str(run_dir / alter_runs.HASHES_FILE))["sha256"]
   assert alter_runs.TEST_RANKS_FILE in hashes
   assert alter_runs.check_hashes(str(run_dir))
+  # the run says which parameters it scored with (the module defaults)
+  assert results["floor_parameters"] == {"steps": 5, "weighting": "div", "pruning": 0}
+  assert alter_runs.read_json(str(run_dir / "results.json"))["floor_parameters"] == (
+      results["floor_parameters"])

@@ -318,5 +318,7 @@ def _finish_without_training(config, model, manifest, valid_split, test_split,
   alter_runs.write_json_atomic(
       os.path.join(config.run_dir, alter_runs.HISTORY_FILE), history)
   results = _results(config, manifest, record, history, None, time.perf_counter() - start)
+  if getattr(model, "floor_parameters", None):
+    results["floor_parameters"] = model.floor_parameters  # the module defaults it ran with
   alter_runs.write_results(config.run_dir, results)  # then hashes.json, last
   return results

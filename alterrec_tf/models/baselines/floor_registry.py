@@ -43,5 +43,7 @@ def build_floor(name: str, train_files, num_items: int, exclude_seen: bool = Fal
   if unknown:
     raise ValueError(f"{name} has no parameter {', '.join(unknown)}; its parameters are "
                      f"{', '.join(parameters(name)) or 'none'}")
-  return FLOOR_CLASSES[name].from_files(train_files, num_items, exclude_seen=exclude_seen,
-                                        **params)
+  floor = FLOOR_CLASSES[name].from_files(train_files, num_items, exclude_seen=exclude_seen,
+                                         **params)
+  floor.floor_parameters = {**parameters(name), **params}  # results.json records them
+  return floor
