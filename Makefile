@@ -43,7 +43,19 @@ PIN := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 EXTRAS := data,text,report,tune,dev
 LOCK_VENV ?= .venv-lock
 
-.PHONY: venv demo prepare train grid test test-slow test-all lint lock clean
+# RecBole 1.2.1's baselines (issue 35) live in their own venv, never in the product's:
+# RecBole needs numpy < 2, pandas < 2, scipy < 1.13 and setuptools < 70, and pulls ray
+# (which its quick_start imports; we use only its config, data, utils and trainer), so
+# torch goes first, alone (the CPU wheel, as above), then the pinned packages of
+# peers/requirements.txt without their dependencies (the file lists every one).
+PEERS_VENV ?= .venv-peers
+PEERS_PY := $(PEERS_VENV)/bin/python
+# `make peers-run`: every RecBole model on one prepared dataset (PEERS_FLAGFILE's flags).
+PEERS_FLAGFILE ?= configs/online_retail.flags
+PEERS_DATA ?= $(DATA)
+PEERS_MODELS ?= sasrec,gru4rec,bert4rec,srgnn,core,fdsa,s3rec
+
+.PHONY: venv demo prepare train grid test test-slow test-all lint lock clean peers peers-run
 
 venv: $(VENV)/.installed
 
@@ -75,6 +87,22 @@ lock:
 	  | sed -E 's/^(torch==[^+]*)\+.*/\1/' | sort -f; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 	rm -rf $(LOCK_VENV)
+
+peers: $(PEERS_VENV)/.installed
+
+$(PEERS_VENV)/.installed: peers/requirements.txt
+	test -x $(PEERS_PY) || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_PY) -m pip install -q --upgrade pip
+	$(PEERS_PY) -m pip install -q torch==2.13.0
+	$(PEERS_PY) -m pip install -q --no-deps -r peers/requirements.txt
+	$(PEERS_PY) -c "import recbole.config, recbole.data, recbole.utils, recbole.trainer; \
+	  import numpy, pandas; print('RecBole', __import__('recbole').__version__, \
+	  'numpy', numpy.__version__, 'pandas', pandas.__version__)"
+	touch $@
+
+peers-run: venv peers
+	$(PY) -m alterrec_tf.peers --flagfile=$(PEERS_FLAGFILE) --data_dir=$(PEERS_DATA) \
+	  --models=$(PEERS_MODELS) --peers_venv=$(PEERS_VENV)
 
 prepare: venv
 	$(PY) -m data_tools.prepare --flagfile=configs/online_retail.flags \

@@ -15,7 +15,7 @@ loaded (`check_request`); a refused command prints one line (`alterrec_tf.cli`).
 """
 
 import os
-from typing import Sequence
+from typing import List, Optional, Sequence
 
 from absl import flags, logging
 
@@ -50,7 +50,8 @@ def parse_alphas(values: Sequence[str]) -> list:
   return sorted(alphas)
 
 
-def check_request(run_dir: str, data_dir=None, verify_data: bool = True):
+def check_request(run_dir: str, data_dir: Optional[str] = None,
+                  verify_data: bool = True) -> loading.CheckedRun:
   """The run (two towers, best weights), its dataset and run_dir's
   writability, checked before TensorFlow is loaded; returns `loading.check_run`'s
   (config, manifest, data_dir).
@@ -69,7 +70,7 @@ def check_request(run_dir: str, data_dir=None, verify_data: bool = True):
   return checked
 
 
-def run_sweep(run_dir: str, alphas: Sequence[float], data_dir=None,
+def run_sweep(run_dir: str, alphas: Sequence[float], data_dir: Optional[str] = None,
               verify_data: bool = True) -> dict:
   """Sweeps a run's valid and test splits; writes and returns alpha_sweep.json."""
   checked = check_request(run_dir, data_dir, verify_data)  # before TensorFlow is loaded
@@ -117,13 +118,13 @@ def format_sweep(out: dict) -> str:
   return "\n".join(lines)
 
 
-def define_flags():
+def define_flags() -> None:
   # --run_dir (a finished two-tower run) and --data_dir (default: the run's own)
   # are the training flags of alterrec_tf.config.
   flags.DEFINE_list("alphas", [f"{a / 10:g}" for a in range(11)], "ID weights to try.")
 
 
-def main(argv):
+def main(argv: List[str]) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)
   values = flags.FLAGS
@@ -134,7 +135,7 @@ def main(argv):
   print(f"written: {os.path.join(values.run_dir, SWEEP_FILE)}")
 
 
-def run():
+def run() -> None:
   define_flags()
   cli.run(main, flagfiles.PREPARE_FLAG_NAMES, known=(ExportError,))
 

@@ -22,7 +22,7 @@ import os
 import sys
 import tempfile
 import traceback
-from typing import Callable, Iterable, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Type
 
 from absl import app, flags
 
@@ -55,7 +55,7 @@ def define_flags(verify_data: bool = True) -> None:
                          "at every start.")
 
 
-def flag_value(name: str, default=None):
+def flag_value(name: str, default: Any = None) -> Any:
   """A flag of this module, or `default` where the command did not define it."""
   if name in flags.FLAGS and flags.FLAGS.is_parsed():
     return flags.FLAGS[name].value
@@ -232,7 +232,7 @@ def guard(main: Callable, known: Sequence[Type[BaseException]] = (),
   (the stack itself with --traceback). SystemExit and Ctrl-C pass through.
   TensorFlow's log lines are hidden first (`quiet_tensorflow`)."""
 
-  def guarded(argv):
+  def guarded(argv: List[str]) -> Any:
     quiet_tensorflow(flag_value("tensorflow_log", False))
     try:
       return main(argv)

@@ -8,16 +8,19 @@ defaults to the paper.
 
 import dataclasses
 import json
-from typing import Any, Dict, FrozenSet, List, Set
+from typing import TYPE_CHECKING, Any, Dict, FrozenSet, List, Optional, Set
 
 from absl import flags
 
 from alterrec_tf.models import names as model_names
 
+if TYPE_CHECKING:
+  import numpy as np
+
 _DEFINED: Set[str] = set()
 
 
-def _define(kind, name, default, *args, **kwargs):
+def _define(kind: str, name: str, default: Any, *args, **kwargs) -> flags.FlagHolder:
   """DEFINE_<kind>(name, default, ...) that also records the flag's name."""
   _DEFINED.add(name)
   return getattr(flags, "DEFINE_" + kind)(name, default, *args, **kwargs)
@@ -126,6 +129,10 @@ _define("float", "false_negative_cosine", 0.0,
         "False-negative guard: drop a hard negative whose item text (the frozen SBERT "
         "vectors) has at least this cosine with the target's (0: off, the paper). Needs "
         "item text; not with --score_chunk_size.")
+_define("integer", "false_negative_cooccurrence", 0,
+        "False-negative guard by co-occurrence: drop a hard negative that is among the "
+        "target's N most frequent partners in the training sessions (items sharing the "
+        "most sessions with it; 0: off, the paper). E.g. 20.")
 
 # --- evaluation and operations -------------------------------------------------
 _define("enum", "seen_items", "auto", ["auto", "exclude", "keep"],
@@ -234,6 +241,7 @@ class TrainConfig:
   hard_negative_gate: float = _default("hard_negative_gate")
   random_share_decay_epochs: int = _default("random_share_decay_epochs")
   false_negative_cosine: float = _default("false_negative_cosine")
+  false_negative_cooccurrence: int = _default("false_negative_cooccurrence")
   tower_selection: str = _default("tower_selection")
   seen_items: str = _default("seen_items")
   score_chunk_size: int = _default("score_chunk_size")
@@ -337,6 +345,9 @@ def check_flags(config: TrainConfig) -> None:
         "combination of each network's best weights)")
   _need(0.0 <= config.false_negative_cosine <= 1.0,
         f"--false_negative_cosine={config.false_negative_cosine} must be in [0, 1] (0: off)")
+  _need(config.false_negative_cooccurrence >= 0,
+        f"--false_negative_cooccurrence={config.false_negative_cooccurrence} must be 0 "
+        "(off) or more")
   for name, on in (("softmax", config.softmax == "full"),
                    ("false_negative_cosine", config.false_negative_cosine > 0.0)):
     _need(not (on and config.score_chunk_size),
@@ -355,7 +366,8 @@ def check_flags(config: TrainConfig) -> None:
         "mean of --loss_weighting=batch does not)")
 
 
-def check_against_dataset(config: TrainConfig, manifest: dict, text_embeddings=None) -> None:
+def check_against_dataset(config: TrainConfig, manifest: dict,
+                          text_embeddings: Optional["np.ndarray"] = None) -> None:
   """Refuses flags that contradict the prepared dataset (before anything is built).
 
   Checks the flags' ranges (`check_flags`) first, then what the model needs of

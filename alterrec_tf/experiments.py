@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import time
+from typing import Callable, List, Optional, Sequence, Set, Tuple
 
 from absl import flags, logging
 
@@ -102,7 +103,8 @@ def save_test_ranks(run_dir: str) -> dict:
   return trainer.rank_test_split(config, model, manifest, test_split, run_dir)
 
 
-def run_config(base_config, entry: str, seed: int, seeds, runs_dir: str):
+def run_config(base_config: alter_config.TrainConfig, entry: str, seed: int,
+               seeds: Sequence[int], runs_dir: str) -> alter_config.TrainConfig:
   """The TrainConfig of one (grid entry, seed) run of the grid.
 
   An entry is a model name, or "<model>+keep" for that model with
@@ -119,8 +121,9 @@ def run_config(base_config, entry: str, seed: int, seeds, runs_dir: str):
           seed == seeds[0] and model in PER_EPOCH_TEST_MODELS))
 
 
-def check_grid(base_config, models, seeds=(), runs_dir=None, verify_data=True,
-               clear_unstarted=True) -> None:
+def check_grid(base_config: alter_config.TrainConfig, models: Sequence[str],
+               seeds: Sequence[int] = (), runs_dir: Optional[str] = None,
+               verify_data: bool = True, clear_unstarted: bool = True) -> None:
   """Fails before training anything (not at the 30th run) when a model of the
   grid cannot run on the data, or when a run already in runs_dir was trained
   with other settings or data (it would be skipped, and the report would mix
@@ -177,7 +180,9 @@ def claim_run(runs_dir: str, model: str, seed: int) -> bool:
   return True
 
 
-def restore_archived_runs(models, seeds, runs_dir: str, archive_dir: str, log=None) -> int:
+def restore_archived_runs(models: Sequence[str], seeds: Sequence[int], runs_dir: str,
+                          archive_dir: str,
+                          log: Optional[Callable[[str], None]] = None) -> int:
   """Copies each finished run of the grid found in archive_dir into runs_dir
   where runs_dir has no finished run of it (an unfinished one there is replaced;
   a finished one is kept, and archived again when the grid passes it); returns
@@ -209,8 +214,9 @@ def restore_archived_runs(models, seeds, runs_dir: str, archive_dir: str, log=No
   return sum(alter_runs.archive_run(archived, run_dir) for archived, run_dir in to_restore)
 
 
-def run_grid(base_config, models, seeds, runs_dir: str, log=print, shard=(0, 1),
-             verify_data=True, archive_dir: str = "") -> dict:
+def run_grid(base_config: alter_config.TrainConfig, models: Sequence[str], seeds: Sequence[int],
+             runs_dir: str, log: Callable[[str], None] = print, shard: Tuple[int, int] = (0, 1),
+             verify_data: bool = True, archive_dir: str = "") -> dict:
   """Trains every missing (model, seed) run and stores its test ranks.
 
   With shard=(i, n), n > 1, this is worker i of n: it goes down the grid and
@@ -270,7 +276,8 @@ def run_grid(base_config, models, seeds, runs_dir: str, log=print, shard=(0, 1),
   return {"trained": trained, "skipped": skipped, "seconds": time.perf_counter() - start}
 
 
-def run_workers(models, seeds, runs_dir: str, workers: int, overwrite: bool = False) -> dict:
+def run_workers(models: Sequence[str], seeds: Sequence[int], runs_dir: str, workers: int,
+                overwrite: bool = False) -> dict:
   """Runs `workers` copies of this command; each takes the next unclaimed run.
 
   Each gets cpu_count // workers TF threads (at least 1). Returns the grid
@@ -283,7 +290,7 @@ def run_workers(models, seeds, runs_dir: str, workers: int, overwrite: bool = Fa
   env = dict(os.environ, TF_NUM_INTRAOP_THREADS=threads, TF_NUM_INTEROP_THREADS="1",
              OMP_NUM_THREADS=threads)
 
-  def finished():
+  def finished() -> Set[Tuple[str, int]]:
     return {(m, s) for m in models for s in seeds if os.path.exists(os.path.join(
         alter_runs.run_dir_of(runs_dir, m, s), alter_runs.RESULTS_FILE))}
 
@@ -305,7 +312,7 @@ def run_workers(models, seeds, runs_dir: str, workers: int, overwrite: bool = Fa
           "seconds": time.perf_counter() - start}
 
 
-def main(argv):
+def main(argv: List[str]) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)
   cli.load_tensorflow(cli.flag_value("tensorflow_log", False))  # after the TF_NUM_* env
@@ -365,7 +372,7 @@ def main(argv):
         f"{grid['seconds']:.0f}s; report: {os.path.join(report_dir, 'README.md')}")
 
 
-def run():
+def run() -> None:
   cli.run(main, flagfiles.PREPARE_FLAG_NAMES,
           io_hint="finished runs are kept: run the same command again to resume")
 

@@ -13,15 +13,12 @@ writes models/alterrec/N/ (N = the next integer version unless --version):
   assets.extra/alterrec_export.json what was exported (k, alpha, items, sizes, ...)
 
 The version folder is written under a hidden temporary name inside export_dir,
-checked (loaded back and compared with the Keras model) and then renamed, so a
-model server watching export_dir never sees a partial version, and a failed
-export leaves nothing behind (also on a full disk). Before TensorFlow is
-loaded, the command checks the run, the dataset (the SHA-256 of every shard and
-table, --verify_data), --k against the catalogue and that export_dir can be
-written (`check_request`); a refused command prints one line (`alterrec_tf.cli`).
-This module does not import data_tools, pandas or torch (TensorFlow itself
-imports pandas where it is installed). The pieces it saves (new items, the text
-layer, the serving module) are built by `alterrec_tf.serving.build`.
+checked against the Keras model, then renamed: a model server never sees a
+partial version, and a failed export (a full disk too) leaves nothing behind.
+Before TensorFlow loads, `check_request` checks the run, the dataset (SHA-256 of
+every file, --verify_data), --k and that export_dir is writable; a refusal is one
+line (`alterrec_tf.cli`). No data_tools, pandas or torch import here; the saved
+pieces are built by `alterrec_tf.serving.build`.
 
 Text signatures (`--text_signatures`; by default on when the run has a text
 tower and the dataset's sentence model can be rebuilt): the export also holds
@@ -39,7 +36,7 @@ recommend.py do it).
 
 import os
 import time
-from typing import Optional
+from typing import List, Optional
 
 from alterrec_tf import cli, flagfiles
 from alterrec_tf.formats import new_items as alter_new_items
@@ -58,7 +55,8 @@ WEIGHTS_FILE = pipeline.WEIGHTS_FILE
 def check_request(run_dir: str, export_dir: Optional[str], data_dir: Optional[str] = None,
                   k: int = 20, version: Optional[int] = None, new_items: Optional[str] = None,
                   verify_data: bool = True, text_signatures: Optional[bool] = None,
-                  text_encoder_dir: Optional[str] = None, serving_chunk_size: int = 0):
+                  text_encoder_dir: Optional[str] = None,
+                  serving_chunk_size: int = 0) -> loading.CheckedRun:
   """Everything `export` checks before TensorFlow is loaded (about a second).
 
   Returns:
@@ -95,7 +93,8 @@ def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
            version: Optional[int] = None, k: int = 20,
            exclude_session_items: Optional[bool] = None,
            new_items: Optional[str] = None, model_name: Optional[str] = None,
-           warmup: bool = True, verify: bool = True, loaded_run=None,
+           warmup: bool = True, verify: bool = True,
+           loaded_run: Optional[pipeline.LoadedRun] = None,
            verify_data: bool = True, text_signatures: Optional[bool] = None,
            text_encoder_dir: Optional[str] = None, cold_id_part: str = "imputed",
            serving_chunk_size: int = serving_build.DEFAULT_SERVING_CHUNK_SIZE) -> dict:
@@ -136,7 +135,7 @@ def export(run_dir: str, export_dir: str, data_dir: Optional[str] = None,
 
 
 # --- command line ---------------------------------------------------------------------
-def define_flags():
+def define_flags() -> None:
   from absl import flags
   # --run_dir and --data_dir are the training flags of alterrec_tf.config.
   flags.DEFINE_string("export_dir", None, "Model base folder; the export is written to "
@@ -176,7 +175,7 @@ def define_flags():
                       "absent or empty); unset: convert in memory.")
 
 
-def main(argv):
+def main(argv: List[str]) -> None:
   del argv
   from absl import flags, logging
   logging.set_verbosity(logging.WARNING)
@@ -192,7 +191,7 @@ def main(argv):
   print(pipeline.format_info(info))
 
 
-def run():
+def run() -> None:
   define_flags()
   cli.run(main, flagfiles.PREPARE_FLAG_NAMES, known=(ExportError, alter_new_items.NewItemsError))
 

@@ -10,7 +10,7 @@ imports `data_tools`; a test checks that this list equals what
 `data_tools.prepare` defines.
 """
 
-from typing import Iterable, List
+from typing import Callable, Iterable, List
 
 from absl import flags
 
@@ -34,7 +34,7 @@ def _flag_name(arg: str, known: frozenset) -> str:
   return name[2:] if name.startswith("no") and name[2:] in known else name
 
 
-def make_parser(foreign_flag_names: Iterable[str]):
+def make_parser(foreign_flag_names: Iterable[str]) -> Callable[[List[str]], List[str]]:
   """Returns an absl `flags_parser` that drops the other command's flags.
 
   Args:

@@ -15,7 +15,7 @@ signatures (`alterrec_tf.export --text_signatures`) holds its tokenizer's ops.
 
 import json
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from alterrec_tf import cli
 from alterrec_tf.formats import schema
@@ -100,7 +100,11 @@ def split_padding(items: Sequence[str]) -> Tuple[List[str], int]:
   return kept, len(items) - len(kept)
 
 
-def load_export(version_dir: str):
+# One recommended item: (rank, raw id, score).
+Row = Tuple[int, str, float]
+
+
+def load_export(version_dir: str) -> Any:
   """tf.saved_model.load of an export.
 
   Raises:
@@ -119,7 +123,8 @@ def load_export(version_dir: str):
                            f"or incomplete ({detail}); {REEXPORT_HINT}") from None
 
 
-def recommend(version_dir: str, items: Sequence[str], k: Optional[int] = None, loaded=None):
+def recommend(version_dir: str, items: Sequence[str], k: Optional[int] = None,
+              loaded: Any = None) -> Tuple[List[Row], int, bool]:
   """Runs the raw-id signature on one session; returns (rows, ignored, fallback).
 
   rows: [(rank, raw_id, score)] best first.
@@ -147,7 +152,7 @@ def _cut(text: str, width: int = TITLE_WIDTH) -> str:
   return text if len(text) <= width else text[:width - 1] + "…"
 
 
-def format_recommendations(items: Sequence[str], rows, ignored: int, fallback: bool,
+def format_recommendations(items: Sequence[str], rows: Sequence[Row], ignored: int, fallback: bool,
                            titles: Dict[str, str]) -> str:
   lines = ["session:"]
   for raw_id in items:
@@ -165,7 +170,7 @@ def format_recommendations(items: Sequence[str], rows, ignored: int, fallback: b
   return "\n".join(lines)
 
 
-def define_flags():
+def define_flags() -> None:
   from absl import flags
   flags.DEFINE_string("export_dir", None, "A version folder of the export, or its parent "
                       "(the highest version is used).")
@@ -173,7 +178,7 @@ def define_flags():
   flags.DEFINE_integer("k", None, "How many items; default: the k fixed at export.")
 
 
-def main(argv: List[str]):
+def main(argv: List[str]) -> None:
   del argv
   from absl import flags
   values = flags.FLAGS
@@ -186,7 +191,7 @@ def main(argv: List[str]):
                                read_titles(version_dir)))
 
 
-def run():
+def run() -> None:
   from alterrec_tf import flagfiles
   define_flags()
   cli.run(main, flagfiles.PREPARE_FLAG_NAMES, verify_data=False)

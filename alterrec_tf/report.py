@@ -21,6 +21,7 @@ Re-draw a report without training: python -m alterrec_tf.report
 """
 
 import os
+from typing import List
 
 from absl import flags
 
@@ -48,7 +49,7 @@ def define_flags() -> None:
                       "Model whose per-group metrics the long-tail plot divides by.")
 
 
-def main(argv):
+def main(argv: List[str]) -> None:
   del argv
   values = flags.FLAGS
   try:
@@ -56,10 +57,11 @@ def main(argv):
     bins = [float(edge) for edge in values.long_tail_bins]
   except ValueError as error:
     raise cli.CommandError(f"--seeds and --long_tail_bins take numbers: {error}") from None
-  unknown = [m for m in values.models if model_names.split_variant(m)[0] not in model_names.ALL]
+  known = model_names.ALL + model_names.PEERS
+  unknown = [m for m in values.models if model_names.split_variant(m)[0] not in known]
   if unknown:
-    raise cli.CommandError(f"unknown --models {unknown}; choose from {list(model_names.ALL)} "
-                           f"(each optionally with {model_names.KEEP_SEEN_SUFFIX})")
+    raise cli.CommandError(f"unknown --models {unknown}; choose from {list(known)} "
+                           f"(ours optionally with {model_names.KEEP_SEEN_SUFFIX})")
   if not os.path.isdir(values.runs_dir):
     raise cli.CommandError(f"--runs_dir={values.runs_dir} is not a folder")
   if not load_runs(values.runs_dir, values.models or None, seeds or None):
@@ -72,7 +74,7 @@ def main(argv):
   print(f"report: {os.path.join(values.report_dir, 'README.md')}")
 
 
-def run():
+def run() -> None:
   define_flags()
   cli.run(main, verify_data=False)
 

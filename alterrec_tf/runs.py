@@ -23,9 +23,10 @@ import json
 import os
 import shutil
 import subprocess
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
+import numpy.typing as npt
 
 from alterrec_tf import config as alter_config
 from alterrec_tf.formats import identity as data_identity
@@ -86,7 +87,7 @@ def code_version(package_dir: Optional[str] = None) -> dict:
   """
   package_dir = package_dir or os.path.dirname(os.path.abspath(__file__))
 
-  def git(*args):
+  def git(*args: str) -> str:
     return subprocess.run(["git", "-C", package_dir, *args], capture_output=True, text=True,
                           timeout=30, check=True).stdout.strip()
 
@@ -116,12 +117,12 @@ def write_text_atomic(path: str, text: str) -> None:
     raise
 
 
-def write_json_atomic(path: str, value) -> None:
+def write_json_atomic(path: str, value: Any) -> None:
   """Writes `value` as JSON to `path` through a temporary file (never half-written)."""
   write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True))
 
 
-def read_json(path: str, hint: str = DAMAGED_RUN_HINT):
+def read_json(path: str, hint: str = DAMAGED_RUN_HINT) -> Any:
   """The JSON value of a run file.
 
   Raises:
@@ -267,7 +268,7 @@ def check_figures(run_dir: str, hint: str = DAMAGED_ARCHIVE_HINT) -> int:
   return checked
 
 
-def _metric_of_ranks(ranks, kind: str, k: int) -> float:
+def _metric_of_ranks(ranks: npt.ArrayLike, kind: str, k: int) -> float:
   """Hits@k, NDCG@k or MRR@k of 1-based ranks (numpy, as
   `training.evaluation.metrics_from_ranks`, without loading TensorFlow)."""
   ranks = np.asarray(ranks, dtype=np.float64)
@@ -376,7 +377,8 @@ def remove_run(run_dir: str) -> None:
       os.remove(path)
 
 
-def run_conflicts(config, manifest) -> Tuple[List[str], Optional[dict]]:
+def run_conflicts(config: alter_config.TrainConfig,
+                  manifest: dict) -> Tuple[List[str], Optional[dict]]:
   """How the run already in config.run_dir differs from `config`.
 
   Returns:

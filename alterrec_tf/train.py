@@ -16,6 +16,7 @@ that run_dir can be written (`check_command`); a refused command prints one line
 
 import os
 import sys
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from absl import flags, logging
 
@@ -25,6 +26,9 @@ from alterrec_tf import runs as alter_runs
 from alterrec_tf.models import names as model_names
 from alterrec_tf.training import progress, trainer
 
+if TYPE_CHECKING:
+  from alterrec_tf.formats.schema import DataError
+
 flags.DEFINE_list("floors", [],
                   "Count floors to rank on the same test split after training and show "
                   f"beside the table, of {', '.join(model_names.FLOORS)} (each a run in "
@@ -33,7 +37,8 @@ flags.DEFINE_list("floors", [],
 
 
 # --- command line -----------------------------------------------------------------------
-def check_command(config, verify_data: bool = True):
+def check_command(config: alter_config.TrainConfig,
+                  verify_data: bool = True) -> Optional[Dict[str, Any]]:
   """What the command line checks before TensorFlow is loaded (about a second):
   the flags' ranges and TF_CONFIG, the dataset (manifest, and with `verify_data`
   the SHA-256 of every shard and table), the flags against the dataset, and (on
@@ -73,7 +78,7 @@ def check_command(config, verify_data: bool = True):
   return results
 
 
-def damaged_data(error: BaseException, data_dir: str):
+def damaged_data(error: BaseException, data_dir: str) -> Optional["DataError"]:
   """A DataError naming the damaged shard behind a TensorFlow read or parse
   error of training (data not verified, --noverify_data), else None."""
   from alterrec_tf.formats import schema
@@ -90,7 +95,8 @@ def damaged_data(error: BaseException, data_dir: str):
       "the default, refuses a changed shard before training)")
 
 
-def floor_configs(config, names):
+def floor_configs(config: alter_config.TrainConfig,
+                  names: Sequence[str]) -> Dict[str, alter_config.TrainConfig]:
   """{floor: its TrainConfig} (run_dir/floors/<floor>), checked before TensorFlow.
 
   Raises:
@@ -105,7 +111,7 @@ def floor_configs(config, names):
           for name in names}
 
 
-def _train(config, verify_data):
+def _train(config: alter_config.TrainConfig, verify_data: bool) -> Dict[str, Any]:
   """trainer.train, with a damaged shard named (`damaged_data`)."""
   try:
     return trainer.train(config, verify_data=verify_data)
@@ -116,7 +122,7 @@ def _train(config, verify_data):
     raise damaged from error
 
 
-def main(argv):
+def main(argv: List[str]) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)
   config = alter_config.TrainConfig.from_flags()
@@ -147,7 +153,7 @@ def main(argv):
   print(f"results: {os.path.join(config.run_dir, alter_runs.RESULTS_FILE)}")
 
 
-def run():
+def run() -> None:
   cli.run(main, flagfiles.PREPARE_FLAG_NAMES,
           io_hint="a run resumes from its last finished epoch when the same command runs again")
 

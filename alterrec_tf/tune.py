@@ -13,6 +13,7 @@ several seeds with `alterrec_tf.experiments --flagfile=<tune_dir>/<model>/best.f
 """
 
 import os
+from typing import List
 
 from absl import flags, logging
 
@@ -28,7 +29,7 @@ flags.DEFINE_integer("tune_patience", 5, "Early-stopping patience of every trial
 flags.DEFINE_integer("sampler_seed", 0, "Seed of the TPE sampler of every study.")
 
 
-def main(argv):
+def main(argv: List[str]) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)
   config = alter_config.TrainConfig.from_flags()
@@ -63,7 +64,7 @@ def main(argv):
   print(table)
 
 
-def run():
+def run() -> None:
   cli.run(main, flagfiles.PREPARE_FLAG_NAMES,
           io_hint="the studies resume when the same command runs again")
 

@@ -43,6 +43,7 @@ CELLS: Dict[str, tuple] = {
     "neg800_anneal": (("alterrec",), ["--k2=806", "--random_share_decay_epochs=8"]),
     "neg800_gate": (("alterrec",), ["--k2=806", "--hard_negative_gate=0.9"]),
     "neg800_guard": (("alterrec",), ["--k2=806", "--false_negative_cosine=0.8"]),
+    "neg800_cooc": (("alterrec",), ["--k2=806", "--false_negative_cooccurrence=20"]),
     "single": (("id_only", "text_only"), []),
     "baselines": (("sasrec", "fdsa"), []),
 }

@@ -16,7 +16,7 @@ PACKAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
                            "alterrec_tf")
 # The commands (`python -m alterrec_tf.<name>`): flags, checks before TensorFlow, printing.
 COMMANDS = tuple(f"alterrec_tf.{name}" for name in (
-    "train", "export", "recommend", "experiments", "alpha_sweep", "report", "tune",
+    "train", "export", "recommend", "experiments", "alpha_sweep", "report", "tune", "peers",
     "floor_grid"))
 # Lowest first; a module may import its own layer and those below it.
 LAYERS = (
@@ -24,7 +24,8 @@ LAYERS = (
                "alterrec_tf.text")),
     ("settings", ("alterrec_tf.flagfiles", "alterrec_tf.cli", "alterrec_tf.config",
                   "alterrec_tf.runs")),
-    ("upper", ("alterrec_tf.training", "alterrec_tf.serving", "alterrec_tf.analysis")),
+    ("upper", ("alterrec_tf.training", "alterrec_tf.serving", "alterrec_tf.analysis",
+               "alterrec_tf.recbole")),
     ("commands", COMMANDS),
 )
 # The modules that read or define absl flags: no model or data module imports them.

@@ -2,18 +2,23 @@
 paper, and each changes what it says (full softmax plus a hard term, the
 competence gate, the annealed uniform share, the false-negative guard)."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from alterrec_tf import config as alter_config
+from alterrec_tf.data import cooccurrence
 from alterrec_tf.data import windows as alter_data
 from alterrec_tf.data.windows import scored_positions
-from alterrec_tf.models import negatives
+from alterrec_tf.formats import schema
+from alterrec_tf.models import negatives, registry
 from alterrec_tf.models.alterrec import AlterRec
+from alterrec_tf.models.baselines import floors
 from alterrec_tf.models.contract import ID_PHASE, TEXT_PHASE
 from alterrec_tf.models.settings import ModelSettings
 from alterrec_tf.training import schedule
+from tests import synthetic
 from tests.test_model import NUM_ITEMS, small_config, text_table, window_batch
 
 
@@ -27,7 +32,8 @@ def _model(**changes):
 def test_defaults_are_the_paper():
   config = alter_config.TrainConfig()
   assert (config.softmax, config.hard_negative_gate, config.random_share_decay_epochs,
-          config.false_negative_cosine) == ("sampled", 0.0, 0, 0.0)
+          config.false_negative_cosine, config.false_negative_cooccurrence) == (
+              "sampled", 0.0, 0, 0.0, 0)
   assert _model().random_share is None  # no new variable unless annealing
 
 
@@ -71,6 +77,94 @@ def test_guarded_model_never_draws_a_close_negative():
   kept = got.numpy() != 0
   assert kept.any() and (~kept).any()
   assert (cosines[kept] < 0.5).all()
+
+
+def _brute_force_partners(sessions, num_items, top_n):
+  """Each item's top_n partners by shared sessions (ties: lower index), by loops."""
+  shared = np.zeros([num_items, num_items], np.int64)
+  for session in sessions:
+    items = sorted(set(int(i) for i in session) - {0})
+    for a in items:
+      for b in items:
+        if a != b:
+          shared[a, b] += 1
+  table = np.full([num_items, top_n], num_items)
+  for item in range(num_items):
+    partners = [b for b in np.argsort(-shared[item], kind="stable") if shared[item, b] > 0]
+    table[item, :len(partners[:top_n])] = partners[:top_n]
+  return np.sort(table, axis=1)
+
+
+def test_cooccurrence_lists_count_shared_sessions_once_each():
+  sessions = [np.array([1, 2, 3, 2]), np.array([1, 2]), np.array([3, 4, 0, 0]),
+              np.array([5]), np.array([1, 4, 2])]
+  keys, counts = cooccurrence.pair_counts(sessions, 6)
+  pairs = {(int(k) // 6, int(k) % 6): int(c) for k, c in zip(keys, counts)}
+  # (1, 2) share three sessions; a repeated item or padding adds nothing
+  assert pairs == {(1, 2): 3, (1, 3): 1, (2, 3): 1, (3, 4): 1, (1, 4): 1, (2, 4): 1}
+  table = cooccurrence.top_cooccurring(sessions, 6, 2)
+  np.testing.assert_array_equal(table, [[6, 6], [2, 3], [1, 3], [1, 2], [1, 2], [6, 6]])
+  assert table.dtype == np.int32
+
+
+def test_cooccurrence_lists_match_brute_force_also_across_chunks(monkeypatch):
+  rng = np.random.default_rng(3)
+  sessions = [rng.integers(0, 15, size=rng.integers(1, 9)) for _ in range(200)]
+  expected = _brute_force_partners(sessions, 15, 4)
+  np.testing.assert_array_equal(cooccurrence.top_cooccurring(sessions, 15, 4), expected)
+  monkeypatch.setattr(cooccurrence, "PAIRS_PER_CHUNK", 7)  # reduce and merge often
+  np.testing.assert_array_equal(cooccurrence.top_cooccurring(sessions, 15, 4), expected)
+
+
+def test_cooccurrence_guard_drops_the_targets_listed_partners():
+  lists = np.array([[7, 7], [2, 3], [1, 7], [1, 7], [7, 7], [7, 7], [7, 7]], np.int32)
+  got = negatives.drop_listed_negatives(tf.constant([[2, 3, 4, 6], [1, 2, 3, 6]]),
+                                        tf.constant([1, 4]), tf.constant(lists)).numpy()
+  np.testing.assert_array_equal(got, [[0, 0, 4, 6], [1, 2, 3, 6]])  # item 4: no list
+
+
+def test_cooccurrence_guarded_model_never_draws_a_listed_partner():
+  rng = np.random.default_rng(0)
+  sessions = [rng.integers(1, NUM_ITEMS, size=6) for _ in range(60)]
+  lists = cooccurrence.top_cooccurring(sessions, NUM_ITEMS, 5)
+  batch = window_batch([6, 7, 8])
+  positions, targets = scored_positions(batch)
+
+  def hard_negatives(guard):
+    keras.utils.set_random_seed(0)  # the same weights with and without the guard
+    model = AlterRec(ModelSettings.of(small_config(
+        dropout=0.0, k1=1, k2=30, false_negative_cooccurrence=guard,
+        random_negative_share=0.0)), NUM_ITEMS, text_table(),
+        partner_lists=lists if guard else None)
+    model.build_all()
+    model.hard_negatives.assign(1)
+    return model._partner_signal("id", batch[alter_data.ITEM_IDS], positions, targets,
+                                 tf.constant([0, 0]))[0].numpy()
+
+  guarded, plain = hard_negatives(5), hard_negatives(0)
+  listed = np.array([[item in lists[target] for item in row]
+                     for row, target in zip(plain, targets.numpy())])
+  assert listed.any() and (plain != 0).all()
+  np.testing.assert_array_equal(guarded, np.where(listed, 0, plain))
+  with pytest.raises(ValueError, match="partner lists"):
+    AlterRec(ModelSettings.of(small_config(false_negative_cooccurrence=5)), NUM_ITEMS,
+             text_table())
+
+
+def test_registry_counts_the_training_sessions_for_the_cooccurrence_guard(tmp_path):
+  manifest = synthetic.write_dataset(str(tmp_path), num_items=30, num_sessions=30,
+                                     max_session_length=10)
+  train_files = schema.split_files(str(tmp_path), manifest, "train")
+  config = small_config(max_len=8, embedding_dim=8, num_layers=1, seen_items="exclude",
+                        false_negative_cooccurrence=4)
+  text = schema.load_text_embeddings(str(tmp_path), manifest)
+  model = registry.build_model(config, manifest, text, train_files=train_files)
+  expected = cooccurrence.top_cooccurring(floors.read_sessions(train_files),
+                                          manifest["num_items"], 4)
+  np.testing.assert_array_equal(model._partner_lists.numpy(), expected)
+  assert (expected < manifest["num_items"]).any()
+  with pytest.raises(ValueError, match="train_files"):
+    registry.build_model(config, manifest, text)
 
 
 @pytest.mark.parametrize("weight", [0.0, 0.7])
@@ -121,6 +215,7 @@ def test_uniform_share_anneals_linearly_to_zero():
 
 
 @pytest.mark.parametrize("flag, value", [("false_negative_cosine", 1.5),
+                                         ("false_negative_cooccurrence", -1),
                                          ("hard_negative_gate", -1.0),
                                          ("random_share_decay_epochs", -2)])
 def test_lever_flags_out_of_range_are_refused(flag, value):

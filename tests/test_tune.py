@@ -60,6 +60,24 @@ def test_study_runs_its_budget_resumes_and_writes_the_best_flags(tmp_path):
       (tmp_path / "alterrec" / "best.json").read_text())])
 
 
+def test_the_first_trial_is_the_command_s_own_setting(tmp_path):
+  # the flagfile's model is always a candidate: 794 negatives -> 800, d=100 -> 128
+  base = TrainConfig(k1=6, k2=800, learning_rate=1e-3, dropout=0.1, embedding_dim=100,
+                     num_layers=2, text_temperature=10.0)
+  calls = []
+  record = tuning.tune_model(base, "alterrec", 3000, str(tmp_path / "alterrec"),
+                             tuning.TuningBudget(trials=2, max_epochs=5, patience=2),
+                             _fake_trainer(calls), log=lambda line: None)
+  first = calls[0]
+  assert (first.learning_rate, first.dropout, first.embedding_dim, first.num_layers,
+          first.text_temperature, first.k2) == (1e-3, 0.1, 128, 2, 10.0, 806)
+  assert len(calls) == 2 and record["trials"] == 2
+  # d=300 (the default) -> 256; a model without negatives ignores k2
+  assert tuning.starting_params(TrainConfig(k1=6, k2=56, dropout=0.5), tuning.search_space(
+      "sasrec", 3000, 6)) == {"learning_rate": 1e-3, "dropout": 0.5, "embedding_dim": 256,
+                              "num_layers": 2}
+
+
 def test_a_trial_never_ranks_the_test_split(dataset, tmp_path):  # noqa: F811
   config = tiny_config(dataset, str(tmp_path / "trial"), m_max=2, test_every_epoch=False)
   results = train(config, rank_test=False)

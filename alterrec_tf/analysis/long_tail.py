@@ -6,16 +6,20 @@ reference model's. Reads the per-prefix ranks each run stores (test_ranks.npz).
 """
 
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from alterrec_tf.training import evaluation
+
+if TYPE_CHECKING:
+  from alterrec_tf.analysis.runs import Run
 
 METRICS = ("hits@20", "ndcg@20")
 
 
-def long_tail_groups(target_counts, bins: Sequence[float]) -> np.ndarray:
+def long_tail_groups(target_counts: npt.ArrayLike, bins: Sequence[float]) -> np.ndarray:
   """Group index of each test prefix from its target's training count.
 
   Args:
@@ -49,7 +53,7 @@ def _nice(value: float) -> float:
   return float(round(value, -digits)) if digits > 0 else float(round(value))
 
 
-def auto_bins(target_counts, num_groups: int = 5) -> List[float]:
+def auto_bins(target_counts: npt.ArrayLike, num_groups: int = 5) -> List[float]:
   """Edges that split the test prefixes into about equal groups by the
   training popularity of their target (quantiles, rounded to 2 digits)."""
   counts = np.asarray(target_counts, dtype=np.float64)
@@ -60,7 +64,7 @@ def auto_bins(target_counts, num_groups: int = 5) -> List[float]:
   return [e for e in edges if e < counts.max()] or [float(np.median(counts))]
 
 
-def metrics_of_ranks(ranks) -> Dict[str, float]:
+def metrics_of_ranks(ranks: np.ndarray) -> Dict[str, float]:
   """Hits@20 and NDCG@20 of a group's ranks (NaN for an empty group)."""
   if len(ranks) == 0:
     return {m: float("nan") for m in METRICS}
@@ -68,7 +72,8 @@ def metrics_of_ranks(ranks) -> Dict[str, float]:
   return {m: values[m] for m in METRICS}
 
 
-def long_tail_analysis(runs, bins=None, reference="sasrec", head="fused") -> Optional[dict]:
+def long_tail_analysis(runs: Sequence["Run"], bins: Optional[Sequence[float]] = None,
+                       reference: str = "sasrec", head: str = "fused") -> Optional[dict]:
   """Per-group Hits@20/NDCG@20 of every model (mean over seeds), share of each
   group, and the improvement ratio model / reference - 1 per group.
 
@@ -81,8 +86,8 @@ def long_tail_analysis(runs, bins=None, reference="sasrec", head="fused") -> Opt
   with_ranks = [r for r in runs if r.ranks_path]
   if not with_ranks:
     return None
-  first = with_ranks[0].ranks()
-  counts = first["target_train_counts"]
+  first = with_ranks[0].ranks()  # (not None: a run with a ranks file, as every run below)
+  counts = first["target_train_counts"]  # type: ignore[index]
   bins = list(bins) if bins else auto_bins(counts)
   groups = long_tail_groups(counts, bins)
   num_groups = len(bins) + 1
@@ -95,7 +100,7 @@ def long_tail_analysis(runs, bins=None, reference="sasrec", head="fused") -> Opt
     per_seed = []
     for run in model_runs:
       ranks = run.ranks()
-      if not np.array_equal(ranks["targets"], first["targets"]):
+      if not np.array_equal(ranks["targets"], first["targets"]):  # type: ignore[index]
         raise ValueError(f"{run.run_dir}: test targets differ from {with_ranks[0].run_dir}; "
                          "were the runs made on the same data?")
       per_seed.append([metrics_of_ranks(ranks[head][groups == g]) for g in range(num_groups)])

@@ -6,15 +6,22 @@ matplotlib is imported on first use: it is the optional `report` extra, and
 `report` writes its tables without it.
 """
 
-from typing import Optional
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from alterrec_tf.analysis import long_tail
 from alterrec_tf.models import names as model_names
 
+if TYPE_CHECKING:
+  from matplotlib.axes import Axes
+  from matplotlib.figure import Figure
 
-def epoch_curve(model_runs, key):
+  from alterrec_tf.analysis.runs import Run
+
+
+def epoch_curve(model_runs: Sequence["Run"], key: str) -> Tuple[np.ndarray, np.ndarray]:
   """Epochs and the mean over seeds of history[key] at each epoch (seeds that
   reached it)."""
   values: dict = {}
@@ -26,44 +33,48 @@ def epoch_curve(model_runs, key):
   return np.array(epochs), np.array([np.mean(values[e]) for e in epochs])
 
 
-def _pyplot():
+def _pyplot() -> ModuleType:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   return plt
 
 
-def _integer_epochs(axis):
+def _integer_epochs(axis: "Axes") -> None:
   from matplotlib.ticker import MaxNLocator
   axis.xaxis.set_major_locator(MaxNLocator(integer=True))
   axis.set_xlabel("epoch")
 
 
-def _seeds_note(model_runs, key="test/fused/hits@20"):
+def _seeds_note(model_runs: Sequence["Run"], key: str = "test/fused/hits@20") -> str:
   """"mean of N seeds", counting the runs that logged `key` per epoch (the
   experiments grid ranks the test split every epoch for the first seed only)."""
   count = sum(any(key in record for record in run.history) for run in model_runs)
   return f"mean of {count} seed{'s' if count != 1 else ''}"
 
 
-def _save(plt, fig, path, rect=None):
+def _save(plt: ModuleType, fig: "Figure", path: str,
+          rect: Optional[Tuple[float, float, float, float]] = None) -> None:
   fig.tight_layout(rect=rect)
   fig.savefig(path, dpi=120)
   plt.close(fig)
 
 
-def _plot_parts(axis, runs, name, keys, scale=1.0, fused_label=None):
+def _plot_parts(axis: "Axes", runs: Sequence["Run"], name: str, keys: Sequence[str],
+                scale: float = 1.0, fused_label: Optional[str] = None) -> None:
   """Draws a model's fused curve (solid black) and its ID / text parts (dashed
   red / green) from the history keys (fused, id, text), mean over seeds."""
   labels = (fused_label or name, f"ID in {name}", f"text in {name}")
-  styles = (dict(color="black", lw=2.2), dict(color="tab:red", ls="--", lw=1.8),
-            dict(color="tab:green", ls="--", lw=1.8))
+  styles: Tuple[Dict[str, Any], ...] = (
+      dict(color="black", lw=2.2), dict(color="tab:red", ls="--", lw=1.8),
+      dict(color="tab:green", ls="--", lw=1.8))
   for key, label, style in zip(keys, labels, styles):
     epochs, values = epoch_curve(runs, key)
     axis.plot(epochs, scale * values, marker="o", ms=3, label=label, **style)
 
 
-def plot_nfrec(grouped, path, dataset="") -> Optional[str]:
+def plot_nfrec(grouped: Mapping[str, Sequence["Run"]], path: str,
+               dataset: str = "") -> Optional[str]:
   """Figure 3: NFRec (concat, else sum) and its ID / text parts per epoch."""
   model = next((m for m in ("nfrec_concat", "nfrec_sum") if m in grouped), None)
   if model is None:
@@ -97,7 +108,8 @@ def plot_nfrec(grouped, path, dataset="") -> Optional[str]:
   return model
 
 
-def plot_alterrec(grouped, path, dataset="") -> Optional[str]:
+def plot_alterrec(grouped: Mapping[str, Sequence["Run"]], path: str,
+                  dataset: str = "") -> Optional[str]:
   """Figure 5: AlterRec (else AlterRec_aug) and its ID / text scores per epoch,
   background = which tower trained in that epoch (hatched: random negatives)."""
   model = next((m for m in ("alterrec", "alterrec_aug") if m in grouped), None)
@@ -134,7 +146,7 @@ def plot_alterrec(grouped, path, dataset="") -> Optional[str]:
   return model
 
 
-def plot_long_tail(analysis, path, dataset="") -> bool:
+def plot_long_tail(analysis: Optional[dict], path: str, dataset: str = "") -> bool:
   """Figure 6: improvement over the reference per popularity group (or, without
   the reference model, each model's metric per group), share of each group as bars."""
   if not analysis or not analysis["metrics"]:

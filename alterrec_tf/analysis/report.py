@@ -10,17 +10,17 @@ import importlib.util
 import json
 import math
 import os
-from typing import List, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from alterrec_tf.analysis import long_tail, tables
-from alterrec_tf.analysis.runs import load_runs
+from alterrec_tf.analysis.runs import Run, load_runs
 from alterrec_tf.models import names as model_names
 
 
 # --- figures --------------------------------------------------------------------------------
-def _json_safe(value):
+def _json_safe(value: Any) -> Any:
   if isinstance(value, float):
     return value if math.isfinite(value) else None
   if isinstance(value, dict):
@@ -32,7 +32,7 @@ def _json_safe(value):
   return value
 
 
-def protocol_lines(runs) -> List[str]:
+def protocol_lines(runs: Sequence[Run]) -> List[str]:
   """How the runs were scored (from their results.json): test protocol and
   treatment of the items already in the session."""
   protocols = sorted({r.results.get("test_protocol", "windowed (older runs)") for r in runs})
@@ -54,7 +54,9 @@ _CAPTIONS = {"fig3": "Figure 3: NFRec and its ID / text parts",
              "fig6": "Figure 6: long-tail items"}
 
 
-def write_report(runs_dir: str, report_dir: str, models=None, seeds=None, bins=None,
+def write_report(runs_dir: str, report_dir: str, models: Optional[Sequence[str]] = None,
+                 seeds: Optional[Sequence[int]] = None,
+                 bins: Optional[Sequence[float]] = None,
                  reference: str = "sasrec", meta: Optional[dict] = None) -> dict:
   """Writes README.md, results.json and the figures; returns the JSON dict."""
   runs = load_runs(runs_dir, models, seeds)
@@ -88,13 +90,15 @@ def write_report(runs_dir: str, report_dir: str, models=None, seeds=None, bins=N
   return output
 
 
-def _draw_figures(grouped, analysis, report_dir: str, dataset: str) -> dict:
+def _draw_figures(grouped: Mapping[str, Sequence[Run]], analysis: Optional[dict],
+                  report_dir: str, dataset: str) -> Dict[str, str]:
   """The paper's figures 3, 5, 6 as PNGs in report_dir: {key: file name} of those
   drawn. They need matplotlib (the `report` extra); the tables never do."""
   if importlib.util.find_spec("matplotlib") is None:
     return {}
   from alterrec_tf.analysis import plots as report_plots
   figures = {}
+  data: Any  # (each figure's function takes its own data)
   for key, name, draw, data in (("fig3", "fig3_nfrec.png", report_plots.plot_nfrec, grouped),
                                 ("fig5", "fig5_alterrec.png", report_plots.plot_alterrec,
                                  grouped),
@@ -105,7 +109,8 @@ def _draw_figures(grouped, analysis, report_dir: str, dataset: str) -> dict:
   return figures
 
 
-def _report_markdown(output: dict, runs, dataset: str, hashes, meta) -> List[str]:
+def _report_markdown(output: dict, runs: Sequence[Run], dataset: str, hashes: Sequence[str],
+                     meta: Optional[Mapping[str, Any]]) -> List[str]:
   """The lines of the report's README.md."""
   lines = [f"# Reproduction report{': ' + dataset if dataset else ''}", ""]
   if len(hashes) > 1:

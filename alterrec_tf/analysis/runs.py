@@ -17,7 +17,7 @@ from alterrec_tf.models import names as model_names
 class Run:
   """One finished run: model, seed, folder, results, history, ranks file."""
 
-  def __init__(self, model: str, seed: int, run_dir: str):
+  def __init__(self, model: str, seed: int, run_dir: str) -> None:
     self.model, self.seed, self.run_dir = model, seed, run_dir
     self.results = alter_runs.read_json(os.path.join(run_dir, alter_runs.RESULTS_FILE))
     history_path = os.path.join(run_dir, alter_runs.HISTORY_FILE)

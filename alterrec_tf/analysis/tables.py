@@ -7,9 +7,10 @@ turn them into Markdown (%).
 """
 
 import math
-from typing import TYPE_CHECKING, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from alterrec_tf.analysis import long_tail
 from alterrec_tf.models import names as model_names
@@ -21,21 +22,22 @@ TABLE_METRICS = ("hits@10", "hits@20", "ndcg@10", "ndcg@20")
 display_name = model_names.display_name
 
 
-def by_model(runs) -> Dict[str, List["Run"]]:
+def by_model(runs: Sequence["Run"]) -> Dict[str, List["Run"]]:
   grouped: Dict[str, List["Run"]] = {}
   for run in runs:
     grouped.setdefault(run.model, []).append(run)
   return grouped
 
 
-def mean_std(values) -> Dict[str, float]:
+def mean_std(values: npt.ArrayLike) -> Dict[str, float]:
   """Mean, sample standard deviation (ddof=1; 0 for a single seed) and count."""
   values = np.asarray(values, dtype=np.float64)
   std = float(values.std(ddof=1)) if values.size > 1 else 0.0
   return {"mean": float(values.mean()), "std": std, "n": int(values.size)}
 
 
-def summary_table(runs, head="fused", metrics=TABLE_METRICS) -> Dict[str, dict]:
+def summary_table(runs: Sequence["Run"], head: str = "fused",
+                  metrics: Sequence[str] = TABLE_METRICS) -> Dict[str, dict]:
   """{model: {metric: {mean, std, values, seeds}}} of the test split at the
   selected epoch of each run (fractions)."""
   table = {}
@@ -52,7 +54,8 @@ def summary_table(runs, head="fused", metrics=TABLE_METRICS) -> Dict[str, dict]:
   return table
 
 
-def parts_table(runs, metrics=("hits@20", "ndcg@20")) -> Dict[str, dict]:
+def parts_table(runs: Sequence["Run"],
+                metrics: Sequence[str] = ("hits@20", "ndcg@20")) -> Dict[str, dict]:
   """{model: {head: {metric: {mean, std}}}} for models with more than one head."""
   parts = {}
   for model, model_runs in by_model(runs).items():
@@ -88,7 +91,7 @@ def run_cost(run: "Run") -> Dict[str, float]:
           "fit_seconds": fit, "total_seconds": fit + wall}
 
 
-def cost_table(runs) -> Dict[str, dict]:
+def cost_table(runs: Sequence["Run"]) -> Dict[str, dict]:
   """{model: {quantity: mean over seeds}} of `run_cost`."""
   table = {}
   for model, model_runs in by_model(runs).items():
@@ -98,18 +101,19 @@ def cost_table(runs) -> Dict[str, dict]:
   return table
 
 
-def _pct(value):
+def _pct(value: float) -> str:
   return f"{100.0 * value:.2f}"
 
 
-def _pct_mean_std(cell) -> str:
+def _pct_mean_std(cell: Mapping[str, Any]) -> str:
   """'mean ± std' in %; the mean alone for one seed (no spread to show)."""
   if cell.get("n", 2) < 2:
     return _pct(cell["mean"])
   return f"{_pct(cell['mean'])} ± {_pct(cell['std'])}"
 
 
-def format_results_markdown(table, metrics=TABLE_METRICS) -> str:
+def format_results_markdown(table: Mapping[str, Mapping[str, dict]],
+                            metrics: Sequence[str] = TABLE_METRICS) -> str:
   """Table 1 style: mean +- std (%) over seeds (the mean alone for one seed), best
   mean of each column in bold."""
   best = {m: max((row[m]["mean"] for row in table.values() if m in row), default=None)
@@ -135,7 +139,7 @@ def format_results_markdown(table, metrics=TABLE_METRICS) -> str:
   return "\n".join(lines)
 
 
-def format_parts_markdown(parts) -> str:
+def format_parts_markdown(parts: Mapping[str, Mapping[str, dict]]) -> str:
   lines = ["| Model | head | Hits@20 | NDCG@20 |", "|---|---|---:|---:|"]
   for model in sorted(parts, key=model_names.order_key):
     for head, values in parts[model].items():
@@ -144,7 +148,7 @@ def format_parts_markdown(parts) -> str:
   return "\n".join(lines)
 
 
-def format_cost_markdown(costs) -> str:
+def format_cost_markdown(costs: Mapping[str, Mapping[str, float]]) -> str:
   lines = ["| Model | epochs run | best epoch | train s/epoch | train prefixes/s | "
            "eval s/epoch | fit s (floors) | compute s, all seeds |",
            "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -161,7 +165,7 @@ def format_cost_markdown(costs) -> str:
   return "\n".join(lines)
 
 
-def format_long_tail_markdown(analysis) -> str:
+def format_long_tail_markdown(analysis: dict) -> str:
   labels = analysis["labels"]
   lines = ["| Model | metric | " + " | ".join(labels) + " |",
            "|---|---|" + "---:|" * len(labels),
@@ -176,7 +180,7 @@ def format_long_tail_markdown(analysis) -> str:
   return "\n".join(lines)
 
 
-def code_commits(runs) -> Dict[str, int]:
+def code_commits(runs: Sequence["Run"]) -> Dict[str, int]:
   """How many runs were trained at each commit (results.json's code_version,
   `runs.code_version`): a grid resumed across machines may span commits."""
   counts: Dict[str, int] = {}

@@ -24,12 +24,15 @@ model trains and evaluates on expanded batches: that is the reference path.
 Pure TensorFlow: works eagerly, inside `tf.function` and in `tf.data.map`.
 """
 
-from typing import Dict, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
 from alterrec_tf.data import windows as alter_data
 from alterrec_tf.formats import schema
+
+if TYPE_CHECKING:
+  from alterrec_tf.models.alterrec import AlterRec
 
 
 def expand_to_prefixes(batch: Dict[str, tf.Tensor],
@@ -81,7 +84,9 @@ def num_prefixes(batch: Dict[str, tf.Tensor]) -> tf.Tensor:
   return tf.reduce_sum(tf.cast(batch[alter_data.TARGET_MASK], tf.int32))
 
 
-def tower_loss_and_gradients(model, name, batch, seed, training=True):
+def tower_loss_and_gradients(model: "AlterRec", name: str, batch: Dict[str, tf.Tensor],
+                             seed: tf.Tensor, training: bool = True
+                             ) -> Tuple[tf.Tensor, List[Optional[tf.Tensor]], tf.Tensor]:
   """`AlterRec.loss_and_gradients` with dense gradients (for comparisons).
 
   Works on window batches and on `expand_to_prefixes` batches alike.

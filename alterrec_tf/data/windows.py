@@ -19,7 +19,7 @@ exact protocol, `train.TEST_WINDOW_STRIDE`); training and per-epoch validation
 use `--train_window_stride` / `--eval_window_stride`.
 """
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -30,7 +30,7 @@ TARGET_IDS = "target_ids"
 TARGET_MASK = "target_mask"
 
 
-def scored_positions(batch: Dict[str, tf.Tensor]):
+def scored_positions(batch: Dict[str, tf.Tensor]) -> Tuple[tf.Tensor, tf.Tensor]:
   """The scored prefixes of a window batch (the batch format above).
 
   Args:
@@ -79,7 +79,7 @@ def session_windows(item_ids: tf.Tensor, eval_start: tf.Tensor, max_len: int,
   return {ITEM_IDS: inputs, TARGET_IDS: targets, TARGET_MASK: mask}
 
 
-def windows_dataset(files, max_len: int, stride: int) -> tf.data.Dataset:
+def windows_dataset(files: Sequence[str], max_len: int, stride: int) -> tf.data.Dataset:
   """Unbatched, uncached windows of every session in `files`, in file order."""
   sessions = tf.data.TFRecordDataset(files)
   sessions = sessions.batch(256).map(schema.parse_examples)
@@ -96,19 +96,19 @@ def count(dataset: tf.data.Dataset) -> int:
   return int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1).numpy())
 
 
-def window_length(window) -> tf.Tensor:
+def window_length(window: Dict[str, tf.Tensor]) -> tf.Tensor:
   """Real (non-padding) items of one window: int32 scalar."""
   return tf.reduce_sum(tf.cast(window[ITEM_IDS] != schema.PADDING_INDEX, tf.int32))
 
 
-def trim_padding(batch):
+def trim_padding(batch: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
   """Cuts a window batch to its longest real row: [B, max_len] -> [B, n]."""
   longest = tf.reduce_max(tf.reduce_sum(
       tf.cast(batch[ITEM_IDS] != schema.PADDING_INDEX, tf.int32), axis=1))
   return {key: value[:, :longest] for key, value in batch.items()}
 
 
-def length_buckets(max_len: int):
+def length_buckets(max_len: int) -> List[int]:
   """Bucket boundaries of window lengths: 8, 16, 32, ... below max_len."""
   boundaries, edge = [], 8
   while edge < max_len:
@@ -130,7 +130,7 @@ class SplitData:
     num_examples: scored prefixes in the split.
   """
 
-  def __init__(self, files, max_len: int, stride: int):
+  def __init__(self, files: Sequence[str], max_len: int, stride: int) -> None:
     self.max_len = max_len
     self._windows = windows_dataset(files, max_len, stride).cache()
     counts = self._windows.reduce(
@@ -175,7 +175,7 @@ class SplitData:
     return epochs.prefetch(tf.data.AUTOTUNE)
 
 
-def item_counts(files, num_items: int) -> tf.Tensor:
+def item_counts(files: Sequence[str], num_items: int) -> tf.Tensor:
   """Training popularity: occurrences of each item index, int64 [num_items]."""
   sessions = tf.data.TFRecordDataset(files).batch(1024).map(schema.parse_examples)
   return sessions.reduce(

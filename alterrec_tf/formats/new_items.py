@@ -14,9 +14,10 @@ This module needs numpy only (no TensorFlow, pandas or torch).
 
 import json
 import os
-from typing import List, NamedTuple, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
+import numpy.typing as npt
 
 ITEMS_FILE = "new_items.tsv"
 EMBEDDINGS_FILE = "new_item_text_embeddings.npy"
@@ -47,8 +48,8 @@ def check_raw_id(raw_id: str, where: str) -> None:
                         "break or surrounding spaces")
 
 
-def write(folder: str, raw_ids: Sequence[str], titles: Sequence[str], embeddings,
-          text_model: str = "") -> str:
+def write(folder: str, raw_ids: Sequence[str], titles: Sequence[str],
+          embeddings: npt.ArrayLike, text_model: str = "") -> str:
   """Writes a new-item table into `folder` (created); returns the folder."""
   embeddings = np.asarray(embeddings, dtype=np.float32)
   if embeddings.ndim != 2 or embeddings.shape[0] != len(raw_ids) or len(titles) != len(raw_ids):
@@ -67,7 +68,7 @@ def write(folder: str, raw_ids: Sequence[str], titles: Sequence[str], embeddings
   return folder
 
 
-def _paths(path: str):
+def _paths(path: str) -> Tuple[str, str, Optional[str]]:
   if os.path.isdir(path):
     return (os.path.join(path, EMBEDDINGS_FILE), os.path.join(path, ITEMS_FILE),
             os.path.join(path, INFO_FILE))

@@ -72,7 +72,7 @@ def feature_spec() -> Dict[str, object]:
   return _FEATURES
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Dict[str, object]:
   """`schema.FEATURES` (= `feature_spec()`), built when first read."""
   if name == "FEATURES":
     return feature_spec()
@@ -301,7 +301,7 @@ def find_damaged_shards(data_dir: str, manifest: dict) -> List[str]:
   return problems
 
 
-def _op_error_reason(error) -> str:
+def _op_error_reason(error: "tf.errors.OpError") -> str:
   """The first line of a TensorFlow error without its op and function names."""
   text = (str(error.message or "").strip().splitlines() or [type(error).__name__])[0]
   text = re.sub(r"\{\{[^}]*\}\}\s*", "", text)

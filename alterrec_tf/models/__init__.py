@@ -1,1 +1,2 @@
-"""Models: layers, towers, negatives and loss, AlterRec, the baselines and floors, and the registry behind --model."""
+"""Models: layers, towers, negatives and loss, AlterRec, the baselines and floors,
+and the registry behind --model."""

@@ -19,9 +19,10 @@ partner's negatives, augmented positives), never from `settings.model`.
 """
 
 import functools
-from typing import Any, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from alterrec_tf.data import windows as alter_data
@@ -31,8 +32,12 @@ from alterrec_tf.models import replicas as alter_replicas
 from alterrec_tf.models import scoring
 from alterrec_tf.models import settings as model_settings
 from alterrec_tf.models import towers as alter_towers
-from alterrec_tf.models.contract import ID_PHASE, TEXT_PHASE
+from alterrec_tf.models.contract import ID_PHASE, TEXT_PHASE, Batch
 from alterrec_tf.models.names import ALTERREC_VARIANTS, AlterRecVariant
+from alterrec_tf.models.scoring import Heads
+
+# A tower's gradients: dense, or IndexedSlices for the rows an ID table gathered.
+Gradients = List[Union[tf.Tensor, tf.IndexedSlices]]
 
 
 class AlterRec(keras.Model):
@@ -48,13 +53,19 @@ class AlterRec(keras.Model):
     prefixes_per_batch: the training split's mean scored prefixes per batch:
       a batch's loss is its prefixes' summed loss divided by it
       (`negatives.reduce_prefix_losses`); None: the mean over the batch.
+    partner_lists: int32 [num_items, N], each item's N most frequent partners
+      in the training sessions, rows ascending (`data.cooccurrence.
+      top_cooccurring`): hard negatives on their target's list are dropped
+      (`settings.false_negative_cooccurrence`); None: no such guard.
   """
 
   train_function: Any  # Keras' compiled step (Keras sets it; typed for mypy)
 
   def __init__(self, settings: model_settings.ModelSettings, num_items: int,
-               text_embeddings=None, variant: Optional[AlterRecVariant] = None,
-               prefixes_per_batch: Optional[float] = None, **kwargs):
+               text_embeddings: Optional[np.ndarray] = None,
+               variant: Optional[AlterRecVariant] = None,
+               prefixes_per_batch: Optional[float] = None,
+               partner_lists: Optional[np.ndarray] = None, **kwargs) -> None:
     super().__init__(**kwargs)
     if not isinstance(settings, model_settings.ModelSettings):
       raise TypeError(f"AlterRec takes a ModelSettings, not a {type(settings).__name__}: "
@@ -90,6 +101,12 @@ class AlterRec(keras.Model):
     if settings.false_negative_cosine > 0.0 and text_embeddings is not None:
       table = tf.convert_to_tensor(text_embeddings, tf.float32)
       self._unit_text = tf.math.l2_normalize(table, axis=1)
+    self._partner_lists = None  # [V, N] co-occurrence guard
+    if settings.false_negative_cooccurrence > 0:
+      if partner_lists is None:
+        raise ValueError("--false_negative_cooccurrence needs the training sessions' partner "
+                         "lists (data.cooccurrence.top_cooccurring)")
+      self._partner_lists = tf.constant(partner_lists, tf.int32)
     self._replicated = tf.distribute.has_strategy()  # built in a strategy's scope
     self.id_optimizer = keras.optimizers.Adam(settings.learning_rate, name="id_adam")
     self.text_optimizer = keras.optimizers.Adam(settings.learning_rate, name="text_adam")
@@ -98,7 +115,7 @@ class AlterRec(keras.Model):
     self.text_loss_tracker = keras.metrics.Mean(name="text_loss")
 
   # --- building ---------------------------------------------------------------
-  def build_all(self):
+  def build_all(self) -> None:
     """Creates every variable (both towers and both optimizers)."""
     dummy = tf.ones([1, self.settings.max_len], tf.int32)
     for name in self.tower_names:
@@ -109,31 +126,33 @@ class AlterRec(keras.Model):
     if self.settings.init == "uniform":
       self._uniform_init()
 
-  def _uniform_init(self):
+  def _uniform_init(self) -> None:
     bound = self.settings.embedding_dim ** -0.5
     rng = tf.random.Generator.from_seed(self.settings.seed)
     for variable in self.trainable_variables:
       variable.assign(rng.uniform(variable.shape, -bound, bound))
 
-  def tower(self, name):
-    return self.id_tower if name == "id" else self.text_tower
+  def tower(self, name: str) -> alter_towers.UniModalTower:
+    # (None only for a name outside tower_names, which no caller passes)
+    return self.id_tower if name == "id" else self.text_tower  # type: ignore[return-value]
 
-  def optimizer_of(self, name):
+  def optimizer_of(self, name: str) -> keras.optimizers.Optimizer:
     return self.id_optimizer if name == "id" else self.text_optimizer
 
   @property
-  def metrics(self):
+  def metrics(self) -> List[keras.metrics.Metric]:
     return [self.id_loss_tracker, self.text_loss_tracker]
 
   # --- training ---------------------------------------------------------------
-  def seen_items_of(self, item_ids, positions):
+  def seen_items_of(self, item_ids: tf.Tensor, positions: tf.Tensor) -> Optional[tf.Tensor]:
     """The items scored out at each prefix: int32 [P, L] (0 = none), or None
     when the settings keep seen items."""
     if self.settings.seen_items == "exclude":
       return alter_towers.prefix_items(item_ids, positions)
     return None
 
-  def _frozen_top_k(self, name, item_ids, positions, k: int, sorted_list: bool):
+  def _frozen_top_k(self, name: str, item_ids: tf.Tensor, positions: tf.Tensor, k: int,
+                    sorted_list: bool) -> Tuple[tf.Tensor, tf.Tensor]:
     """Top-k (scores, ids) of tower `name` at the prefixes, dropout off, no
     gradient: [P, k] each. In item chunks (`scoring.top_k_over_chunks`) when
     the catalogue is larger than `settings.score_chunk_size`, else over the
@@ -157,7 +176,8 @@ class AlterRec(keras.Model):
                                               self.settings.hard_negative_selection)
     return tf.stop_gradient(values), tf.stop_gradient(ids)
 
-  def _partner_signal(self, name, item_ids, positions, targets, seed):
+  def _partner_signal(self, name: str, item_ids: tf.Tensor, positions: tf.Tensor,
+                      targets: tf.Tensor, seed: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     """Negatives [P, K] and augmented positives [P, p] for a step of tower `name`.
 
     Hard phases: negatives from the partner's ranks k1..k2 (mixed with uniform
@@ -170,7 +190,7 @@ class AlterRec(keras.Model):
     num_augmented = cfg.p if self._augments() else 0
     partner_name = self.partner_of(name)
 
-    def random_signal():
+    def random_signal() -> Tuple[tf.Tensor, tf.Tensor]:
       random_ids = alter_negatives.uniform_negatives(seed, num_rows, cfg.num_negatives,
                                                      self.num_items)
       return random_ids, tf.zeros([num_rows, num_augmented], tf.int32)
@@ -178,18 +198,21 @@ class AlterRec(keras.Model):
     if partner_name is None:
       return random_signal()
 
-    def hard_signal():
+    def hard_signal() -> Tuple[tf.Tensor, tf.Tensor]:
       source = self.augmentation_source_of(name)
       top_scores, top_ids = self._frozen_top_k(partner_name, item_ids, positions, cfg.k2,
                                                sorted_list=False)
       hard_ids, augmented_ids = alter_negatives.partner_ranking(
           top_scores, top_ids, cfg.k1, num_augmented if source == partner_name else 0)
       if num_augmented and source != partner_name:
-        augmented_ids = self._frozen_top_k(source, item_ids, positions, num_augmented,
+        augmented_ids = self._frozen_top_k(source,  # type: ignore[arg-type]  # (a partner here)
+                                           item_ids, positions, num_augmented,
                                            sorted_list=True)[1]
       if self._unit_text is not None:
         hard_ids = alter_negatives.drop_close_negatives(
             hard_ids, targets, self._unit_text, cfg.false_negative_cosine)
+      if self._partner_lists is not None:
+        hard_ids = alter_negatives.drop_listed_negatives(hard_ids, targets, self._partner_lists)
       if cfg.random_share_decay_epochs:
         hard_ids = alter_negatives.mix_negatives_dynamic(hard_ids, seed, self.random_share,
                                                          self.num_items)
@@ -213,12 +236,13 @@ class AlterRec(keras.Model):
     """Sets the ID score's weight in "fused" (Eq. 12): `settings.alpha`."""
     self.settings = self.settings.replace(alpha=alpha)
 
-  def augmentation_source_of(self, name):
+  def augmentation_source_of(self, name: str) -> Optional[str]:
     """The tower whose top-p are tower `name`'s augmented positives: the partner
     (paper), or the ID tower for both (reference code, `--augmentation_source=id`)."""
     return "id" if self.settings.augmentation_source == "id" else self.partner_of(name)
 
-  def loss_and_gradients(self, name, batch, seed, training=True):
+  def loss_and_gradients(self, name: str, batch: Batch, seed: tf.Tensor, training: bool = True
+                         ) -> Tuple[tf.Tensor, Gradients, tf.Tensor]:
     """Loss of tower `name` on a batch and its gradients, without applying them.
 
     Args:
@@ -264,15 +288,17 @@ class AlterRec(keras.Model):
             self.prefixes_per_batch)
     return loss, tape.gradient(loss, tower.trainable_variables), negative_ids
 
-  def _sampled_logits(self, name, queries, table, targets, negative_ids, augmented_ids,
-                      seen):
+  def _sampled_logits(self, name: str, queries: tf.Tensor, table: tf.Tensor,
+                      targets: tf.Tensor, negative_ids: tf.Tensor,
+                      augmented_ids: Optional[tf.Tensor], seen: Optional[tf.Tensor]
+                      ) -> Tuple[tf.Tensor, tf.Tensor, Optional[tf.Tensor]]:
     """Logits of the targets [P], negatives [P, K] and augmented positives
     [P, p] (or None) from the item rows they name, with padding and the
     prefix's items at -1e9, as in the [P, V] scores."""
     temperature = self.head_temperatures()[name]
     seen = None if seen is None else tf.cast(seen, tf.int32)
 
-    def logits_of(ids):
+    def logits_of(ids: tf.Tensor) -> tf.Tensor:
       ids = tf.cast(ids, tf.int32)
       logits = tf.einsum("pd,pkd->pk", queries, tf.gather(table, ids))
       if temperature != 1.0:
@@ -285,7 +311,7 @@ class AlterRec(keras.Model):
     augmented = None if augmented_ids is None else logits_of(augmented_ids)
     return logits_of(targets[:, None])[:, 0], logits_of(negative_ids), augmented
 
-  def _tower_step(self, name, batch, seed):
+  def _tower_step(self, name: str, batch: Batch, seed: tf.Tensor) -> tf.Tensor:
     """One update of tower `name`; returns its loss on the global batch.
 
     Under tf.distribute, `batch` is this replica's share; the optimizer sums
@@ -295,7 +321,8 @@ class AlterRec(keras.Model):
     self.optimizer_of(name).apply(gradients, self.tower(name).trainable_variables)
     return alter_replicas.sum_over_replicas(loss)
 
-  def make_train_function(self, force=False):
+  def make_train_function(self, force: bool = False
+                          ) -> Callable[[Iterator[Batch]], Dict[str, tf.Tensor]]:
     """Keras' train function. Without a strategy: Keras' own, one trace.
 
     Under tf.distribute (`replicas.replicated_train_function`) with two
@@ -314,7 +341,7 @@ class AlterRec(keras.Model):
         choose=(lambda: int(self.phase.numpy())) if len(phases) == 2 else None)
     return self.train_function
 
-  def train_step(self, batch, phase=None):
+  def train_step(self, batch: Batch, phase: Optional[int] = None) -> Dict[str, tf.Tensor]:
     """One step of the tower of `phase` on a batch (this replica's share under
     tf.distribute); returns the logs (losses of the global batch).
 
@@ -332,12 +359,12 @@ class AlterRec(keras.Model):
       loss = self._tower_step(name, batch, seed)
       (self.id_loss_tracker if name == "id" else self.text_loss_tracker).update_state(loss)
     else:
-      def id_step():
+      def id_step() -> tf.Tensor:
         loss = self._tower_step("id", batch, seed)
         self.id_loss_tracker.update_state(loss)
         return loss
 
-      def text_step():
+      def text_step() -> tf.Tensor:
         loss = self._tower_step("text", batch, seed)
         self.text_loss_tracker.update_state(loss)
         return loss
@@ -350,12 +377,13 @@ class AlterRec(keras.Model):
             "text_loss": self.text_loss_tracker.result()}
 
   # --- scoring (the `contract.FactorizedScorer` protocol) -----------------------
-  def item_tables(self, training=False):
+  def item_tables(self, training: bool = False) -> Heads:
     """{tower: item matrix [V, d]}."""
     return {name: self.tower(name).item_matrix(training=training)
             for name in self.tower_names}
 
-  def prefix_queries(self, item_ids, positions, tables, training=False):
+  def prefix_queries(self, item_ids: tf.Tensor, positions: tf.Tensor,
+                     tables: Heads, training: bool = False) -> Heads:
     """{tower in `tables`: session vector [P, d] of each scored prefix}.
 
     Args:
@@ -369,10 +397,10 @@ class AlterRec(keras.Model):
                                positions)
             for name, table in tables.items()}
 
-  def head_temperatures(self):
+  def head_temperatures(self) -> Dict[str, float]:
     return {name: self.tower(name).temperature for name in self.tower_names}
 
-  def fuse_heads(self, heads):
+  def fuse_heads(self, heads: Heads) -> Heads:
     """Adds "fused" when every tower has a head: alpha * ID + (1 - alpha) * text
     (Eq. 12), or the single tower's scores."""
     if not all(name in heads for name in self.tower_names):
@@ -386,19 +414,21 @@ class AlterRec(keras.Model):
     return heads
 
   # --- inference ----------------------------------------------------------------
-  def prefix_scores(self, item_ids, positions, training=False):
+  def prefix_scores(self, item_ids: tf.Tensor, positions: tf.Tensor,
+                    training: bool = False) -> Heads:
     """Scores of each tower at the given prefixes: {name: [P, V]}."""
     heads = self.prefix_heads(item_ids, positions, training)
     return {name: heads[name] for name in self.tower_names}
 
-  def prefix_heads(self, item_ids, positions, training=False):
+  def prefix_heads(self, item_ids: tf.Tensor, positions: tf.Tensor,
+                   training: bool = False) -> Heads:
     """Every head ("fused" and each tower's) at the given prefixes: {name: [P, V]}."""
     tables = self.item_tables(training)
     queries = self.prefix_queries(item_ids, positions, tables, training)
     return scoring.heads_over_items(self, queries, tables,
                                     self.seen_items_of(item_ids, positions))
 
-  def score_heads(self, batch):
+  def score_heads(self, batch: Batch) -> Tuple[Heads, tf.Tensor]:
     """Evaluation heads: {"fused", "id", "text"} scores [P, V] and targets [P].
 
     fused = alpha * ID + (1 - alpha) * text (Eq. 12); a single-tower model has
@@ -407,7 +437,7 @@ class AlterRec(keras.Model):
     positions, targets = scored_positions(batch)
     return self.prefix_heads(batch[alter_data.ITEM_IDS], positions), targets
 
-  def score_heads_and_queries(self, batch):
+  def score_heads_and_queries(self, batch: Batch) -> Tuple[Heads, tf.Tensor, tf.Tensor]:
     """`score_heads` plus each prefix's fused query [P, D]: fused score =
     query . `fused_item_matrix()` rows (before the prefix's items are scored out)."""
     positions, targets = scored_positions(batch)
@@ -421,12 +451,12 @@ class AlterRec(keras.Model):
                               axis=1)
     return heads, targets, fused_queries
 
-  def fused_item_matrix(self):
+  def fused_item_matrix(self) -> tf.Tensor:
     """The towers' item matrices side by side, in `tower_names` order: [V, D]
     (what the export serves)."""
     return tf.concat(list(self.item_tables().values()), axis=1)
 
-  def call(self, item_ids, training=False):
+  def call(self, item_ids: tf.Tensor, training: bool = False) -> tf.Tensor:
     """Fused scores of every prefix: int [B, L] -> [B, L, V]."""
     positions = tf.where(tf.ones_like(item_ids, tf.bool))
     fused = self.prefix_heads(item_ids, positions, training)["fused"]

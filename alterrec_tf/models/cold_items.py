@@ -20,16 +20,21 @@ Written in TensorFlow ops so that the export's text signatures run the same code
 in the graph; numpy callers get numpy back through `ColdIdImputer`.
 """
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Union
 
 import numpy as np
+import numpy.typing as npt
 import tensorflow as tf
+
+if TYPE_CHECKING:
+  from alterrec_tf.models.contract import AlternatingModel
 
 DEFAULT_NUM_NEIGHBOURS = 20
 DEFAULT_TEMPERATURE = 0.02
 
 
-def impute_id_rows(text_vectors, trained_text, trained_id, num_neighbours: int,
+def impute_id_rows(text_vectors: Union[np.ndarray, tf.Tensor], trained_text: np.ndarray,
+                   trained_id: np.ndarray, num_neighbours: int,
                    temperature: float) -> tf.Tensor:
   """Similarity-weighted ID rows of the nearest trained items.
 
@@ -70,7 +75,7 @@ class ColdIdImputer(NamedTuple):
   num_neighbours: int = DEFAULT_NUM_NEIGHBOURS
   temperature: float = DEFAULT_TEMPERATURE
 
-  def __call__(self, text_vectors) -> np.ndarray:
+  def __call__(self, text_vectors: np.ndarray) -> np.ndarray:
     """float [N, d_text] -> imputed ID rows float32 [N, d_id] (numpy)."""
     if len(text_vectors) == 0:
       return np.zeros([0, self.trained_id.shape[1]], np.float32)
@@ -78,7 +83,8 @@ class ColdIdImputer(NamedTuple):
                           self.num_neighbours, self.temperature).numpy()
 
 
-def for_model(model, train_counts, num_neighbours: int = DEFAULT_NUM_NEIGHBOURS,
+def for_model(model: "AlternatingModel", train_counts: npt.ArrayLike,
+              num_neighbours: int = DEFAULT_NUM_NEIGHBOURS,
               temperature: float = DEFAULT_TEMPERATURE) -> ColdIdImputer:
   """The imputer of a model with "id" and "text" towers.
 

@@ -23,11 +23,14 @@ of it, so a new model only has to satisfy these:
   times one item matrix: `training.evaluation` adds TFRS retrieval metrics.
 """
 
-from typing import Any, Dict, Optional, Protocol, Sequence, Tuple, runtime_checkable
+from typing import TYPE_CHECKING, Dict, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import tensorflow as tf
 
 from alterrec_tf.models.settings import ModelSettings
+
+if TYPE_CHECKING:
+  import keras
 
 Batch = Dict[str, tf.Tensor]
 
@@ -85,12 +88,12 @@ class AlternatingModel(RankingModel, Protocol):
   hard_negatives: tf.Variable
   random_share: Optional[tf.Variable]
 
-  def tower(self, name: str) -> Any:
+  def tower(self, name: str) -> "keras.layers.Layer":
     """The Keras layer of tower `name` ("id" or "text"): its weights are one
     tower's (`training.tower_selection`)."""
     ...
 
-  def optimizer_of(self, name: str) -> Any:
+  def optimizer_of(self, name: str) -> "keras.optimizers.Optimizer":
     """The Keras optimizer of tower `name` (its learning rate is scheduled)."""
     ...
 
@@ -99,7 +102,7 @@ class AlternatingModel(RankingModel, Protocol):
     (uniform negatives throughout: AlterRec_random, a single tower)."""
     ...
 
-  def prefix_scores(self, item_ids, positions, training: bool = False
+  def prefix_scores(self, item_ids: tf.Tensor, positions: tf.Tensor, training: bool = False
                     ) -> Dict[str, tf.Tensor]:
     """{tower: float [P, V]} scores of each tower at the prefixes (item_ids
     int [B, L], positions int64 [P, 2]), seen items and padding at -1e9."""
@@ -145,7 +148,8 @@ class FactorizedScorer(Protocol):
     (may hold more entries: tables the queries read)."""
     ...
 
-  def prefix_queries(self, item_ids, positions, tables, training: bool = False
+  def prefix_queries(self, item_ids: tf.Tensor, positions: tf.Tensor,
+                     tables: Dict[str, tf.Tensor], training: bool = False
                      ) -> Dict[str, tf.Tensor]:
     """{head: float [P, d_h]} query of each scored prefix (positions int64 [P, 2])."""
     ...
@@ -158,7 +162,7 @@ class FactorizedScorer(Protocol):
     """The evaluation heads (with "fused") from the scored base heads."""
     ...
 
-  def seen_items_of(self, item_ids, positions):
+  def seen_items_of(self, item_ids: tf.Tensor, positions: tf.Tensor) -> Optional[tf.Tensor]:
     """int32 [P, L] items scored out per prefix (0 = none), or None."""
     ...
 

@@ -6,10 +6,18 @@ to the session vector of every prefix [batch, L, d] in one causal pass
 (position t sees items 0..t only).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional, Tuple
+
 import keras
 from keras import ops
 
 from alterrec_tf.formats import schema
+
+if TYPE_CHECKING:
+  import numpy as np
+  import tensorflow as tf
 
 
 class IdItemEncoder(keras.layers.Layer):
@@ -24,7 +32,7 @@ class IdItemEncoder(keras.layers.Layer):
       Hits@20 after one epoch against 25.2% with a plain N(0, 0.02) table.
   """
 
-  def __init__(self, num_items: int, dim: int, normalize: bool = False, **kwargs):
+  def __init__(self, num_items: int, dim: int, normalize: bool = False, **kwargs) -> None:
     super().__init__(**kwargs)
     self.num_items = num_items
     self.dim = dim
@@ -35,7 +43,7 @@ class IdItemEncoder(keras.layers.Layer):
     self.norm = (keras.layers.LayerNormalization(epsilon=1e-6, name="id_norm")
                  if normalize else None)
 
-  def call(self, training=False):
+  def call(self, training: bool = False) -> tf.Tensor:
     del training
     return self.norm(self.table) if self.norm is not None else self.table
 
@@ -46,7 +54,8 @@ class TextItemEncoder(keras.layers.Layer):
   Returns H: float [num_items, dim]. The SBERT table is a constant, never trained.
   """
 
-  def __init__(self, text_embeddings, dim: int, dropout: float, **kwargs):
+  def __init__(self, text_embeddings: np.ndarray, dim: int, dropout: float,
+               **kwargs) -> None:
     super().__init__(**kwargs)
     self.text_table = ops.convert_to_tensor(text_embeddings, dtype="float32")
     self.num_items = int(self.text_table.shape[0])
@@ -56,11 +65,11 @@ class TextItemEncoder(keras.layers.Layer):
     self.projection.build(tuple(self.text_table.shape))
     self.norm.build((None, dim))
 
-  def call(self, training=False):
+  def call(self, training: bool = False) -> tf.Tensor:
     return self.norm(self.dropout(self.projection(self.text_table), training=training))
 
 
-def padding_mask(item_ids):
+def padding_mask(item_ids: tf.Tensor) -> tf.Tensor:
   """True at real items: bool [batch, L] from int ids [batch, L]."""
   return ops.not_equal(item_ids, schema.PADDING_INDEX)
 
@@ -68,7 +77,8 @@ def padding_mask(item_ids):
 class MeanSessionEncoder(keras.layers.Layer):
   """g_mean (Eq. 2) of every prefix: cumulative mean of the item vectors."""
 
-  def call(self, item_vectors, mask, training=False):
+  def call(self, item_vectors: tf.Tensor, mask: tf.Tensor,
+           training: bool = False) -> tf.Tensor:
     """item_vectors [B, L, d], mask bool [B, L] -> prefix means [B, L, d]."""
     del training
     weights = ops.cast(mask, item_vectors.dtype)[..., None]
@@ -80,7 +90,7 @@ class MeanSessionEncoder(keras.layers.Layer):
 class TransformerBlock(keras.layers.Layer):
   """Post-LayerNorm self-attention block with a causal and padding mask."""
 
-  def __init__(self, dim: int, num_heads: int, dropout: float, **kwargs):
+  def __init__(self, dim: int, num_heads: int, dropout: float, **kwargs) -> None:
     super().__init__(**kwargs)
     self.attention = keras.layers.MultiHeadAttention(
         num_heads=num_heads, key_dim=dim // num_heads, dropout=dropout)
@@ -91,14 +101,14 @@ class TransformerBlock(keras.layers.Layer):
     self.ffn_dropout = keras.layers.Dropout(dropout)
     self.ffn_norm = keras.layers.LayerNormalization(epsilon=1e-6)
 
-  def build(self, input_shape):
+  def build(self, input_shape: Tuple[Optional[int], ...]) -> None:
     self.attention.build(input_shape, input_shape)
     self.attention_norm.build(input_shape)
     self.hidden.build(input_shape)
     self.output_dense.build(tuple(input_shape[:-1]) + (self.hidden.units,))
     self.ffn_norm.build(input_shape)
 
-  def call(self, x, mask, training=False):
+  def call(self, x: tf.Tensor, mask: tf.Tensor, training: bool = False) -> tf.Tensor:
     attended = self.attention(x, x, attention_mask=mask[:, None, :],
                               use_causal_mask=True, training=training)
     x = self.attention_norm(x + self.attention_dropout(attended, training=training))
@@ -114,7 +124,7 @@ class TransformerSessionEncoder(keras.layers.Layer):
   """
 
   def __init__(self, max_len: int, dim: int, num_layers: int, num_heads: int,
-               dropout: float, **kwargs):
+               dropout: float, **kwargs) -> None:
     super().__init__(**kwargs)
     self.positions = self.add_weight(
         name="positions", shape=(max_len, dim),
@@ -127,7 +137,8 @@ class TransformerSessionEncoder(keras.layers.Layer):
     for block in self.blocks:
       block.build((None, max_len, dim))
 
-  def call(self, item_vectors, mask, training=False):
+  def call(self, item_vectors: tf.Tensor, mask: tf.Tensor,
+           training: bool = False) -> tf.Tensor:
     """item_vectors [B, L, d], mask bool [B, L] -> prefix vectors [B, L, d]."""
     length = ops.shape(item_vectors)[1]
     x = item_vectors + self.positions[None, :length, :]
@@ -138,7 +149,7 @@ class TransformerSessionEncoder(keras.layers.Layer):
 
 
 def make_session_encoder(kind: str, max_len: int, dim: int, num_layers: int,
-                         num_heads: int, dropout: float, name: str):
+                         num_heads: int, dropout: float, name: str) -> keras.layers.Layer:
   if kind == "mean":
     return MeanSessionEncoder(name=name)
   if kind == "transformer":

@@ -29,7 +29,7 @@ class AlterRecVariant:
   partner_negatives: bool
   augmented_positives: bool
 
-  def __post_init__(self):
+  def __post_init__(self) -> None:
     if not self.towers or not set(self.towers) <= {"id", "text"}:
       raise ValueError(f"an AlterRec variant has towers 'id' and/or 'text', not {self.towers}")
     if self.partner_negatives and len(self.towers) < 2:
@@ -76,6 +76,15 @@ DISPLAY_NAMES = {
 
 assert set(ALL) == set(ALTERREC_TOWERS) | set(BASELINES) == set(DISPLAY_NAMES)
 
+# RecBole's implementations run on our splits (`python -m alterrec_tf.peers`): their
+# run folders are named recbole_<model> and come after ours in reports.
+PEER_PREFIX = "recbole_"
+PEER_DISPLAY_NAMES = {
+    "sasrec": "SASRec", "gru4rec": "GRU4Rec", "bert4rec": "BERT4Rec", "srgnn": "SR-GNN",
+    "core": "CORE", "fdsa": "FDSA", "s3rec": "S3-Rec"}
+PEERS = tuple(PEER_PREFIX + name for name in PEER_DISPLAY_NAMES)
+PEER_SOURCE = "RecBole 1.2.1"
+
 
 # Grid entries may carry a variant: "<model>+keep" trains <model> with
 # --seen_items=keep (the paper's plain setting) beside the default runs.
@@ -94,12 +103,18 @@ def split_variant(entry: str) -> Tuple[str, Optional[str]]:
 def display_name(model: str) -> str:
   """How tables and figures name a model (or a grid entry with a variant)."""
   base, seen_items = split_variant(model)
+  if base in PEERS:
+    return f"{PEER_DISPLAY_NAMES[base[len(PEER_PREFIX):]]} ({PEER_SOURCE})"
   name = DISPLAY_NAMES.get(base, base)
   return f"{name} (seen items kept)" if seen_items == "keep" else name
 
 
-def order_key(model: str):
+def order_key(model: str) -> Tuple[int, bool, str]:
   """Sort key putting models in report order (unknown names last, by name); a
   variant right after its model."""
   base, seen_items = split_variant(model)
-  return (ALL.index(base) if base in ALL else len(ALL), seen_items is not None, model)
+  if base in ALL:
+    position = ALL.index(base)
+  else:
+    position = len(ALL) + (PEERS.index(base) if base in PEERS else len(PEERS))
+  return (position, seen_items is not None, model)

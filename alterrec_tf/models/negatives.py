@@ -4,6 +4,8 @@ Logits are gathered from the full-catalogue score matrix [P, V]; a
 [P, negatives, d] tensor of item embeddings is never built.
 """
 
+from typing import Optional, Tuple, Union
+
 import numpy as np
 import tensorflow as tf
 
@@ -12,7 +14,8 @@ from alterrec_tf.formats import schema
 SCORED_OUT = -1e8  # logits at or below this are scored-out items (-1e9)
 
 
-def partner_ranking(top_scores, top_ids, k1: int, p: int):
+def partner_ranking(top_scores: tf.Tensor, top_ids: tf.Tensor, k1: int,
+                    p: int) -> Tuple[tf.Tensor, tf.Tensor]:
   """Hard negatives and augmented positives from the partner's ranking (Eq. 7).
 
   The hard negatives are the items at the partner's ranks k1..k2-1 (0-based;
@@ -47,7 +50,8 @@ def partner_ranking(top_scores, top_ids, k1: int, p: int):
   return hard_negative_ids, augmented_ids
 
 
-def top_k_set(scores, k: int, selection: str = "top_k"):
+def top_k_set(scores: tf.Tensor, k: int,
+              selection: str = "top_k") -> Tuple[tf.Tensor, tf.Tensor]:
   """The k best items of each row as a set (in no particular order).
 
   Args:
@@ -65,7 +69,7 @@ def top_k_set(scores, k: int, selection: str = "top_k"):
   if selection != "argpartition":
     raise ValueError(f"unknown selection {selection!r}: use top_k or argpartition")
 
-  def best_k(rows):
+  def best_k(rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     ids = np.argpartition(rows, rows.shape[1] - k, axis=1)[:, rows.shape[1] - k:]
     return np.take_along_axis(rows, ids, axis=1), ids.astype(np.int32)
 
@@ -75,7 +79,8 @@ def top_k_set(scores, k: int, selection: str = "top_k"):
   return values, ids
 
 
-def uniform_negatives(seed, num_rows, count: int, num_items: int):
+def uniform_negatives(seed: tf.Tensor, num_rows: Union[int, tf.Tensor], count: int,
+                      num_items: int) -> tf.Tensor:
   """Uniform item indices in [1, num_items): int32 [num_rows, count].
 
   Args:
@@ -85,7 +90,8 @@ def uniform_negatives(seed, num_rows, count: int, num_items: int):
                                      maxval=num_items, dtype=tf.int32)
 
 
-def mix_negatives(hard_negative_ids, seed, random_share: float, num_items: int):
+def mix_negatives(hard_negative_ids: tf.Tensor, seed: tf.Tensor, random_share: float,
+                  num_items: int) -> tf.Tensor:
   """Reference-code negatives: a random share uniform, the rest a random subset
   of the hard negatives, same total count."""
   count = hard_negative_ids.shape[1]
@@ -100,7 +106,8 @@ def mix_negatives(hard_negative_ids, seed, random_share: float, num_items: int):
   return tf.concat([subset, random_ids], axis=1)
 
 
-def mix_negatives_dynamic(hard_negative_ids, seed, random_share, num_items: int):
+def mix_negatives_dynamic(hard_negative_ids: tf.Tensor, seed: tf.Tensor,
+                          random_share: tf.Tensor, num_items: int) -> tf.Tensor:
   """`mix_negatives` with the share a tensor (annealed during training).
 
   round(random_share * K) of the K slots hold uniform items, the others a
@@ -127,7 +134,8 @@ def mix_negatives_dynamic(hard_negative_ids, seed, random_share, num_items: int)
   return tf.where(is_hard, shuffled, random_ids)
 
 
-def drop_close_negatives(negative_ids, target_ids, unit_text, min_cosine: float):
+def drop_close_negatives(negative_ids: tf.Tensor, target_ids: tf.Tensor, unit_text: tf.Tensor,
+                         min_cosine: float) -> tf.Tensor:
   """The false-negative guard: negatives whose text is too close to the target's
   become padding (id 0, whose logit is -1e9, so they add nothing to the loss).
 
@@ -148,7 +156,29 @@ def drop_close_negatives(negative_ids, target_ids, unit_text, min_cosine: float)
   return tf.where(close, tf.zeros_like(negative_ids), negative_ids)
 
 
-def reduce_prefix_losses(per_prefix, prefixes_per_batch=None):
+def drop_listed_negatives(negative_ids: tf.Tensor, target_ids: tf.Tensor,
+                          partner_lists: tf.Tensor) -> tf.Tensor:
+  """The co-occurrence guard: negatives on their target's list of frequent
+  partners (`data.cooccurrence.top_cooccurring`) become padding (id 0).
+
+  Args:
+    negative_ids: int [P, K].
+    target_ids: int [P].
+    partner_lists: int32 [V, N], each row ascending (unused slots hold V).
+
+  Returns:
+    int32 [P, K].
+  """
+  negative_ids = tf.cast(negative_ids, tf.int32)
+  lists = tf.gather(partner_lists, tf.cast(target_ids, tf.int32))  # [P, N]
+  slots = tf.searchsorted(lists, negative_ids, side="left")  # [P, K]
+  slots = tf.minimum(slots, tf.shape(lists)[1] - 1)
+  listed = tf.equal(tf.gather(lists, slots, batch_dims=1), negative_ids)
+  return tf.where(listed, tf.zeros_like(negative_ids), negative_ids)
+
+
+def reduce_prefix_losses(per_prefix: tf.Tensor,
+                         prefixes_per_batch: Optional[float] = None) -> tf.Tensor:
   """Batch loss from per-prefix losses [P]: their mean, or (with
   `prefixes_per_batch`, a constant of the split) their sum divided by it, so
   that every prefix weighs the same whatever its batch."""
@@ -157,8 +187,9 @@ def reduce_prefix_losses(per_prefix, prefixes_per_batch=None):
   return tf.reduce_mean(per_prefix)
 
 
-def sampled_softmax_loss(logits, target_ids, negative_ids, augmented_ids=None,
-                         beta: float = 0.0, prefixes_per_batch=None):
+def sampled_softmax_loss(logits: tf.Tensor, target_ids: tf.Tensor, negative_ids: tf.Tensor,
+                         augmented_ids: Optional[tf.Tensor] = None, beta: float = 0.0,
+                         prefixes_per_batch: Optional[float] = None) -> tf.Tensor:
   """Mean over prefixes of -log softmax(target | target + negatives) (Eq. 8-9),
   plus beta * sum over augmented positives of the same with their logit (Eq. 10-11).
 
@@ -191,9 +222,12 @@ def sampled_softmax_loss(logits, target_ids, negative_ids, augmented_ids=None,
                                           beta, prefixes_per_batch)
 
 
-def sampled_softmax_loss_from_logits(target_logits, target_ids, negative_logits,
-                                     negative_ids, augmented_logits=None, augmented_ids=None,
-                                     beta: float = 0.0, prefixes_per_batch=None):
+def sampled_softmax_loss_from_logits(target_logits: tf.Tensor, target_ids: tf.Tensor,
+                                     negative_logits: tf.Tensor, negative_ids: tf.Tensor,
+                                     augmented_logits: Optional[tf.Tensor] = None,
+                                     augmented_ids: Optional[tf.Tensor] = None,
+                                     beta: float = 0.0,
+                                     prefixes_per_batch: Optional[float] = None) -> tf.Tensor:
   """`sampled_softmax_loss` from the logits it reads, already gathered (large
   catalogues score only these items, never [P, V]).
 
@@ -219,7 +253,8 @@ def sampled_softmax_loss_from_logits(target_logits, target_ids, negative_logits,
   return reduce_prefix_losses(per_prefix, prefixes_per_batch)
 
 
-def full_softmax_loss(logits, target_ids, prefixes_per_batch=None):
+def full_softmax_loss(logits: tf.Tensor, target_ids: tf.Tensor,
+                      prefixes_per_batch: Optional[float] = None) -> tf.Tensor:
   """Cross-entropy over the whole catalogue (baselines): [P, V], [P] -> scalar
   (`reduce_prefix_losses`)."""
   return reduce_prefix_losses(tf.nn.sparse_softmax_cross_entropy_with_logits(

@@ -18,7 +18,7 @@ two items whose scores differ by less than that rounding (~1e-7 relative) can
 swap places; scores that are exact in float32 (ties of the test) never do.
 """
 
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Protocol, Sequence, Tuple, Union
 
 import tensorflow as tf
 
@@ -28,9 +28,24 @@ from alterrec_tf.models.contract import FactorizedScorer
 NEG_INF = -1e9
 
 Heads = Dict[str, tf.Tensor]
+# An item index, offset or count: a Python int, or an int32 scalar tensor in a graph loop.
+Index = Union[int, tf.Tensor]
+# {head: (values float [P, k], ids int32 [P, k])} of `top_k_over_chunks`.
+TopK = Dict[str, Tuple[tf.Tensor, tf.Tensor]]
 
 
-def fused_query_scales(settings, tower_names) -> Dict[str, float]:
+class FusionSettings(Protocol):
+  """What `fused_query_scales` reads: a `ModelSettings` or a `TrainConfig`."""
+
+  @property
+  def alpha(self) -> float: ...
+
+  @property
+  def text_temperature(self) -> float: ...
+
+
+def fused_query_scales(settings: FusionSettings,
+                       tower_names: Sequence[str]) -> Dict[str, float]:
   """Weight of each tower's session vector in the fused query (Eq. 12): alpha
   and (1 - alpha) / text_temperature, or 1 / temperature for a single tower.
 
@@ -49,14 +64,14 @@ def fused_query_scales(settings, tower_names) -> Dict[str, float]:
   return {"id": settings.alpha, "text": (1.0 - settings.alpha) * text_scale}
 
 
-def mask_padding(scores, offset=0):
+def mask_padding(scores: tf.Tensor, offset: Index = 0) -> tf.Tensor:
   """Puts the padding item (index 0) of [..., C] scores of items
   [offset, offset + C) at -1e9."""
   is_padding = tf.equal(tf.range(tf.shape(scores)[-1]) + offset, schema.PADDING_INDEX)
   return tf.where(is_padding, tf.cast(NEG_INF, scores.dtype), scores)
 
 
-def mask_items(scores, items, offset=0):
+def mask_items(scores: tf.Tensor, items: tf.Tensor, offset: Index = 0) -> tf.Tensor:
   """Scores [P, C] of items [offset, offset + C) with each row's `items`
   [P, L] (0 = none) at -1e9; items outside the range are ignored. No gradient
   flows to the replaced entries."""
@@ -70,7 +85,7 @@ def mask_items(scores, items, offset=0):
 
 
 def heads_over_items(model: FactorizedScorer, queries: Heads, tables: Heads,
-                     seen_items=None, offset=0) -> Heads:
+                     seen_items: Optional[tf.Tensor] = None, offset: Index = 0) -> Heads:
   """The model's heads for the items whose rows `tables` hold.
 
   Args:
@@ -95,8 +110,8 @@ def heads_over_items(model: FactorizedScorer, queries: Heads, tables: Heads,
   return model.fuse_heads(heads)
 
 
-def top_k_over_chunks(chunk_scores: Callable[[tf.Tensor, tf.Tensor], Heads],
-                      num_items: int, k: int, chunk_size: int) -> Dict[str, Tuple]:
+def top_k_over_chunks(chunk_scores: Callable[[Index, Index], Heads],
+                      num_items: int, k: Index, chunk_size: int) -> TopK:
   """Top-k (values, item ids) of each head over items 0..num_items - 1, chunk
   by chunk, without a [P, num_items] tensor.
 
@@ -125,7 +140,7 @@ def top_k_over_chunks(chunk_scores: Callable[[tf.Tensor, tf.Tensor], Heads],
   if num_chunks == 1:
     return state
 
-  def body(chunk, state):
+  def body(chunk: tf.Tensor, state: TopK) -> Tuple[tf.Tensor, TopK]:
     offset = chunk * chunk_size
     size = tf.minimum(chunk_size, num_items - offset)
     merged = {}
@@ -146,17 +161,17 @@ def top_k_over_chunks(chunk_scores: Callable[[tf.Tensor, tf.Tensor], Heads],
   return state
 
 
-def _top_k_with_ids(scores, k, offset):
+def _top_k_with_ids(scores: tf.Tensor, k: Index, offset: Index) -> Tuple[tf.Tensor, tf.Tensor]:
   values, positions = tf.math.top_k(scores, k=k)
   return values, positions + offset
 
 
-def _top_k_merge(values, ids, k):
+def _top_k_merge(values: tf.Tensor, ids: tf.Tensor, k: Index) -> Tuple[tf.Tensor, tf.Tensor]:
   top_values, positions = tf.math.top_k(values, k=tf.minimum(k, tf.shape(values)[1]))
   return top_values, tf.gather(ids, positions, batch_dims=1)
 
 
-def ranks_in_lists(top_ids, target_ids):
+def ranks_in_lists(top_ids: tf.Tensor, target_ids: tf.Tensor) -> tf.Tensor:
   """1-based place of each target in its top-k list, k + 1 when absent: int32 [P]."""
   k = tf.shape(top_ids)[1]
   hit = tf.equal(top_ids, tf.cast(target_ids, top_ids.dtype)[:, None])
@@ -164,15 +179,15 @@ def ranks_in_lists(top_ids, target_ids):
   return tf.where(tf.reduce_any(hit, axis=1), place, k + 1)
 
 
-def slice_tables(tables: Heads, offset, size) -> Heads:
+def slice_tables(tables: Heads, offset: Index, size: Index) -> Heads:
   """Rows offset..offset + size - 1 of each table."""
   return {name: table[offset:offset + size] for name, table in tables.items()}
 
 
 def chunked_heads_fn(model: FactorizedScorer, queries: Heads, tables: Heads,
-                     seen_items: Optional[tf.Tensor]):
+                     seen_items: Optional[tf.Tensor]) -> Callable[[Index, Index], Heads]:
   """(offset, size) -> the model's heads over items offset..offset + size - 1."""
-  def chunk_scores(offset, size):
+  def chunk_scores(offset: Index, size: Index) -> Heads:
     return heads_over_items(model, queries, slice_tables(tables, offset, size),
                             seen_items, offset)
   return chunk_scores

@@ -53,6 +53,8 @@ class ModelSettings:
     hard_negative_weight: weight of that hard term (softmax "full").
     false_negative_cosine: drop hard negatives this close to the target by
       text cosine (0: off).
+    false_negative_cooccurrence: drop hard negatives among the target's N most
+      frequent partners in the training sessions (0: off).
     random_share_decay_epochs: anneal random_negative_share to 0 over this
       many hard epochs (0: constant; the share is then a static count).
     score_chunk_size: items scored at once (0: the whole catalogue).
@@ -85,6 +87,7 @@ class ModelSettings:
   softmax: str
   hard_negative_weight: float
   false_negative_cosine: float
+  false_negative_cooccurrence: int
   random_share_decay_epochs: int
 
   @classmethod

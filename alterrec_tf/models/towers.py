@@ -1,12 +1,18 @@
 """A uni-modal network (section 4.1): item encoder + session encoder + dot score."""
 
+from typing import TYPE_CHECKING, Optional
+
 import keras
 import tensorflow as tf
 from keras import ops
 
+from alterrec_tf.formats import schema
 from alterrec_tf.models import layers as alter_layers
 from alterrec_tf.models import scoring
-from alterrec_tf.formats import schema
+from alterrec_tf.models.settings import ModelSettings
+
+if TYPE_CHECKING:
+  import numpy as np
 
 NEG_INF = scoring.NEG_INF
 mask_padding = scoring.mask_padding
@@ -21,36 +27,38 @@ class UniModalTower(keras.layers.Layer):
     temperature: scores are divided by it (reference code: 0.07 for text).
   """
 
-  def __init__(self, item_encoder, session_encoder, temperature: float = 1.0, **kwargs):
+  def __init__(self, item_encoder: keras.layers.Layer, session_encoder: keras.layers.Layer,
+               temperature: float = 1.0, **kwargs) -> None:
     super().__init__(**kwargs)
     self.item_encoder = item_encoder
     self.session_encoder = session_encoder
     self.temperature = float(temperature)
 
-  def item_matrix(self, training=False):
+  def item_matrix(self, training: bool = False) -> tf.Tensor:
     """All item vectors: float [V, d]."""
     return self.item_encoder(training=training)
 
-  def prefix_vectors(self, item_ids, item_matrix, training=False):
+  def prefix_vectors(self, item_ids: tf.Tensor, item_matrix: tf.Tensor,
+                     training: bool = False) -> tf.Tensor:
     """Session vector of every prefix of each window: [B, L, d]."""
     vectors = ops.take(item_matrix, item_ids, axis=0)
     return self.session_encoder(vectors, alter_layers.padding_mask(item_ids),
                                 training=training)
 
-  def scores(self, session_vectors, item_matrix):
+  def scores(self, session_vectors: tf.Tensor, item_matrix: tf.Tensor) -> tf.Tensor:
     """Scores of every item: [P, d] x [V, d] -> [P, V], padding column at -1e9."""
     logits = tf.matmul(session_vectors, item_matrix, transpose_b=True)
     if self.temperature != 1.0:
       logits = logits / self.temperature
     return mask_padding(logits)
 
-  def call(self, item_ids, training=False):
+  def call(self, item_ids: tf.Tensor, training: bool = False) -> tf.Tensor:
     """Full-catalogue scores of every prefix: int [B, L] -> [B, L, V]."""
     matrix = self.item_matrix(training=training)
     return self.scores(self.prefix_vectors(item_ids, matrix, training), matrix)
 
 
-def prefix_items(item_ids, positions):
+def prefix_items(item_ids: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
   """The items of each scored prefix: int32 [P, L], window items 0..t, later
   places padding (0).
 
@@ -65,7 +73,7 @@ def prefix_items(item_ids, positions):
   return tf.where(in_prefix, rows, schema.PADDING_INDEX)
 
 
-def mask_seen_items(scores, item_ids, positions):
+def mask_seen_items(scores: tf.Tensor, item_ids: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
   """Scores the items of each prefix out: they get -1e9, like padding.
 
   The prefix at window position t holds the window's items 0..t (what the
@@ -85,7 +93,9 @@ def mask_seen_items(scores, item_ids, positions):
   return scoring.mask_items(scores, prefix_items(item_ids, positions))
 
 
-def build_tower(kind: str, settings, num_items: int, text_embeddings=None, name=None):
+def build_tower(kind: str, settings: ModelSettings, num_items: int,
+                text_embeddings: Optional["np.ndarray"] = None,
+                name: Optional[str] = None) -> UniModalTower:
   """An ID (`kind='id'`) or text (`kind='text'`) tower from `settings` (a
   `settings.ModelSettings`)."""
   if kind == "id":

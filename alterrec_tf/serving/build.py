@@ -16,12 +16,21 @@ TensorFlow, the text encoder and the serving module are imported where used.
 
 import os
 import shutil
-from typing import Optional
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from alterrec_tf.formats import new_items as alter_new_items
 from alterrec_tf.formats import schema
+
+if TYPE_CHECKING:
+  from alterrec_tf.config import TrainConfig
+  from alterrec_tf.models.alterrec import AlterRec
+  from alterrec_tf.models.cold_items import ColdIdImputer
+  from alterrec_tf.serving.module import ServingModule, TowerPart
+  from alterrec_tf.text.encoder import FieldMeanEncoder, SentenceEncoder
+  from alterrec_tf.text.item_space import ItemTextVectors
 
 TEXT_TABLE_ITEMS = 32  # dataset items re-embedded to check the sentence encoder
 TEXT_TABLE_TOLERANCE = 1e-3  # median max |difference| allowed on those rows
@@ -38,15 +47,16 @@ class ExportError(ValueError):
 
 
 # --- new items --------------------------------------------------------------------------
-def project_new_items(model, embeddings: np.ndarray) -> np.ndarray:
+def project_new_items(model: "AlterRec", embeddings: np.ndarray) -> np.ndarray:
   """Text item vectors [n, d] of new SBERT rows, as TextItemEncoder in eval mode."""
   import tensorflow as tf
-  encoder = model.text_tower.item_encoder
+  encoder = model.text_tower.item_encoder  # type: ignore[union-attr]  # (has a text tower)
   projected = encoder.norm(encoder.projection(tf.constant(embeddings, tf.float32)))
   return np.asarray(projected, dtype=np.float32)
 
 
-def read_new_items(path: str, model, manifest: dict, vocab_rows) -> alter_new_items.NewItems:
+def read_new_items(path: str, model: "AlterRec", manifest: dict,
+                   vocab_rows: Sequence[Sequence[str]]) -> alter_new_items.NewItems:
   if "text" not in model.tower_names:
     raise ExportError(f"--new_items needs a text tower; this run is {model.settings.model}")
   table = alter_new_items.read(path, text_dim=manifest.get("text_dim"))
@@ -65,8 +75,8 @@ def read_new_items(path: str, model, manifest: dict, vocab_rows) -> alter_new_it
 
 
 # --- text signatures ------------------------------------------------------------------
-def text_signature_obstacle(towers, manifest: dict, text_encoder_dir: Optional[str]
-                            ) -> Optional[str]:
+def text_signature_obstacle(towers: Sequence[str], manifest: dict,
+                            text_encoder_dir: Optional[str]) -> Optional[str]:
   """Why text signatures cannot be built (checked without TensorFlow), or None."""
   if "text" not in towers:
     return f"the run has no text tower (towers: {', '.join(towers)})"
@@ -84,7 +94,7 @@ def text_signature_obstacle(towers, manifest: dict, text_encoder_dir: Optional[s
   return None
 
 
-def load_text_encoder(manifest: dict, text_encoder_dir: Optional[str]):
+def load_text_encoder(manifest: dict, text_encoder_dir: Optional[str]) -> "SentenceEncoder":
   """The dataset's sentence encoder (`alterrec_tf.text.encoder.SentenceEncoder`).
 
   From `text_encoder_dir` when it is an encoder folder; else converted from the
@@ -130,7 +140,7 @@ def load_text_encoder(manifest: dict, text_encoder_dir: Optional[str]):
   return encoder
 
 
-def _model_dir(convert, name: str) -> str:
+def _model_dir(convert: ModuleType, name: str) -> str:
   """The model folder `name` resolves to, "" where it is not one here."""
   try:
     return convert.resolve_model(name) if name else ""
@@ -138,7 +148,8 @@ def _model_dir(convert, name: str) -> str:
     return ""
 
 
-def check_text_table(field_mean, model, manifest: dict, rows) -> Optional[dict]:
+def check_text_table(field_mean: "FieldMeanEncoder", model: "AlterRec", manifest: dict,
+                     rows: Sequence[Sequence[str]]) -> Optional[dict]:
   """Re-embeds up to TEXT_TABLE_ITEMS titles and compares them with the dataset's
   text table (the model's); None where the dataset's text is not just the title.
 
@@ -154,14 +165,16 @@ def check_text_table(field_mean, model, manifest: dict, rows) -> Optional[dict]:
   step = max(1, len(titled) // TEXT_TABLE_ITEMS)
   items = titled[::step][:TEXT_TABLE_ITEMS]
   vectors = field_mean(tf.constant([[rows[i][1]] for i in items], tf.string)).numpy()
-  table = np.asarray(model.text_tower.item_encoder.text_table)[items]
+  # (the model has a text tower: `build_text_layer` checked it first)
+  table = np.asarray(model.text_tower.item_encoder.text_table)[items]  # type: ignore[union-attr]
   diff = np.abs(vectors - table).max(axis=1)
   return {"items": len(items), "max_abs_diff": float(diff.max()),
           "median_abs_diff": float(np.median(diff))}
 
 
-def build_text_layer(model, manifest: dict, rows, text_signatures: Optional[bool],
-                     text_encoder_dir: Optional[str]):
+def build_text_layer(model: "AlterRec", manifest: dict, rows: Sequence[Sequence[str]],
+                     text_signatures: Optional[bool], text_encoder_dir: Optional[str]
+                     ) -> Tuple[Optional["ItemTextVectors"], Dict[str, Any]]:
   """(`ItemTextVectors` for the text signatures or None, what was done: a dict).
 
   `text_signatures` None (the default): built where possible, else skipped with
@@ -188,7 +201,7 @@ def build_text_layer(model, manifest: dict, rows, text_signatures: Optional[bool
     if text_signatures:
       raise ExportError(f"--text_signatures: {error}") from None
     return None, {"skipped": str(error)}
-  item_encoder = model.text_tower.item_encoder
+  item_encoder = model.text_tower.item_encoder  # type: ignore[union-attr]  # (text signatures)
   layer = item_space.ItemTextVectors(field_mean, [item_encoder.projection, item_encoder.norm],
                                      name="text_item_vectors")
   weights = sum(int(np.prod(v.shape)) * 4 for v in encoder.named_weights().values())
@@ -203,7 +216,7 @@ def build_text_layer(model, manifest: dict, rows, text_signatures: Optional[bool
   return layer, info
 
 
-def write_vocab(path: str, rows) -> None:
+def write_vocab(path: str, rows: Sequence[Sequence[str]]) -> None:
   """index TAB raw id TAB title, no header (the lookup tables read it)."""
   with open(path, "w", encoding="utf-8") as f:
     for index, (raw_id, title) in enumerate(rows):
@@ -213,8 +226,10 @@ def write_vocab(path: str, rows) -> None:
       f.write(f"{index}\t{raw_id}\t{alter_new_items.clean_title(title)}\n")
 
 
-def serving_parts(model, config, num_items: int, new_rows: Optional[np.ndarray] = None,
-                  cold_id_imputer=None):
+def serving_parts(model: "AlterRec", config: "TrainConfig", num_items: int,
+                  new_rows: Optional[np.ndarray] = None,
+                  cold_id_imputer: Optional["ColdIdImputer"] = None
+                  ) -> Tuple[np.ndarray, List["TowerPart"]]:
   """(item matrix [V, D], [TowerPart]) of a model, with optional new text rows
   (their ID part: `cold_id_imputer` of their text rows, else zeros)."""
   from alterrec_tf.serving import module as serving
@@ -225,7 +240,8 @@ def serving_parts(model, config, num_items: int, new_rows: Optional[np.ndarray] 
     tower = model.tower(name)
     matrix = np.asarray(tower.item_matrix(training=False), dtype=np.float32)
     if name == "id":
-      cold = (cold_id_imputer(new_rows) if num_new and cold_id_imputer is not None
+      cold = (cold_id_imputer(new_rows)  # type: ignore[arg-type]  # (num_new: rows given)
+              if num_new and cold_id_imputer is not None
               else np.zeros([num_new, matrix.shape[1]], np.float32))
       matrix = np.concatenate([matrix, cold])
     elif num_new:
@@ -236,9 +252,13 @@ def serving_parts(model, config, num_items: int, new_rows: Optional[np.ndarray] 
   return np.concatenate(blocks, axis=1), parts
 
 
-def build_module(model, config, manifest, data_dir: str, scratch_dir: str, k: int,
-                 exclude_session_items: bool, new_items_path: Optional[str] = None,
-                 text_layer=None, cold_id_part: str = "imputed", chunk_size: int = 0):
+def build_module(model: "AlterRec", config: "TrainConfig", manifest: dict, data_dir: str,
+                 scratch_dir: str, k: int, exclude_session_items: bool,
+                 new_items_path: Optional[str] = None,
+                 text_layer: Optional["ItemTextVectors"] = None, cold_id_part: str = "imputed",
+                 chunk_size: int = 0
+                 ) -> Tuple["ServingModule", List[List[str]], Optional[np.ndarray],
+                            Optional["ColdIdImputer"]]:
   """(`ServingModule` of a loaded run, vocabulary rows it serves, new text rows or
   None, the `ColdIdImputer` of cold items' ID part or None).
 

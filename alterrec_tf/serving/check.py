@@ -10,7 +10,7 @@ its tokenizer's ops, which register on import: without it tf.saved_model.load
 of such an export fails ("Op type not registered").
 """
 
-from typing import List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -19,6 +19,11 @@ import tensorflow_text  # noqa: F401
 from alterrec_tf.formats import schema
 from alterrec_tf.serving import module as serving
 from alterrec_tf.serving.build import ExportError
+
+if TYPE_CHECKING:
+  from alterrec_tf.models.alterrec import AlterRec
+  from alterrec_tf.models.cold_items import ColdIdImputer
+  from alterrec_tf.text.item_space import ItemTextVectors
 
 
 def pad_sessions(sessions: Sequence[Sequence[int]], max_len: int) -> np.ndarray:
@@ -30,7 +35,8 @@ def pad_sessions(sessions: Sequence[Sequence[int]], max_len: int) -> np.ndarray:
   return window
 
 
-def reference_scores(model, sessions: Sequence[Sequence[int]], batch_size: int = 64) -> np.ndarray:
+def reference_scores(model: "AlterRec", sessions: Sequence[Sequence[int]],
+                     batch_size: int = 64) -> np.ndarray:
   """The Keras model's fused scores [N, V] of each (non-empty) session's last prefix."""
   window = pad_sessions(sessions, model.settings.max_len)
   last = np.maximum((window != schema.PADDING_INDEX).sum(axis=1) - 1, 0)
@@ -71,7 +77,7 @@ def sample_sessions(data_dir: str, manifest: dict, count: int = 32) -> List[List
   return []
 
 
-def reference_text_vectors(model, sessions: Sequence[Sequence[int]],
+def reference_text_vectors(model: "AlterRec", sessions: Sequence[Sequence[int]],
                            tower_name: str = "text") -> np.ndarray:
   """A Keras tower's session vectors [N, d] at each session's last item (the
   text tower's unless `tower_name` says otherwise)."""
@@ -82,9 +88,9 @@ def reference_text_vectors(model, sessions: Sequence[Sequence[int]],
   return tf.gather(vectors, last, batch_dims=1).numpy()
 
 
-def expected_scores(model, sessions: Sequence[Sequence[int]],
-                    new_rows: Optional[np.ndarray] = None,
-                    exclude_session_items: bool = False, cold_id_imputer=None) -> np.ndarray:
+def expected_scores(model: "AlterRec", sessions: Sequence[Sequence[int]],
+                    new_rows: Optional[np.ndarray] = None, exclude_session_items: bool = False,
+                    cold_id_imputer: Optional["ColdIdImputer"] = None) -> np.ndarray:
   """What the export should score [N, V + new], computed from the Keras model.
 
   Trained items: the model's fused score. Cold-start items: (1 - alpha) /
@@ -103,8 +109,8 @@ def expected_scores(model, sessions: Sequence[Sequence[int]],
   return scores
 
 
-def cold_item_scores(model, sessions: Sequence[Sequence[int]], text_rows: np.ndarray,
-                     cold_id_imputer=None) -> np.ndarray:
+def cold_item_scores(model: "AlterRec", sessions: Sequence[Sequence[int]], text_rows: np.ndarray,
+                     cold_id_imputer: Optional["ColdIdImputer"] = None) -> np.ndarray:
   """Fused scores [N, C] of items known only by their text tower rows [C, d_text]:
   the text term, plus the ID term of their imputed ID rows with `cold_id_imputer`."""
   scales = serving.tower_scales(model.settings, model.tower_names)
@@ -115,10 +121,10 @@ def cold_item_scores(model, sessions: Sequence[Sequence[int]], text_rows: np.nda
   return scores
 
 
-def verify_export(path: str, model, sessions: Sequence[Sequence[int]], k: int,
+def verify_export(path: str, model: "AlterRec", sessions: Sequence[Sequence[int]], k: int,
                   new_rows: Optional[np.ndarray] = None,
-                  exclude_session_items: bool = False, loaded=None,
-                  cold_id_imputer=None) -> int:
+                  exclude_session_items: bool = False, loaded: Any = None,
+                  cold_id_imputer: Optional["ColdIdImputer"] = None) -> int:
   """Loads the SavedModel at `path` (unless `loaded`); counts top-k places that
   differ from `expected_scores` (0 = the export ranks as the Keras model)."""
   # the requests are the sessions' last max_len items (what is sent is excluded)
@@ -143,9 +149,11 @@ def sample_fields(titles: Sequence[str], num_fields: int, count: int = 8) -> Lis
   return rows + [[""] * num_fields]
 
 
-def verify_text_signatures(loaded, model, text_layer, sessions: Sequence[Sequence[int]],
-                           raw_ids: Sequence[str], fields: Sequence[Sequence[str]],
-                           atol: float = 1e-4, cold_id_imputer=None) -> Tuple[int, int]:
+def verify_text_signatures(loaded: Any, model: "AlterRec", text_layer: "ItemTextVectors",
+                           sessions: Sequence[Sequence[int]], raw_ids: Sequence[str],
+                           fields: Sequence[Sequence[str]], atol: float = 1e-4,
+                           cold_id_imputer: Optional["ColdIdImputer"] = None
+                           ) -> Tuple[int, int]:
   """Checks an export's text signatures against the Keras layers.
 
   Args:
@@ -193,9 +201,12 @@ def verify_text_signatures(loaded, model, text_layer, sessions: Sequence[Sequenc
 
 
 # --- before an export is published --------------------------------------------------
-def verify_staged_export(target: str, model, data_dir: str, manifest: dict, k: int,
-                         module, rows, new_rows, exclude_session_items: bool,
-                         cold_id_imputer, text_layer, text_info: dict) -> list:
+def verify_staged_export(target: str, model: "AlterRec", data_dir: str, manifest: dict, k: int,
+                         module: serving.ServingModule, rows: Sequence[Sequence[str]],
+                         new_rows: Optional[np.ndarray], exclude_session_items: bool,
+                         cold_id_imputer: Optional["ColdIdImputer"],
+                         text_layer: Optional["ItemTextVectors"],
+                         text_info: dict) -> List[List[int]]:
   """Loads the staged SavedModel back and compares it with the Keras model.
 
   The top-k of test sessions (with new items and their imputed ID part), and with

@@ -23,18 +23,25 @@ compares them; every export compares its top k with the Keras model's).
 """
 
 import math
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
 from alterrec_tf.models import layers
 
+if TYPE_CHECKING:
+  import keras
+
 LARGE_NEGATIVE = -1e9  # Keras' Softmax: masked scores (float32)
 NAME_SCOPE = "stacked_sessions"  # of the graph's ops (benchmarks/serving_profile.py)
 
+Norm = Tuple[tf.Variable, tf.Variable]  # a LayerNormalization's (gamma, beta), each [T, 1, d]
+# One block's stacked weights: kernels and biases [T, ...] by name, and its two `Norm`s.
+Block = Dict[str, Any]
 
-def _layer_norm(x, norm, epsilon):
+
+def _layer_norm(x: tf.Tensor, norm: Norm, epsilon: float) -> tf.Tensor:
   """LayerNormalization over the last axis; norm = (gamma, beta), each [T, 1, d]."""
   gamma, beta = norm
   mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
@@ -49,7 +56,7 @@ class StackedTransformer(tf.Module):
       the same max_len, d, number of blocks and heads.
   """
 
-  def __init__(self, encoders: Sequence["layers.TransformerSessionEncoder"]):
+  def __init__(self, encoders: Sequence["layers.TransformerSessionEncoder"]) -> None:
     super().__init__(name="stacked_sessions")
     first = encoders[0]
     self.num_towers = len(encoders)
@@ -59,11 +66,12 @@ class StackedTransformer(tf.Module):
     self.key_dim = int(attention._query_dense.kernel.shape[2])
     self.num_blocks = len(first.blocks)
 
-    def stack(values, name):
+    def stack(values: Sequence[np.ndarray], name: str) -> tf.Variable:
       return tf.Variable(np.stack([np.asarray(v, np.float32) for v in values]),
                          trainable=False, name=name)
 
-    def norm(get, name):  # gamma, beta [T, 1, d]
+    def norm(get: Callable[..., "keras.layers.LayerNormalization"],
+             name: str) -> Norm:  # gamma, beta [T, 1, d]; get: encoder -> its LayerNormalization
       return (stack([get(e).gamma.numpy()[None] for e in encoders], f"{name}_gamma"),
               stack([get(e).beta.numpy()[None] for e in encoders], f"{name}_beta"))
 
@@ -73,10 +81,13 @@ class StackedTransformer(tf.Module):
     self.blocks = []
     scale = 1.0 / math.sqrt(float(self.key_dim))  # Keras scales the projected queries
     for index in range(self.num_blocks):
-      def of(e, index=index):
+      def of(e: layers.TransformerSessionEncoder,
+             index: int = index) -> layers.TransformerBlock:
         return e.blocks[index]
 
-      def projection(e, names):  # [d, len(names) * heads * key_dim] and its bias
+      def projection(e: layers.TransformerSessionEncoder,
+                     names: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+        # [d, len(names) * heads * key_dim] and its bias
         mha = of(e).attention
         dense = [getattr(mha, f"_{name}_dense") for name in names]
         factor = [scale if name == "query" else 1.0 for name in names]
@@ -116,14 +127,16 @@ class StackedTransformer(tf.Module):
       self.blocks.append(weights)
 
   @classmethod
-  def from_encoders(cls, encoders) -> Optional["StackedTransformer"]:
+  def from_encoders(cls, encoders: Sequence["keras.layers.Layer"]
+                    ) -> Optional["StackedTransformer"]:
     """A stacked encoder of `encoders`, or None where they are not all Transformer
     session encoders of one shape (Keras' plain MultiHeadAttention and Dense)."""
     if not encoders or not all(isinstance(e, layers.TransformerSessionEncoder)
                                for e in encoders):
       return None
 
-    def shape(e):
+    def shape(e: layers.TransformerSessionEncoder
+              ) -> Tuple[Tuple[int, ...], int, Tuple[int, ...], Tuple[int, ...], float]:
       return (tuple(e.positions.shape), len(e.blocks),
               tuple(e.blocks[0].attention._query_dense.kernel.shape),
               tuple(e.blocks[0].hidden.kernel.shape), float(e.input_norm.epsilon))
@@ -140,12 +153,13 @@ class StackedTransformer(tf.Module):
           return None
     return cls(encoders)
 
-  def _feed_forward(self, block, x):
+  def _feed_forward(self, block: Block, x: tf.Tensor) -> tf.Tensor:
     """x [T, N, d] -> [T, N, d]: ReLU(x W1 + b1) W2 + b2."""
     hidden = tf.nn.relu(tf.matmul(x, block["hidden_kernel"]) + block["hidden_bias"])
     return tf.matmul(hidden, block["output_kernel"]) + block["output_bias"]
 
-  def _attend(self, query, key, value, mask):
+  def _attend(self, query: tf.Tensor, key: tf.Tensor, value: tf.Tensor,
+              mask: tf.Tensor) -> tf.Tensor:
     """Keras' attention of query [T, n, heads, Q, e] (scaled) over key, value
     [T, n, heads, S, e] where mask [1, n, 1, Q or 1, S] -> contexts [T, n, heads, Q, e]."""
     scores = tf.matmul(query, key, transpose_b=True)
@@ -153,7 +167,8 @@ class StackedTransformer(tf.Module):
     weights = tf.where(mask, tf.nn.softmax(scores, axis=-1), 0.0)
     return tf.matmul(weights, value)
 
-  def last_vectors(self, vectors, mask, last_position):
+  def last_vectors(self, vectors: tf.Tensor, mask: tf.Tensor,
+                   last_position: tf.Tensor) -> tf.Tensor:
     """Session vectors at each session's last item.
 
     Args:
@@ -168,7 +183,8 @@ class StackedTransformer(tf.Module):
     with tf.name_scope(NAME_SCOPE):
       return self._last_vectors(vectors, mask, last_position)
 
-  def _last_vectors(self, vectors, mask, last_position):
+  def _last_vectors(self, vectors: tf.Tensor, mask: tf.Tensor,
+                    last_position: tf.Tensor) -> tf.Tensor:
     towers, heads, key_dim, dim = self.num_towers, self.num_heads, self.key_dim, self.dim
     width = heads * key_dim
     shape = tf.shape(vectors)

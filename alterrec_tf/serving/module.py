@@ -61,7 +61,7 @@ Only standard TensorFlow ops (While, MatMul, TopKV2, If, ...).
 benchmarks/serving_profile.py times each piece (the SCOPE_* name scopes).
 """
 
-from typing import Dict, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -70,6 +70,11 @@ from alterrec_tf.formats import schema
 from alterrec_tf.models import cold_items, scoring
 from alterrec_tf.serving import query as serving_query
 from alterrec_tf.serving import topk as serving_topk
+
+if TYPE_CHECKING:
+  from alterrec_tf.text.item_space import ItemTextVectors
+
+Outputs = Dict[str, tf.Tensor]  # a signature's outputs by name
 
 NEG_INF = serving_topk.NEG_INF  # score of excluded items (as towers.NEG_INF)
 PADDING_SCORE = serving_topk.PADDING_SCORE  # the padding column: below every item
@@ -151,11 +156,12 @@ class ServingModule(tf.Module):
       as one `encoders.StackedTransformer` (else each tower's Keras layer).
   """
 
-  def __init__(self, item_matrix, towers: Sequence[TowerPart], popularity, vocab_path: str,
+  def __init__(self, item_matrix: np.ndarray, towers: Sequence[TowerPart],
+               popularity: np.ndarray, vocab_path: str,
                max_len: int, k: int, exclude_session_items: bool,
-               text_item_vectors=None, num_text_fields: int = 0,
-               cold_id_imputer=None, chunk_size: int = 0,
-               fast_path_batch: int = FAST_PATH_BATCH, stack_encoders: bool = True):
+               text_item_vectors: Optional["ItemTextVectors"] = None, num_text_fields: int = 0,
+               cold_id_imputer: Optional[cold_items.ColdIdImputer] = None, chunk_size: int = 0,
+               fast_path_batch: int = FAST_PATH_BATCH, stack_encoders: bool = True) -> None:
     super().__init__(name="alterrec_serving")
     num_items, width = item_matrix.shape
     if sum(t.dim for t in towers) != width:
@@ -259,23 +265,23 @@ class ServingModule(tf.Module):
                          tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32)])
     fixed_k = self.k
 
-    def with_k(outputs):  # the static list length of the fixed-k signatures
+    def with_k(outputs: Outputs) -> Outputs:  # the static list length of the fixed-k signatures
       return {name: (tf.ensure_shape(value, [None, fixed_k]) if value.shape.rank == 2
                      else value) for name, value in outputs.items()}
 
-    def serving_default(item_ids):
+    def serving_default(item_ids: tf.Tensor) -> Outputs:
       """Dense indices int64 [B, L] (0 = padding) -> top k (fixed at export)."""
       return with_k(core(*self._from_indices(item_ids), tf.constant(fixed_k)))
 
-    def top_k(item_ids, k):
+    def top_k(item_ids: tf.Tensor, k: tf.Tensor) -> Outputs:
       """As serving_default, with the list length k (clipped to [0, V - 1])."""
       return core(*self._from_indices(item_ids), k)
 
-    def raw_ids(raw_item_ids):
+    def raw_ids(raw_item_ids: tf.Tensor) -> Outputs:
       """Raw item ids string [B, L] ("" = padding) -> top k (fixed at export)."""
       return with_k(core(*self._from_raw(raw_item_ids), tf.constant(fixed_k)))
 
-    def raw_ids_top_k(raw_item_ids, k):
+    def raw_ids_top_k(raw_item_ids: tf.Tensor, k: tf.Tensor) -> Outputs:
       """As raw_ids, with k in the request."""
       return core(*self._from_raw(raw_item_ids), k)
 
@@ -289,20 +295,21 @@ class ServingModule(tf.Module):
       functions.update(self._text_signatures(query))
     return {name: function.get_concrete_function() for name, function in functions.items()}
 
-  def _text_signatures(self, query) -> Dict[str, tf.types.experimental.GenericFunction]:
+  def _text_signatures(self, query: Callable[[tf.Tensor], tf.Tensor]
+                       ) -> Dict[str, tf.types.experimental.GenericFunction]:
     """new_item_vectors and score_text_candidates around one text function."""
     fields_shape = [None, self.num_text_fields]
     text_rows = tf.function(self._text_rows, input_signature=[
         tf.TensorSpec(fields_shape, tf.string)])
 
-    def new_item_vectors(fields):
+    def new_item_vectors(fields: tf.Tensor) -> Outputs:
       """Text fields string [N, F] ("" = none) -> text_item_vectors float [N, d_text],
       item_vectors float [N, D] (a cold-start row of item_matrix: imputed ID part
       or zeros)."""
       text, rows = text_rows(fields)
       return {OUTPUT_TEXT_ITEM_VECTORS: text, OUTPUT_ITEM_VECTORS: rows}
 
-    def score_text_candidates(raw_item_ids, candidate_fields):
+    def score_text_candidates(raw_item_ids: tf.Tensor, candidate_fields: tf.Tensor) -> Outputs:
       """Sessions of raw ids string [B, L] x candidates' text fields string [C, F]
       -> scores float [B, C] (fused, as --new_items rows), num_ignored_items
       int32 [B], popular_fallback bool [B] (no known item: scores are 0)."""
@@ -320,7 +327,7 @@ class ServingModule(tf.Module):
             _RAW_IDS, tf.TensorSpec(fields_shape, tf.string, name=INPUT_CANDIDATE_FIELDS)]),
     }
 
-  def _text_rows(self, fields):
+  def _text_rows(self, fields: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     """Text fields string [N, F] -> (text tower item vectors [N, d_text], item
     matrix rows [N, D]: the imputed ID part, or zeros, in the ID columns)."""
     text = self.text_item_vectors(fields)
@@ -331,7 +338,7 @@ class ServingModule(tf.Module):
       columns[part.name] = slice(start, start + part.dim)
       start += part.dim
 
-    def block(part):
+    def block(part: TowerPart) -> tf.Tensor:
       if part.name == "text":
         return text
       if part.name == "id" and hasattr(self, "cold_trained_items"):
@@ -344,7 +351,7 @@ class ServingModule(tf.Module):
     return text, (blocks[0] if len(blocks) == 1 else tf.concat(blocks, axis=1))
 
   # --- graph ----------------------------------------------------------------------
-  def _from_indices(self, item_ids):
+  def _from_indices(self, item_ids: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     """int64 [B, L] -> (valid dense indices int32 [B, L], ignored counts [B])."""
     with tf.name_scope(SCOPE_IDS_IN):
       item_ids = tf.convert_to_tensor(item_ids, tf.int64)
@@ -353,7 +360,7 @@ class ServingModule(tf.Module):
           tf.cast(~known & (item_ids != schema.PADDING_INDEX), tf.int32), axis=1)
       return tf.cast(tf.where(known, item_ids, schema.PADDING_INDEX), tf.int32), ignored
 
-  def _from_raw(self, raw_item_ids):
+  def _from_raw(self, raw_item_ids: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     """string [B, L] -> (valid dense indices int32 [B, L], ignored counts [B])."""
     with tf.name_scope(SCOPE_IDS_IN):
       index = self.raw_to_index.lookup(raw_item_ids)
@@ -363,22 +370,23 @@ class ServingModule(tf.Module):
       dense = tf.where(known, index, tf.constant(schema.PADDING_INDEX, tf.int64))
       return tf.cast(dense, tf.int32), ignored
 
-  def _rows(self, indices):
+  def _rows(self, indices: tf.Tensor) -> tf.Tensor:
     """Item matrix rows float [..., D] of item indices int [...], read from the
     variables whole (`serving.query.item_rows`)."""
     return serving_query.item_rows(self.item_matrix if self.num_chunks == 1 else None,
                                    self.item_blocks, self.block_size, indices)
 
-  def session_query(self, session):
+  def session_query(self, session: tf.RaggedTensor) -> tf.Tensor:
     """Fused query vectors [B, D] of compacted sessions (ragged int32 [B, None]):
     `serving.query.SessionQuery`."""
     return self._query(session)
 
-  def _dense_query(self, dense):
+  def _dense_query(self, dense: tf.Tensor) -> tf.Tensor:
     """dense int32 [B, L] valid indices (0 = padding, any layout) -> fused query [B, D]."""
     return self.session_query(serving_query.compact(dense))
 
-  def _recommend(self, dense, ignored, k, query=None):
+  def _recommend(self, dense: tf.Tensor, ignored: tf.Tensor, k: Union[int, tf.Tensor],
+                 query: Optional[Callable[[tf.Tensor], tf.Tensor]] = None) -> Outputs:
     """dense int32 [B, L] valid indices (0 = padding, any layout) -> outputs.
 
     `query`: the (shared) function dense -> fused query [B, D]; default

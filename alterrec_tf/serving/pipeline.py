@@ -11,7 +11,7 @@ TensorFlow.
 import json
 import os
 import time
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from alterrec_tf import cli
 from alterrec_tf import runs as alter_runs
@@ -19,6 +19,19 @@ from alterrec_tf.formats import schema
 from alterrec_tf.serving import build as serving_build
 from alterrec_tf.serving import publish
 from alterrec_tf.serving.build import ExportError
+
+if TYPE_CHECKING:
+  import keras
+
+  from alterrec_tf.config import TrainConfig
+  from alterrec_tf.models.alterrec import AlterRec
+  from alterrec_tf.models.cold_items import ColdIdImputer
+  from alterrec_tf.serving.module import ServingModule
+  from alterrec_tf.text.item_space import ItemTextVectors
+
+# (Keras model with the best weights, TrainConfig, manifest, data_dir): a run as
+# the command loaded it (`alterrec_tf.training.loading.load_run`; an AlterRec).
+LoadedRun = Tuple["keras.Model", "TrainConfig", Dict[str, Any], str]
 
 EXPORT_INFO_FILE = publish.EXPORT_INFO_FILE
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -37,7 +50,8 @@ def check_k(k: int, manifest: dict, data_dir: str, new_items: Optional[str] = No
     raise ExportError(f"--k={k} must be in [1, {catalogue}] (the items of {data_dir})")
 
 
-def export_run(loaded_run, run_dir: str, export_dir: str, version: Optional[int] = None,
+def export_run(loaded_run: LoadedRun, run_dir: str, export_dir: str,
+               version: Optional[int] = None,
                k: int = 20, exclude_session_items: Optional[bool] = None,
                new_items: Optional[str] = None, model_name: Optional[str] = None,
                warmup: bool = True, verify: bool = True,
@@ -110,7 +124,8 @@ def export_run(loaded_run, run_dir: str, export_dir: str, version: Optional[int]
   return info
 
 
-def session_item_exclusion(run_dir: str, config, requested: Optional[bool]) -> bool:
+def session_item_exclusion(run_dir: str, config: "TrainConfig",
+                           requested: Optional[bool]) -> bool:
   """Whether the export never recommends a request's own items: `requested`,
   or (None) as the run was trained (its --seen_items, resolved when the run
   was loaded: `training.loading.check_run`).
@@ -133,8 +148,8 @@ def session_item_exclusion(run_dir: str, config, requested: Optional[bool]) -> b
   return requested
 
 
-def save_module(module, target: str, model_name: str, rows, max_len: int, k: int,
-                warmup: bool) -> int:
+def save_module(module: "ServingModule", target: str, model_name: str,
+                rows: Sequence[Sequence[str]], max_len: int, k: int, warmup: bool) -> int:
   """Saves the serving module as a SavedModel at `target` (and, with `warmup`,
   TF Serving's warm-up requests); returns the number of warm-up requests."""
   import tensorflow as tf  # checks run before TF
@@ -150,9 +165,12 @@ def save_module(module, target: str, model_name: str, rows, max_len: int, k: int
           module.num_text_fields if module.has_text_signatures else 0))
 
 
-def export_info(run_dir: str, data_dir: str, model, config, manifest: dict, module, rows,
+def export_info(run_dir: str, data_dir: str, model: "AlterRec", config: "TrainConfig",
+                manifest: dict, module: "ServingModule", rows: Sequence[Sequence[str]],
                 k: int, exclude_session_items: bool, new_items: Optional[str],
-                cold_id_imputer, text_layer, text_info: dict, checked) -> dict:
+                cold_id_imputer: Optional["ColdIdImputer"],
+                text_layer: Optional["ItemTextVectors"], text_info: dict,
+                checked: Optional[List[List[int]]]) -> dict:
   """What an export holds (assets.extra/alterrec_export.json, without sizes)."""
   from alterrec_tf.serving import module as serving
   return {

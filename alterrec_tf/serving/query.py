@@ -31,12 +31,15 @@ layers it reads stay tracked by the `serving.module.ServingModule` that holds
 them, so the SavedModel's object graph is that module's alone.
 """
 
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 import tensorflow as tf
 
 from alterrec_tf.formats import schema
 from alterrec_tf.serving import encoders as serving_encoders
+
+if TYPE_CHECKING:
+  import keras
 
 try:  # TensorFlow's un-lowered cond (see `cond`)
   from tensorflow.python.ops.cond_v2 import fast_cond_v2 as _fast_cond_v2
@@ -52,6 +55,10 @@ SCOPE_COMPACT = "compact"
 SCOPE_BUCKETS = "length_buckets"
 SCOPE_WINDOWS = "windows"
 
+# ((known_items, (tower index, ...)), ...): the towers that share a window (`tower_groups`).
+Groups = Sequence[Tuple[int, Tuple[int, ...]]]
+_Branch = TypeVar("_Branch")  # what both branches of `cond` return
+
 
 class TowerPart:
   """How one tower enters the serving graph.
@@ -66,7 +73,8 @@ class TowerPart:
       encoder (the ID tower: the trained catalogue size; text: all items).
   """
 
-  def __init__(self, name: str, session_encoder, dim: int, scale: float, known_items: int):
+  def __init__(self, name: str, session_encoder: "keras.layers.Layer", dim: int, scale: float,
+               known_items: int) -> None:
     self.name, self.session_encoder, self.dim = name, session_encoder, int(dim)
     self.scale, self.known_items = float(scale), int(known_items)
 
@@ -95,7 +103,7 @@ def tower_groups(parts: Sequence[TowerPart], num_items: int) -> Tuple[Tuple[int,
   return tuple((known, tuple(members)) for known, members in groups.items())
 
 
-def stack_groups(parts: Sequence[TowerPart], groups, stack_encoders: bool
+def stack_groups(parts: Sequence[TowerPart], groups: Groups, stack_encoders: bool
                  ) -> Tuple[List[serving_encoders.StackedTransformer], Dict[tuple, int]]:
   """Each group's session encoders as one `encoders.StackedTransformer` where
   they can be (consecutive towers, Transformers of one shape; only with
@@ -132,15 +140,18 @@ class SessionQuery:
       encoders in one pass (no length buckets).
   """
 
-  def __init__(self, parts: Sequence[TowerPart], columns, groups, buckets, stacked_encoders,
-               stacked, rows: Callable, num_items: int, max_len: int, fast_path_batch: int):
+  def __init__(self, parts: Sequence[TowerPart], columns: Sequence[Tuple[int, int]],
+               groups: Groups, buckets: Sequence[int],
+               stacked_encoders: Sequence[serving_encoders.StackedTransformer],
+               stacked: Mapping[Tuple[int, ...], int], rows: Callable, num_items: int,
+               max_len: int, fast_path_batch: int) -> None:
     self.parts, self.columns, self.groups = tuple(parts), columns, groups
     self.length_buckets = buckets
     self.stacked_encoders, self.stacked = stacked_encoders, stacked
     self.rows, self.num_items, self.max_len = rows, int(num_items), int(max_len)
     self.fast_path_batch = int(fast_path_batch)
 
-  def __call__(self, session):
+  def __call__(self, session: tf.RaggedTensor) -> tf.Tensor:
     """Fused query vectors [B, D] of compacted sessions (ragged int32 [B, None]).
 
     Towers that read the same items (all of them, unless the ID tower skips
@@ -158,10 +169,11 @@ class SessionQuery:
         blocks[index] = vectors * self.parts[index].scale
     return blocks[0] if len(blocks) == 1 else tf.concat(blocks, axis=-1)
 
-  def _group_last_vectors(self, members, items):
+  def _group_last_vectors(self, members: Tuple[int, ...],
+                          items: tf.RaggedTensor) -> List[tf.Tensor]:
     """Session vectors [n, d_t] of towers `members` (indices into the towers)
     at the last item of ragged sessions [n, None], in one pass or bucketed."""
-    def one_pass():
+    def one_pass() -> List[tf.Tensor]:
       return self._last_vectors(members, items)
 
     encoders = [self.parts[index].session_encoder for index in members]
@@ -170,7 +182,7 @@ class SessionQuery:
     return cond(items.nrows(out_type=tf.int32) <= self.fast_path_batch, one_pass,
                 lambda: self._bucketed_last_vectors(members, items))
 
-  def _last_vectors(self, members, items):
+  def _last_vectors(self, members: Tuple[int, ...], items: tf.RaggedTensor) -> List[tf.Tensor]:
     """Session vectors [n, d_t] of towers `members` at the last item of ragged
     sessions [n, None] (zeros for an empty session), one window for all."""
     lengths = tf.cast(items.row_lengths(), tf.int32)
@@ -201,7 +213,8 @@ class SessionQuery:
       outputs.append(tf.where((lengths > 0)[:, None], last, tf.zeros_like(last)))
     return outputs
 
-  def _bucketed_last_vectors(self, members, items):
+  def _bucketed_last_vectors(self, members: Tuple[int, ...],
+                             items: tf.RaggedTensor) -> List[tf.Tensor]:
     """As `_last_vectors`, run per session-length bucket, so that a batch of
     mostly short sessions is not padded to its longest one."""
     with tf.name_scope(SCOPE_BUCKETS):
@@ -223,7 +236,8 @@ class SessionQuery:
               for position in range(len(members))]
 
 
-def item_rows(item_matrix, item_blocks, block_size: int, indices):
+def item_rows(item_matrix: Optional[tf.Variable], item_blocks: tf.Variable, block_size: int,
+              indices: tf.Tensor) -> tf.Tensor:
   """Item matrix rows float [..., D] of item indices int [...].
 
   Read from the matrix variable [V, D] (`item_matrix`, None with chunks), else
@@ -244,13 +258,14 @@ def item_rows(item_matrix, item_blocks, block_size: int, indices):
   return tf.gather(tf.reshape(tf.convert_to_tensor(item_blocks), [-1]), flat)
 
 
-def compact(dense):
+def compact(dense: tf.Tensor) -> tf.RaggedTensor:
   """Ragged int32 [B, None]: the items of each row of dense [B, L], in order."""
   with tf.name_scope(SCOPE_COMPACT):
     return tf.ragged.boolean_mask(dense, tf.not_equal(dense, schema.PADDING_INDEX))
 
 
-def cond(pred, true_fn, false_fn):
+def cond(pred: tf.Tensor, true_fn: Callable[..., _Branch],
+         false_fn: Callable[..., _Branch]) -> _Branch:
   """tf.cond as one If op that runs the branch taken and nothing of the other.
 
   A plain tf.cond is lowered to Switch/Merge when the function is instantiated,

@@ -23,6 +23,8 @@ the one-matmul lists. Only standard TensorFlow ops (While, MatMul, TopKV2, ...).
 stay tracked by the `serving.module.ServingModule` that holds them.
 """
 
+from typing import Dict, Tuple, Union
+
 import numpy as np
 import tensorflow as tf
 
@@ -62,12 +64,13 @@ class CatalogueScorer:
   """
 
   def __init__(self, item_blocks: tf.Variable, popularity: tf.Variable, num_items: int,
-               block_size: int, exclude_session_items: bool):
+               block_size: int, exclude_session_items: bool) -> None:
     self.item_blocks, self.popularity = item_blocks, popularity
     self.num_items, self.block_size = int(num_items), int(block_size)
     self.exclude_session_items = bool(exclude_session_items)
 
-  def top_k(self, queries, dense, empty, k):
+  def top_k(self, queries: tf.Tensor, dense: tf.Tensor, empty: tf.Tensor,
+            k: Union[int, tf.Tensor]) -> Tuple[tf.Tensor, tf.Tensor]:
     """Top k (scores float [B, k], item indices int64 [B, k]) of fused queries
     [B, D] for the request's items dense int32 [B, L] (0 = padding) and its
     empty sessions bool [B]; k int32 [] is clipped to [0, V - 1].
@@ -77,7 +80,7 @@ class CatalogueScorer:
     same lists, ties by lower item index)."""
     item_blocks = tf.convert_to_tensor(self.item_blocks)  # [chunks, D, C]
 
-    def chunk_scores(offset, size):
+    def chunk_scores(offset: scoring.Index, size: scoring.Index) -> Dict[str, tf.Tensor]:
       return {"fused": self.item_scores(queries, item_blocks[offset // self.block_size], dense,
                                         empty, offset, size)}
 
@@ -87,7 +90,8 @@ class CatalogueScorer:
                                                   self.block_size)["fused"]
     return values, tf.cast(indices, tf.int64)
 
-  def item_scores(self, queries, block, dense, empty, offset, size):
+  def item_scores(self, queries: tf.Tensor, block: tf.Tensor, dense: tf.Tensor,
+                  empty: tf.Tensor, offset: scoring.Index, size: scoring.Index) -> tf.Tensor:
     """Served scores [B, size] of items offset..offset + size - 1 (the first
     `size` columns of their block [D, C] of `item_blocks`): the fused score,
     the popularity of an empty session, NEG_INF for the request's items

@@ -7,7 +7,7 @@ checks both agree).
 """
 
 import os
-from typing import Dict
+from typing import Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -32,8 +32,11 @@ def _field(number: int, payload: bytes) -> bytes:
   return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
-def encode_predict_log(model_name: str, signature_name: str,
-                       inputs: Dict[str, np.ndarray]) -> bytes:
+# A request's inputs by name: arrays, and numpy scalars (k).
+Inputs = Dict[str, Union[np.ndarray, np.generic]]
+
+
+def encode_predict_log(model_name: str, signature_name: str, inputs: Inputs) -> bytes:
   """Serialised `tensorflow.serving.PredictionLog` holding one PredictRequest.
 
   Written from the field numbers of tensorflow_serving/apis/{prediction_log,
@@ -56,7 +59,7 @@ def encode_predict_log(model_name: str, signature_name: str,
   return _field(6, _field(1, request))
 
 
-def predict_log_bytes(model_name: str, signature_name: str, inputs: Dict[str, np.ndarray]) -> bytes:
+def predict_log_bytes(model_name: str, signature_name: str, inputs: Inputs) -> bytes:
   """PredictionLog bytes, from tensorflow-serving-api if installed."""
   try:
     from tensorflow_serving.apis import (  # optional: the PredictionLog is hand-encoded without it
@@ -75,8 +78,12 @@ def predict_log_bytes(model_name: str, signature_name: str, inputs: Dict[str, np
   return log.SerializeToString(deterministic=True)
 
 
-def warmup_requests(rows, popularity: np.ndarray, max_len: int, k: int,
-                    num_text_fields: int = 0):
+# (signature name, its inputs) of one warm-up request.
+Request = Tuple[str, Inputs]
+
+
+def warmup_requests(rows: Sequence[Sequence[str]], popularity: np.ndarray, max_len: int, k: int,
+                    num_text_fields: int = 0) -> List[Request]:
   """(signature, inputs) of the warmup requests: popular items as sessions.
 
   With `num_text_fields` (an export with text signatures), also one request of
@@ -93,7 +100,7 @@ def warmup_requests(rows, popularity: np.ndarray, max_len: int, k: int,
   full[1, :min(5, len(order))] = order[:5][::-1]
   raw = np.array([[rows[i][0].encode("utf-8") for i in order[:3]]], dtype=object)
   top_k = np.int32(min(k, 5))
-  requests = [
+  requests: List[Request] = [
       (serving.SIGNATURE_DEFAULT, {serving.INPUT_ITEM_IDS: short}),
       (serving.SIGNATURE_DEFAULT, {serving.INPUT_ITEM_IDS: full}),
       (serving.SIGNATURE_TOP_K, {serving.INPUT_ITEM_IDS: short, serving.INPUT_K: top_k}),
@@ -113,7 +120,7 @@ def warmup_requests(rows, popularity: np.ndarray, max_len: int, k: int,
   return requests
 
 
-def write_warmup(path: str, model_name: str, requests) -> int:
+def write_warmup(path: str, model_name: str, requests: Sequence[Request]) -> int:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with tf.io.TFRecordWriter(path) as writer:
     for signature, inputs in requests:

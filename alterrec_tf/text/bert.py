@@ -8,12 +8,17 @@ extractor here. `BertBackbone.named_weights` names every variable in the layout
 that `alterrec_tf.text.convert` writes.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import math
-from typing import Dict
+from typing import TYPE_CHECKING, Any, Dict, Mapping
 
 import keras
 from keras import ops
+
+if TYPE_CHECKING:
+  import tensorflow as tf
 
 NEG_INF = -1e9  # attention logit of a padding key
 
@@ -30,7 +35,7 @@ class BertConfig:
   type_vocab_size: int = 2
   layer_norm_eps: float = 1e-12
 
-  def __post_init__(self):
+  def __post_init__(self) -> None:
     if self.hidden_size % self.num_heads:
       raise ValueError(f"hidden_size={self.hidden_size} is not a multiple of "
                        f"num_heads={self.num_heads}")
@@ -57,7 +62,7 @@ class BertEmbeddings(keras.layers.Layer):
     float32 [B, L, hidden_size].
   """
 
-  def __init__(self, config: BertConfig, **kwargs):
+  def __init__(self, config: BertConfig, **kwargs) -> None:
     super().__init__(**kwargs)
     self.config = config
     normal = keras.initializers.TruncatedNormal(stddev=0.02)
@@ -71,7 +76,7 @@ class BertEmbeddings(keras.layers.Layer):
     self.norm.build((None, None, config.hidden_size))
     self.built = True  # every weight exists: no symbolic build on the first call
 
-  def call(self, token_ids):
+  def call(self, token_ids: tf.Tensor) -> tf.Tensor:
     length = ops.shape(token_ids)[1]
     x = ops.take(self.word, token_ids, axis=0)
     x = x + self.position[None, :length, :] + self.token_type[None, None, 0, :]
@@ -94,7 +99,7 @@ class BertSelfAttention(keras.layers.Layer):
     float [B, L, d] (after the output projection, before the residual).
   """
 
-  def __init__(self, hidden_size: int, num_heads: int, **kwargs):
+  def __init__(self, hidden_size: int, num_heads: int, **kwargs) -> None:
     super().__init__(**kwargs)
     self.num_heads = num_heads
     self.head_dim = hidden_size // num_heads
@@ -104,13 +109,13 @@ class BertSelfAttention(keras.layers.Layer):
     self.output_dense = projection(hidden_size, hidden_size, "output")
     self.built = True
 
-  def _heads(self, x):
+  def _heads(self, x: tf.Tensor) -> tf.Tensor:
     """[B, L, d] -> [B, heads, L, head_dim]."""
     shape = ops.shape(x)
     x = ops.reshape(x, (shape[0], shape[1], self.num_heads, self.head_dim))
     return ops.transpose(x, (0, 2, 1, 3))
 
-  def call(self, x, mask):
+  def call(self, x: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
     logits = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) / math.sqrt(self.head_dim)
     logits = ops.where(mask[:, None, None, :], logits, ops.cast(NEG_INF, logits.dtype))
@@ -137,7 +142,7 @@ class BertBlock(keras.layers.Layer):
     float [B, L, d].
   """
 
-  def __init__(self, config: BertConfig, **kwargs):
+  def __init__(self, config: BertConfig, **kwargs) -> None:
     super().__init__(**kwargs)
     d, eps = config.hidden_size, config.layer_norm_eps
     self.attention = BertSelfAttention(d, config.num_heads, name="attention")
@@ -149,7 +154,7 @@ class BertBlock(keras.layers.Layer):
     self.output_norm.build((None, None, d))
     self.built = True
 
-  def call(self, x, mask):
+  def call(self, x: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     x = self.attention_norm(x + self.attention(x, mask))
     hidden = keras.activations.gelu(self.intermediate(x), approximate=False)
     return self.output_norm(x + self.output_dense(hidden))
@@ -175,7 +180,7 @@ class BertBackbone(keras.layers.Layer):
     float32 [B, L, hidden_size]; rows at padding positions are not meaningful.
   """
 
-  def __init__(self, config: BertConfig, **kwargs):
+  def __init__(self, config: BertConfig, **kwargs) -> None:
     kwargs.setdefault("trainable", False)
     super().__init__(**kwargs)
     self.config = config
@@ -183,7 +188,7 @@ class BertBackbone(keras.layers.Layer):
     self.blocks = [BertBlock(config, name=f"block_{i}") for i in range(config.num_layers)]
     self.built = True
 
-  def call(self, token_ids, mask):
+  def call(self, token_ids: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     x = self.embeddings(token_ids)
     for block in self.blocks:
       x = block(x, mask)
@@ -196,12 +201,12 @@ class BertBackbone(keras.layers.Layer):
       named.update({f"block_{i}/{k}": v for k, v in block.named_weights().items()})
     return named
 
-  def get_config(self):
+  def get_config(self) -> Dict[str, Any]:
     config = super().get_config()
     config.update(config=dataclasses.asdict(self.config))
     return config
 
   @classmethod
-  def from_config(cls, config):
+  def from_config(cls, config: Mapping[str, Any]) -> BertBackbone:
     config = dict(config)
     return cls(BertConfig(**config.pop("config")), **config)

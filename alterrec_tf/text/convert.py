@@ -15,7 +15,7 @@ arrays or torch tensors), so a loaded SentenceTransformer converts with
 import json
 import os
 import sys
-from typing import Dict, Mapping, Optional
+from typing import Dict, List, Mapping, Optional
 
 import numpy as np
 
@@ -127,7 +127,7 @@ def read_state_dict(model_dir: str) -> Mapping[str, np.ndarray]:
   return {k: _array(v) for k, v in state.items()}
 
 
-def _array(value) -> np.ndarray:
+def _array(value: object) -> np.ndarray:
   if hasattr(value, "detach"):  # a torch tensor
     value = value.detach().cpu().float().numpy()
   return np.asarray(value, np.float32)
@@ -182,8 +182,9 @@ def keras_weights(state_dict: Mapping[str, object], config: bert.BertConfig
   return out
 
 
-def convert_state_dict(state_dict: Mapping[str, object], config, vocab_path: str,
-                       output_dir: Optional[str] = None):
+def convert_state_dict(state_dict: Mapping[str, object],
+                       config: text_encoder.TextEncoderConfig, vocab_path: str,
+                       output_dir: Optional[str] = None) -> text_encoder.SentenceEncoder:
   """A `SentenceEncoder` with the weights of `state_dict`, saved when `output_dir`."""
   encoder = text_encoder.SentenceEncoder(config, vocab_path)
   encoder.set_named_weights(keras_weights(state_dict, config.bert))
@@ -192,7 +193,7 @@ def convert_state_dict(state_dict: Mapping[str, object], config, vocab_path: str
   return encoder
 
 
-def convert(model: str, output_dir: Optional[str] = None):
+def convert(model: str, output_dir: Optional[str] = None) -> text_encoder.SentenceEncoder:
   """Converts a sentence-transformers folder (or "all-MiniLM-L6-v2").
 
   Args:
@@ -214,7 +215,7 @@ def convert(model: str, output_dir: Optional[str] = None):
   return convert_state_dict(read_state_dict(model_dir), config, vocab_path, output_dir)
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
   import argparse
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--model", default=PACKAGED_MODEL,

@@ -21,7 +21,7 @@ interface (what data_tools calls), and `TextEncoderModule` is a tf.Module with
 import dataclasses
 import json
 import os
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import keras
 import numpy as np
@@ -62,7 +62,7 @@ class TextEncoderConfig:
   normalize: bool = True
   source: str = ""
 
-  def __post_init__(self):
+  def __post_init__(self) -> None:
     if not 3 <= self.max_seq_length <= self.bert.max_positions:
       raise ValueError(f"max_seq_length={self.max_seq_length} must be in [3, "
                        f"{self.bert.max_positions}] (the position table)")
@@ -91,7 +91,7 @@ class MeanPooling(keras.layers.Layer):
     float [B, d].
   """
 
-  def call(self, hidden, mask):
+  def call(self, hidden: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     weights = ops.cast(mask, hidden.dtype)[..., None]
     counts = ops.maximum(ops.sum(weights, axis=1), 1e-9)
     return ops.sum(hidden * weights, axis=1) / counts
@@ -100,7 +100,7 @@ class MeanPooling(keras.layers.Layer):
 class L2Normalize(keras.layers.Layer):
   """x / max(||x||, 1e-12) along the last axis (torch's F.normalize): [B, d] -> [B, d]."""
 
-  def call(self, x):
+  def call(self, x: tf.Tensor) -> tf.Tensor:
     norm = ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True))
     return x / ops.maximum(norm, 1e-12)
 
@@ -120,7 +120,8 @@ class SentenceEncoder(keras.layers.Layer):
     float32 [B, d]; unit length when `config.normalize`.
   """
 
-  def __init__(self, config: TextEncoderConfig, vocabulary, **kwargs):
+  def __init__(self, config: TextEncoderConfig, vocabulary: Union[str, Sequence[str]],
+               **kwargs) -> None:
     kwargs.setdefault("trainable", False)
     super().__init__(**kwargs)
     self.config = config
@@ -138,18 +139,18 @@ class SentenceEncoder(keras.layers.Layer):
   def dim(self) -> int:
     return self.config.dim
 
-  def call(self, texts):
+  def call(self, texts: Union[tf.Tensor, Sequence[str]]) -> tf.Tensor:
     token_ids, mask = self.tokenizer(texts)
     vectors = self.pooling(self.backbone(token_ids, mask), mask)
     return self.normalize(vectors) if self.normalize is not None else vectors
 
-  def compute_output_spec(self, texts):
+  def compute_output_spec(self, texts: keras.KerasTensor) -> keras.KerasTensor:
     return keras.KerasTensor((texts.shape[0], self.dim), dtype="float32")
 
   def named_weights(self) -> Dict[str, keras.Variable]:
     return self.backbone.named_weights()
 
-  def set_named_weights(self, arrays) -> None:
+  def set_named_weights(self, arrays: Mapping[str, np.ndarray]) -> None:
     """Assigns {name: array} (all of `named_weights`, nothing else, same shapes)."""
     variables = self.named_weights()
     missing = sorted(set(variables) - set(arrays))
@@ -164,14 +165,14 @@ class SentenceEncoder(keras.layers.Layer):
                          f"{tuple(variable.shape)}")
       variable.assign(value.astype(np.float32))
 
-  def get_config(self):
+  def get_config(self) -> Dict[str, Any]:
     config = super().get_config()
     config.update(config=json.loads(self.config.to_json()),
                   vocabulary=self.tokenizer.vocabulary)
     return config
 
   @classmethod
-  def from_config(cls, config):
+  def from_config(cls, config: Mapping[str, Any]) -> "SentenceEncoder":
     config = dict(config)
     encoder_config = TextEncoderConfig.from_json(json.dumps(config.pop("config")))
     return cls(encoder_config, config.pop("vocabulary"), **config)
@@ -197,13 +198,13 @@ class FieldMeanEncoder(keras.layers.Layer):
     float32 [B, d].
   """
 
-  def __init__(self, encoder: SentenceEncoder, **kwargs):
+  def __init__(self, encoder: SentenceEncoder, **kwargs) -> None:
     kwargs.setdefault("trainable", False)
     super().__init__(**kwargs)
     self.encoder = encoder
     self.built = True
 
-  def call(self, fields):
+  def call(self, fields: Union[tf.Tensor, Sequence[Sequence[str]]]) -> tf.Tensor:
     fields = tf.convert_to_tensor(fields, tf.string)
     present = tf.logical_not(tf.strings.regex_full_match(fields, WHITESPACE_ONLY))
     where = tf.where(present)  # [n, 2] (item, field)
@@ -212,7 +213,7 @@ class FieldMeanEncoder(keras.layers.Layer):
     counts = tf.reduce_sum(tf.cast(present, vectors.dtype), axis=1, keepdims=True)
     return sums / tf.maximum(counts, 1.0)
 
-  def compute_output_spec(self, fields):
+  def compute_output_spec(self, fields: keras.KerasTensor) -> keras.KerasTensor:
     return keras.KerasTensor((fields.shape[0], self.encoder.dim), dtype="float32")
 
 
@@ -266,7 +267,7 @@ class NumpyTextEncoder:
     encoder: a `SentenceEncoder`.
   """
 
-  def __init__(self, encoder: SentenceEncoder):
+  def __init__(self, encoder: SentenceEncoder) -> None:
     self.encoder = encoder
     self._encode = tf.function(encoder, input_signature=[tf.TensorSpec([None], tf.string)],
                                reduce_retracing=True)
@@ -300,17 +301,17 @@ class TextEncoderModule(tf.Module):
   load with tensorflow_text imported.
   """
 
-  def __init__(self, encoder: SentenceEncoder):
+  def __init__(self, encoder: SentenceEncoder) -> None:
     super().__init__(name="text_encoder")
     self.encoder = encoder
     self.field_mean = FieldMeanEncoder(encoder, name="field_mean")
 
   def signatures(self) -> Dict[str, tf.types.experimental.ConcreteFunction]:
-    def encode(texts):
+    def encode(texts: tf.Tensor) -> Dict[str, tf.Tensor]:
       """Sentence vectors of string [B]."""
       return {OUTPUT_EMBEDDINGS: self.encoder(texts)}
 
-    def encode_fields(fields):
+    def encode_fields(fields: tf.Tensor) -> Dict[str, tf.Tensor]:
       """Mean field vectors of string [B, F]."""
       return {OUTPUT_EMBEDDINGS: self.field_mean(fields)}
 

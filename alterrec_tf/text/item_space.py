@@ -12,9 +12,10 @@ which equals `alterrec_tf.export.project_new_items` applied to the table that
 `data_tools.embed_items` would have written for the same fields.
 """
 
-from typing import Sequence
+from typing import Sequence, Union
 
 import keras
+import tensorflow as tf
 
 from alterrec_tf.text import encoder as text_encoder
 
@@ -39,14 +40,14 @@ class ItemTextVectors(keras.layers.Layer):
   """
 
   def __init__(self, field_mean: text_encoder.FieldMeanEncoder,
-               projection_layers: Sequence[keras.layers.Layer], **kwargs):
+               projection_layers: Sequence[keras.layers.Layer], **kwargs) -> None:
     kwargs.setdefault("trainable", False)
     super().__init__(**kwargs)
     self.field_mean = field_mean
     self.projection_layers = list(projection_layers)
     self.built = True
 
-  def call(self, fields):
+  def call(self, fields: Union[tf.Tensor, Sequence[Sequence[str]]]) -> tf.Tensor:
     x = self.field_mean(fields)
     for layer in self.projection_layers:
       x = layer(x, training=False)

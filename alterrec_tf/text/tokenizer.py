@@ -17,7 +17,7 @@ in the text ("[CLS]") as one token, deletes control characters where this one
 puts a space, and sends words over 100 characters (here: 100 bytes) to [UNK].
 """
 
-from typing import List, Sequence, Union
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import keras
 import tensorflow as tf
@@ -54,7 +54,7 @@ class WordPieceTokenizer(keras.layers.Layer):
   """
 
   def __init__(self, vocabulary: Union[str, Sequence[str]], max_seq_length: int = 256,
-               lower_case: bool = True, max_bytes_per_word: int = 100, **kwargs):
+               lower_case: bool = True, max_bytes_per_word: int = 100, **kwargs) -> None:
     kwargs.setdefault("trainable", False)
     super().__init__(**kwargs)
     if isinstance(vocabulary, str):
@@ -94,14 +94,14 @@ class WordPieceTokenizer(keras.layers.Layer):
   def vocabulary_size(self) -> int:
     return len(self.vocabulary)
 
-  def normalize(self, texts):
+  def normalize(self, texts: tf.Tensor) -> tf.Tensor:
     """string [B] -> string [B]: lower-cased, accents stripped (uncased models)."""
     if not self.lower_case:
       return texts
     texts = tf_text.normalize_utf8(tf.strings.lower(texts, encoding="utf-8"), "NFD")
     return tf.strings.regex_replace(texts, r"\p{Mn}", "")
 
-  def call(self, texts):
+  def call(self, texts: Union[tf.Tensor, Sequence[str]]) -> Tuple[tf.Tensor, tf.Tensor]:
     texts = self.normalize(tf.convert_to_tensor(texts, tf.string))
     # [B, words, pieces] -> [B, pieces], then keep room for [CLS] and [SEP]
     pieces = self.tokenizer.tokenize(texts).merge_dims(-2, -1)
@@ -115,12 +115,13 @@ class WordPieceTokenizer(keras.layers.Layer):
     mask = tf.sequence_mask(lengths, tf.shape(token_ids)[1])
     return token_ids, mask
 
-  def compute_output_spec(self, texts):
+  def compute_output_spec(self, texts: keras.KerasTensor
+                          ) -> Tuple[keras.KerasTensor, keras.KerasTensor]:
     batch = texts.shape[0]
     return (keras.KerasTensor((batch, None), dtype="int32"),
             keras.KerasTensor((batch, None), dtype="bool"))
 
-  def get_config(self):
+  def get_config(self) -> Dict[str, Any]:
     config = super().get_config()
     config.update(vocabulary=self.vocabulary, max_seq_length=self.max_seq_length,
                   lower_case=self.lower_case, max_bytes_per_word=self.max_bytes_per_word)

@@ -8,14 +8,20 @@ Hits@20 (the selection metric of the epochs), used by `train --tune_alpha` and
 reported by `alterrec_tf.alpha_sweep`.
 """
 
-from typing import Dict, Sequence
+from typing import TYPE_CHECKING, Dict, Sequence
+
+if TYPE_CHECKING:
+  from alterrec_tf.config import TrainConfig
+  from alterrec_tf.data.windows import SplitData
+  from alterrec_tf.models.contract import AlternatingModel
 
 ALPHA_GRID = tuple(i / 10 for i in range(11))
 SELECTION_METRIC = "hits@20"
 
 
-def sweep(model, split, alphas: Sequence[float], ks=(10, 20), mrr_k=20,
-          batch_size=128) -> Dict[float, Dict[str, float]]:
+def sweep(model: "AlternatingModel", split: "SplitData", alphas: Sequence[float],
+          ks: Sequence[int] = (10, 20), mrr_k: int = 20,
+          batch_size: int = 128) -> Dict[float, Dict[str, float]]:
   """Fused metrics of a two-tower AlterRec for every alpha, one pass over a split.
 
   Args:
@@ -44,7 +50,7 @@ def sweep(model, split, alphas: Sequence[float], ks=(10, 20), mrr_k=20,
           alter_data.TARGET_MASK: tf.TensorSpec([None, None], tf.bool)}
 
   @tf.function(input_signature=[spec])
-  def ranks_per_alpha(batch):
+  def ranks_per_alpha(batch: Dict[str, tf.Tensor]) -> tf.Tensor:
     positions, targets = scored_positions(batch)
     heads = model.prefix_scores(batch[alter_data.ITEM_IDS], positions)
     return tf.stack([evaluation.target_ranks(a * heads["id"] + (1.0 - a) * heads["text"],
@@ -63,7 +69,8 @@ def best_alpha(metrics_by_alpha: Dict[float, Dict[str, float]], reference: float
                    key=lambda a: (metrics_by_alpha[a][metric], -abs(a - reference))))
 
 
-def tune(model, split, config, alphas: Sequence[float] = ALPHA_GRID) -> dict:
+def tune(model: "AlternatingModel", split: "SplitData", config: "TrainConfig",
+         alphas: Sequence[float] = ALPHA_GRID) -> dict:
   """Chooses alpha on `split` (validation) for a trained two-tower model.
 
   Returns:

@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import time
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence
 
 import keras
 import tensorflow as tf
@@ -15,8 +15,16 @@ from alterrec_tf import runs as alter_runs
 from alterrec_tf.models import contract
 from alterrec_tf.training import evaluation, progress, tower_selection
 
+if TYPE_CHECKING:
+  from alterrec_tf.config import TrainConfig
+  from alterrec_tf.data.windows import SplitData
 
-def reseed_dropout(model, seed: int, epoch: int) -> None:
+# Keras' per-epoch logs, and one epoch's record of history.json.
+Logs = Optional[Dict[str, Any]]
+Record = Dict[str, Any]
+
+
+def reseed_dropout(model: keras.Model, seed: int, epoch: int) -> None:
   """Sets every Keras seed generator (dropout) to a state that depends only on
   (seed, epoch, its index), so that a resumed epoch draws the same masks as in
   an uninterrupted run."""
@@ -28,11 +36,11 @@ def reseed_dropout(model, seed: int, epoch: int) -> None:
 class DropoutReseed(keras.callbacks.Callback):
   """Reseeds dropout at the start of every epoch (`reseed_dropout`), for every model."""
 
-  def __init__(self, seed: int):
+  def __init__(self, seed: int) -> None:
     super().__init__()
     self.seed = seed
 
-  def on_epoch_begin(self, epoch, logs=None):
+  def on_epoch_begin(self, epoch: int, logs: Logs = None) -> None:
     reseed_dropout(self.model, self.seed, epoch)
 
 
@@ -45,8 +53,10 @@ class EpochEvaluation(keras.callbacks.Callback):
   The history (one dict per epoch) is written to run_dir/history.json.
   """
 
-  def __init__(self, config, run_dir, valid, test, train_examples: int,
-               history=None, selection_metric="hits@20"):
+  def __init__(self, config: "TrainConfig", run_dir: str, valid: Optional["SplitData"],
+               test: Optional["SplitData"], train_examples: int,
+               history: Optional[Sequence[Record]] = None,
+               selection_metric: str = "hits@20") -> None:
     super().__init__()
     self.config = config
     self.run_dir = run_dir
@@ -57,10 +67,10 @@ class EpochEvaluation(keras.callbacks.Callback):
     self._epoch_start = 0.0  # (set when each epoch begins)
     self._evaluator: Optional[evaluation.Evaluator] = None
 
-  def on_epoch_begin(self, epoch, logs=None):
+  def on_epoch_begin(self, epoch: int, logs: Logs = None) -> None:
     self._epoch_start = time.perf_counter()
 
-  def _evaluate(self, split):
+  def _evaluate(self, split: Optional["SplitData"]) -> evaluation.Metrics:
     if split is None:
       return {}
     if self._evaluator is None:
@@ -68,12 +78,12 @@ class EpochEvaluation(keras.callbacks.Callback):
                                              self.config.ks, self.config.mrr_k)
     return self._evaluator(split.batches(self.config.eval_batch_size))
 
-  def best(self):
+  def best(self) -> Optional[Record]:
     key = f"valid/fused/{self.selection_metric}"
     scored = [h for h in self.history if key in h]
     return max(scored, key=lambda h: (h[key], -h["epoch"])) if scored else None
 
-  def on_epoch_end(self, epoch, logs=None):
+  def on_epoch_end(self, epoch: int, logs: Logs = None) -> None:
     logs = logs if logs is not None else {}
     train_seconds = time.perf_counter() - self._epoch_start
     start = time.perf_counter()
@@ -130,7 +140,7 @@ class RunBackup(keras.callbacks.Callback):
   other than the chief restores from the chief's (`restore_dir`).
   """
 
-  def __init__(self, model, run_dir, restore_dir=None):
+  def __init__(self, model: keras.Model, run_dir: str, restore_dir: Optional[str] = None) -> None:
     super().__init__()
     self.directory = os.path.join(run_dir, alter_runs.BACKUP_DIR)
     self.restore_directory = os.path.join(restore_dir or run_dir, alter_runs.BACKUP_DIR)
@@ -147,10 +157,10 @@ class RunBackup(keras.callbacks.Callback):
     with open(meta, encoding="utf-8") as f:
       return int(json.load(f)["epochs_done"])
 
-  def on_epoch_end(self, epoch, logs=None):
+  def on_epoch_end(self, epoch: int, logs: Logs = None) -> None:
     self.manager.save(checkpoint_number=epoch + 1)
     alter_runs.write_json_atomic(os.path.join(self.directory, "epoch.json"),
                                  {"epochs_done": epoch + 1})
 
-  def on_train_end(self, logs=None):
+  def on_train_end(self, logs: Logs = None) -> None:
     shutil.rmtree(self.directory, ignore_errors=True)

@@ -59,9 +59,25 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from types import FrameType
+from typing import (
+  TYPE_CHECKING,
+  Any,
+  Callable,
+  Dict,
+  List,
+  Mapping,
+  NoReturn,
+  Optional,
+  Tuple,
+  Union,
+)
 
 from alterrec_tf import config as alter_config
+
+if TYPE_CHECKING:
+  import keras
+  import tensorflow as tf
 
 NONE = "none"
 MIRRORED = "mirrored"
@@ -269,7 +285,7 @@ def wait_for_workers(timeout_s: float, environ: Optional[Mapping[str, str]] = No
   def unreached() -> str:
     return ", ".join(map(_name, waiting))
 
-  def stop(signum, frame):
+  def stop(signum: int, frame: Optional[FrameType]) -> NoReturn:
     del frame
     raise ClusterError(
         f"stopped by {signal.Signals(signum).name} after {time.monotonic() - started:.0f} s "
@@ -427,7 +443,7 @@ def _from_chief(placement: Placement, value: int) -> int:
   the others with any value). Replica 0 lives on the chief."""
   import tensorflow as tf
 
-  def contribution():
+  def contribution() -> "tf.Tensor":
     first = tf.distribute.get_replica_context().replica_id_in_sync_group == 0
     return tf.where(first, tf.constant(value, tf.int32), 0)
 
@@ -474,7 +490,7 @@ def chief_verdict(placement: Placement, previous_run: Callable[[], Optional[dict
   return results
 
 
-def compile_model(placement: Placement, model) -> None:
+def compile_model(placement: Placement, model: "keras.Model") -> None:
   """`model.compile` in the strategy's scope, for a model whose variables all
   exist (`build_all`, built in that scope).
 
@@ -491,7 +507,8 @@ def compile_model(placement: Placement, model) -> None:
 
 
 # --- batches ------------------------------------------------------------------------
-def replica_slice(batch, replica, num_replicas: int):
+def replica_slice(batch: Dict[str, "tf.Tensor"], replica: Union[int, "tf.Tensor"],
+                  num_replicas: int) -> Dict[str, "tf.Tensor"]:
   """Replica `replica`'s rows of a global window batch.
 
   Args:
@@ -514,7 +531,8 @@ def replica_slice(batch, replica, num_replicas: int):
           for key, value in batch.items()}
 
 
-def distribute_batches(placement: Placement, batches):
+def distribute_batches(placement: Placement, batches: "tf.data.Dataset"
+                       ) -> Union["tf.data.Dataset", "tf.distribute.DistributedDataset"]:
   """The training stream for `model.fit` under `placement`.
 
   Args:
@@ -529,11 +547,12 @@ def distribute_batches(placement: Placement, batches):
   import tensorflow as tf
   num_replicas = placement.replicas
 
-  def worker_batches(context):
+  def worker_batches(context: "tf.distribute.InputContext") -> "tf.data.Dataset":
     local = context.num_replicas_in_sync // context.num_input_pipelines
     first = context.input_pipeline_id * local
 
-    def slices(batch):  # this worker's replicas, in replica order (round robin)
+    def slices(batch: Dict[str, "tf.Tensor"]) -> "tf.data.Dataset":
+      # this worker's replicas, in replica order (round robin)
       return tf.data.Dataset.range(first, first + local).map(
           lambda r: replica_slice(batch, r, num_replicas))
 

@@ -15,7 +15,19 @@ and its ablations) also get `tfrs_hits@K` in their "fused" head: TFRS
 FactorizedTopK over a BruteForce index of that matrix (`training.retrieval`).
 """
 
-from typing import Callable, Dict, Iterable, Optional
+from typing import (
+  TYPE_CHECKING,
+  Callable,
+  Dict,
+  Iterable,
+  List,
+  Literal,
+  Optional,
+  Sequence,
+  Tuple,
+  Union,
+  overload,
+)
 
 import keras_rs
 import numpy as np
@@ -23,10 +35,18 @@ import tensorflow as tf
 
 from alterrec_tf.data import windows as alter_data
 from alterrec_tf.models import contract, scoring, towers
+from alterrec_tf.models.contract import Batch
+from alterrec_tf.models.scoring import Heads
 from alterrec_tf.training import retrieval
 
+if TYPE_CHECKING:
+  import keras
 
-def metric_names(ks: Iterable[int], mrr_k: int):
+# {head: {metric: value}} of one split.
+Metrics = Dict[str, Dict[str, float]]
+
+
+def metric_names(ks: Iterable[int], mrr_k: int) -> List[str]:
   names = []
   for k in ks:
     names += [f"hits@{k}", f"ndcg@{k}"]
@@ -60,7 +80,7 @@ def ranking_metrics(ranks: np.ndarray, ks: Iterable[int], mrr_k: int) -> Dict[st
   return results
 
 
-def target_ranks(scores, target_ids, max_k: int):
+def target_ranks(scores: tf.Tensor, target_ids: tf.Tensor, max_k: int) -> tf.Tensor:
   """1-based rank of each target over the whole catalogue, capped at max_k + 1.
 
   rank = 1 + #items scoring higher + #items tied with a lower index, which is
@@ -97,8 +117,8 @@ class Evaluator:
     chunk_size: items ranked at once; None: the model's `settings.score_chunk_size`.
   """
 
-  def __init__(self, model, ks=(10, 20), mrr_k=20, tfrs_metrics: bool = True,
-               chunk_size=None):
+  def __init__(self, model: "keras.Model", ks: Sequence[int] = (10, 20), mrr_k: int = 20,
+               tfrs_metrics: bool = True, chunk_size: Optional[int] = None) -> None:
     self.model = model
     self.ks, self.mrr_k = tuple(ks), mrr_k
     self.max_k = max(max(self.ks), mrr_k)
@@ -124,7 +144,8 @@ class Evaluator:
     # traced at the first call, for the tables' shapes
     self._chunked_ranks: Optional[Callable] = None
 
-  def _chunked_ranks_eager(self, batch, tables):
+  def _chunked_ranks_eager(self, batch: Batch,
+                           tables: Heads) -> Tuple[Dict[str, tf.Tensor], tf.Tensor]:
     """Target ranks per head and targets, ranking the catalogue in chunks of
     `chunk_size` items (`scoring.top_k_over_chunks`)."""
     positions, targets = alter_data.scored_positions(batch)
@@ -137,7 +158,8 @@ class Evaluator:
     return {name: scoring.ranks_in_lists(ids, targets) for name, (_, ids) in lists.items()}, \
         targets
 
-  def _top_lists_eager(self, batch):
+  def _top_lists_eager(self, batch: Batch
+                       ) -> Tuple[Union[Dict[str, tf.Tensor], tf.Tensor], ...]:
     """Target ranks per head and targets; with TFRS also the fused queries
     [P, D] and each prefix's items [P, max_len]."""
     # Two returns, no annotated local: AutoGraph cannot convert an if/else that
@@ -155,12 +177,24 @@ class Evaluator:
     """{head: 1-based target ranks} of each head's scores."""
     return {name: target_ranks(head, targets, self.max_k) for name, head in scores.items()}
 
-  def _retrieval_hits(self):
+  def _retrieval_hits(self) -> retrieval.RetrievalHits:
     settings = self.model.settings
-    return retrieval.RetrievalHits(self._tfrs, self.model.fused_item_matrix(), self.ks,
+    # (called only with TFRS loaded: `__call__`)
+    return retrieval.RetrievalHits(self._tfrs,  # type: ignore[arg-type]
+                                   self.model.fused_item_matrix(), self.ks,
                                    settings.max_len, settings.seen_items == "exclude")
 
-  def __call__(self, batches, keep_ranks: bool = False):
+  @overload
+  def __call__(self, batches: Iterable[Batch], keep_ranks: Literal[False] = False) -> Metrics:
+    ...
+
+  @overload
+  def __call__(self, batches: Iterable[Batch], keep_ranks: Literal[True]
+               ) -> Tuple[Metrics, Dict[str, np.ndarray]]:
+    ...
+
+  def __call__(self, batches: Iterable[Batch], keep_ranks: bool = False
+               ) -> Union[Metrics, Tuple[Metrics, Dict[str, np.ndarray]]]:
     """Evaluates a dataset of window batches.
 
     Returns:
@@ -198,7 +232,8 @@ class Evaluator:
     return results, per_prefix
 
 
-def metrics_from_ranks(ranks: np.ndarray, ks=(10, 20), mrr_k=20) -> Dict[str, float]:
+def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = (10, 20),
+                       mrr_k: int = 20) -> Dict[str, float]:
   """Hits/NDCG/MRR from 1-based target ranks (numpy; the reference definition)."""
   ranks = np.asarray(ranks, dtype=np.float64)
   out = {}

@@ -8,7 +8,7 @@ never imports this module.
 """
 
 import os
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 from alterrec_tf import config as alter_config
 from alterrec_tf import runs as alter_runs
@@ -16,7 +16,15 @@ from alterrec_tf.formats import schema
 from alterrec_tf.models import names as model_names
 from alterrec_tf.serving.build import ExportError
 
+if TYPE_CHECKING:
+  import keras
+
 WEIGHTS_FILE = alter_runs.BEST_WEIGHTS_FILE
+# (TrainConfig with --seen_items resolved, manifest, data_dir) of `check_run`.
+CheckedRun = Tuple["alter_config.TrainConfig", Dict[str, Any], str]
+# (Keras model with the best weights, TrainConfig, manifest, data_dir) of `load_run`: the
+# registry's model (a `contract.RankingModel`; an AlterRec for export and the alpha sweep).
+LoadedRun = Tuple["keras.Model", "alter_config.TrainConfig", Dict[str, Any], str]
 
 
 def load_config(run_dir: str) -> "alter_config.TrainConfig":
@@ -28,7 +36,7 @@ def load_config(run_dir: str) -> "alter_config.TrainConfig":
 
 
 def check_run(run_dir: str, data_dir: Optional[str] = None, verify_data: bool = True,
-              weights: bool = True):
+              weights: bool = True) -> CheckedRun:
   """(TrainConfig, manifest, data_dir) of an exportable run, its dataset
   verified (`verify_data`) and (`weights`) its best weights present; nothing is
   built, TensorFlow is not loaded. The config's --seen_items is resolved against
@@ -60,7 +68,7 @@ def check_weights(run_dir: str) -> None:
 
 
 def load_run(run_dir: str, data_dir: Optional[str] = None, verify_data: bool = True,
-             checked=None):
+             checked: Optional[CheckedRun] = None) -> LoadedRun:
   """(Keras model with the best weights, TrainConfig, manifest, data_dir) of a run.
 
   The config's alpha is the one the run chose on validation where it tuned it

@@ -6,7 +6,7 @@ records; importing this module loads no TensorFlow (the train command prints
 the table before and without it).
 """
 
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 from alterrec_tf.models import names as model_names
 
@@ -14,7 +14,7 @@ LINE_METRICS = ("hits@20", "ndcg@20")
 HEAD_ORDER = ("fused", "id", "text")
 
 
-def _head_key(head: str):
+def _head_key(head: str) -> Tuple[int, str]:
   return (HEAD_ORDER.index(head) if head in HEAD_ORDER else len(HEAD_ORDER), head)
 
 
@@ -95,7 +95,7 @@ def results_table(results: Mapping, floors: Optional[Mapping[str, Mapping]] = No
   lines = ["| model | head | " + " | ".join(metrics) + " |",
            "|---|---" + "|---" * len(metrics) + "|"]
 
-  def row(name, head, values):
+  def row(name: str, head: str, values: Mapping[str, float]) -> str:
     # e.g. tfrs_hits@K only where a fused item matrix exists: "-" elsewhere
     return (f"| {name} | {head} | " + " | ".join(
         f"{100 * values[m]:.2f}" if m in values else "-" for m in metrics) + " |")

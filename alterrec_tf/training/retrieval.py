@@ -28,7 +28,8 @@ within that (BUILD_NOTES, "TFRS retrieval metrics").
 
 import functools
 import sys
-from typing import Any, Dict, Optional, Sequence
+from types import ModuleType
+from typing import Any, Dict, NoReturn, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -36,7 +37,7 @@ _MAX_EXACT_FLOAT_ID = 2 ** 24
 
 
 @functools.lru_cache(maxsize=None)
-def load_tfrs():
+def load_tfrs() -> Optional[ModuleType]:
   """The `tensorflow_recommenders` module, or None (with one stderr line, once, saying why)."""
   try:
     import tensorflow_recommenders as tfrs
@@ -49,7 +50,7 @@ def load_tfrs():
     return None
 
 
-def _index_classes(tfrs: Any):
+def _index_classes(tfrs: Any) -> type:
   """The index layer that reads the prefix's items from the query's last columns."""
 
   class SeenItemsExcludedIndex(tfrs.layers.factorized_top_k.TopK):
@@ -60,14 +61,15 @@ def _index_classes(tfrs: Any):
       query_dim: D; query columns D.. hold the prefix's item ids as floats.
     """
 
-    def __init__(self, index, query_dim: int, k: int):
+    def __init__(self, index: Any, query_dim: int, k: int) -> None:
       super().__init__(k=k)
       self._index, self._query_dim = index, query_dim
 
-    def index(self, candidates, identifiers=None):
+    def index(self, candidates: tf.Tensor,
+              identifiers: Optional[tf.Tensor] = None) -> NoReturn:
       raise NotImplementedError("index the wrapped BruteForce")
 
-    def call(self, queries, k=None):
+    def call(self, queries: tf.Tensor, k: Optional[int] = None) -> Tuple[tf.Tensor, tf.Tensor]:
       k = k if k is not None else self._k
       vectors, seen = queries[:, :self._query_dim], queries[:, self._query_dim:]
       exclusions = tf.cast(seen, tf.int32)
@@ -92,7 +94,8 @@ class RetrievalHits:
     exclude_seen: never rank the prefix's own items.
   """
 
-  def __init__(self, tfrs, item_matrix, ks: Sequence[int], max_len: int, exclude_seen: bool):
+  def __init__(self, tfrs: ModuleType, item_matrix: tf.Tensor, ks: Sequence[int], max_len: int,
+               exclude_seen: bool) -> None:
     item_matrix = tf.convert_to_tensor(item_matrix, tf.float32)
     num_items = int(item_matrix.shape[0])
     if exclude_seen and num_items > _MAX_EXACT_FLOAT_ID:
@@ -109,12 +112,13 @@ class RetrievalHits:
     self._update = tf.function(self._update_eager, input_signature=[
         tf.TensorSpec([None, width], tf.float32), tf.TensorSpec([None], tf.int32)])
 
-  def _update_eager(self, queries, target_ids):
+  def _update_eager(self, queries: tf.Tensor, target_ids: tf.Tensor) -> tf.Tensor:
     true_vectors = tf.zeros_like(queries)  # id-based evaluation: only the shape is read
     self.metric.update_state(queries, true_vectors, true_candidate_ids=target_ids)
     return tf.constant(0)
 
-  def update(self, queries, target_ids, seen_ids: Optional[tf.Tensor] = None) -> None:
+  def update(self, queries: tf.Tensor, target_ids: tf.Tensor,
+             seen_ids: Optional[tf.Tensor] = None) -> None:
     """Adds prefixes.
 
     Args:

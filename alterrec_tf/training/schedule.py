@@ -3,17 +3,21 @@ and the levers of the mechanism study: a competence gate on the partner, an
 annealed uniform share and (reference-code option) each tower's learning-rate
 decay. The model is a `models.contract.AlternatingModel`."""
 
-from typing import Callable, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import keras
 
 from alterrec_tf.models import contract
 from alterrec_tf.models.contract import ID_PHASE, TEXT_PHASE
 
+if TYPE_CHECKING:
+  from alterrec_tf.config import TrainConfig
+
 GATE_METRIC = "hits@20"
 
 
-def phase_for_epoch(epoch: int, config, tower_names):
+def phase_for_epoch(epoch: int, config: "TrainConfig",
+                    tower_names: Sequence[str]) -> Tuple[int, int]:
   """(phase, hard_negatives) of a 0-based epoch under Algorithm 1.
 
   Epochs [0, m_random): ID with random negatives; [m_random, 2 m_random): text
@@ -53,7 +57,7 @@ def partner_is_competent(history: List[dict], phase: int, gate: float) -> bool:
   return partner_score >= gate * own_score
 
 
-def random_share_at(hard_epochs_before: int, config) -> float:
+def random_share_at(hard_epochs_before: int, config: "TrainConfig") -> float:
   """The uniform share of a hard epoch after `hard_epochs_before` hard epochs:
   `random_negative_share`, falling linearly to 0 over `random_share_decay_epochs`."""
   if not config.random_share_decay_epochs:
@@ -72,19 +76,20 @@ class PhaseSchedule(keras.callbacks.Callback):
       `config.hard_negative_gate`); None: no gate.
   """
 
-  def __init__(self, config, history: Optional[Callable[[], List[dict]]] = None):
+  def __init__(self, config: "TrainConfig",
+               history: Optional[Callable[[], List[dict]]] = None) -> None:
     super().__init__()
     self.config = config
     self.history = history
     self._gated = 0.0
 
-  def set_model(self, model):
+  def set_model(self, model: keras.Model) -> None:
     if not isinstance(model, contract.AlternatingModel):
       raise TypeError(f"PhaseSchedule drives a models.contract.AlternatingModel (AlterRec), "
                       f"not a {type(model).__name__}")
     super().set_model(model)
 
-  def on_epoch_begin(self, epoch, logs=None):
+  def on_epoch_begin(self, epoch: int, logs: Optional[Dict[str, Any]] = None) -> None:
     model = self.model
     phase, hard = phase_for_epoch(epoch, self.config, model.tower_names)
     self._gated = 0.0
@@ -107,7 +112,7 @@ class PhaseSchedule(keras.callbacks.Callback):
       rate = self.config.learning_rate * self.config.lr_decay ** (trained // max(every, 1))
       model.optimizer_of(name).learning_rate.assign(rate)
 
-  def on_epoch_end(self, epoch, logs=None):
+  def on_epoch_end(self, epoch: int, logs: Optional[Dict[str, Any]] = None) -> None:
     if logs is not None:
       logs["phase"] = float(self.model.phase.numpy())
       logs["hard_negatives"] = float(self.model.hard_negatives.numpy())

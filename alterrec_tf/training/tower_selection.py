@@ -14,9 +14,14 @@ later analyses use what was tested.
 """
 
 import os
-from typing import Dict, List, Sequence
+from typing import TYPE_CHECKING, Dict, List, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+  import keras
+
+  from alterrec_tf.models.contract import AlternatingModel
 
 SELECTION_HEADS = ("fused", "id", "text")
 
@@ -56,7 +61,7 @@ def epochs_without_gain(history: Sequence[dict], metric: str) -> int:
   return history[-1]["epoch"] - max(gains.values()) if gains and history else 0
 
 
-def save_tower(run_dir: str, name: str, tower) -> None:
+def save_tower(run_dir: str, name: str, tower: "keras.layers.Layer") -> None:
   """Writes `tower`'s weights to `tower_weights_file` (temporary file + rename)."""
   path = tower_weights_file(run_dir, name)
   tmp = path[:-len(".npz")] + ".tmp.npz"
@@ -64,7 +69,7 @@ def save_tower(run_dir: str, name: str, tower) -> None:
   os.replace(tmp, path)
 
 
-def load_towers(model, run_dir: str) -> None:
+def load_towers(model: "AlternatingModel", run_dir: str) -> None:
   """Sets every tower of `model` to its own best weights.
 
   Raises:

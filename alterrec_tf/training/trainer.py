@@ -15,17 +15,29 @@ imported where used.
 
 import os
 import time
-from typing import cast
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, cast
 
 from alterrec_tf import config as alter_config
 from alterrec_tf import runs as alter_runs
 from alterrec_tf.training import tower_selection
 
+if TYPE_CHECKING:
+  from alterrec_tf.data.windows import SplitData
+  from alterrec_tf.models.contract import RankingModel
+  from alterrec_tf.training.callbacks import RunBackup
+
 TEST_WINDOW_STRIDE = 1  # test prefixes see exactly their last max_len items
 
+TrainConfig = alter_config.TrainConfig
+# One epoch's record of history.json; {head: {metric: value}} of a split.
+Record = Dict[str, Any]
+Metrics = Dict[str, Dict[str, float]]
+Splits = Tuple[Optional["SplitData"], Optional["SplitData"], Optional["SplitData"]]
 
-def train(config, data_dir=None, run_dir=None, save_test_ranks=False, verify_data=True,
-          rank_test=True):
+
+def train(config: TrainConfig, data_dir: Optional[str] = None, run_dir: Optional[str] = None,
+          save_test_ranks: bool = False, verify_data: bool = True,
+          rank_test: bool = True) -> Dict[str, Any]:
   """Trains `config.model` and returns the results dict (also written to disk).
 
   Test metrics are those of the epoch with the best validation Hits@20: read
@@ -70,7 +82,8 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False, verify_dat
   alter_runs.write_config(config.run_dir, config)
 
   keras.utils.set_random_seed(config.seed)
-  train_split, valid_split, test_split = _load_splits(config, manifest)
+  train_split: "SplitData"  # (training needs one, and the floors are counted from it)
+  train_split, valid_split, test_split = _load_splits(config, manifest)  # type: ignore[assignment]
   if not rank_test:
     test_split = None
 
@@ -113,7 +126,7 @@ def train(config, data_dir=None, run_dir=None, save_test_ranks=False, verify_dat
   return results
 
 
-def _load_splits(config, manifest):
+def _load_splits(config: TrainConfig, manifest: dict) -> Splits:
   """(train, valid, test) `SplitData` (None where the dataset has no such split).
 
   The exact protocol: every test prefix is scored with exactly its last max_len
@@ -129,7 +142,8 @@ def _load_splits(config, manifest):
                                 TEST_WINDOW_STRIDE))
 
 
-def _prefixes_per_batch(config, train_split):
+def _prefixes_per_batch(config: TrainConfig,
+                        train_split: Optional["SplitData"]) -> Optional[float]:
   """The training split's mean scored prefixes per batch with
   `--loss_weighting=prefix` (every prefix then weighs the same in every step),
   else (or without a training split) None: each batch's mean loss."""
@@ -138,7 +152,8 @@ def _prefixes_per_batch(config, train_split):
   return train_split.num_examples / max(train_split.steps(config.batch_size), 1)
 
 
-def _restore(model, config, chief_dir):
+def _restore(model: "RankingModel", config: TrainConfig,
+             chief_dir: str) -> Tuple["RunBackup", int, List[Record]]:
   """(`RunBackup` callback, epochs done, their history records), read from the
   chief's run folder (the chief removed it with --overwrite: nothing read)."""
   from alterrec_tf.training import callbacks as alter_callbacks
@@ -152,7 +167,10 @@ def _restore(model, config, chief_dir):
   return backup, epochs_done, history
 
 
-def _test_at_best(config, model, manifest, valid_split, test_split, best, save_test_ranks):
+def _test_at_best(config: TrainConfig, model: "RankingModel", manifest: dict,
+                  valid_split: Optional["SplitData"], test_split: Optional["SplitData"],
+                  best: Optional[Record], save_test_ranks: bool
+                  ) -> Tuple[TrainConfig, Optional[Metrics], Optional[Dict[str, Any]]]:
   """With the selected epoch's weights: alpha chosen on validation (--tune_alpha,
   two towers), then the test split ranked once where the epochs did not.
 
@@ -174,7 +192,8 @@ def _test_at_best(config, model, manifest, valid_split, test_split, best, save_t
       tmp = os.path.join(config.run_dir, "best.tmp.weights.h5")
       model.save_weights(tmp)
       os.replace(tmp, best_weights)  # what is tested is what export reads
-    alpha_tuning = alter_alpha.tune(model, valid_split, config)
+    # (every trained model has a validation split: config.check_against_dataset)
+    alpha_tuning = alter_alpha.tune(model, valid_split, config)  # type: ignore[arg-type]
     config = config.replace(alpha=alpha_tuning["alpha"])
     model.set_alpha(config.alpha)
     print(f"alpha chosen on validation: {config.alpha:g} (trained with "
@@ -195,7 +214,7 @@ def _test_at_best(config, model, manifest, valid_split, test_split, best, save_t
   return config, test, alpha_tuning
 
 
-def _previous_run(config, manifest):
+def _previous_run(config: TrainConfig, manifest: dict) -> Optional[Dict[str, Any]]:
   """The results of the same finished run in config.run_dir, else None.
 
   With --overwrite, the run's files are removed first (and None returned).
@@ -215,7 +234,8 @@ def _previous_run(config, manifest):
   return results
 
 
-def rank_test_split(config, model, manifest, test_split, ranks_dir=None):
+def rank_test_split(config: TrainConfig, model: "RankingModel", manifest: dict,
+                    test_split: "SplitData", ranks_dir: Optional[str] = None) -> Metrics:
   """Ranks the test split with the model's current weights.
 
   With `ranks_dir`, writes ranks_dir/test_ranks.npz: `targets` [N],
@@ -246,8 +266,10 @@ def rank_test_split(config, model, manifest, test_split, ranks_dir=None):
   return metrics
 
 
-def _results(config, manifest, best, history, train_split, seconds, test=None,
-             alpha_tuning=None):
+def _results(config: TrainConfig, manifest: dict, best: Optional[Record],
+             history: List[Record], train_split: Optional["SplitData"], seconds: float,
+             test: Optional[Metrics] = None,
+             alpha_tuning: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
   """results.json; `test` ({head: {metric: value}}) replaces the best record's.
 
   With `alpha_tuning` (`training.alpha.tune`), "alpha" is the chosen alpha and
@@ -255,7 +277,7 @@ def _results(config, manifest, best, history, train_split, seconds, test=None,
   ranked with it)."""
   best = best or (history[-1] if history else {})
 
-  def pick(split):
+  def pick(split: str) -> Metrics:
     out: dict = {}
     for key, value in best.items():
       parts = key.split("/")
@@ -291,8 +313,10 @@ def _results(config, manifest, best, history, train_split, seconds, test=None,
   return results
 
 
-def _finish_without_training(config, model, manifest, valid_split, test_split,
-                             save_test_ranks=False):
+def _finish_without_training(config: TrainConfig, model: "RankingModel",
+                             manifest: dict, valid_split: Optional["SplitData"],
+                             test_split: Optional["SplitData"],
+                             save_test_ranks: bool = False) -> Dict[str, Any]:
   """Evaluates a model without trainable variables (the floors) once; its
   training time is the counting's (`contract.CountModel.fit_seconds`). With
   `save_test_ranks` the one test pass also writes test_ranks.npz (the grid then
@@ -318,7 +342,8 @@ def _finish_without_training(config, model, manifest, valid_split, test_split,
   alter_runs.write_json_atomic(
       os.path.join(config.run_dir, alter_runs.HISTORY_FILE), history)
   results = _results(config, manifest, record, history, None, time.perf_counter() - start)
-  if getattr(model, "floor_parameters", None):
-    results["floor_parameters"] = model.floor_parameters  # the module defaults it ran with
+  floor_parameters = getattr(model, "floor_parameters", None)  # set by floor_registry
+  if floor_parameters:
+    results["floor_parameters"] = floor_parameters  # the module defaults it ran with
   alter_runs.write_results(config.run_dir, results)  # then hashes.json, last
   return results

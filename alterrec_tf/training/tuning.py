@@ -6,7 +6,10 @@ rate, dropout, width, Transformer layers; epochs by early stopping on
 validation Hits@20) plus the model's own (`OWN_KNOBS`). A trial trains with
 `alterrec_tf.train.train(..., rank_test=False)`: the test split is never ranked
 while tuning, and the objective is the best validation Hits@20 of the fused
-score. Trials are sampled by TPE with a fixed seed, so a study is repeatable;
+score. The first trial of every study is the command's own setting (each knob
+at the value of the search space nearest to the flags': the flagfile's model is
+always among the candidates, so tuning never ends below the untuned default on
+validation); the rest are sampled by TPE with a fixed seed, so a study is repeatable;
 a killed study resumes (its finished trials are kept, an interrupted trial is
 queued again with the same parameters and resumes its run folder's backup).
 """
@@ -15,7 +18,12 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
+
+if TYPE_CHECKING:
+  import optuna
+
+  from alterrec_tf.config import TrainConfig
 
 # The shared search space (the paper searches lr {0.01, 0.001} and dropout
 # {0.1, 0.3, 0.5}; widths and layers around the flagfiles').
@@ -62,8 +70,8 @@ def search_space(model: str, catalogue: int, k1: int) -> Dict[str, Sequence[Any]
   return space
 
 
-def trial_config(base, model: str, params: Dict[str, Any], run_dir: str,
-                 budget: TuningBudget):
+def trial_config(base: "TrainConfig", model: str, params: Dict[str, Any], run_dir: str,
+                 budget: TuningBudget) -> "TrainConfig":
   """The `TrainConfig` of one trial: `base` with the trial's knobs."""
   changes = dict(params)
   negatives = changes.pop("negatives", None)
@@ -72,6 +80,24 @@ def trial_config(base, model: str, params: Dict[str, Any], run_dir: str,
   return base.replace(model=model, run_dir=run_dir, m_max=budget.max_epochs,
                       early_stopping_patience=budget.patience, test_every_epoch=False,
                       **changes)
+
+
+def starting_params(base: "TrainConfig", space: Dict[str, Sequence[Any]]) -> Dict[str, Any]:
+  """The command's own setting inside `space`: each knob at its nearest value.
+
+  Args:
+    base: the `TrainConfig` of the command (negatives are `k2 - k1`).
+    space: the knobs and their values (`search_space`).
+
+  Returns:
+    {knob: value}, each value one of `space[knob]`.
+  """
+  current = {"negatives": base.k2 - base.k1}
+  params = {}
+  for name, values in space.items():
+    value = current[name] if name in current else getattr(base, name)
+    params[name] = min(values, key=lambda v: (abs(float(v) - float(value)), float(v)))
+  return params
 
 
 def _storage(study_dir: str) -> str:
@@ -86,7 +112,7 @@ def trial_dir(study_dir: str, params: Dict[str, Any]) -> str:
   return os.path.join(study_dir, "trials", key)
 
 
-def _retry_interrupted(study) -> int:
+def _retry_interrupted(study: "optuna.Study") -> int:
   """Marks the trials a killed process left running as failed and queues
   their parameters again; returns how many. One process per study."""
   import optuna
@@ -97,8 +123,9 @@ def _retry_interrupted(study) -> int:
   return len(running)
 
 
-def tune_model(base, model: str, catalogue: int, study_dir: str, budget: TuningBudget,
-               train_fn: Callable[..., dict], log: Callable[[str], None] = print) -> dict:
+def tune_model(base: "TrainConfig", model: str, catalogue: int, study_dir: str,
+               budget: TuningBudget, train_fn: Callable[..., dict],
+               log: Callable[[str], None] = print) -> dict:
   """Runs (or resumes) the study of one model; returns `best_record`.
 
   Args:
@@ -117,7 +144,7 @@ def tune_model(base, model: str, catalogue: int, study_dir: str, budget: TuningB
       study_name=model, storage=_storage(study_dir), direction="maximize",
       load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=budget.sampler_seed))
 
-  def objective(trial):
+  def objective(trial: "optuna.Trial") -> float:
     params = {name: trial.suggest_categorical(name, list(values))
               for name, values in space.items()}
     run_dir = trial_dir(study_dir, params)
@@ -130,6 +157,8 @@ def tune_model(base, model: str, catalogue: int, study_dir: str, budget: TuningB
     log(f"{model} trial {trial.number}: valid hits@20 {100 * value:.2f} with {params}")
     return value
 
+  if not study.trials:
+    study.enqueue_trial(starting_params(base, space))
   retried = _retry_interrupted(study)
   if retried:
     log(f"{model}: {retried} interrupted trial(s) queued again (their runs resume)")
@@ -145,7 +174,7 @@ def tune_model(base, model: str, catalogue: int, study_dir: str, budget: TuningB
   return record
 
 
-def best_record(study, model: str, space: Dict[str, Sequence[Any]],
+def best_record(study: "optuna.Study", model: str, space: Dict[str, Sequence[Any]],
                 budget: TuningBudget, k1: int) -> dict:
   """The best finished trial of `study` with the budget spent on it, and its
   training flags ("flags": negatives written as --k2 = k1 + negatives)."""

@@ -13,14 +13,21 @@ Non-neural floors (counts from the training sessions only; `floor_registry`):
 With `settings.seen_items == "exclude"` every floor scores the prefix's own items out.
 """
 
-from alterrec_tf.models.baselines import fdsa, floor_registry, nfrec, sasrec
+from typing import TYPE_CHECKING, Optional, Sequence, Union
+
+from alterrec_tf.models.baselines import base, fdsa, floor_registry, floors, nfrec, sasrec
 from alterrec_tf.models.names import BASELINES as NAMES
 from alterrec_tf.models.names import FLOORS
 from alterrec_tf.models.settings import ModelSettings
 
+if TYPE_CHECKING:
+  import numpy as np
 
-def build_baseline(settings, num_items: int, text_embeddings, train_files,
-                   prefixes_per_batch=None):
+
+def build_baseline(settings: object, num_items: int, text_embeddings: Optional["np.ndarray"],
+                   train_files: Optional[Sequence[str]],
+                   prefixes_per_batch: Optional[float] = None
+                   ) -> Union[floors.CountFloor, base.FullSoftmaxModel]:
   """Builds (creates every variable of) the baseline named by `settings.model`.
 
   Args:

@@ -13,7 +13,7 @@ logged every epoch as `<part>_loss` without any gradient, so the imbalance of
 the paper's Figure 3 can be drawn from history.json.
 """
 
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import keras
 import tensorflow as tf
@@ -25,6 +25,8 @@ from alterrec_tf.models import replicas as alter_replicas
 from alterrec_tf.models import scoring
 from alterrec_tf.models import settings as model_settings
 from alterrec_tf.models import towers as alter_towers
+from alterrec_tf.models.contract import Batch
+from alterrec_tf.models.scoring import Heads
 
 
 class FullSoftmaxModel(keras.Model):
@@ -52,7 +54,7 @@ class FullSoftmaxModel(keras.Model):
   train_function: Any  # Keras' compiled step (Keras sets it; typed for mypy)
 
   def __init__(self, settings: model_settings.ModelSettings, num_items: int,
-               prefixes_per_batch: Optional[float] = None, **kwargs):
+               prefixes_per_batch: Optional[float] = None, **kwargs) -> None:
     super().__init__(**kwargs)
     if not isinstance(settings, model_settings.ModelSettings):
       raise TypeError(f"{type(self).__name__} takes a ModelSettings, not a "
@@ -68,11 +70,12 @@ class FullSoftmaxModel(keras.Model):
     self.part_trackers = [keras.metrics.Mean(name=f"{part}_loss") for part in self.part_names]
 
   # --- scoring (the `contract.FactorizedScorer` protocol) -----------------------
-  def item_tables(self, training=False):
+  def item_tables(self, training: bool = False) -> Heads:
     """{head: item table [V, d_h]} (more entries may hold tables the queries read)."""
     raise NotImplementedError
 
-  def prefix_queries(self, item_ids, positions, tables, training=False):
+  def prefix_queries(self, item_ids: tf.Tensor, positions: tf.Tensor, tables: Heads,
+                     training: bool = False) -> Heads:
     """{head: query [P, d_h]} of each scored prefix.
 
     Args:
@@ -83,14 +86,15 @@ class FullSoftmaxModel(keras.Model):
     """
     raise NotImplementedError
 
-  def head_temperatures(self):
+  def head_temperatures(self) -> Dict[str, float]:
     return {}
 
-  def fuse_heads(self, heads):
+  def fuse_heads(self, heads: Heads) -> Heads:
     """The heads are scored separately (no combined head)."""
     return heads
 
-  def prefix_heads(self, item_ids, positions, training=False):
+  def prefix_heads(self, item_ids: tf.Tensor, positions: tf.Tensor,
+                   training: bool = False) -> Heads:
     """Scores of the catalogue at the given prefixes.
 
     Returns:
@@ -99,7 +103,8 @@ class FullSoftmaxModel(keras.Model):
     """
     return self.heads(item_ids, positions, training, seen_items="keep")
 
-  def heads(self, item_ids, positions, training=False, seen_items=None):
+  def heads(self, item_ids: tf.Tensor, positions: tf.Tensor, training: bool = False,
+            seen_items: Optional[model_settings.SeenItems] = None) -> Heads:
     """`prefix_heads` with the prefix's items scored out when
     `settings.seen_items == "exclude"` (`scoring.mask_items`): they are never
     recommended and, in training, never in the softmax."""
@@ -108,7 +113,9 @@ class FullSoftmaxModel(keras.Model):
     return scoring.heads_over_items(self, queries, tables,
                                     self.seen_items_of(item_ids, positions, seen_items))
 
-  def seen_items_of(self, item_ids, positions, seen_items=None):
+  def seen_items_of(self, item_ids: tf.Tensor, positions: tf.Tensor,
+                    seen_items: Optional[model_settings.SeenItems] = None
+                    ) -> Optional[tf.Tensor]:
     """The items scored out at each prefix: int32 [P, L] (0 = none), or None
     when `seen_items` (default: the settings') keeps them."""
     if (seen_items or self.settings.seen_items) == "exclude":
@@ -116,7 +123,7 @@ class FullSoftmaxModel(keras.Model):
     return None
 
   # --- building ---------------------------------------------------------------
-  def build_all(self):
+  def build_all(self) -> None:
     """Creates every variable (layers and Adam slots)."""
     dummy = tf.ones([1, self.settings.max_len], tf.int32)
     self.heads(dummy, tf.where(tf.ones_like(dummy, tf.bool)))
@@ -129,11 +136,12 @@ class FullSoftmaxModel(keras.Model):
         variable.assign(rng.uniform(variable.shape, -bound, bound))
 
   @property
-  def metrics(self):
+  def metrics(self) -> List[keras.metrics.Metric]:
     return [self.loss_tracker] + list(self.part_trackers)
 
   # --- training ---------------------------------------------------------------
-  def make_train_function(self, force=False):
+  def make_train_function(self, force: bool = False
+                          ) -> Callable[[Iterator[Batch]], Dict[str, tf.Tensor]]:
     """Keras' own; under tf.distribute, `replicas.replicated_train_function`
     (scalar logs whatever the strategy)."""
     if not self._replicated:
@@ -143,7 +151,7 @@ class FullSoftmaxModel(keras.Model):
           self, {"step": self.train_step})
     return self.train_function
 
-  def train_step(self, batch):
+  def train_step(self, batch: Batch) -> Dict[str, tf.Tensor]:
     self.train_steps.assign_add(1)
     positions, targets = scored_positions(batch)
     with tf.GradientTape() as tape:
@@ -162,12 +170,12 @@ class FullSoftmaxModel(keras.Model):
     return logs
 
   # --- inference ----------------------------------------------------------------
-  def score_heads(self, batch):
+  def score_heads(self, batch: Batch) -> Tuple[Heads, tf.Tensor]:
     """Evaluation heads {"fused", *part_names}: [P, V], and targets [P]."""
     positions, targets = scored_positions(batch)
     return self.heads(batch[alter_data.ITEM_IDS], positions), targets
 
-  def call(self, item_ids, training=False):
+  def call(self, item_ids: tf.Tensor, training: bool = False) -> tf.Tensor:
     """Fused scores of every prefix: int [B, L] -> [B, L, V]."""
     positions = tf.where(tf.ones_like(item_ids, tf.bool))
     fused = self.heads(item_ids, positions, training=training)["fused"]

@@ -14,18 +14,25 @@ Because of the LayerNorm after the fusion, the score has no exact ID/text
 split, so FDSA reports only the "fused" head.
 """
 
+from typing import TYPE_CHECKING, Optional
+
 import keras
 import tensorflow as tf
 
 from alterrec_tf.models import towers as alter_towers
-from alterrec_tf.models.baselines import base
-from alterrec_tf.models.baselines import sasrec
+from alterrec_tf.models.baselines import base, sasrec
+from alterrec_tf.models.scoring import Heads
+from alterrec_tf.models.settings import ModelSettings
+
+if TYPE_CHECKING:
+  import numpy as np
 
 
 class FDSA(base.FullSoftmaxModel):
   """ID Transformer || text Transformer -> Dense(d) + LN + Dropout -> dot with ID items."""
 
-  def __init__(self, settings, num_items: int, text_embeddings, **kwargs):
+  def __init__(self, settings: ModelSettings, num_items: int,
+               text_embeddings: Optional["np.ndarray"], **kwargs) -> None:
     super().__init__(settings, num_items, **kwargs)
     transformers = settings.replace(text_encoder="transformer", text_temperature=1.0)
     self.id_tower = sasrec.recbole_id_tower(settings, num_items, name="id_tower")
@@ -38,12 +45,13 @@ class FDSA(base.FullSoftmaxModel):
     self.concat_layer.build((None, 2 * dim))
     self.concat_norm.build((None, dim))
 
-  def item_tables(self, training=False):
+  def item_tables(self, training: bool = False) -> Heads:
     """{"fused": ID item table (the scored one), "text_items": text item vectors}."""
     return {"fused": self.id_tower.item_matrix(training=training),
             "text_items": self.text_tower.item_matrix(training=training)}
 
-  def prefix_queries(self, item_ids, positions, tables, training=False):
+  def prefix_queries(self, item_ids: tf.Tensor, positions: tf.Tensor, tables: Heads,
+                     training: bool = False) -> Heads:
     q_id = tf.gather_nd(self.id_tower.prefix_vectors(item_ids, tables["fused"], training),
                         positions)
     q_text = tf.gather_nd(self.text_tower.prefix_vectors(item_ids, tables["text_items"],

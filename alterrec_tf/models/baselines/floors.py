@@ -23,10 +23,11 @@ Dense [V, V] floors refuse catalogues above `MAX_DENSE_ITEMS` with a message.
 """
 
 import time
-from typing import List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import keras
 import numpy as np
+import numpy.typing as npt
 import tensorflow as tf
 
 from alterrec_tf.data import windows as alter_data
@@ -38,12 +39,12 @@ MAX_DENSE_ITEMS = 20_000  # 20k x 20k float32 = 1.6 GB
 TIE_BREAK = 1e-6
 
 
-def read_sessions(files) -> List[np.ndarray]:
+def read_sessions(files: Sequence[str]) -> List[np.ndarray]:
   """Item index sequences of every session in `files`: list of int64 arrays."""
   return read_sessions_and_times(files)[0]
 
 
-def read_sessions_and_times(files) -> Tuple[List[np.ndarray], np.ndarray]:
+def read_sessions_and_times(files: Sequence[str]) -> Tuple[List[np.ndarray], np.ndarray]:
   """Sessions of `files` in file order and their timestamps.
 
   Returns:
@@ -58,7 +59,7 @@ def read_sessions_and_times(files) -> Tuple[List[np.ndarray], np.ndarray]:
   return sessions, (np.concatenate(times) if times else np.zeros([0], np.int64))
 
 
-def training_counts(sessions, num_items: int) -> np.ndarray:
+def training_counts(sessions: Sequence[np.ndarray], num_items: int) -> np.ndarray:
   """Occurrences of each item index in the sessions: int64 [num_items]."""
   if not sessions:
     return np.zeros([num_items], np.int64)
@@ -73,7 +74,7 @@ def check_dense_items(model: str, num_items: int) -> None:
                      f"({4 * num_items ** 2 / 1e9:.1f} GB)")
 
 
-def transition_matrix(sessions, num_items: int) -> np.ndarray:
+def transition_matrix(sessions: Sequence[np.ndarray], num_items: int) -> np.ndarray:
   """C[i, j]: how often j directly follows i in the sessions: float32 [V, V]."""
   check_dense_items("transition", num_items)
   counts = np.zeros([num_items, num_items], np.float32)
@@ -95,7 +96,7 @@ class CountFloor(keras.Model):
 
   tower_names: Tuple[str, ...] = ()
 
-  def __init__(self, counts, exclude_seen: bool = False, **kwargs):
+  def __init__(self, counts: npt.ArrayLike, exclude_seen: bool = False, **kwargs) -> None:
     super().__init__(**kwargs)
     counts = np.asarray(counts, np.float64)
     self.popularity = tf.constant(
@@ -103,7 +104,7 @@ class CountFloor(keras.Model):
     self.exclude_seen = bool(exclude_seen)
     self.fit_seconds = 0.0
 
-  def prefix_scores(self, item_ids, positions):
+  def prefix_scores(self, item_ids: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
     """Raw scores of the whole catalogue at the given prefixes.
 
     Args:
@@ -115,19 +116,19 @@ class CountFloor(keras.Model):
     """
     raise NotImplementedError
 
-  def scores(self, item_ids, positions):
+  def scores(self, item_ids: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
     """`prefix_scores` with padding (and, with exclude_seen, the prefix's items) at -1e9."""
     scores = alter_towers.mask_padding(self.prefix_scores(item_ids, positions))
     if self.exclude_seen:
       scores = alter_towers.mask_seen_items(scores, item_ids, positions)
     return scores
 
-  def score_heads(self, batch):
+  def score_heads(self, batch: Dict[str, tf.Tensor]) -> Tuple[Dict[str, tf.Tensor], tf.Tensor]:
     """({"fused": [P, V]}, targets [P]) at the scored prefixes of a window batch."""
     positions, targets = scored_positions(batch)
     return {"fused": self.scores(batch[alter_data.ITEM_IDS], positions)}, targets
 
-  def call(self, item_ids, training=False):
+  def call(self, item_ids: tf.Tensor, training: bool = False) -> tf.Tensor:
     """Scores at every position of every window: int [B, L] -> [B, L, V]."""
     del training
     positions = tf.where(tf.ones_like(item_ids, tf.bool))
@@ -139,19 +140,20 @@ class CountFloor(keras.Model):
 class MostPopular(CountFloor):
   """Scores every item by its training count, the same for every prefix."""
 
-  def __init__(self, counts, exclude_seen: bool = False, **kwargs):
+  def __init__(self, counts: npt.ArrayLike, exclude_seen: bool = False, **kwargs) -> None:
     super().__init__(counts, exclude_seen, **kwargs)
     self.counts = tf.constant(np.asarray(counts, np.float32))
 
   @classmethod
-  def from_files(cls, train_files, num_items: int, exclude_seen: bool = False):
+  def from_files(cls, train_files: Sequence[str], num_items: int,
+                 exclude_seen: bool = False) -> "MostPopular":
     """Counts only the sessions of `train_files` (the training split)."""
     start = time.perf_counter()
     model = cls(alter_data.item_counts(train_files, num_items).numpy(), exclude_seen)
     model.fit_seconds = time.perf_counter() - start
     return model
 
-  def prefix_scores(self, item_ids, positions):
+  def prefix_scores(self, item_ids: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
     """The training counts at every prefix: [P, V]."""
     return tf.tile(self.counts[None, :], [tf.shape(positions)[0], 1])
 
@@ -165,12 +167,14 @@ class FirstOrderTransition(CountFloor):
     exclude_seen: score the prefix's own items out.
   """
 
-  def __init__(self, transitions, counts, exclude_seen: bool = False, **kwargs):
+  def __init__(self, transitions: npt.ArrayLike, counts: npt.ArrayLike,
+               exclude_seen: bool = False, **kwargs) -> None:
     super().__init__(counts, exclude_seen, **kwargs)
     self.transitions = tf.constant(np.asarray(transitions, np.float32))
 
   @classmethod
-  def from_files(cls, train_files, num_items: int, exclude_seen: bool = False):
+  def from_files(cls, train_files: Sequence[str], num_items: int,
+                 exclude_seen: bool = False) -> "FirstOrderTransition":
     """Counts only the sessions of `train_files` (the training split)."""
     start = time.perf_counter()
     sessions = read_sessions(train_files)
@@ -179,7 +183,7 @@ class FirstOrderTransition(CountFloor):
     model.fit_seconds = time.perf_counter() - start
     return model
 
-  def prefix_scores(self, item_ids, positions):
+  def prefix_scores(self, item_ids: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
     """C[last item of the prefix, :] + popularity: [P, V]."""
     last_items = tf.gather_nd(item_ids, positions)  # [P]
     return tf.gather(self.transitions, last_items) + self.popularity[None, :]

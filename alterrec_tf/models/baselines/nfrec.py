@@ -18,10 +18,17 @@ The score splits into an ID part and a text part that sum to it exactly:
 logs the cross-entropy of each part as id_loss / text_loss (no gradient).
 """
 
+from typing import TYPE_CHECKING, Optional, Tuple
+
 import tensorflow as tf
 
 from alterrec_tf.models import layers as alter_layers
 from alterrec_tf.models.baselines import base
+from alterrec_tf.models.scoring import Heads
+from alterrec_tf.models.settings import ModelSettings
+
+if TYPE_CHECKING:
+  import numpy as np
 
 FUSIONS = ("sum", "concat")
 
@@ -38,7 +45,8 @@ class NFRec(base.FullSoftmaxModel):
 
   part_names = ("id", "text")
 
-  def __init__(self, settings, num_items: int, text_embeddings, fusion: str, **kwargs):
+  def __init__(self, settings: ModelSettings, num_items: int,
+               text_embeddings: Optional["np.ndarray"], fusion: str, **kwargs) -> None:
     super().__init__(settings, num_items, **kwargs)
     if fusion not in FUSIONS:
       raise ValueError(f"unknown NFRec fusion {fusion!r}; use one of {FUSIONS}")
@@ -52,26 +60,28 @@ class NFRec(base.FullSoftmaxModel):
                                                    settings.dropout, name="text_items")
     self.sessions = alter_layers.MeanSessionEncoder(name="fused_sessions")
 
-  def item_parts(self, training=False):
+  def item_parts(self, training: bool = False) -> Tuple[tf.Tensor, tf.Tensor]:
     """ID and text item matrices X, H: [V, d] each."""
     return self.id_items(training=training), self.text_items(training=training)
 
-  def fuse(self, x, h):
+  def fuse(self, x: tf.Tensor, h: tf.Tensor) -> tf.Tensor:
     """Fused item matrix Z: [V, 2d] (concat) or [V, d] (sum)."""
     return tf.concat([x, h], axis=-1) if self.fusion == "concat" else x + h
 
-  def session_vectors(self, item_ids, z, positions, training=False):
+  def session_vectors(self, item_ids: tf.Tensor, z: tf.Tensor, positions: tf.Tensor,
+                      training: bool = False) -> tf.Tensor:
     """q_s = g_mean(s, Z) at the scored prefixes: [P, width of Z]."""
     vectors = tf.gather(z, item_ids)
     means = self.sessions(vectors, alter_layers.padding_mask(item_ids), training=training)
     return tf.gather_nd(means, positions)
 
-  def item_tables(self, training=False):
+  def item_tables(self, training: bool = False) -> Heads:
     """{"fused": Z, "id": X, "text": H}."""
     x, h = self.item_parts(training)
     return {"fused": self.fuse(x, h), "id": x, "text": h}
 
-  def prefix_queries(self, item_ids, positions, tables, training=False):
+  def prefix_queries(self, item_ids: tf.Tensor, positions: tf.Tensor, tables: Heads,
+                     training: bool = False) -> Heads:
     q = self.session_vectors(item_ids, tables["fused"], positions, training)
     if self.fusion == "concat":
       dim = self.settings.embedding_dim

@@ -13,9 +13,12 @@ import tensorflow as tf
 from alterrec_tf.models import layers as alter_layers
 from alterrec_tf.models import towers as alter_towers
 from alterrec_tf.models.baselines import base
+from alterrec_tf.models.scoring import Heads
+from alterrec_tf.models.settings import ModelSettings
 
 
-def recbole_id_tower(settings, num_items: int, name: str):
+def recbole_id_tower(settings: ModelSettings, num_items: int,
+                     name: str) -> alter_towers.UniModalTower:
   """ItemEmbedding + TransformerSessionEncoder + dot score (SASRec, FDSA's ID side)."""
   items = alter_layers.IdItemEncoder(num_items, settings.embedding_dim, name="id_items")
   sessions = alter_layers.TransformerSessionEncoder(
@@ -27,13 +30,14 @@ def recbole_id_tower(settings, num_items: int, name: str):
 class SASRec(base.FullSoftmaxModel):
   """Item embeddings + TransformerSessionEncoder + dot score, full softmax."""
 
-  def __init__(self, settings, num_items: int, **kwargs):
+  def __init__(self, settings: ModelSettings, num_items: int, **kwargs) -> None:
     super().__init__(settings, num_items, **kwargs)
     self.tower = recbole_id_tower(settings, num_items, name="id_tower")
 
-  def item_tables(self, training=False):
+  def item_tables(self, training: bool = False) -> Heads:
     return {"fused": self.tower.item_matrix(training=training)}
 
-  def prefix_queries(self, item_ids, positions, tables, training=False):
+  def prefix_queries(self, item_ids: tf.Tensor, positions: tf.Tensor, tables: Heads,
+                     training: bool = False) -> Heads:
     return {"fused": tf.gather_nd(self.tower.prefix_vectors(item_ids, tables["fused"],
                                                             training), positions)}

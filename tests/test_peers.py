@@ -1,0 +1,352 @@
+"""RecBole peers (issue 35) without RecBole: the export to atomic benchmark files
+(rows = our scored prefixes, in our order, histories and targets as our tf.data
+pipeline yields them, written atomically), the text codes, the import of top-k
+lists into a run folder, the RecBole-side helpers (torch only), and the command
+end to end with a stand-in for the peers venv's python."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from alterrec_tf import runs as alter_runs
+from alterrec_tf.analysis import runs as report_runs
+from alterrec_tf.config import TrainConfig
+from alterrec_tf.data import per_prefix
+from alterrec_tf.data import windows as alter_data
+from alterrec_tf.formats import schema
+from alterrec_tf.models import names as model_names
+from alterrec_tf.recbole import atomic, jobs, lists
+from alterrec_tf.training import evaluation
+from tests import synthetic
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+
+
+def read_inter(path):
+  """(header, [(prefix_id, [history items], target)]) of an atomic .inter file."""
+  with open(path, encoding="utf-8") as f:
+    header = f.readline().rstrip("\n").split("\t")
+    rows = []
+    for line in f:
+      prefix_id, history, target = line.rstrip("\n").split("\t")
+      rows.append((prefix_id, [int(i) for i in history.split(" ")], int(target)))
+  return header, rows
+
+
+def pipeline_prefixes(data_dir, manifest, split, max_len):
+  """Every scored prefix our evaluation batches hold (stride 1), as (history, target)."""
+  data = alter_data.load_split(data_dir, manifest, split, max_len, 1)
+  found = []
+  for batch in data.batches(64):
+    rows = per_prefix.expand_to_prefixes(batch)
+    for items, targets, mask in zip(rows[alter_data.ITEM_IDS].numpy(),
+                                    rows[alter_data.TARGET_IDS].numpy(),
+                                    rows[alter_data.TARGET_MASK].numpy()):
+      column = int(np.flatnonzero(mask)[0])
+      found.append((tuple(items[:column + 1].tolist()), int(targets[column])))
+  return found, data.num_examples
+
+
+@pytest.fixture(scope="module")
+def synthetic_export(tmp_path_factory):
+  root = tmp_path_factory.mktemp("peers_synthetic")
+  data_dir = str(root / "data")
+  manifest = synthetic.write_dataset(data_dir, num_items=60, num_sessions=60,
+                                     max_session_length=30, text_dim=12)
+  out_dir = str(root / "atomic" / "synthetic")
+  description = atomic.export(data_dir, out_dir, max_len=8, subspaces=3, codes=4)
+  return data_dir, manifest, out_dir, description
+
+
+def test_rows_are_the_scored_prefixes_of_our_pipeline(synthetic_export):
+  data_dir, manifest, out_dir, description = synthetic_export
+  targets = atomic.read_targets(out_dir)
+  for split in schema.SPLITS:
+    header, rows = read_inter(os.path.join(out_dir, f"synthetic.{split}.inter"))
+    assert header == ["prefix_id:token", "item_id_list:token_seq", "item_id:token"]
+    expected, count = pipeline_prefixes(data_dir, manifest, split, max_len=8)
+    assert len(rows) == count == description["rows"][split] == len(targets[split])
+    assert [r[0] for r in rows] == [f"{split}-{i}" for i in range(len(rows))]
+    assert sorted((tuple(h), t) for _, h, t in rows) == sorted(expected)
+    assert [t for _, _, t in rows] == targets[split].tolist()
+    assert max(len(h) for _, h, _ in rows) == 8  # (sessions of up to 30 items: cut)
+    order = atomic.evaluation_order(data_dir, max_len=8, eval_batch_size=64, split=split)
+    assert [(tuple(rows[i][1]), rows[i][2]) for i in order] == expected  # (our evaluator's)
+
+
+def test_rows_follow_our_order_with_the_last_max_len_items(tmp_path):
+  sessions = {"train": [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10]], "valid": [[2, 3, 4, 5]],
+              "test": [[9, 8, 7, 6, 5]]}
+  data_dir = str(tmp_path / "data")
+  synthetic.write_sessions(data_dir, sessions, num_items=11)
+  atomic.export(data_dir, str(tmp_path / "out" / "hand"), max_len=3, subspaces=0)
+  _, rows = read_inter(str(tmp_path / "out" / "hand" / "hand.train.inter"))
+  assert [(h, t) for _, h, t in rows] == [
+      ([1], 2), ([1, 2], 3), ([4], 5), ([4, 5], 6), ([4, 5, 6], 7), ([5, 6, 7], 8),
+      ([6, 7, 8], 9), ([7, 8, 9], 10)]
+  _, rows = read_inter(str(tmp_path / "out" / "hand" / "hand.test.inter"))
+  assert [(h, t) for _, h, t in rows] == [([9], 8), ([9, 8], 7), ([9, 8, 7], 6), ([8, 7, 6], 5)]
+
+
+def test_leave_one_out_rows_score_only_the_last_item(tmp_path):
+  data_dir = str(tmp_path / "data")
+  manifest = synthetic.write_dataset(data_dir, num_items=40, num_sessions=30,
+                                     eval_protocol=schema.EVAL_LEAVE_ONE_OUT, text_dim=0)
+  description = atomic.export(data_dir, str(tmp_path / "loo"), max_len=5, subspaces=0)
+  assert description["rows"]["valid"] == manifest["num_sessions"]["valid"]
+  assert description["rows"]["test"] == manifest["num_sessions"]["test"]
+  _, rows = read_inter(str(tmp_path / "loo" / "loo.test.inter"))
+  assert all(1 <= len(h) <= 5 for _, h, _ in rows)
+
+
+def test_the_item_file_lists_the_whole_catalogue_with_text_codes(synthetic_export):
+  _, manifest, out_dir, description = synthetic_export
+  with open(os.path.join(out_dir, "synthetic.item"), encoding="utf-8") as f:
+    lines = f.read().splitlines()
+  assert lines[0] == "item_id:token\ttext_codes:token_seq"
+  assert [int(line.split("\t")[0]) for line in lines[1:]] == list(range(1, manifest["num_items"]))
+  codes = [line.split("\t")[1].split(" ") for line in lines[1:]]
+  assert all(len(c) == 3 and c[0].startswith("0-") and c[2].startswith("2-") for c in codes)
+  assert description["item_vocab"][0] == "[PAD]" and len(description["item_vocab"]) == 60
+  assert description["text_codes"]["subspaces"] == 3 and description["max_len"] == 8
+
+
+def test_text_codes_are_seeded_and_find_clear_clusters():
+  rng = np.random.default_rng(1)
+  centres = np.array([[10.0, 0.0], [0.0, 10.0], [-10.0, -10.0]])
+  table = np.vstack([np.zeros([1, 2]), centres[np.repeat(np.arange(3), 20)]
+                     + 0.1 * rng.normal(size=(60, 2))])
+  codes = atomic.text_codes(table, subspaces=1, codes=3, seed=0)
+  assert codes.shape == (61, 1) and codes[0, 0] == 0
+  groups = codes[1:, 0].reshape(3, 20)
+  assert all(len(set(g)) == 1 for g in groups) and len({g[0] for g in groups}) == 3
+  assert np.array_equal(codes, atomic.text_codes(table, subspaces=1, codes=3, seed=0))
+
+
+def test_an_export_is_reused_or_replaced_whole(synthetic_export, tmp_path):
+  data_dir, _, out_dir, description = synthetic_export
+  stamp = os.stat(os.path.join(out_dir, "synthetic.train.inter")).st_mtime_ns
+  again = atomic.export(data_dir, out_dir, max_len=8, subspaces=3, codes=4)
+  assert again["export_id"] == description["export_id"]
+  assert os.stat(os.path.join(out_dir, "synthetic.train.inter")).st_mtime_ns == stamp
+  copy = str(tmp_path / "copy" / "synthetic")
+  first = atomic.export(data_dir, copy, max_len=8, subspaces=0)
+  second = atomic.export(data_dir, copy, max_len=4, subspaces=0)
+  assert second["export_id"] != first["export_id"] and atomic.read_export(copy)["max_len"] == 4
+  assert os.listdir(tmp_path / "copy") == ["synthetic"]
+
+
+def test_a_failed_export_leaves_nothing_half_written(synthetic_export, tmp_path, monkeypatch):
+  data_dir = synthetic_export[0]
+  out_dir = str(tmp_path / "atomic" / "synthetic")
+  atomic.export(data_dir, out_dir, max_len=8, subspaces=0)
+  before = {name: os.path.getsize(os.path.join(out_dir, name)) for name in os.listdir(out_dir)}
+
+  def full_disk(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(atomic, "_write_items", full_disk)
+  with pytest.raises(OSError):
+    atomic.export(data_dir, out_dir, max_len=5, subspaces=0)
+  assert os.listdir(tmp_path / "atomic") == ["synthetic"]  # (no staging folder left)
+  assert {n: os.path.getsize(os.path.join(out_dir, n)) for n in os.listdir(out_dir)} == before
+  with pytest.raises(OSError):
+    atomic.export(data_dir, str(tmp_path / "fresh" / "synthetic"), max_len=5, subspaces=0)
+  assert os.listdir(tmp_path / "fresh") == []
+
+
+def test_a_missing_or_invalid_data_dir_is_named(tmp_path):
+  with pytest.raises(schema.DataError, match="no prepared dataset at .*missing"):
+    atomic.export(str(tmp_path / "nothing"), str(tmp_path / "out"), max_len=5)
+  broken = tmp_path / "broken"
+  broken.mkdir()
+  (broken / schema.MANIFEST_FILE).write_text("{not json", encoding="utf-8")
+  with pytest.raises(schema.DataError, match="not valid JSON"):
+    atomic.export(str(broken), str(tmp_path / "out"), max_len=5)
+  partial = str(tmp_path / "partial")
+  synthetic.write_sessions(partial, {"train": [[1, 2, 3]], "valid": [[1, 2]]}, num_items=4)
+  with pytest.raises(schema.DataError, match="no test split"):
+    atomic.export(partial, str(tmp_path / "out"), max_len=5)
+  with pytest.raises(ValueError, match="max_len"):
+    atomic.export(partial, str(tmp_path / "out"), max_len=0)
+  assert not os.path.exists(tmp_path / "out")
+
+
+def test_lists_become_ranks_and_our_metrics():
+  lists_ = np.array([[3, 1, 2], [5, 6, 7], [9, 8, 4]])
+  ranks = lists.ranks_in_lists(lists_, np.array([1, 4, 4]), cap=3)
+  assert ranks.tolist() == [2, 4, 3]
+  metrics, _ = lists.split_metrics(lists_, np.array([1, 4, 4]), ks=(1, 3), mrr_k=3)
+  reference = evaluation.metrics_from_ranks(ranks, ks=(1, 3), mrr_k=3)
+  assert metrics == pytest.approx(reference, abs=1e-6)
+  with pytest.raises(lists.ListsError, match="cannot give ranks up to 5"):
+    lists.check_lists("test", lists_, np.array([1, 4, 4]), num_items=10, cap=5)
+  with pytest.raises(lists.ListsError, match="outside 1..8"):
+    lists.check_lists("test", lists_, np.array([1, 4, 4]), num_items=9, cap=3)
+  with pytest.raises(lists.ListsError, match="2 lists for 3 rows"):
+    lists.check_lists("valid", lists_[:2], np.array([1, 4, 4]), num_items=10, cap=3)
+
+
+def fake_result(folder, targets, num_items, k=20, seed=0):
+  """A result folder as peers/recbole_run.py writes it, with random lists."""
+  rng = np.random.default_rng(seed)
+  os.makedirs(folder)
+  for split in ("valid", "test"):
+    top = np.stack([rng.permutation(np.arange(1, num_items))[:k] for _ in targets[split]])
+    np.save(os.path.join(folder, f"topk_{split}.npy"), top.astype(np.int32))
+  with open(os.path.join(folder, "history.json"), "w", encoding="utf-8") as f:
+    json.dump([{"epoch": 1, "train_seconds": 2.0, "eval_seconds": 1.0, "train/loss": 3.0,
+                "valid/recbole/hit@20": 0.5}], f)
+  with open(os.path.join(folder, "run.json"), "w", encoding="utf-8") as f:
+    json.dump({"source": "RecBole 1.2.1", "model": "SASRec", "best_epoch": 1, "epochs_run": 1,
+               "seconds": {"load": 1.0, "train": 3.0, "rank": 1.0, "wall": 5.0},
+               "config": {"hidden_size": 8}}, f)
+
+
+def test_an_imported_run_is_one_the_report_and_the_archive_check_read(synthetic_export,
+                                                                       tmp_path):
+  _, manifest, out_dir, description = synthetic_export
+  targets = atomic.read_targets(out_dir)
+  result = str(tmp_path / "result")
+  fake_result(result, targets, manifest["num_items"])
+  job = {"model": "sasrec", "config": {"seed": 0}, "export_id": description["export_id"],
+         "top_k": 20}
+  runs_dir = str(tmp_path / "runs")
+  run_dir = alter_runs.run_dir_of(runs_dir, "recbole_sasrec", 0)
+  results = lists.write_run(result, description, targets, job, run_dir, process_seconds=7.5)
+  assert results["source"] == "RecBole 1.2.1" and results["compute_seconds"]["process"] == 7.5
+  with np.load(os.path.join(run_dir, alter_runs.TEST_RANKS_FILE)) as saved:
+    assert saved["targets"].tolist() == targets["test"].tolist()
+    counts = targets["train_item_counts"]
+    assert saved["target_train_counts"].tolist() == counts[targets["test"]].tolist()
+    recomputed = evaluation.metrics_from_ranks(saved["fused"])
+  assert results["test"]["fused"] == pytest.approx(recomputed, abs=1e-6)
+  assert "figures recomputed" in alter_runs.check_archived_run(run_dir)
+  [run] = report_runs.load_runs(runs_dir)
+  assert run.model == "recbole_sasrec"
+  assert model_names.display_name(run.model) == "SASRec (RecBole 1.2.1)"
+  assert model_names.order_key("recbole_sasrec") > model_names.order_key("alterrec_aug")
+
+
+def test_model_configs_carry_our_budget():
+  settings = TrainConfig(embedding_dim=128, num_layers=2, num_heads=2, dropout=0.1,
+                         learning_rate=1e-3, m_max=30, early_stopping_patience=6, seed=3)
+  sasrec = jobs.model_config("sasrec", settings, 500, 256)
+  assert sasrec["hidden_size"] == 128 and sasrec["inner_size"] == 512
+  assert sasrec["hidden_dropout_prob"] == sasrec["attn_dropout_prob"] == 0.1
+  assert (sasrec["epochs"], sasrec["stopping_step"], sasrec["seed"]) == (30, 5, 3)
+  assert jobs.model_config("gru4rec", settings, 500, 256)["embedding_size"] == 128
+  assert jobs.model_config("fdsa", settings, 500, 256)["selected_features"] == ["text_codes"]
+  s3rec = jobs.model_config("s3rec", settings, 500, 256, s3rec_pretrain_epochs=4,
+                            extra={"hidden_dropout_prob": 0.5})
+  assert s3rec["pretrain_epochs"] == 4 and s3rec["hidden_dropout_prob"] == 0.5
+  assert jobs.prefixes_per_step(64, 38543, 4905) == 503
+  with pytest.raises(ValueError, match="unknown RecBole model"):
+    jobs.model_config("caser", settings, 1, 1)
+
+
+def load_recbole_run():
+  """peers/recbole_run.py as a module (its module level needs only numpy)."""
+  spec = importlib.util.spec_from_file_location(
+      "recbole_run", os.path.join(REPO, "peers", "recbole_run.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_the_recbole_side_scores_seen_items_out_and_maps_ids_back():
+  torch = pytest.importorskip("torch")
+  run = load_recbole_run()
+  to_ours = run.internal_to_ours(np.array(["[PAD]", "7", "3", "9", "1"]))
+  assert to_ours.tolist() == [0, 7, 3, 9, 1]
+  scores = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0], [0.0, 1.0, 2.0, 3.0, 4.0]])
+  history = torch.tensor([[1, 0, 0], [4, 3, 0]])  # internal ids, right-padded
+  masked = run.mask_seen(scores, history)
+  assert torch.isinf(masked[0, [0, 1]]).all() and torch.isinf(masked[1, [0, 3, 4]]).all()
+  assert masked[0, 2] == 3.0
+  assert run.top_k_ours(masked, 2, to_ours).tolist() == [[3, 9], [3, 7]]
+  config = run.base_config({"data_path": "/x", "max_len": 7, "output_dir": "/w",
+                            "text_codes": True})
+  assert config["load_col"]["item"] == ["item_id", "text_codes"]
+  assert config["alias_of_item_id"] == ["item_id_list"] and config["USER_ID_FIELD"] == "prefix_id"
+  assert set(run.MODEL_CLASSES) == set(jobs.MODELS)
+
+
+def peers_command(*args):
+  return subprocess.run([sys.executable, "-m", "alterrec_tf.peers", *map(str, args)], cwd=REPO,
+                        env=ENV, capture_output=True, text=True, timeout=300, check=False)
+
+
+def stand_in_venv(folder):
+  """A "peers venv" whose python writes oracle lists (the targets first) as
+  recbole_run.py would, so the command's export, jobs, resume and import run
+  without RecBole."""
+  os.makedirs(os.path.join(folder, "bin"))
+  path = os.path.join(folder, "bin", "python")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(f"#!{sys.executable}\n" + textwrap.dedent("""
+        import json, os, sys
+        import numpy as np
+        job = json.load(open(sys.argv[2]))
+        out = os.path.join(job["output_dir"], "result")
+        os.makedirs(out)
+        targets = np.load(job["targets"])
+        for split in ("valid", "test"):
+          rest = [[i for i in range(1, job["num_items"]) if i != t][:job["top_k"] - 1]
+                  for t in targets[split]]
+          top = np.array([[t] + r for t, r in zip(targets[split], rest)], np.int32)
+          np.save(os.path.join(out, "topk_%s.npy" % split), top)
+        history = [{"epoch": 1, "train_seconds": 1.0}]
+        json.dump(history, open(os.path.join(out, "history.json"), "w"))
+        json.dump({"model": "X", "best_epoch": 1, "epochs_run": 1,
+                   "seconds": {"wall": 1.0}}, open(os.path.join(out, "run.json"), "w"))
+        print("stand-in trained", job["model"])
+        """))
+  os.chmod(path, 0o755)
+
+
+@pytest.mark.slow  # (three command runs, each loading TensorFlow: about 100 s on 2 cores)
+def test_the_command_exports_runs_imports_and_resumes(tmp_path):
+  data_dir = str(tmp_path / "data")
+  synthetic.write_dataset(data_dir, num_items=30, num_sessions=20, max_session_length=12,
+                          text_dim=0)
+  venv = str(tmp_path / "venv")
+  stand_in_venv(venv)
+  peers_dir = tmp_path / "peers"
+  args = [f"--data_dir={data_dir}", "--models=sasrec,gru4rec", f"--peers_dir={peers_dir}",
+          f"--peers_venv={venv}", "--max_len=6"]
+  out = peers_command(*args)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.count("stand-in trained") == 2
+  assert "sasrec: test Hits@10 100.00, Hits@20 100.00" in out.stdout
+  for model in ("recbole_sasrec", "recbole_gru4rec"):
+    run_dir = alter_runs.run_dir_of(str(peers_dir / "runs"), model, 0)
+    assert "figures recomputed" in alter_runs.check_archived_run(run_dir)
+  again = peers_command(*args)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "stand-in trained" not in again.stdout and again.stdout.count("finished already") == 2
+  changed = peers_command(*args[:-1], "--max_len=5", "--models=sasrec")
+  assert changed.returncode == 1 and "other settings or data" in changed.stderr
+
+
+def test_the_command_refuses_what_it_cannot_run(tmp_path):
+  out = peers_command(f"--data_dir={tmp_path / 'none'}", f"--peers_venv={tmp_path}")
+  assert out.returncode == 1 and "no prepared dataset" in out.stderr
+  data_dir = str(tmp_path / "data")
+  synthetic.write_dataset(data_dir, num_items=30, num_sessions=10, text_dim=0)
+  out = peers_command(f"--data_dir={data_dir}", f"--peers_venv={tmp_path / 'novenv'}")
+  assert out.returncode == 1 and "make peers" in out.stderr
+  stand_in_venv(str(tmp_path / "venv"))
+  out = peers_command(f"--data_dir={data_dir}", f"--peers_venv={tmp_path / 'venv'}",
+                      "--models=fdsa")
+  assert out.returncode == 1 and "no text table" in out.stderr
+  out = peers_command(f"--data_dir={data_dir}", f"--peers_venv={tmp_path / 'venv'}",
+                      "--models=caser")
+  assert out.returncode == 1 and "choose from" in out.stderr
