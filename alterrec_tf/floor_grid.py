@@ -18,7 +18,7 @@ import itertools
 import json
 import os
 import time
-from typing import Any, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from absl import flags, logging
 
@@ -31,6 +31,9 @@ flags.DEFINE_multi_string("grid", [], "parameter=value,value,... (repeat the fla
 flags.DEFINE_string("output", "", "JSON file for the rows (none: only printed).")
 
 SELECTION_METRIC = "hits@20"
+# One row of the output: {"params": {parameter: value}, "valid": {metric: value},
+# "seconds"}.
+Row = Dict[str, Any]
 
 
 def parse_grid(model: str, entries: Sequence[str]) -> Dict[str, List[Any]]:
@@ -70,7 +73,9 @@ def combinations(grid: Dict[str, List[Any]]) -> List[Dict[str, Any]]:
   return [dict(zip(names, values)) for values in itertools.product(*grid.values())]
 
 
-def rank_validation(config, manifest, model: str, settings: List[Dict[str, Any]], log=print):
+def rank_validation(config: alter_config.TrainConfig, manifest: dict, model: str,
+                    settings: List[Dict[str, Any]],
+                    log: Callable[[str], None] = print) -> List[Row]:
   """Validation metrics of floor `model` at each of `settings`: list of rows
   {"params", "valid": {metric: value}, "seconds"}."""
   from alterrec_tf.data import windows as alter_data
@@ -95,7 +100,7 @@ def rank_validation(config, manifest, model: str, settings: List[Dict[str, Any]]
   return rows
 
 
-def format_row(row, ks, best: bool = False) -> str:
+def format_row(row: Row, ks: Sequence[int], best: bool = False) -> str:
   params = ", ".join(f"{k}={v}" for k, v in row["params"].items()) or "defaults"
   cells = [f"{100 * row['valid'][f'{name}@{k}']:.2f}" for name in ("hits", "ndcg")
            for k in ks]
@@ -103,12 +108,12 @@ def format_row(row, ks, best: bool = False) -> str:
           + f" | {row['seconds']:.0f} |")
 
 
-def best_row(rows):
+def best_row(rows: List[Row]) -> Optional[Row]:
   """The row of the best validation Hits@20 (the first of equals)."""
   return max(rows, key=lambda row: row["valid"][SELECTION_METRIC]) if rows else None
 
 
-def main(argv):
+def main(argv: List[str]) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)
   config = alter_config.TrainConfig.from_flags()
@@ -136,7 +141,8 @@ def main(argv):
   print(header, flush=True)
   rows = rank_validation(config, manifest, config.model, settings,
                          log=lambda line: print(line, flush=True))
-  best = best_row(rows)
+  best: Row  # (settings, so rows, is never empty: [{}] without --grid)
+  best = best_row(rows)  # type: ignore[assignment]
   print(f"best validation {SELECTION_METRIC}: {format_row(best, config.ks, best=True)}")
   if output:
     with open(output, "w", encoding="utf-8") as f:
@@ -146,7 +152,7 @@ def main(argv):
     print(f"written: {output}")
 
 
-def run():
+def run() -> None:
   cli.run(main, flagfiles.PREPARE_FLAG_NAMES)
 
 

@@ -173,7 +173,7 @@ class Evaluator:
     seen = tf.pad(seen, [[0, 0], [0, self.model.settings.max_len - tf.shape(seen)[1]]])
     return self._ranks(scores, targets), targets, queries, seen
 
-  def _ranks(self, scores, targets):
+  def _ranks(self, scores: Heads, targets: tf.Tensor) -> Dict[str, tf.Tensor]:
     """{head: 1-based target ranks} of each head's scores."""
     return {name: target_ranks(head, targets, self.max_k) for name, head in scores.items()}
 

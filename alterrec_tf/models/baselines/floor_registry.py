@@ -5,7 +5,7 @@ validation); `alterrec_tf.floor_grid` builds it at other values of `parameters(n
 to choose them on the validation split.
 """
 
-from typing import Any, Dict
+from typing import Any, Dict, Sequence
 
 from alterrec_tf.models.baselines import floors, sequential_rules, session_knn, stan
 
@@ -23,8 +23,8 @@ def parameters(name: str) -> Dict[str, Any]:
   return dict(getattr(FLOOR_CLASSES[name], "PARAMETERS", {}))
 
 
-def build_floor(name: str, train_files, num_items: int, exclude_seen: bool = False,
-                **params):
+def build_floor(name: str, train_files: Sequence[str], num_items: int,
+                exclude_seen: bool = False, **params) -> floors.CountFloor:
   """Floor `name` counted on `train_files` (the training split) only.
 
   Args:

@@ -23,9 +23,10 @@ of P x k neighbours.
 """
 
 import dataclasses
-from typing import List, Tuple
+from typing import List, Sequence, Tuple, Union
 
 import numpy as np
+import numpy.typing as npt
 import tensorflow as tf
 
 from alterrec_tf.formats import schema
@@ -39,13 +40,15 @@ SECONDS_PER_DAY = 86400.0
 # slot holds its neighbour's items).
 MAX_PREFIX_CELLS = 2 ** 24
 MAX_VOTE_SLOTS = 2 ** 17
+# A tensor, or what `tf.convert_to_tensor` takes (an array, a number).
+TensorLike = Union[tf.Tensor, npt.ArrayLike]
 
 
-def _log10(x):
+def _log10(x: tf.Tensor) -> tf.Tensor:
   return tf.math.log(x) / tf.math.log(tf.constant(10.0, x.dtype))
 
 
-def position_weight(name: str, place, length):
+def position_weight(name: str, place: TensorLike, length: TensorLike) -> tf.Tensor:
   """V-SKNN's weight of the prefix item at 1-based `place` of a prefix of `length` items.
 
   same: 1; div: place / length (the last item 1); linear: 1 - 0.1 (length - place),
@@ -71,7 +74,7 @@ def position_weight(name: str, place, length):
   raise ValueError(f"position weighting {name!r} is not one of {WEIGHTINGS}")
 
 
-def distance_weight(name: str, distance):
+def distance_weight(name: str, distance: TensorLike) -> tf.Tensor:
   """Decay of a distance d >= 1 in steps: SR's rule weight of j d steps after i, and
   V-SKNN's `weighting_score` of a neighbour whose most recent shared item is the d-th
   last of the prefix.
@@ -97,17 +100,17 @@ def distance_weight(name: str, distance):
   raise ValueError(f"distance weighting {name!r} is not one of {WEIGHTINGS}")
 
 
-def check_choice(name: str, value: str, choices) -> None:
+def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
   if value not in choices:
     raise ValueError(f"{name}={value!r} is not one of {', '.join(choices)}")
 
 
-def newest_first(timestamps) -> np.ndarray:
+def newest_first(timestamps: npt.ArrayLike) -> np.ndarray:
   """Session indices, most recent first; equal times: the later file position first."""
   return np.argsort(np.asarray(timestamps), kind="stable")[::-1]
 
 
-def last_occurrences(items) -> Tuple[np.ndarray, np.ndarray]:
+def last_occurrences(items: npt.ArrayLike) -> Tuple[np.ndarray, np.ndarray]:
   """The distinct items of a session and the 1-based place of each one's last occurrence,
   in session order: (int64 [n], int64 [n])."""
   items = np.asarray(items, np.int64)
@@ -117,7 +120,7 @@ def last_occurrences(items) -> Tuple[np.ndarray, np.ndarray]:
   return distinct[order], places[order]
 
 
-def row_ids(ragged):
+def row_ids(ragged: tf.RaggedTensor) -> tf.Tensor:
   """Row of each flat value of a ragged [R, (n)] tensor: int64 [total].
 
   The same as `ragged.value_rowids()`, which builds on `tf.repeat` and is about
@@ -183,8 +186,9 @@ class NeighbourhoodFloor(CountFloor):
     exclude_seen: score the prefix's own items out.
   """
 
-  def __init__(self, sessions, timestamps, counts, neighbours: int, sample_size: int,
-               exclude_seen: bool = False, **kwargs):
+  def __init__(self, sessions: Sequence[np.ndarray], timestamps: npt.ArrayLike,
+               counts: npt.ArrayLike, neighbours: int, sample_size: int,
+               exclude_seen: bool = False, **kwargs) -> None:
     super().__init__(counts, exclude_seen, **kwargs)
     if neighbours < 1 or sample_size < 0:
       raise ValueError(f"need neighbours >= 1 and sample_size >= 0, got {neighbours} and "
@@ -216,11 +220,12 @@ class NeighbourhoodFloor(CountFloor):
         ((times - times.max(initial=0.0)) / SECONDS_PER_DAY).astype(np.float32))
 
   # --- hooks --------------------------------------------------------------------------
-  def position_weights(self, places, lengths):
+  def position_weights(self, places: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:
     """Weight of each prefix place: float32 [P, L] from places [1, L], lengths [P, 1]."""
     raise NotImplementedError
 
-  def neighbour_keys(self, dots, prefixes: Prefixes, weights):
+  def neighbour_keys(self, dots: tf.Tensor, prefixes: Prefixes,
+                     weights: tf.Tensor) -> tf.Tensor:
     """Order of the candidates: float32 [P, N], -inf for non-neighbours (the base
     then drops those outside the sample).
 
@@ -231,16 +236,16 @@ class NeighbourhoodFloor(CountFloor):
     """
     raise NotImplementedError
 
-  def neighbour_weights(self, top_keys):
+  def neighbour_weights(self, top_keys: tf.Tensor) -> tf.Tensor:
     """Each chosen neighbour's similarity from its key: [P, k] (0 where -inf)."""
     raise NotImplementedError
 
-  def vote_values(self, votes: Votes):
+  def vote_values(self, votes: Votes) -> tf.Tensor:
     """What each entry of `votes` adds to its item's score: float32 [F]."""
     raise NotImplementedError
 
   # --- the shared steps -------------------------------------------------------------
-  def prefixes(self, item_ids, positions) -> Prefixes:
+  def prefixes(self, item_ids: tf.Tensor, positions: tf.Tensor) -> Prefixes:
     """The scored prefixes' windows, latest places and lengths."""
     item_ids = tf.cast(item_ids, tf.int32)
     positions = tf.cast(positions, tf.int32)
@@ -255,7 +260,8 @@ class NeighbourhoodFloor(CountFloor):
     return Prefixes(rows, in_prefix & ~repeated_later,
                     tf.cast(steps + 1, tf.float32)[None, :], tf.cast(ends + 1, tf.float32))
 
-  def session_dots(self, prefixes: Prefixes, weights):
+  def session_dots(self, prefixes: Prefixes,
+                   weights: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     """q.b of each prefix with each training session, and whether they share an item.
 
     Returns:
@@ -276,14 +282,14 @@ class NeighbourhoodFloor(CountFloor):
     sums = tf.reshape(sums, [num_prefixes, self.num_sessions, 2])
     return sums[:, :, 0], sums[:, :, 1] > 0.0
 
-  def sample(self, shared):
+  def sample(self, shared: tf.Tensor) -> tf.Tensor:
     """The candidates compared: the `sample_size` most recent sharing sessions: [P, N]."""
     if not self.sample_size:
       return shared
     recency_rank = tf.cumsum(tf.cast(shared, tf.float32), axis=1)  # 1 = newest
     return shared & (recency_rank <= self.sample_size)
 
-  def prefix_places(self, prefixes: Prefixes):
+  def prefix_places(self, prefixes: Prefixes) -> tf.Tensor:
     """Latest 1-based place of each item in each prefix, 0 if absent: int32 [P, V]."""
     num_prefixes = tf.shape(prefixes.rows)[0]
     prefix_of = tf.broadcast_to(tf.range(num_prefixes)[:, None], tf.shape(prefixes.rows))
@@ -294,7 +300,7 @@ class NeighbourhoodFloor(CountFloor):
     return tf.tensor_scatter_nd_max(tf.zeros([num_prefixes, self.num_items], tf.int32),
                                     indices, places)
 
-  def prefix_scores(self, item_ids, positions):
+  def prefix_scores(self, item_ids: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
     """The neighbours' votes, divided by the prefix's largest, + popularity: [P, V].
 
     In chunks of prefixes (`chunk_scores`), so that memory is bounded by
@@ -305,7 +311,7 @@ class NeighbourhoodFloor(CountFloor):
     total = tf.shape(positions)[0]
     num_chunks = tf.maximum((total + chunk - 1) // chunk, 1)  # one, maybe empty
 
-    def body(i, parts):
+    def body(i: tf.Tensor, parts: tf.TensorArray) -> Tuple[tf.Tensor, tf.TensorArray]:
       return i + 1, parts.write(i, self.chunk_scores(item_ids,
                                                      positions[i * chunk:(i + 1) * chunk]))
 
@@ -314,7 +320,7 @@ class NeighbourhoodFloor(CountFloor):
     _, parts = tf.while_loop(lambda i, _: i < num_chunks, body, [tf.constant(0), parts])
     return tf.reshape(parts.concat(), [total, self.num_items])
 
-  def chunk_scores(self, item_ids, positions):
+  def chunk_scores(self, item_ids: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
     """`prefix_scores` of some prefixes at once: [P, V]."""
     prefixes = self.prefixes(item_ids, positions)
     weights = tf.where(prefixes.latest,
@@ -347,7 +353,7 @@ class NeighbourhoodFloor(CountFloor):
     return normalized(scores) + self.popularity[None, :]
 
 
-def cosines(dots, weights, session_norms):
+def cosines(dots: tf.Tensor, weights: tf.Tensor, session_norms: tf.Tensor) -> tf.Tensor:
   """q.b / (|q| |b|) of each prefix with each session: [P, N].
 
   Args:
@@ -359,7 +365,7 @@ def cosines(dots, weights, session_norms):
   return dots / session_norms[None, :] / tf.maximum(norms, 1e-12)
 
 
-def normalized(scores):
+def normalized(scores: tf.Tensor) -> tf.Tensor:
   """Each row divided by its largest value (rows without a positive value unchanged)."""
   largest = tf.reduce_max(scores, axis=1, keepdims=True)
   return scores / tf.where(largest > 0.0, largest, 1.0)

@@ -18,8 +18,10 @@ splits of Online Retail and Amazon Office (BUILD_NOTES.md, "Floors as published
 """
 
 import time
+from typing import Sequence
 
 import numpy as np
+import numpy.typing as npt
 import tensorflow as tf
 
 from alterrec_tf.models.baselines import floors, neighbourhood
@@ -41,7 +43,7 @@ def keep_counts(rules_per_item: np.ndarray, pruning: float) -> np.ndarray:
   return np.minimum(rules_per_item, int(pruning))
 
 
-def rule_matrix(sessions, num_items: int, steps: int, weighting: str,
+def rule_matrix(sessions: Sequence[np.ndarray], num_items: int, steps: int, weighting: str,
                 pruning: float) -> np.ndarray:
   """R[i, j]: the weighted count of j following i within `steps` places (module doc).
 
@@ -97,14 +99,15 @@ class SequentialRules(floors.CountFloor):
 
   PARAMETERS = {"steps": SR_STEPS, "weighting": SR_WEIGHTING, "pruning": SR_PRUNING}
 
-  def __init__(self, rules, counts, exclude_seen: bool = False, **kwargs):
+  def __init__(self, rules: npt.ArrayLike, counts: npt.ArrayLike, exclude_seen: bool = False,
+               **kwargs) -> None:
     super().__init__(counts, exclude_seen, **kwargs)
     self.rules = tf.constant(np.asarray(rules, np.float32))
 
   @classmethod
-  def from_files(cls, train_files, num_items: int, exclude_seen: bool = False,
+  def from_files(cls, train_files: Sequence[str], num_items: int, exclude_seen: bool = False,
                  steps: int = SR_STEPS, weighting: str = SR_WEIGHTING,
-                 pruning: float = SR_PRUNING):
+                 pruning: float = SR_PRUNING) -> "SequentialRules":
     """Counts only the sessions of `train_files` (the training split)."""
     start = time.perf_counter()
     sessions = floors.read_sessions(train_files)
@@ -113,7 +116,7 @@ class SequentialRules(floors.CountFloor):
     model.fit_seconds = time.perf_counter() - start
     return model
 
-  def prefix_scores(self, item_ids, positions):
+  def prefix_scores(self, item_ids: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
     """R[last item of the prefix, :] / its largest + popularity: [P, V]."""
     last_items = tf.gather_nd(item_ids, positions)  # [P]
     scores = neighbourhood.normalized(tf.gather(self.rules, last_items))

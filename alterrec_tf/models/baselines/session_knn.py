@@ -22,8 +22,10 @@ chosen on the validation splits of Online Retail and Amazon Office (BUILD_NOTES.
 """
 
 import time
+from typing import Sequence
 
 import numpy as np
+import numpy.typing as npt
 import tensorflow as tf
 
 from alterrec_tf.models.baselines import neighbourhood
@@ -59,11 +61,12 @@ class SessionKNN(neighbourhood.NeighbourhoodFloor):
                 "weighting": SKNN_WEIGHTING, "weighting_score": SKNN_WEIGHTING_SCORE,
                 "similarity": SKNN_SIMILARITY, "idf_weighting": SKNN_IDF_WEIGHTING}
 
-  def __init__(self, sessions, timestamps, counts, neighbours: int = SKNN_NEIGHBOURS,
+  def __init__(self, sessions: Sequence[np.ndarray], timestamps: npt.ArrayLike,
+               counts: npt.ArrayLike, neighbours: int = SKNN_NEIGHBOURS,
                sample_size: int = SKNN_SAMPLE_SIZE, weighting: str = SKNN_WEIGHTING,
                weighting_score: str = SKNN_WEIGHTING_SCORE,
                similarity: str = SKNN_SIMILARITY, idf_weighting: float = SKNN_IDF_WEIGHTING,
-               exclude_seen: bool = False, **kwargs):
+               exclude_seen: bool = False, **kwargs) -> None:
     super().__init__(sessions, timestamps, counts, neighbours, sample_size, exclude_seen,
                      **kwargs)
     neighbourhood.check_choice("weighting", weighting, neighbourhood.WEIGHTINGS)
@@ -79,7 +82,8 @@ class SessionKNN(neighbourhood.NeighbourhoodFloor):
     ).astype(np.float32))
 
   @classmethod
-  def from_files(cls, train_files, num_items: int, exclude_seen: bool = False, **params):
+  def from_files(cls, train_files: Sequence[str], num_items: int, exclude_seen: bool = False,
+                 **params) -> "SessionKNN":
     """Indexes only the sessions of `train_files` (the training split); `params`: any
     of `PARAMETERS`."""
     start = time.perf_counter()
@@ -89,10 +93,11 @@ class SessionKNN(neighbourhood.NeighbourhoodFloor):
     model.fit_seconds = time.perf_counter() - start
     return model
 
-  def position_weights(self, places, lengths):
+  def position_weights(self, places: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:
     return neighbourhood.position_weight(self.weighting, places, lengths)
 
-  def neighbour_keys(self, dots, prefixes, weights):
+  def neighbour_keys(self, dots: tf.Tensor, prefixes: neighbourhood.Prefixes,
+                     weights: tf.Tensor) -> tf.Tensor:
     """The similarity, -inf where it is not above 0."""
     if self.similarity == "cosine":
       similarity = neighbourhood.cosines(dots, weights, self.session_norms)
@@ -101,10 +106,10 @@ class SessionKNN(neighbourhood.NeighbourhoodFloor):
       similarity = dots / tf.maximum(distinct, 1.0)
     return tf.where(similarity > 0.0, similarity, -np.inf)
 
-  def neighbour_weights(self, top_keys):
+  def neighbour_weights(self, top_keys: tf.Tensor) -> tf.Tensor:
     return top_keys
 
-  def vote_values(self, votes):
+  def vote_values(self, votes: neighbourhood.Votes) -> tf.Tensor:
     """similarity x weighting_score(d of the most recent shared item) x idf term."""
     most_recent = tf.math.unsorted_segment_max(votes.prefix_place, votes.slot,
                                                votes.num_slots)  # [P * k]

@@ -24,7 +24,10 @@ splits of Online Retail and Amazon Office (BUILD_NOTES.md, "Floors as published 
 """
 
 import time
+from typing import Sequence
 
+import numpy as np
+import numpy.typing as npt
 import tensorflow as tf
 
 from alterrec_tf.models.baselines import neighbourhood
@@ -55,10 +58,11 @@ class STAN(neighbourhood.NeighbourhoodFloor):
                 "lambda_1": STAN_LAMBDA_1, "lambda_2": STAN_LAMBDA_2,
                 "lambda_3": STAN_LAMBDA_3}
 
-  def __init__(self, sessions, timestamps, counts, neighbours: int = STAN_NEIGHBOURS,
+  def __init__(self, sessions: Sequence[np.ndarray], timestamps: npt.ArrayLike,
+               counts: npt.ArrayLike, neighbours: int = STAN_NEIGHBOURS,
                sample_size: int = STAN_SAMPLE_SIZE, lambda_1: float = STAN_LAMBDA_1,
                lambda_2: float = STAN_LAMBDA_2, lambda_3: float = STAN_LAMBDA_3,
-               exclude_seen: bool = False, **kwargs):
+               exclude_seen: bool = False, **kwargs) -> None:
     super().__init__(sessions, timestamps, counts, neighbours, sample_size, exclude_seen,
                      **kwargs)
     if min(lambda_1, lambda_2, lambda_3) < 0:
@@ -68,7 +72,8 @@ class STAN(neighbourhood.NeighbourhoodFloor):
                                                    float(lambda_3))
 
   @classmethod
-  def from_files(cls, train_files, num_items: int, exclude_seen: bool = False, **params):
+  def from_files(cls, train_files: Sequence[str], num_items: int, exclude_seen: bool = False,
+                 **params) -> "STAN":
     """Indexes only the sessions of `train_files` (the training split); `params`: any
     of `PARAMETERS`."""
     start = time.perf_counter()
@@ -78,24 +83,25 @@ class STAN(neighbourhood.NeighbourhoodFloor):
     model.fit_seconds = time.perf_counter() - start
     return model
 
-  def position_weights(self, places, lengths):
+  def position_weights(self, places: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:
     """exp((i - n) / lambda_1): the last item 1."""
     if not self.lambda_1:
       return tf.ones_like(places * lengths)
     return tf.exp((places - lengths) / self.lambda_1)
 
-  def neighbour_keys(self, dots, prefixes, weights):
+  def neighbour_keys(self, dots: tf.Tensor, prefixes: neighbourhood.Prefixes,
+                     weights: tf.Tensor) -> tf.Tensor:
     """log cosine + (t_c - t_newest) / lambda_2."""
     keys = tf.math.log(neighbourhood.cosines(dots, weights, self.session_norms))
     if self.lambda_2:
       keys += self.session_days[None, :] / self.lambda_2
     return keys
 
-  def neighbour_weights(self, top_keys):
+  def neighbour_weights(self, top_keys: tf.Tensor) -> tf.Tensor:
     """Similarities relative to the most similar neighbour's."""
     return tf.exp(top_keys - top_keys[:, :1])
 
-  def vote_values(self, votes):
+  def vote_values(self, votes: neighbourhood.Votes) -> tf.Tensor:
     """The neighbour's weight x exp(-|p(j) - p*| / lambda_3)."""
     value = tf.gather(votes.neighbour_weight, votes.slot)
     if not self.lambda_3:
