@@ -342,8 +342,7 @@ def _finish_without_training(config: TrainConfig, model: "RankingModel",
   alter_runs.write_json_atomic(
       os.path.join(config.run_dir, alter_runs.HISTORY_FILE), history)
   results = _results(config, manifest, record, history, None, time.perf_counter() - start)
-  floor_parameters = getattr(model, "floor_parameters", None)  # set by floor_registry
-  if floor_parameters:
-    results["floor_parameters"] = floor_parameters  # the module defaults it ran with
+  if isinstance(model, contract.CountModel) and model.floor_parameters:
+    results["floor_parameters"] = model.floor_parameters  # the module defaults it ran with
   alter_runs.write_results(config.run_dir, results)  # then hashes.json, last
   return results

@@ -23,7 +23,7 @@ Dense [V, V] floors refuse catalogues above `MAX_DENSE_ITEMS` with a message.
 """
 
 import time
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -103,6 +103,7 @@ class CountFloor(keras.Model):
         (TIE_BREAK * counts / max(counts.max(initial=0.0), 1.0)).astype(np.float32))
     self.exclude_seen = bool(exclude_seen)
     self.fit_seconds = 0.0
+    self.floor_parameters: Dict[str, Any] = {}  # set by floor_registry.build_floor
 
   def prefix_scores(self, item_ids: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
     """Raw scores of the whole catalogue at the given prefixes.
