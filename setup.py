@@ -23,7 +23,6 @@ setup(
         "tensorflow-text~=2.21.0",  # in-graph WordPiece of the text signatures
         "absl-py>=2.1",
         "numpy>=1.26",
-        "scipy>=1.11",  # sparse transition counts of the floors
         "tensorboard>=2.20",
     ],
     extras_require={
@@ -64,6 +63,7 @@ setup(
             "alterrec-experiments=alterrec_tf.experiments:run",
             "alterrec-alpha-sweep=alterrec_tf.alpha_sweep:run",
             "alterrec-tune=alterrec_tf.tune:run",
+            "alterrec-floor-grid=alterrec_tf.floor_grid:run",
         ],
     },
 )

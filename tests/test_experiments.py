@@ -90,6 +90,18 @@ def test_results_table_prints_no_spread_for_a_model_with_one_seed():
   assert "| SASRec | 3 | 52.00 ± 2.00 |" in markdown
 
 
+def test_the_report_names_the_best_floor_and_the_models_below_it():
+  table = {model: {"hits@20": tables.mean_std([value]), "ndcg@20": tables.mean_std([value / 2])}
+           for model, value in (("alterrec", 0.53), ("nfrec_sum", 0.20), ("stan", 0.35),
+                                ("sequential_rules", 0.47), ("most_popular", 0.04))}
+  line = tables.best_floor_line(table, metrics=("hits@20", "ndcg@20"))
+  assert line.startswith("Best count floor (test Hits@20): SR (Ludewig & Jannach 2018), "
+                         "Hits@20 / NDCG@20 47.00 / 23.50.")
+  # the floors are not listed as below it, the neural rows under it are
+  assert line.endswith("Below it on Hits@20: NFRec (sum).")
+  assert tables.best_floor_line({"alterrec": table["alterrec"]}) == ""
+
+
 def test_report_writes_table_json_and_three_figures(tmp_path):
   rng = np.random.default_rng(0)
   runs_dir, report_dir = str(tmp_path / "runs"), str(tmp_path / "report")

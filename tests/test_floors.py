@@ -1,6 +1,6 @@
-"""The count-based floors: most_popular, transition, sequential_rules (SR) and
-session_knn (V-SKNN), each checked against hand counts or a plain Python
-reference, for seen-item exclusion, and for reading the training split only."""
+"""The count-based floors: most_popular, transition and sequential_rules (SR) against
+hand counts, and every floor (V-SKNN and STAN too: test_session_knn.py) for seen-item
+exclusion and for reading the training split only."""
 
 import math
 
@@ -12,7 +12,7 @@ from alterrec_tf.config import TrainConfig
 from alterrec_tf.data import windows as alter_data
 from alterrec_tf.formats import schema
 from alterrec_tf.models import baselines
-from alterrec_tf.models.baselines import floors, session_knn
+from alterrec_tf.models.baselines import floors, sequential_rules
 from alterrec_tf.models.names import FLOORS
 from alterrec_tf.models.towers import NEG_INF
 from alterrec_tf.training import evaluation
@@ -35,12 +35,6 @@ def dataset(tmp_path_factory):
 def tiny_config(data_dir, **changes):
   return TrainConfig(data_dir=data_dir, max_len=10, eval_batch_size=32,
                      verbose=0).replace(**changes)
-
-
-
-
-
-
 
 
 def read_training_split(files):
@@ -130,125 +124,63 @@ def test_transition_counts_consecutive_training_pairs_and_ranks_by_them(tmp_path
 
 
 # --- sequential_rules (SR) ----------------------------------------------------------------
-def test_sequential_rules_counts_training_sessions_only(tmp_path):
-  data_dir, manifest = handmade(tmp_path, valid=[[5, 6], [6, 5, 1]],
-                                test=[[5, 6], [6, 5], [1, 2, 3]])
-  model = build_floor(data_dir, manifest, "sequential_rules", max_len=4)
-  neighbours = model.neighbours.numpy()
-  assert neighbours[5, 6] == 0.0 and neighbours[6, 5] == 0.0
+def test_sequential_rules_weights_by_hand():
+  # HANDMADE_TRAIN with steps=2, "div": j one place after i adds 1, two places after 1/2
+  sessions = [np.array(s) for s in HANDMADE_TRAIN]
+  rules = sequential_rules.rule_matrix(sessions, HANDMADE_ITEMS, 2, "div", 0)
+  expected = np.zeros((HANDMADE_ITEMS, HANDMADE_ITEMS))
+  expected[1, 2] = 1 + 0.5 + 1 + 1  # [1,2,3], [1,4,2] (two places), [5,1,2], [1,2]
+  expected[1, 3], expected[1, 4] = 0.5, 1  # [1,2,3] two places; [1,4,2]
+  expected[2, 3], expected[2, 4] = 1 + 1, 0.5  # [1,2,3], [2,3,4]; [2,3,4] two places
+  expected[3, 4] = 1 + 1  # [2,3,4], [6,3,4]
+  expected[4, 2] = 1  # [1,4,2]
+  expected[5, 1], expected[5, 2] = 1, 0.5  # [5,1,2]
+  expected[6, 3], expected[6, 4] = 1, 0.5  # [6,3,4]
+  np.testing.assert_allclose(rules, expected, rtol=1e-7)
+  # steps=1: the consecutive pairs only
+  one_step = sequential_rules.rule_matrix(sessions, HANDMADE_ITEMS, 1, "div", 0)
+  assert one_step[1, 3] == 0.0 and one_step[1, 2] == 3.0 and one_step[2, 4] == 0.0
+  # session-rec's other decays at distances 1 and 2 ([6,3,4]: 6 -> 3 at 1, 6 -> 4 at 2)
+  for weighting, at_one, at_two in (("same", 1.0, 1.0), ("linear", 0.9, 0.8),
+                                    ("quadratic", 1.0, 0.25),
+                                    ("log", 1 / math.log10(2.7), 1 / math.log10(3.7))):
+    rules = sequential_rules.rule_matrix(sessions, HANDMADE_ITEMS, 2, weighting, 0)
+    assert rules[6, 3] == pytest.approx(at_one, rel=1e-6), weighting
+    assert rules[6, 4] == pytest.approx(at_two, rel=1e-6), weighting
 
-  # brute force: j at distance d = 1..window after i weighs 1/d, rows normalised
-  expected = np.zeros((8, 8))
-  for items in HANDMADE_TRAIN:
-    for a, i in enumerate(items):
-      for b, j in enumerate(items):
-        if 0 < b - a <= 4:
-          expected[i, j] += 1.0 / (b - a)
-  expected /= np.maximum(expected.sum(axis=1, keepdims=True), 1e-12)
-  np.testing.assert_allclose(neighbours, expected, rtol=1e-6, atol=1e-7)
 
-  # prefix [5] -> 6: no vote, only the popularity tie-break
-  batch = synthetic.first_batch(data_dir, manifest, "test", 4)
-  heads, targets = model.score_heads(batch)
+def test_sequential_rules_pruning_keeps_the_strongest_then_the_first_made():
+  sessions = [np.array([1, 4]), np.array([1, 3]), np.array([1, 2]), np.array([1, 2])]
+  # the rules of 1: -> 2 twice; -> 4 and -> 3 once each, -> 4 made first
+  np.testing.assert_array_equal(sequential_rules.rule_matrix(sessions, 5, 1, "div", 0)[1],
+                                [0, 0, 2, 1, 1])
+  np.testing.assert_array_equal(sequential_rules.rule_matrix(sessions, 5, 1, "div", 2)[1],
+                                [0, 0, 2, 0, 1])
+  # a share below 1 drops that share of each item's rules, the weakest: 3 - int(3 * 0.5)
+  # = 2 kept
+  np.testing.assert_array_equal(sequential_rules.rule_matrix(sessions, 5, 1, "div", 0.5)[1],
+                                [0, 0, 2, 0, 1])
+
+
+def test_sequential_rules_score_the_last_item_only(tmp_path):
+  data_dir, manifest = handmade(tmp_path, valid=[[5, 6], [6, 5, 1]], test=[[5, 6], [1, 2, 3]])
+  model = build_floor(data_dir, manifest, "sequential_rules")  # the defaults: "div", no pruning
+  assert model.rules.numpy()[5, 6] == 0.0 and model.rules.numpy()[6, 5] == 0.0
   counts = training_item_counts(schema.split_files(data_dir, manifest, "train"), 8)
-  first = heads["fused"].numpy()[0]
-  assert targets.numpy()[0] == 6
-  np.testing.assert_allclose(first[6], floors.TIE_BREAK * counts[6] / counts.max(), rtol=1e-5)
-
-
-def test_sequential_rules_scores_are_recency_weighted_votes(dataset):
-  data_dir, manifest = dataset
-  model = build_floor(data_dir, manifest, "sequential_rules")
-  neighbours = model.neighbours.numpy().astype(np.float64)
-  popularity = model.popularity.numpy().astype(np.float64)
-  batch = synthetic.first_batch(data_dir, manifest, "test", 10)
-  heads, _ = model.score_heads(batch)
-  _, prefixes = synthetic.numpy_prefix_rows(batch)
-  expected = []
-  for prefix in prefixes:
-    weights = 1.0 / np.arange(len(prefix), 0, -1)  # oldest 1/t ... last 1
-    expected.append(weights @ neighbours[prefix] + popularity)
-  np.testing.assert_allclose(heads["fused"].numpy()[:, 1:], np.array(expected)[:, 1:],
-                             rtol=1e-4, atol=1e-7)
-
-
-# --- session_knn (V-SKNN) -----------------------------------------------------------------
-def vsknn_reference(prefix, sessions, times, neighbours, sample_size, popularity):
-  """Plain Python V-SKNN of one prefix: (scores [V] float64, ambiguous).
-
-  `ambiguous`: a candidate left out is within 1e-5 of the last neighbour's
-  similarity (equal similarities from different sums may differ in the last
-  float32 bit, so the model may cut such a tie by value, not by recency).
-  """
-  newest_first = sorted(range(len(sessions)), key=lambda n: (times[n], n), reverse=True)
-  weights = {}
-  for position, item in enumerate(prefix, start=1):
-    weights[int(item)] = position / len(prefix)  # a repeated item keeps its latest weight
-  prefix_norm = math.sqrt(sum(w * w for w in weights.values()))
-  candidates = []
-  for recency, n in enumerate(newest_first):
-    items = set(sessions[n])
-    dot = sum(weights.get(i, 0.0) for i in items)
-    if dot > 0:
-      candidates.append((dot / (prefix_norm * math.sqrt(len(items))), recency, items))
-  if sample_size:
-    candidates = candidates[:sample_size]  # the most recent candidates
-  candidates.sort(key=lambda c: (-c[0], c[1]))  # equal similarity: the newer first
-  ambiguous = (len(candidates) > neighbours and
-               candidates[neighbours - 1][0] - candidates[neighbours][0] < 1e-5)
-  scores = np.array(popularity, np.float64)
-  for similarity, _, items in candidates[:neighbours]:
-    for item in items:
-      scores[item] += similarity
-  return scores, ambiguous
-
-
-@pytest.mark.parametrize("neighbours,sample_size", [(5, 0), (5, 12), (100, 0), (3, 1)])
-def test_session_knn_equals_a_plain_python_reference(dataset, neighbours, sample_size):
-  data_dir, manifest = dataset
-  train_files = schema.split_files(data_dir, manifest, "train")
-  model = session_knn.SessionKNN.from_files(train_files, manifest["num_items"], neighbours,
-                                       sample_size)
-  sessions, times = read_training_split(train_files)
-  popularity = model.popularity.numpy().astype(np.float64)
-  batch = synthetic.first_batch(data_dir, manifest, "test", 10)
+  popularity = floors.TIE_BREAK * counts / counts.max()
+  # the rules of 1 (all steps): [1,2,3] 2: 1, 3: 1/2; [1,4,2] 4: 1, 2: 1/2; [5,1,2] 2: 1;
+  # [1,2] 2: 1. Of 2: [1,2,3] 3: 1; [2,3,4] 3: 1, 4: 1/2. Each divided by its largest.
+  of_1 = np.array([0, 0, 3.5, 0.5, 1, 0, 0, 0]) / 3.5
+  of_2 = np.array([0, 0, 0, 2, 0.5, 0, 0, 0]) / 2
+  batch = probe_batch([[2, 0], [1, 2]], [[3, 0], [2, 3]])  # prefixes [2], [1], [1, 2]
   scores = model.score_heads(batch)[0]["fused"].numpy()
-  _, prefixes = synthetic.numpy_prefix_rows(batch)
-  assert any(len(set(p)) < len(p) for p in prefixes), "the data should repeat items"
-  compared = 0
-  for row, prefix in zip(scores, prefixes):
-    expected, ambiguous = vsknn_reference(prefix, sessions, times, neighbours, sample_size,
-                                          popularity)
-    if ambiguous:
-      continue
-    compared += 1
-    np.testing.assert_allclose(row[1:], expected[1:], rtol=1e-5, atol=1e-6)
-    assert row[0] == NEG_INF
-  print(f"{compared} of {len(prefixes)} prefixes compared")
-  assert compared >= 0.5 * len(prefixes)
-
-
-def test_session_knn_orders_sessions_by_timestamp_then_file_position():
-  sessions = [np.array([3, 1, 3]), np.array([2]), np.array([4]), np.array([5])]
-  ordered = session_knn.sessions_newest_first(sessions, [20, 10, 20, 0])
-  assert [list(s) for s in ordered] == [[4], [1, 3], [2], [5]]
-
-
-def test_session_knn_prefers_recent_sessions(tmp_path):
-  # sessions 0..3 in time order (file order, no timestamps); prefix [1]
-  sessions = {"train": [[1, 2], [1, 3], [1, 4], [6, 7]], "test": [[1, 5]]}
-  folder = str(tmp_path / "recent")
-  manifest = synthetic.write_sessions(folder, sessions, 8)
-  files = schema.split_files(folder, manifest, "train")
-  batch = probe_batch([[1]], [[5]])
-  top = lambda model: list(np.argsort(-model.score_heads(batch)[0]["fused"].numpy()[0],
-                                      kind="stable")[:4])
-  # one neighbour among equally similar sessions: the newest ([1, 4])
-  newest = session_knn.SessionKNN.from_files(files, 8, neighbours=1, sample_size=0)
-  assert top(newest) == [1, 4, 2, 3]
-  # all neighbours, but only the 2 most recent candidates
-  recent = session_knn.SessionKNN.from_files(files, 8, neighbours=3, sample_size=2)
-  assert top(recent) == [1, 3, 4, 2]
+  for row, expected in ((0, of_2), (1, of_1), (2, of_2)):  # only the last item counts
+    np.testing.assert_allclose(scores[row, 1:], (expected + popularity)[1:], rtol=1e-5,
+                               atol=1e-9)
+  # prefix [5] of the test split -> 6: 6 is no rule of 5, only the popularity tie-break
+  first = model.score_heads(synthetic.first_batch(data_dir, manifest, "test", 4))
+  assert first[1].numpy()[0] == 6
+  np.testing.assert_allclose(first[0]["fused"].numpy()[0, 6], popularity[6], rtol=1e-5)
 
 
 # --- every floor --------------------------------------------------------------------------
@@ -293,3 +225,25 @@ def test_every_floor_counts_only_training_sessions(tmp_path, name):
   everything = build_floor(data_dir, manifest, name, splits=("train", "valid", "test"))
   assert not np.allclose(everything.score_heads(batch)[0]["fused"].numpy(),
                          scores["loud"].numpy())
+
+
+def test_a_floor_run_keeps_the_ranks_of_its_one_test_pass(dataset, tmp_path):
+  # the grid's save_test_ranks: written with the run (and hashed), not ranked again
+  from alterrec_tf import runs as alter_runs
+  from alterrec_tf.training import trainer
+  data_dir, _ = dataset
+  run_dir = tmp_path / "sequential_rules"
+  results = trainer.train(tiny_config(data_dir, model="sequential_rules", run_dir=str(run_dir),
+                                      seen_items="exclude"), save_test_ranks=True)
+  ranks = np.load(run_dir / alter_runs.TEST_RANKS_FILE)
+  assert len(ranks["fused"]) == len(ranks["targets"]) > 0
+  for k in (10, 20):
+    assert np.mean(ranks["fused"] <= k) == pytest.approx(results["test"]["fused"][f"hits@{k}"],
+                                                         abs=1e-6)
+  hashes = alter_runs.read_json(str(run_dir / alter_runs.HASHES_FILE))["sha256"]
+  assert alter_runs.TEST_RANKS_FILE in hashes
+  assert alter_runs.check_hashes(str(run_dir))
+  # the run says which parameters it scored with (the module defaults)
+  assert results["floor_parameters"] == {"steps": 5, "weighting": "div", "pruning": 0}
+  assert alter_runs.read_json(str(run_dir / "results.json"))["floor_parameters"] == (
+      results["floor_parameters"])

@@ -1,7 +1,7 @@
 """Proof on a fresh clone (issue 33): Online Retail prepared from the shared raw
 table is the dataset of the committed archive, here and on a CPU whose text
 table differs in float rounding, so the grid command of `make grid` restores
-all 45 archived runs and trains none."""
+all 48 archived runs and trains none."""
 
 import json
 import os
@@ -79,7 +79,7 @@ def test_prepared_online_retail_is_the_archive_s_data_and_the_grid_trains_nothin
        *_makefile_grid_flags()],
       cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900, check=False)
   assert grid.returncode == 0, grid.stdout[-2000:] + grid.stderr[-3000:]
-  assert f"grid: 45 of 45 runs restored from the archive {archive}" in grid.stdout
-  assert "\n0 runs trained, 45 skipped" in grid.stdout, grid.stdout[-2000:]
+  assert f"grid: 48 of 48 runs restored from the archive {archive}" in grid.stdout
+  assert "\n0 runs trained, 48 skipped" in grid.stdout, grid.stdout[-2000:]
   assert not any(os.path.exists(os.path.join(tmp_path, "runs", model, seed, "best.weights.h5"))
                  for model in os.listdir(tmp_path / "runs") for seed in ("seed0", "seed1"))

@@ -16,7 +16,8 @@ PACKAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
                            "alterrec_tf")
 # The commands (`python -m alterrec_tf.<name>`): flags, checks before TensorFlow, printing.
 COMMANDS = tuple(f"alterrec_tf.{name}" for name in (
-    "train", "export", "recommend", "experiments", "alpha_sweep", "report", "tune", "peers"))
+    "train", "export", "recommend", "experiments", "alpha_sweep", "report", "tune", "peers",
+    "floor_grid"))
 # Lowest first; a module may import its own layer and those below it.
 LAYERS = (
     ("lower", ("alterrec_tf.models", "alterrec_tf.data", "alterrec_tf.formats",

@@ -51,7 +51,7 @@ def test_results_table_puts_each_floor_beside_the_model_s_heads():
   assert lines[0] == "| model | head | hits@20 | ndcg@20 | tfrs_hits@20 |"
   assert lines[2] == "| AlterRec | fused | 50.00 | 25.00 | 50.00 |"  # fused first
   assert lines[3] == "| AlterRec | text | 30.00 | 10.00 | - |"
-  assert lines[4] == "| SequentialRules (SR) (floor) | - | 45.00 | 20.00 | - |"
+  assert lines[4] == "| SR (Ludewig & Jannach 2018) (floor) | - | 45.00 | 20.00 | - |"
   assert progress.results_table({"test": {}}) == "(no test split)"
 
 

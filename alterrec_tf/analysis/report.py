@@ -119,7 +119,11 @@ def _report_markdown(output: dict, runs: Sequence[Run], dataset: str, hashes: Se
   lines += ["Test metrics (%) at the epoch of best validation Hits@20 of the fused score; "
             "mean ± sample std over seeds (the mean alone where one seed has finished); "
             "best mean of each column in bold.", "",
-            tables.format_results_markdown(output["table"]), ""] + protocol_lines(runs)
+            tables.format_results_markdown(output["table"]), ""]
+  floor_line = tables.best_floor_line(output["table"])
+  if floor_line:
+    lines += [floor_line, ""]
+  lines += protocol_lines(runs)
   lines += ["Code: " + "; ".join(f"{commit} ({count} run{'s' * (count != 1)})"
                                  for commit, count in output["meta"]["code_commits"].items())
             + ".", ""]

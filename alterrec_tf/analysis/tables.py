@@ -139,6 +139,27 @@ def format_results_markdown(table: Mapping[str, Mapping[str, dict]],
   return "\n".join(lines)
 
 
+def best_floor_line(table: Mapping[str, Mapping[str, dict]],
+                    metrics: Sequence[str] = TABLE_METRICS) -> str:
+  """Which count floor is best: the floor with the highest mean test Hits@20, its
+  figures, and which other models it stays above on Hits@20 ('' without floors)."""
+  floors = [m for m in table if model_names.split_variant(m)[0] in model_names.FLOORS
+            and "hits@20" in table[m]]
+  if not floors:
+    return ""
+  best = max(floors, key=lambda m: (table[m]["hits@20"]["mean"], m))
+  figures = " / ".join(_pct(table[best][m]["mean"]) for m in metrics if m in table[best])
+  named = " / ".join(m.replace("hits", "Hits").replace("ndcg", "NDCG") for m in metrics
+                     if m in table[best])
+  below = sorted((m for m in table if m not in floors and "hits@20" in table[m]
+                  and table[m]["hits@20"]["mean"] < table[best]["hits@20"]["mean"]),
+                 key=model_names.order_key)
+  line = f"Best count floor (test Hits@20): {display_name(best)}, {named} {figures}."
+  if below:
+    line += f" Below it on Hits@20: {', '.join(display_name(m) for m in below)}."
+  return line
+
+
 def format_parts_markdown(parts: Mapping[str, Mapping[str, dict]]) -> str:
   lines = ["| Model | head | Hits@20 | NDCG@20 |", "|---|---|---:|---:|"]
   for model in sorted(parts, key=model_names.order_key):

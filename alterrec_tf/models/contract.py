@@ -23,7 +23,7 @@ of it, so a new model only has to satisfy these:
   times one item matrix: `training.evaluation` adds TFRS retrieval metrics.
 """
 
-from typing import TYPE_CHECKING, Dict, Optional, Protocol, Sequence, Tuple, runtime_checkable
+from typing import TYPE_CHECKING, Any, Dict, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import tensorflow as tf
 
@@ -120,9 +120,12 @@ class CountModel(RankingModel, Protocol):
 
   Attributes:
     fit_seconds: seconds its counting took (the run's training time).
+    floor_parameters: the parameters it scores with ({} when it has none);
+      results.json records them, since they are module defaults, not flags.
   """
 
   fit_seconds: float
+  floor_parameters: Dict[str, Any]
 
 
 @runtime_checkable

@@ -53,7 +53,7 @@ ALTERREC_VARIANTS: Dict[str, AlterRecVariant] = {
 ALTERREC_TOWERS: Dict[str, Tuple[str, ...]] = {
     name: variant.towers for name, variant in ALTERREC_VARIANTS.items()}
 NEURAL_BASELINES = ("nfrec_sum", "nfrec_concat", "sasrec", "fdsa")
-FLOORS = ("most_popular", "transition", "sequential_rules", "session_knn")
+FLOORS = ("most_popular", "transition", "sequential_rules", "session_knn", "stan")
 BASELINES = NEURAL_BASELINES + FLOORS
 
 # Report order: floors, baselines, ablations, AlterRec.
@@ -64,8 +64,11 @@ NEEDS_TEXT = ("alterrec", "alterrec_aug", "alterrec_random", "text_only", "nfrec
 
 DISPLAY_NAMES = {
     "most_popular": "MostPopular", "transition": "Transitions (1st order)",
-    "sequential_rules": "SequentialRules (SR)", "session_knn": "V-SKNN", "sasrec": "SASRec",
-    "fdsa": "FDSA", "nfrec_sum": "NFRec (sum)", "nfrec_concat": "NFRec (concat)",
+    # the published floors by their papers (issue 35)
+    "sequential_rules": "SR (Ludewig & Jannach 2018)",
+    "session_knn": "V-SKNN (Ludewig & Jannach 2018)", "stan": "STAN (Garg et al. 2019)",
+    "sasrec": "SASRec", "fdsa": "FDSA", "nfrec_sum": "NFRec (sum)",
+    "nfrec_concat": "NFRec (concat)",
     "id_only": "AlterRec w/o text (ID only)", "text_only": "AlterRec w/o ID (text only)",
     "alterrec_random": "AlterRec_random", "alterrec": "AlterRec",
     "alterrec_aug": "AlterRec_aug",

@@ -162,17 +162,20 @@ class Evaluator:
                        ) -> Tuple[Union[Dict[str, tf.Tensor], tf.Tensor], ...]:
     """Target ranks per head and targets; with TFRS also the fused queries
     [P, D] and each prefix's items [P, max_len]."""
+    # Two returns, no annotated local: AutoGraph cannot convert an if/else that
+    # assigns an annotated name ("can't be nonlocal") and warns on every Evaluator.
     if self._tfrs is None:
       scores, targets = self.model.score_heads(batch)
-      extra: tuple = ()
-    else:
-      scores, targets, queries = self.model.score_heads_and_queries(batch)
-      seen = towers.prefix_items(batch[alter_data.ITEM_IDS],
-                                 tf.where(batch[alter_data.TARGET_MASK]))
-      seen = tf.pad(seen, [[0, 0], [0, self.model.settings.max_len - tf.shape(seen)[1]]])
-      extra = (queries, seen)
-    ranks = {name: target_ranks(head, targets, self.max_k) for name, head in scores.items()}
-    return (ranks, targets) + extra
+      return self._ranks(scores, targets), targets
+    scores, targets, queries = self.model.score_heads_and_queries(batch)
+    seen = towers.prefix_items(batch[alter_data.ITEM_IDS],
+                               tf.where(batch[alter_data.TARGET_MASK]))
+    seen = tf.pad(seen, [[0, 0], [0, self.model.settings.max_len - tf.shape(seen)[1]]])
+    return self._ranks(scores, targets), targets, queries, seen
+
+  def _ranks(self, scores: Heads, targets: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """{head: 1-based target ranks} of each head's scores."""
+    return {name: target_ranks(head, targets, self.max_k) for name, head in scores.items()}
 
   def _retrieval_hits(self) -> retrieval.RetrievalHits:
     settings = self.model.settings

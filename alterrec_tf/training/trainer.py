@@ -92,7 +92,8 @@ def train(config: TrainConfig, data_dir: Optional[str] = None, run_dir: Optional
                                train_files=schema.split_files(config.data_dir, manifest, "train"),
                                prefixes_per_batch=_prefixes_per_batch(config, train_split))
   if not model.trainable_variables:  # non-neural floors: no training loop
-    return _finish_without_training(config, model, manifest, valid_split, test_split)
+    return _finish_without_training(config, model, manifest, valid_split, test_split,
+                                    save_test_ranks)
 
   backup, epochs_done, history = _restore(model, config, chief_dir)
 
@@ -314,9 +315,12 @@ def _results(config: TrainConfig, manifest: dict, best: Optional[Record],
 
 def _finish_without_training(config: TrainConfig, model: "RankingModel",
                              manifest: dict, valid_split: Optional["SplitData"],
-                             test_split: Optional["SplitData"]) -> Dict[str, Any]:
+                             test_split: Optional["SplitData"],
+                             save_test_ranks: bool = False) -> Dict[str, Any]:
   """Evaluates a model without trainable variables (the floors) once; its
-  training time is the counting's (`contract.CountModel.fit_seconds`)."""
+  training time is the counting's (`contract.CountModel.fit_seconds`). With
+  `save_test_ranks` the one test pass also writes test_ranks.npz (the grid then
+  need not rank the split again: a neighbourhood floor's pass is minutes)."""
   from alterrec_tf.models import contract
   from alterrec_tf.training import evaluation
   start = time.perf_counter()
@@ -326,13 +330,19 @@ def _finish_without_training(config: TrainConfig, model: "RankingModel",
   for split_name, split in (("valid", valid_split), ("test", test_split)):
     if split is None:
       continue
-    evaluator = evaluation.Evaluator(model, config.ks, config.mrr_k)
-    for head, values in evaluator(split.batches(config.eval_batch_size)).items():
+    if split_name == "test" and save_test_ranks:
+      metrics = rank_test_split(config, model, manifest, split, config.run_dir)
+    else:
+      metrics = evaluation.Evaluator(model, config.ks, config.mrr_k)(
+          split.batches(config.eval_batch_size))
+    for head, values in metrics.items():
       for metric, value in values.items():
         record[f"{split_name}/{head}/{metric}"] = value
   history = [record]
   alter_runs.write_json_atomic(
       os.path.join(config.run_dir, alter_runs.HISTORY_FILE), history)
   results = _results(config, manifest, record, history, None, time.perf_counter() - start)
+  if isinstance(model, contract.CountModel) and model.floor_parameters:
+    results["floor_parameters"] = model.floor_parameters  # the module defaults it ran with
   alter_runs.write_results(config.run_dir, results)  # then hashes.json, last
   return results

@@ -4,17 +4,18 @@ Neural (one Adam, full-softmax cross-entropy; `base.FullSoftmaxModel`):
   nfrec_sum, nfrec_concat  naive fusion of ID and text (section 3.2, App. A-B)
   sasrec                   Transformer over ID embeddings
   fdsa                     ID and text Transformers, concatenated session vectors
-Non-neural floors (counts from the training sessions only; `floors`, `session_knn`):
+Non-neural floors (counts from the training sessions only; `floor_registry`):
   most_popular             training popularity
   transition               first-order transitions: count(last item -> j)
-  sequential_rules         SR: recency-weighted sequential rules (Ludewig & Jannach 2018)
+  sequential_rules         SR: sequential rules of the last item (Ludewig & Jannach 2018)
   session_knn              V-SKNN: position-weighted session kNN (Ludewig & Jannach 2018)
+  stan                     STAN: sequence and time aware neighbourhood (Garg et al. 2019)
 With `settings.seen_items == "exclude"` every floor scores the prefix's own items out.
 """
 
 from typing import TYPE_CHECKING, Optional, Sequence, Union
 
-from alterrec_tf.models.baselines import base, fdsa, floors, nfrec, sasrec, session_knn
+from alterrec_tf.models.baselines import base, fdsa, floor_registry, floors, nfrec, sasrec
 from alterrec_tf.models.names import BASELINES as NAMES
 from alterrec_tf.models.names import FLOORS
 from alterrec_tf.models.settings import ModelSettings
@@ -42,16 +43,8 @@ def build_baseline(settings: object, num_items: int, text_embeddings: Optional["
   if name in FLOORS:
     if not train_files:
       raise ValueError(f"--model={name} is built from the training split, which is empty")
-    exclude_seen = settings.seen_items == "exclude"
-    if name == "most_popular":
-      return floors.MostPopular.from_files(train_files, num_items, exclude_seen=exclude_seen)
-    if name == "transition":
-      return floors.FirstOrderTransition.from_files(train_files, num_items,
-                                                    exclude_seen=exclude_seen)
-    if name == "sequential_rules":
-      return floors.SequentialRules.from_files(train_files, num_items, window=settings.max_len,
-                                               exclude_seen=exclude_seen)
-    return session_knn.SessionKNN.from_files(train_files, num_items, exclude_seen=exclude_seen)
+    return floor_registry.build_floor(name, train_files, num_items,
+                                      exclude_seen=settings.seen_items == "exclude")
   if name in ("nfrec_sum", "nfrec_concat"):
     fusion = name.split("_", 1)[1]
     model = nfrec.NFRec(settings.replace(nfrec_fusion=fusion), num_items, text_embeddings,
