@@ -48,6 +48,8 @@ CELLS: Dict[str, tuple] = {
     # partner's negatives false ones (close in text, or bought together)?
     "neg50_guard": (("alterrec",), ["--k2=56", "--false_negative_cosine=0.8"]),
     "neg50_cooc": (("alterrec",), ["--k2=56", "--false_negative_cooccurrence=20"]),
+    # ... or is it the top of the partner's ranking? The band moved down: ranks 20-70.
+    "neg50_band20": (("alterrec",), ["--k1=20", "--k2=70"]),
     "single": (("id_only", "text_only"), []),
     "baselines": (("sasrec", "fdsa"), []),
 }
