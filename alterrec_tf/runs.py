@@ -31,6 +31,7 @@ import numpy.typing as npt
 from alterrec_tf import config as alter_config
 from alterrec_tf.formats import identity as data_identity
 from alterrec_tf.formats import schema
+from alterrec_tf.models import floor_defaults
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
@@ -383,7 +384,9 @@ def run_conflicts(config: alter_config.TrainConfig,
 
   Returns:
     (differences, results): a list of "--flag=old (now new)" strings (plus a
-    line per data file that changed, `data_conflicts`), empty when the run matches
+    line per floor parameter whose default changed since a floor run,
+    `floor_defaults.conflicts`, and per data file that changed,
+    `data_conflicts`), empty when the run matches
     or run_dir holds none; and the run's results dict when it finished, else None.
   """
   config_path = os.path.join(config.run_dir, CONFIG_FILE)
@@ -400,6 +403,8 @@ def run_conflicts(config: alter_config.TrainConfig,
              and previous.get(name, defaults.get(name)) != value]
   results = load_results(config.run_dir)
   if results is not None:
+    # a floor's parameters are module defaults, not flags: compare what it ran with
+    changed += floor_defaults.conflicts(config.model, results.get("floor_parameters"))
     changed += data_conflicts(config.run_dir, results, config.data_dir, manifest)
   return changed, results
 

@@ -247,3 +247,30 @@ def test_a_floor_run_keeps_the_ranks_of_its_one_test_pass(dataset, tmp_path):
   assert results["floor_parameters"] == {"steps": 5, "weighting": "div", "pruning": 0}
   assert alter_runs.read_json(str(run_dir / "results.json"))["floor_parameters"] == (
       results["floor_parameters"])
+
+
+def test_a_changed_floor_default_is_a_conflict_not_a_reused_run(dataset, tmp_path, monkeypatch):
+  # a floor's parameters are module defaults, not flags: the run check compares the
+  # finished run's recorded parameters with them, so a stale (or archived) run is not reused
+  from alterrec_tf import config as alter_config
+  from alterrec_tf import runs as alter_runs
+  from alterrec_tf.models import floor_defaults
+  from alterrec_tf.training import trainer
+  data_dir, manifest = dataset
+  config = tiny_config(data_dir, model="sequential_rules", run_dir=str(tmp_path / "sr"),
+                       seen_items="exclude")
+  first = trainer.train(config)
+  assert alter_runs.run_conflicts(config, manifest)[0] == []
+  assert trainer.train(config) == first  # the same run: read back, not trained again
+  changed = {**floor_defaults.PARAMETERS["sequential_rules"], "steps": 2}
+  monkeypatch.setitem(floor_defaults.PARAMETERS, "sequential_rules", changed)
+  conflicts, _ = alter_runs.run_conflicts(config, manifest)
+  assert conflicts == ["floor parameter steps=5 (now 2)"]
+  with pytest.raises(alter_config.ConfigError, match="floor parameter steps=5"):
+    trainer.train(config)
+  again = trainer.train(config.replace(overwrite=True))
+  assert again["floor_parameters"]["steps"] == 2
+  assert alter_runs.run_conflicts(config, manifest)[0] == []
+  # a floor run from before results.json recorded its parameters is not taken as matching
+  assert floor_defaults.conflicts("sequential_rules", None)
+  assert floor_defaults.conflicts("most_popular", None) == []

@@ -1,12 +1,13 @@
 """The count floors by name, with their parameters: one place that builds them.
 
-`build_baseline` builds a floor at its defaults (each module's constants, chosen on
+`build_baseline` builds a floor at its defaults (`models.floor_defaults`, chosen on
 validation); `alterrec_tf.floor_grid` builds it at other values of `parameters(name)`
 to choose them on the validation split.
 """
 
 from typing import Any, Dict, Sequence
 
+from alterrec_tf.models import floor_defaults
 from alterrec_tf.models.baselines import floors, sequential_rules, session_knn, stan
 
 FLOOR_CLASSES: Dict[str, Any] = {  # name -> class with from_files(...)
@@ -20,7 +21,7 @@ FLOOR_CLASSES: Dict[str, Any] = {  # name -> class with from_files(...)
 
 def parameters(name: str) -> Dict[str, Any]:
   """{parameter: default} of floor `name` (empty for the floors without any)."""
-  return dict(getattr(FLOOR_CLASSES[name], "PARAMETERS", {}))
+  return floor_defaults.defaults(name)
 
 
 def build_floor(name: str, train_files: Sequence[str], num_items: int,
@@ -43,7 +44,9 @@ def build_floor(name: str, train_files: Sequence[str], num_items: int,
   if unknown:
     raise ValueError(f"{name} has no parameter {', '.join(unknown)}; its parameters are "
                      f"{', '.join(parameters(name)) or 'none'}")
+  # every parameter passed, so `floor_defaults` is the one place the defaults live
+  settings = {**parameters(name), **params}
   floor = FLOOR_CLASSES[name].from_files(train_files, num_items, exclude_seen=exclude_seen,
-                                         **params)
-  floor.floor_parameters = {**parameters(name), **params}  # results.json records them
+                                         **settings)
+  floor.floor_parameters = settings  # results.json records them
   return floor

@@ -24,14 +24,8 @@ import numpy as np
 import numpy.typing as npt
 import tensorflow as tf
 
+from alterrec_tf.models import floor_defaults
 from alterrec_tf.models.baselines import floors, neighbourhood
-
-# Chosen on validation (BUILD_NOTES.md, "Floors as published (issue 35, item 3)"):
-# "div" and no pruning lead on both datasets; 5 steps is first on Online Retail and
-# 0.02 Hits@20 below the best (30) on Amazon Office (session-rec's defaults: 10, "div", 20).
-SR_STEPS = 5
-SR_WEIGHTING = "div"
-SR_PRUNING = 0
 
 
 def keep_counts(rules_per_item: np.ndarray, pruning: float) -> np.ndarray:
@@ -97,7 +91,7 @@ class SequentialRules(floors.CountFloor):
     exclude_seen: score the prefix's own items out.
   """
 
-  PARAMETERS = {"steps": SR_STEPS, "weighting": SR_WEIGHTING, "pruning": SR_PRUNING}
+  PARAMETERS = floor_defaults.PARAMETERS["sequential_rules"]
 
   def __init__(self, rules: npt.ArrayLike, counts: npt.ArrayLike, exclude_seen: bool = False,
                **kwargs) -> None:
@@ -106,8 +100,8 @@ class SequentialRules(floors.CountFloor):
 
   @classmethod
   def from_files(cls, train_files: Sequence[str], num_items: int, exclude_seen: bool = False,
-                 steps: int = SR_STEPS, weighting: str = SR_WEIGHTING,
-                 pruning: float = SR_PRUNING) -> "SequentialRules":
+                 steps: int = floor_defaults.SR_STEPS, weighting: str = floor_defaults.SR_WEIGHTING,
+                 pruning: float = floor_defaults.SR_PRUNING) -> "SequentialRules":
     """Counts only the sessions of `train_files` (the training split)."""
     start = time.perf_counter()
     sessions = floors.read_sessions(train_files)

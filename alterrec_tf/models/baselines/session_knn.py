@@ -28,21 +28,11 @@ import numpy as np
 import numpy.typing as npt
 import tensorflow as tf
 
+from alterrec_tf.models import floor_defaults
 from alterrec_tf.models.baselines import neighbourhood
 from alterrec_tf.models.baselines.floors import read_sessions_and_times, training_counts
 
 SIMILARITIES = ("cosine", "vec")
-# Chosen on validation (BUILD_NOTES.md, "Floors as published (issue 35, item 3)"): log
-# place weights (the most recent items of long invoices dominate; "div" keeps old ones
-# heavy), session-rec's "div" score decay, idf 5: the best of 11 settings on Online
-# Retail, 0.27 Hits@20 below the best of 147 on Amazon Office. All candidates (no
-# recency sample): session-rec's sample of the 1,000 most recent changes Office by 0.04.
-SKNN_NEIGHBOURS = 200
-SKNN_SAMPLE_SIZE = 0
-SKNN_WEIGHTING = "log"
-SKNN_WEIGHTING_SCORE = "div"
-SKNN_SIMILARITY = "cosine"
-SKNN_IDF_WEIGHTING = 5.0
 
 
 class SessionKNN(neighbourhood.NeighbourhoodFloor):
@@ -57,15 +47,15 @@ class SessionKNN(neighbourhood.NeighbourhoodFloor):
     idf_weighting: weight of the items' idf in the votes (0: none).
   """
 
-  PARAMETERS = {"neighbours": SKNN_NEIGHBOURS, "sample_size": SKNN_SAMPLE_SIZE,
-                "weighting": SKNN_WEIGHTING, "weighting_score": SKNN_WEIGHTING_SCORE,
-                "similarity": SKNN_SIMILARITY, "idf_weighting": SKNN_IDF_WEIGHTING}
+  PARAMETERS = floor_defaults.PARAMETERS["session_knn"]
 
   def __init__(self, sessions: Sequence[np.ndarray], timestamps: npt.ArrayLike,
-               counts: npt.ArrayLike, neighbours: int = SKNN_NEIGHBOURS,
-               sample_size: int = SKNN_SAMPLE_SIZE, weighting: str = SKNN_WEIGHTING,
-               weighting_score: str = SKNN_WEIGHTING_SCORE,
-               similarity: str = SKNN_SIMILARITY, idf_weighting: float = SKNN_IDF_WEIGHTING,
+               counts: npt.ArrayLike, neighbours: int = floor_defaults.SKNN_NEIGHBOURS,
+               sample_size: int = floor_defaults.SKNN_SAMPLE_SIZE,
+               weighting: str = floor_defaults.SKNN_WEIGHTING,
+               weighting_score: str = floor_defaults.SKNN_WEIGHTING_SCORE,
+               similarity: str = floor_defaults.SKNN_SIMILARITY,
+               idf_weighting: float = floor_defaults.SKNN_IDF_WEIGHTING,
                exclude_seen: bool = False, **kwargs) -> None:
     super().__init__(sessions, timestamps, counts, neighbours, sample_size, exclude_seen,
                      **kwargs)

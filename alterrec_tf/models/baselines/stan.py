@@ -30,17 +30,9 @@ import numpy as np
 import numpy.typing as npt
 import tensorflow as tf
 
+from alterrec_tf.models import floor_defaults
 from alterrec_tf.models.baselines import neighbourhood
 from alterrec_tf.models.baselines.floors import read_sessions_and_times, training_counts
-
-# Chosen on validation (BUILD_NOTES.md, "Floors as published (issue 35, item 3)"): the
-# setting furthest from neither dataset's best, 0.17 Hits@20 below it on Online Retail
-# and 0.15 on Amazon Office (lambda_2 = 500 days: a mild preference for recent sessions).
-STAN_NEIGHBOURS = 100
-STAN_SAMPLE_SIZE = 0
-STAN_LAMBDA_1 = 1.0
-STAN_LAMBDA_2 = 500.0
-STAN_LAMBDA_3 = 2.0
 
 
 class STAN(neighbourhood.NeighbourhoodFloor):
@@ -54,14 +46,14 @@ class STAN(neighbourhood.NeighbourhoodFloor):
     lambda_3: decay over places in the neighbour session (0: off).
   """
 
-  PARAMETERS = {"neighbours": STAN_NEIGHBOURS, "sample_size": STAN_SAMPLE_SIZE,
-                "lambda_1": STAN_LAMBDA_1, "lambda_2": STAN_LAMBDA_2,
-                "lambda_3": STAN_LAMBDA_3}
+  PARAMETERS = floor_defaults.PARAMETERS["stan"]
 
   def __init__(self, sessions: Sequence[np.ndarray], timestamps: npt.ArrayLike,
-               counts: npt.ArrayLike, neighbours: int = STAN_NEIGHBOURS,
-               sample_size: int = STAN_SAMPLE_SIZE, lambda_1: float = STAN_LAMBDA_1,
-               lambda_2: float = STAN_LAMBDA_2, lambda_3: float = STAN_LAMBDA_3,
+               counts: npt.ArrayLike, neighbours: int = floor_defaults.STAN_NEIGHBOURS,
+               sample_size: int = floor_defaults.STAN_SAMPLE_SIZE,
+               lambda_1: float = floor_defaults.STAN_LAMBDA_1,
+               lambda_2: float = floor_defaults.STAN_LAMBDA_2,
+               lambda_3: float = floor_defaults.STAN_LAMBDA_3,
                exclude_seen: bool = False, **kwargs) -> None:
     super().__init__(sessions, timestamps, counts, neighbours, sample_size, exclude_seen,
                      **kwargs)
