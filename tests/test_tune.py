@@ -104,3 +104,40 @@ def test_a_trial_left_running_by_a_kill_is_retried_with_its_parameters(tmp_path)
   assert (calls[-1].learning_rate, calls[-1].dropout, calls[-1].text_temperature) == (
       killed.params["learning_rate"], killed.params["dropout"],
       killed.params["text_temperature"])
+
+
+def _drawn_points(calls):
+  return [(c.learning_rate, c.dropout, c.embedding_dim, c.num_layers, c.text_temperature,
+           c.k2) for c in calls]
+
+
+def test_a_study_run_in_rounds_draws_new_points_and_the_same_as_in_one_go(tmp_path):
+  # each round is a new process; a sampler seeded once per process drew the same
+  # first point in every round, so rounds 3.. only repeated round 2's trial
+  base = TrainConfig(k1=6, k2=806)
+  in_rounds, in_one_go = [], []
+  for trials in range(1, 6):
+    tuning.tune_model(base, "alterrec", 3000, str(tmp_path / "rounds"),
+                      tuning.TuningBudget(trials, 5, 2), _fake_trainer(in_rounds),
+                      log=lambda line: None)
+  record = tuning.tune_model(base, "alterrec", 3000, str(tmp_path / "one_go"),
+                             tuning.TuningBudget(5, 5, 2), _fake_trainer(in_one_go),
+                             log=lambda line: None)
+  assert len(set(_drawn_points(in_rounds))) == len(in_rounds) == 5
+  assert _drawn_points(in_rounds) == _drawn_points(in_one_go)
+  assert record["trials"] == 5
+
+
+def test_a_point_already_tried_is_drawn_again_not_counted_twice(tmp_path):
+  # a search space of 2 points: the budget stops there, each point trained once
+  base = TrainConfig(k1=6, k2=806)
+  calls = []
+  tiny = {"learning_rate": (1e-3,), "dropout": (0.1, 0.3), "embedding_dim": (128,),
+          "num_layers": (2,)}
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(tuning, "SHARED_KNOBS", tiny)
+    record = tuning.tune_model(base, "sasrec", 3000, str(tmp_path / "sasrec"),
+                               tuning.TuningBudget(4, 5, 2), _fake_trainer(calls),
+                               log=lambda line: None)
+  assert sorted(c.dropout for c in calls) == [0.1, 0.3]
+  assert record["trials"] == 2

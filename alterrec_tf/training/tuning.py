@@ -9,14 +9,17 @@ while tuning, and the objective is the best validation Hits@20 of the fused
 score. The first trial of every study is the command's own setting (each knob
 at the value of the search space nearest to the flags': the flagfile's model is
 always among the candidates, so tuning never ends below the untuned default on
-validation); the rest are sampled by TPE with a fixed seed, so a study is repeatable;
-a killed study resumes (its finished trials are kept, an interrupted trial is
-queued again with the same parameters and resumes its run folder's backup).
+validation); the rest are sampled by TPE, trial n with seed `sampler_seed + n`, so
+a study is repeatable whether it runs in one go or in rounds, and a point already
+tried is drawn again rather than counted twice; a killed study resumes (its
+finished trials are kept, an interrupted trial is queued again with the same
+parameters and resumes its run folder's backup).
 """
 
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
@@ -112,6 +115,17 @@ def trial_dir(study_dir: str, params: Dict[str, Any]) -> str:
   return os.path.join(study_dir, "trials", key)
 
 
+def _params_key(params: Dict[str, Any]) -> str:
+  return json.dumps(params, sort_keys=True)
+
+
+def _finished_points(study: "optuna.Study") -> set:
+  """The distinct parameter sets (`_params_key`) of the study's finished trials."""
+  import optuna
+  return {_params_key(t.params) for t in study.trials
+          if t.state == optuna.trial.TrialState.COMPLETE}
+
+
 def _retry_interrupted(study: "optuna.Study") -> int:
   """Marks the trials a killed process left running as failed and queues
   their parameters again; returns how many. One process per study."""
@@ -140,13 +154,15 @@ def tune_model(base: "TrainConfig", model: str, catalogue: int, study_dir: str,
   import optuna
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   space = search_space(model, catalogue, base.k1)
-  study = optuna.create_study(
-      study_name=model, storage=_storage(study_dir), direction="maximize",
-      load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=budget.sampler_seed))
+  study = optuna.create_study(study_name=model, storage=_storage(study_dir),
+                              direction="maximize", load_if_exists=True)
 
   def objective(trial: "optuna.Trial") -> float:
     params = {name: trial.suggest_categorical(name, list(values))
               for name, values in space.items()}
+    if _params_key(params) in _finished_points(study):
+      log(f"{model} trial {trial.number}: {params} was tried already; sampling again")
+      raise optuna.TrialPruned()  # not a trial of the budget
     run_dir = trial_dir(study_dir, params)
     config = trial_config(base, model, params, run_dir, budget)
     results = train_fn(config, rank_test=False)
@@ -162,10 +178,17 @@ def tune_model(base: "TrainConfig", model: str, catalogue: int, study_dir: str,
   retried = _retry_interrupted(study)
   if retried:
     log(f"{model}: {retried} interrupted trial(s) queued again (their runs resume)")
-  done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+  done = len(_finished_points(study))
   if done < budget.trials:
     log(f"{model}: {done} of {budget.trials} trials done; running {budget.trials - done}")
-    study.optimize(objective, n_trials=budget.trials - done)
+  distinct = math.prod(len(values) for values in space.values())
+  while done < min(budget.trials, distinct):
+    # One trial at a time, its sampler seeded by the trial's number: trial n draws
+    # the same point whether the study runs in one go or resumes in rounds (a
+    # sampler seeded once per process drew the same first point in every round).
+    study.sampler = optuna.samplers.TPESampler(seed=budget.sampler_seed + len(study.trials))
+    study.optimize(objective, n_trials=1)
+    done = len(_finished_points(study))
   record = best_record(study, model, space, budget, base.k1)
   with open(os.path.join(study_dir, "best.json"), "w", encoding="utf-8") as f:
     json.dump(record, f, indent=1, sort_keys=True)
@@ -179,7 +202,14 @@ def best_record(study: "optuna.Study", model: str, space: Dict[str, Sequence[Any
   """The best finished trial of `study` with the budget spent on it, and its
   training flags ("flags": negatives written as --k2 = k1 + negatives)."""
   import optuna
-  complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+  # Each point once: before trials were seeded by their number, a resumed study
+  # could draw a finished point again and count it twice.
+  complete, seen = [], set()
+  for t in study.trials:
+    key = _params_key(t.params)
+    if t.state == optuna.trial.TrialState.COMPLETE and key not in seen:
+      seen.add(key)
+      complete.append(t)
   best = max(complete, key=lambda t: (t.value, -t.number))
   flags = [f"--model={model}"]
   for name, value in sorted(tuned_changes({"best_params": best.params}, k1).items()):
