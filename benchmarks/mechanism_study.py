@@ -18,6 +18,10 @@ checkout you do not edit meanwhile (autograph re-reads source files).
 and sample standard deviation over the seeds present), the best epoch, the
 seconds, and each network's validation Hits@20 after every epoch (the curves by
 phase), as a Markdown table (stdout) and study_dir/summary.json.
+
+The equal-budget tuned comparison: `--tune_dir=<studies of alterrec_tf.tune>
+--cells=tuned_alterrec,tuned_alterrec_random,...` trains each model with its own
+best.flags (chosen on validation only) over the flagfile's settings.
 """
 
 import json
@@ -54,6 +58,10 @@ CELLS: Dict[str, tuple] = {
     "baselines": (("sasrec", "fdsa"), []),
 }
 METRICS = ("hits@10", "hits@20", "ndcg@10", "ndcg@20")
+# The equal-budget tuned comparison: with --tune_dir, a cell "tuned_<model>" per
+# study of `alterrec_tf.tune`, trained with that model's best.flags (chosen on
+# validation) over the flagfile's settings.
+TUNED_PREFIX = "tuned_"
 
 flags.DEFINE_string("study_dir", "benchmarks/study_runs/study", "Folder of the study's runs.")
 flags.DEFINE_list("cells", ["neg800", "neg200", "neg50", "full"],
@@ -61,7 +69,25 @@ flags.DEFINE_list("cells", ["neg800", "neg200", "neg50", "full"],
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
 flags.DEFINE_integer("workers", 2, "Worker processes of each cell's grid.")
 flags.DEFINE_boolean("summarize", False, "Only summarize the runs in study_dir.")
+flags.DEFINE_string("tune_dir", "", "Studies of `alterrec_tf.tune`: adds a cell "
+                    "tuned_<model> per study, trained with its best.flags.")
 FLAGS = flags.FLAGS
+
+
+def add_tuned_cells(tune_dir: str) -> List[str]:
+  """Adds to `CELLS` a cell "tuned_<model>" for every study in tune_dir with a
+  best.flags (its flags but --model); returns the new cells' names."""
+  added = []
+  for model in sorted(os.listdir(tune_dir)):
+    best_flags = os.path.join(tune_dir, model, "best.flags")
+    if not os.path.isfile(best_flags):
+      continue
+    with open(best_flags, encoding="utf-8") as f:
+      extra = [line.strip() for line in f
+               if line.strip() and not line.startswith("--model=")]
+    CELLS[TUNED_PREFIX + model] = ((model,), extra)
+    added.append(TUNED_PREFIX + model)
+  return added
 
 
 def _cell_command(cell: str, seed: str, passthrough: List[str]) -> List[str]:
@@ -111,18 +137,20 @@ def _per_row(ranks, metric: str):
 
 
 def paired_difference(cell: str, model: str, reference: str, metric: str,
-                      resamples: int = 2000) -> dict:
+                      resamples: int = 2000, reference_cell: str = "") -> dict:
   """`model` - `reference` on the test prefixes, each prefix's metric averaged
   over the seeds both have, with a 95% interval from resampling prefixes
-  (a paired bootstrap; seed 0 of the resampling)."""
+  (a paired bootstrap; seed 0 of the resampling). The reference is in
+  `reference_cell` when given, else in `cell`."""
   import numpy as np
-  root = os.path.join(FLAGS.study_dir, cell)
-  seeds = sorted(seed for seed in os.listdir(os.path.join(root, model))
-                 if all(os.path.isfile(os.path.join(root, name, seed, "test_ranks.npz"))
-                        for name in (model, reference)))
+  folders = {model: os.path.join(FLAGS.study_dir, cell, model),
+             reference: os.path.join(FLAGS.study_dir, reference_cell or cell, reference)}
+  seeds = sorted(seed for seed in os.listdir(folders[model])
+                 if all(os.path.isfile(os.path.join(folder, seed, "test_ranks.npz"))
+                        for folder in folders.values()))
   rows = []
   for name in (model, reference):
-    values = [_per_row(np.load(os.path.join(root, name, seed, "test_ranks.npz"))["fused"],
+    values = [_per_row(np.load(os.path.join(folders[name], seed, "test_ranks.npz"))["fused"],
                        metric) for seed in seeds]
     rows.append(np.mean(values, axis=0))
   difference = rows[0] - rows[1]
@@ -162,18 +190,29 @@ def summarize() -> dict:
       print(f"- {cell} ({differences['hits@20']['seeds']} seeds): " + "; ".join(
           f"{metric} {d['difference']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
           for metric, d in differences.items()))
+  tuned = {model: f"{TUNED_PREFIX}{model}" for model in ("alterrec", "alterrec_random")}
+  if all(cell in summary for cell in tuned.values()):
+    differences = {metric: paired_difference(
+        tuned["alterrec"], "alterrec", "alterrec_random", metric,
+        reference_cell=tuned["alterrec_random"]) for metric in METRICS}
+    summary[tuned["alterrec"]]["alterrec"]["minus_random"] = differences
+    print(f"- tuned, each its own best.flags ({differences['hits@20']['seeds']} seeds): "
+          + "; ".join(f"{metric} {d['difference']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+                      for metric, d in differences.items()))
   with open(os.path.join(FLAGS.study_dir, "summary.json"), "w", encoding="utf-8") as f:
     json.dump(summary, f, indent=1, sort_keys=True)
   return summary
 
 
 OWN_FLAGS = ("--study_dir", "--cells", "--seeds", "--workers", "--summarize",
-             "--nosummarize")
+             "--nosummarize", "--tune_dir")
 
 
 def main(argv: List[str]) -> None:
   """Runs the cells (every flag not of this script goes to `experiments`)."""
   passthrough = [arg for arg in argv[1:] if not arg.startswith(OWN_FLAGS)]
+  if FLAGS.tune_dir:
+    add_tuned_cells(FLAGS.tune_dir)
   unknown = [cell for cell in FLAGS.cells if cell not in CELLS]
   if unknown:
     sys.exit(f"error: unknown cells {unknown}; known: {', '.join(CELLS)}")
