@@ -141,3 +141,18 @@ def test_a_point_already_tried_is_drawn_again_not_counted_twice(tmp_path):
                                log=lambda line: None)
   assert sorted(c.dropout for c in calls) == [0.1, 0.3]
   assert record["trials"] == 2
+
+
+def test_a_study_whose_trials_fail_still_ends(tmp_path):
+  # a NaN objective is a failed trial (not a repeated point): it uses up an attempt
+  def failing(config, rank_test):
+    return {"valid": {"fused": {"hits@20": float("nan")}}, "best_epoch": 1,
+            "wall_seconds_this_process": 0.1}
+  record_dir = str(tmp_path / "sasrec")
+  with pytest.raises(RuntimeError, match="no trial finished .3 failed"):
+    tuning.tune_model(TrainConfig(k1=6, k2=806), "sasrec", 3000, record_dir,
+                      tuning.TuningBudget(3, 5, 2), failing, log=lambda line: None)
+  import optuna
+  study = optuna.load_study(study_name="sasrec",
+                            storage=f"sqlite:///{os.path.join(record_dir, 'study.db')}")
+  assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 3

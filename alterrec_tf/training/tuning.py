@@ -181,14 +181,17 @@ def tune_model(base: "TrainConfig", model: str, catalogue: int, study_dir: str,
   done = len(_finished_points(study))
   if done < budget.trials:
     log(f"{model}: {done} of {budget.trials} trials done; running {budget.trials - done}")
-  distinct = math.prod(len(values) for values in space.values())
-  while done < min(budget.trials, distinct):
+  # A repeated point (pruned) does not use up an attempt; a failed trial does, so
+  # the loop ends even when trials fail (at most the size of the space in points).
+  attempts = min(budget.trials, math.prod(len(values) for values in space.values())) - done
+  while attempts > 0:
     # One trial at a time, its sampler seeded by the trial's number: trial n draws
     # the same point whether the study runs in one go or resumes in rounds (a
     # sampler seeded once per process drew the same first point in every round).
     study.sampler = optuna.samplers.TPESampler(seed=budget.sampler_seed + len(study.trials))
     study.optimize(objective, n_trials=1)
-    done = len(_finished_points(study))
+    if study.trials[-1].state != optuna.trial.TrialState.PRUNED:
+      attempts -= 1
   record = best_record(study, model, space, budget, base.k1)
   with open(os.path.join(study_dir, "best.json"), "w", encoding="utf-8") as f:
     json.dump(record, f, indent=1, sort_keys=True)
@@ -210,6 +213,10 @@ def best_record(study: "optuna.Study", model: str, space: Dict[str, Sequence[Any
     if t.state == optuna.trial.TrialState.COMPLETE and key not in seen:
       seen.add(key)
       complete.append(t)
+  if not complete:
+    failed = sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials)
+    raise RuntimeError(f"{model}: no trial finished ({failed} failed; their errors are in "
+                       "the log above); nothing to report")
   best = max(complete, key=lambda t: (t.value, -t.number))
   flags = [f"--model={model}"]
   for name, value in sorted(tuned_changes({"best_params": best.params}, k1).items()):
