@@ -23,6 +23,7 @@ of P x k neighbours.
 """
 
 import dataclasses
+import time
 from typing import List, Sequence, Tuple, Union
 
 import numpy as np
@@ -30,7 +31,7 @@ import numpy.typing as npt
 import tensorflow as tf
 
 from alterrec_tf.formats import schema
-from alterrec_tf.models.baselines.floors import CountFloor
+from alterrec_tf.models.baselines.floors import CountFloor, read_sessions_and_times, training_counts
 
 # session-rec's decay names (vsknn.py `weighting` / `weighting_score`, sr.py `weighting`).
 WEIGHTINGS = ("same", "div", "linear", "log", "quadratic")
@@ -219,7 +220,20 @@ class NeighbourhoodFloor(CountFloor):
     self.session_days = tf.constant(
         ((times - times.max(initial=0.0)) / SECONDS_PER_DAY).astype(np.float32))
 
+  @classmethod
+  def from_files(cls, train_files: Sequence[str], num_items: int, exclude_seen: bool = False,
+                 **params) -> "NeighbourhoodFloor":
+    """Indexes only the sessions of `train_files` (the training split); `params`: the
+    subclass's parameters (`models.floor_defaults.PARAMETERS`)."""
+    start = time.perf_counter()
+    sessions, timestamps = read_sessions_and_times(train_files)
+    model = cls(sessions, timestamps, training_counts(sessions, num_items),
+                exclude_seen=exclude_seen, **params)
+    model.fit_seconds = time.perf_counter() - start
+    return model
+
   # --- hooks --------------------------------------------------------------------------
+
   def position_weights(self, places: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:
     """Weight of each prefix place: float32 [P, L] from places [1, L], lengths [P, 1]."""
     raise NotImplementedError

@@ -91,8 +91,6 @@ class SequentialRules(floors.CountFloor):
     exclude_seen: score the prefix's own items out.
   """
 
-  PARAMETERS = floor_defaults.PARAMETERS["sequential_rules"]
-
   def __init__(self, rules: npt.ArrayLike, counts: npt.ArrayLike, exclude_seen: bool = False,
                **kwargs) -> None:
     super().__init__(counts, exclude_seen, **kwargs)

@@ -21,7 +21,6 @@ chosen on the validation splits of Online Retail and Amazon Office (BUILD_NOTES.
 "Floors as published (issue 35, item 3)").
 """
 
-import time
 from typing import Sequence
 
 import numpy as np
@@ -30,7 +29,6 @@ import tensorflow as tf
 
 from alterrec_tf.models import floor_defaults
 from alterrec_tf.models.baselines import neighbourhood
-from alterrec_tf.models.baselines.floors import read_sessions_and_times, training_counts
 
 SIMILARITIES = ("cosine", "vec")
 
@@ -46,8 +44,6 @@ class SessionKNN(neighbourhood.NeighbourhoodFloor):
     similarity: "cosine" or "vec".
     idf_weighting: weight of the items' idf in the votes (0: none).
   """
-
-  PARAMETERS = floor_defaults.PARAMETERS["session_knn"]
 
   def __init__(self, sessions: Sequence[np.ndarray], timestamps: npt.ArrayLike,
                counts: npt.ArrayLike, neighbours: int = floor_defaults.SKNN_NEIGHBOURS,
@@ -70,18 +66,6 @@ class SessionKNN(neighbourhood.NeighbourhoodFloor):
     self.idf = tf.constant(np.where(
         counts > 0, np.log(max(len(sessions), 1) / np.maximum(counts, 1.0)), 0.0
     ).astype(np.float32))
-
-  @classmethod
-  def from_files(cls, train_files: Sequence[str], num_items: int, exclude_seen: bool = False,
-                 **params) -> "SessionKNN":
-    """Indexes only the sessions of `train_files` (the training split); `params`: any
-    of `PARAMETERS`."""
-    start = time.perf_counter()
-    sessions, timestamps = read_sessions_and_times(train_files)
-    model = cls(sessions, timestamps, training_counts(sessions, num_items),
-                exclude_seen=exclude_seen, **params)
-    model.fit_seconds = time.perf_counter() - start
-    return model
 
   def position_weights(self, places: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:
     return neighbourhood.position_weight(self.weighting, places, lengths)

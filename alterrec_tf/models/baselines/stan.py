@@ -23,7 +23,6 @@ splits of Online Retail and Amazon Office (BUILD_NOTES.md, "Floors as published 
 35, item 3)").
 """
 
-import time
 from typing import Sequence
 
 import numpy as np
@@ -32,7 +31,6 @@ import tensorflow as tf
 
 from alterrec_tf.models import floor_defaults
 from alterrec_tf.models.baselines import neighbourhood
-from alterrec_tf.models.baselines.floors import read_sessions_and_times, training_counts
 
 
 class STAN(neighbourhood.NeighbourhoodFloor):
@@ -45,8 +43,6 @@ class STAN(neighbourhood.NeighbourhoodFloor):
     lambda_2: decay over the candidates' age, in days (0: off).
     lambda_3: decay over places in the neighbour session (0: off).
   """
-
-  PARAMETERS = floor_defaults.PARAMETERS["stan"]
 
   def __init__(self, sessions: Sequence[np.ndarray], timestamps: npt.ArrayLike,
                counts: npt.ArrayLike, neighbours: int = floor_defaults.STAN_NEIGHBOURS,
@@ -62,18 +58,6 @@ class STAN(neighbourhood.NeighbourhoodFloor):
                        f"{lambda_3}")
     self.lambda_1, self.lambda_2, self.lambda_3 = (float(lambda_1), float(lambda_2),
                                                    float(lambda_3))
-
-  @classmethod
-  def from_files(cls, train_files: Sequence[str], num_items: int, exclude_seen: bool = False,
-                 **params) -> "STAN":
-    """Indexes only the sessions of `train_files` (the training split); `params`: any
-    of `PARAMETERS`."""
-    start = time.perf_counter()
-    sessions, timestamps = read_sessions_and_times(train_files)
-    model = cls(sessions, timestamps, training_counts(sessions, num_items),
-                exclude_seen=exclude_seen, **params)
-    model.fit_seconds = time.perf_counter() - start
-    return model
 
   def position_weights(self, places: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:
     """exp((i - n) / lambda_1): the last item 1."""
