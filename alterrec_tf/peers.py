@@ -18,9 +18,11 @@
 The models train on our flags' budget (`recbole.jobs`: d, layers, heads, dropout,
 learning rate, epochs, patience, batch in prefixes, seed); --peers_config
 overrides any RecBole entry. Resumable: a finished model (same job) is skipped,
-one whose RecBole run finished but was not imported is only imported;
---overwrite trains the listed models again. A model that fails is named with its
-log and the others go on; the command then exits with status 1.
+one whose RecBole run finished but was not imported is only imported, and one
+killed while training goes on after its last finished epoch (the RecBole side's
+resume.pt); --overwrite trains the listed models again from the start. A model
+that fails is named with its log and the others go on; the command then exits
+with status 1.
 """
 
 import json
@@ -41,6 +43,9 @@ from alterrec_tf.recbole import jobs
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECBOLE_SCRIPT = os.path.join(REPO_ROOT, "peers", "recbole_run.py")
+# The RecBole side's checkpoints in a model's work folder (peers/recbole_run.py).
+RESUME_FILE = "resume.pt"
+S3REC_PRETRAINED = "s3rec_pretrained.pth"
 
 
 def define_flags() -> None:
@@ -222,6 +227,10 @@ def main(argv: List[str]) -> None:
       print(f"{model}: training RecBole's model ({batch_size} prefixes per step, up to "
             f"{config.m_max} epochs, {threads} threads)", flush=True)
       shutil.rmtree(result_dir, ignore_errors=True)
+      if config.overwrite:  # from the start: no checkpoint of this job is resumed
+        for name in (RESUME_FILE, S3REC_PRETRAINED):
+          if os.path.isfile(os.path.join(work_dir, name)):
+            os.remove(os.path.join(work_dir, name))
       try:
         process_seconds = run_recbole(python, job, work_dir, threads)
       except PeerError as error:

@@ -22,13 +22,19 @@ ray). Steps:
    `valid_metric`, `stopping_step`); the best epoch's weights are kept in
    memory (the trainer's checkpoint file is not used: torch >= 2.6 refuses to
    load its pickled config by default). S3Rec pre-trains first (its
-   `S3RecTrainer`), then fine-tunes from those weights.
+   `S3RecTrainer`), then fine-tunes from those weights. After every epoch the
+   whole training state (weights, optimizer, early-stopping counters, best
+   weights, the epoch log, the dropout and shuffling generators) is written to
+   `<output_dir>/resume.pt` (tensors only, replaced atomically), so a killed
+   run started again with the same job goes on after its last finished epoch,
+   as if it had not stopped; S3Rec's pre-trained weights are reused likewise.
+   A checkpoint of another job is set aside, not resumed.
 4. With the best weights, every valid and test row gets its top-k items over
    the whole catalogue, mapped from RecBole's internal ids back to our item
    indices, in our row order (checked against the export's targets).
 
 Output, written under a temporary name and renamed to `<output_dir>/result`
-(a killed run leaves no result): topk_valid.npy, topk_test.npy (int32 [rows, k],
+(a killed run leaves no result, only its resume.pt): topk_valid.npy, topk_test.npy (int32 [rows, k],
 our item indices), history.json (per epoch: loss, RecBole's validation
 figures, seconds) and run.json (RecBole's final config, best epoch, timings,
 versions). RecBole's log goes to `<output_dir>/recbole.log`.
@@ -45,6 +51,8 @@ from typing import Any, Dict, List
 import numpy as np
 
 RESULT_DIR = "result"
+RESUME_FILE = "resume.pt"
+S3REC_PRETRAINED = "s3rec_pretrained.pth"
 # RecBole model classes by our names (the peers command's --models).
 MODEL_CLASSES = {"sasrec": "SASRec", "gru4rec": "GRU4Rec", "bert4rec": "BERT4Rec",
                  "srgnn": "SRGNN", "core": "CORE", "fdsa": "FDSA", "s3rec": "S3Rec"}
@@ -100,7 +108,7 @@ def base_config(job: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _setup_logging(output_dir: str) -> None:
-  handler = logging.FileHandler(os.path.join(output_dir, "recbole.log"), mode="w")
+  handler = logging.FileHandler(os.path.join(output_dir, "recbole.log"), mode="a")
   handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
   root = logging.getLogger()
   root.handlers[:] = [handler]
@@ -111,14 +119,42 @@ def _num(value) -> float:
   return float(value.item()) if hasattr(value, "item") else float(value)
 
 
-class EpochLog:
-  """Wraps a RecBole trainer's epoch methods to time them and keep the best weights."""
+def job_key(job: Dict[str, Any]) -> str:
+  """The job as one canonical string: a checkpoint resumes only the job it was made by."""
+  return json.dumps(job, sort_keys=True)
 
-  def __init__(self, trainer, model, label: str):
+
+def save_atomic(state: Dict[str, Any], path: str) -> None:
+  """torch.save to a temporary name, then rename: a kill leaves the old file whole."""
+  import torch
+  staging = path + ".tmp"
+  torch.save(state, staging)
+  os.replace(staging, path)
+
+
+class EpochLog:
+  """Wraps a RecBole trainer's epoch methods to time them, keep the best weights
+  and checkpoint the training state after every validated epoch.
+
+  Args:
+    trainer: RecBole trainer (`optimizer`, `cur_step`, `stopping_step`,
+      `best_valid_score`, `start_epoch`, `epochs`, `_train_epoch`, `_valid_epoch`).
+    model: the trainer's torch model.
+    label: model name for the progress lines.
+    checkpoint: path of the resume file; empty: no checkpoints.
+    key: `job_key` of the job (stored in and checked against the checkpoint).
+    shuffle_generator: the training loader's `torch.Generator` (its state is
+      saved so a resumed epoch sees the order an uninterrupted one would).
+  """
+
+  def __init__(self, trainer, model, label: str, checkpoint: str = "", key: str = "",
+               shuffle_generator=None):
     self.records: List[Dict[str, Any]] = []
     self.best_state = None
     self.best_epoch = 0
+    self.resumed_after = 0
     self.model, self.trainer, self.label = model, trainer, label
+    self.checkpoint, self.key, self.shuffle_generator = checkpoint, key, shuffle_generator
     train_epoch, valid_epoch = trainer._train_epoch, trainer._valid_epoch
 
     def timed_train(train_data, epoch_idx, *args, **kwargs):
@@ -150,6 +186,56 @@ class EpochLog:
     if best:
       self.best_epoch = epoch_idx + 1
       self.best_state = copy.deepcopy(self.model.state_dict())
+    if self.checkpoint:
+      self.save(epoch_idx)
+
+  def save(self, epoch_idx: int) -> None:
+    """Writes the state after epoch `epoch_idx` (0-based) to the resume file."""
+    import torch
+    trainer = self.trainer
+    state = {
+        "job": self.key, "epoch": epoch_idx + 1,
+        # fit stops after this epoch (early stopping): a resume must not train on
+        "stopped": bool(trainer.cur_step > trainer.stopping_step),
+        "model": self.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+        "cur_step": int(trainer.cur_step), "best_valid_score": float(trainer.best_valid_score),
+        "best_epoch": self.best_epoch, "best_state": self.best_state,
+        "records": json.dumps(self.records), "torch_rng": torch.get_rng_state()}
+    if self.shuffle_generator is not None:
+      state["shuffle_rng"] = self.shuffle_generator.get_state()
+    save_atomic(state, self.checkpoint)
+
+  def restore(self) -> int:
+    """Loads the resume file of this job, if any; returns the epochs it holds.
+
+    The trainer then starts at the next epoch (or trains no more when early
+    stopping had ended the run). A file of another job is renamed
+    `<resume file>.other-job`, and training starts from the beginning.
+    """
+    import torch
+    if not self.checkpoint or not os.path.isfile(self.checkpoint):
+      return 0
+    state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+    if state.get("job") != self.key:
+      os.replace(self.checkpoint, self.checkpoint + ".other-job")
+      print(f"  {self.label}: {self.checkpoint} was written by another job; set aside "
+            f"(.other-job), training from the start", flush=True)
+      return 0
+    trainer = self.trainer
+    self.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.cur_step, trainer.best_valid_score = state["cur_step"], state["best_valid_score"]
+    trainer.start_epoch = trainer.epochs if state["stopped"] else state["epoch"]
+    self.best_epoch, self.best_state = state["best_epoch"], state["best_state"]
+    self.records = json.loads(state["records"])
+    torch.set_rng_state(state["torch_rng"])
+    if self.shuffle_generator is not None and "shuffle_rng" in state:
+      self.shuffle_generator.set_state(state["shuffle_rng"])
+    self.resumed_after = state["epoch"]
+    print(f"  {self.label}: resumed after epoch {state['epoch']} (best so far: epoch "
+          f"{self.best_epoch}{', early stopping had ended it' if state['stopped'] else ''})",
+          flush=True)
+    return state["epoch"]
 
 
 def rank_split(model, loader, k: int, to_ours: np.ndarray, iid_field: str, device):
@@ -185,13 +271,16 @@ def _json_value(value):
     return str(value)
 
 
-def _fit(config, train_data, valid_data, label):
-  """Builds the model and fits it with RecBole's trainer: (model, EpochLog)."""
+def _fit(config, train_data, valid_data, label, checkpoint: str = "", key: str = ""):
+  """Builds the model and fits it with RecBole's trainer, from the resume file
+  where one of this job exists: (model, EpochLog)."""
   from recbole.utils import get_model, get_trainer
   model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
   _with_seen_items_scored_out(model)
   trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-  log = EpochLog(trainer, model, label)
+  log = EpochLog(trainer, model, label, checkpoint, key,
+                 getattr(train_data, "generator", None))
+  log.restore()
   trainer.fit(train_data, valid_data, verbose=True, saved=False, show_progress=False,
               callback_fn=log.after_validation)
   if log.best_state is None:
@@ -200,11 +289,22 @@ def _fit(config, train_data, valid_data, label):
   return model, log
 
 
-def _pretrain_s3rec(config, train_data, output_dir) -> str:
-  """S3Rec's pre-training stage; returns the path of the pre-trained weights."""
+def _pretrain_s3rec(config, train_data, output_dir, key: str) -> str:
+  """S3Rec's pre-training stage; returns the path of the pre-trained weights.
+
+  Weights this job pre-trained before (a resumed run) are reused, with the
+  random state that followed them."""
   import torch
   from recbole.model.sequential_recommender import S3Rec
   from recbole.utils import get_trainer
+  path = os.path.join(output_dir, S3REC_PRETRAINED)
+  if os.path.isfile(path):
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if saved.get("job") == key:
+      torch.set_rng_state(saved["torch_rng"])
+      print(f"  S3Rec pre-training: reused {path}", flush=True)
+      config["train_stage"], config["pre_model_path"] = "finetune", path
+      return path
   config["train_stage"] = "pretrain"
   model = S3Rec(config, train_data._dataset).to(config["device"])
   trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
@@ -212,8 +312,9 @@ def _pretrain_s3rec(config, train_data, output_dir) -> str:
   trainer.pretrain(train_data, verbose=True, show_progress=False)
   print(f"  S3Rec pre-training: {config['pretrain_epochs']} epochs, "
         f"{time.perf_counter() - start:.0f} s", flush=True)
-  path = os.path.join(output_dir, "s3rec_pretrained.pth")
-  torch.save({"state_dict": model.state_dict()}, path)  # tensors only: loads with weights_only
+  # tensors only (loads with weights_only); S3Rec reads "state_dict"
+  save_atomic({"state_dict": model.state_dict(), "job": key,
+               "torch_rng": torch.get_rng_state()}, path)
   config["train_stage"], config["pre_model_path"] = "finetune", path
   return path
 
@@ -245,9 +346,11 @@ def run(job: Dict[str, Any]) -> Dict[str, Any]:
   loaded = time.perf_counter()
   print(f"  {model_class}: {len(train_data._dataset)} training rows, {len(to_ours) - 1} items, "
         f"device {config['device']}, {torch.get_num_threads()} threads", flush=True)
+  key = job_key(job)
   if model_class == "S3Rec":
-    _pretrain_s3rec(config, train_data, output_dir)
-  model, log = _fit(config, train_data, valid_data, model_class)
+    _pretrain_s3rec(config, train_data, output_dir, key)
+  model, log = _fit(config, train_data, valid_data, model_class,
+                    os.path.join(output_dir, RESUME_FILE), key)
   trained = time.perf_counter()
   k = int(job.get("top_k", 20))
   with np.load(job["targets"], allow_pickle=False) as expected:
@@ -273,15 +376,20 @@ def run(job: Dict[str, Any]) -> Dict[str, Any]:
       "train_rows": len(train_data._dataset), "device": str(config["device"]),
       "threads": torch.get_num_threads(), "top_k": k,
       "num_parameters": int(sum(p.numel() for p in model.parameters())),
+      # this process's; a resumed run's earlier epochs are in history.json
       "seconds": {"load": loaded - started, "train": trained - loaded,
                   "rank": ranked - trained, "wall": time.perf_counter() - started},
-      "config": {key: _json_value(config[key]) for key in sorted(config.final_config_dict)},
+      "resumed_after_epoch": log.resumed_after,
+      "train_seconds_all_epochs": sum(r.get("train_seconds", 0.0) for r in log.records),
+      "config": {name: _json_value(config[name]) for name in sorted(config.final_config_dict)},
   }
   with open(os.path.join(staging, "run.json"), "w", encoding="utf-8") as f:
     json.dump(info, f, indent=1, sort_keys=True)
   final = os.path.join(output_dir, RESULT_DIR)
   shutil.rmtree(final, ignore_errors=True)
   os.replace(staging, final)
+  if os.path.isfile(os.path.join(output_dir, RESUME_FILE)):
+    os.remove(os.path.join(output_dir, RESUME_FILE))  # the result holds what it resumed
   return info
 
 

@@ -279,6 +279,117 @@ def test_the_recbole_side_scores_seen_items_out_and_maps_ids_back():
   assert set(run.MODEL_CLASSES) == set(jobs.MODELS)
 
 
+class LoopTrainer:
+  """The parts of RecBole 1.2.1's Trainer that EpochLog reads, with its `fit`
+  loop (start_epoch .. epochs, early stopping on a bigger-is-better score,
+  callback after validation, break when cur_step > stopping_step): a tiny
+  dropout model on data shuffled by the loader's generator."""
+
+  def __init__(self, torch, epochs, stopping_step, scores=None):
+    self.torch = torch
+    torch.manual_seed(0)
+    self.model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.5),
+                                     torch.nn.Linear(8, 1))
+    self.optimizer = torch.optim.Adam(self.model.parameters(), lr=0.05)
+    self.generator = torch.Generator().manual_seed(3)
+    self.x = torch.randn(32, 4, generator=torch.Generator().manual_seed(1))
+    self.y = self.x.sum(dim=1, keepdim=True)
+    self.epochs, self.stopping_step, self.scores = epochs, stopping_step, scores
+    self.start_epoch, self.cur_step, self.best_valid_score = 0, 0, float("-inf")
+    self.valid_calls = 0
+
+  def _train_epoch(self, train_data, epoch_idx, show_progress=False):
+    total = 0.0
+    for batch in self.torch.randperm(32, generator=self.generator).split(8):
+      loss = ((self.model(self.x[batch]) - self.y[batch]) ** 2).mean()
+      self.optimizer.zero_grad()
+      loss.backward()
+      self.optimizer.step()
+      total += float(loss.detach())
+    return total
+
+  def _valid_epoch(self, valid_data, show_progress=False):
+    self.valid_calls += 1
+    if self.scores is not None:
+      score = self.scores[self.valid_calls - 1]
+    else:
+      with self.torch.no_grad():
+        score = -float(((self.model.eval()(self.x) - self.y) ** 2).mean())
+      self.model.train()
+    return score, {"hit@20": score}
+
+  def fit(self, callback_fn, kill_after=None):
+    for epoch_idx in range(self.start_epoch, self.epochs):
+      self._train_epoch([0] * 4, epoch_idx)
+      score, _ = self._valid_epoch(None)
+      if score > self.best_valid_score:
+        self.best_valid_score, self.cur_step = score, 0
+      else:
+        self.cur_step += 1
+      callback_fn(epoch_idx, score)
+      if self.cur_step > self.stopping_step:
+        break
+      if kill_after is not None and epoch_idx + 1 == kill_after:
+        return  # the process dies here: only resume.pt survives
+
+
+def test_a_killed_recbole_run_resumes_as_if_it_had_not_stopped(tmp_path):
+  torch = pytest.importorskip("torch")
+  run = load_recbole_run()
+  job = {"model": "sasrec", "config": {"epochs": 5}}
+
+  def new_log(trainer, checkpoint, key=None):
+    return run.EpochLog(trainer, trainer.model, "SASRec", checkpoint, key or run.job_key(job),
+                        trainer.generator)
+
+  whole = LoopTrainer(torch, epochs=5, stopping_step=10)
+  whole_log = new_log(whole, str(tmp_path / "whole.pt"))
+  whole_log.restore()
+  whole.fit(whole_log.after_validation)
+
+  checkpoint = str(tmp_path / "resume.pt")
+  first = LoopTrainer(torch, epochs=5, stopping_step=10)
+  first_log = new_log(first, checkpoint)
+  assert first_log.restore() == 0
+  first.fit(first_log.after_validation, kill_after=2)
+  second = LoopTrainer(torch, epochs=5, stopping_step=10)  # a new process: fresh weights
+  second_log = new_log(second, checkpoint)
+  assert second_log.restore() == 2 and second.start_epoch == 2
+  second.fit(second_log.after_validation)
+  assert second.valid_calls == 3  # epochs 3-5 only
+  for name, value in whole.model.state_dict().items():
+    assert torch.equal(value, second.model.state_dict()[name]), name
+  assert [r["epoch"] for r in second_log.records] == [1, 2, 3, 4, 5]
+  assert [r["train/loss"] for r in second_log.records] == [
+      r["train/loss"] for r in whole_log.records]
+  assert second_log.best_epoch == whole_log.best_epoch
+  assert not os.path.exists(checkpoint + ".tmp")
+
+  # another job's checkpoint is set aside, not resumed
+  other = LoopTrainer(torch, epochs=5, stopping_step=10)
+  other_log = new_log(other, checkpoint, key=run.job_key({**job, "config": {"epochs": 6}}))
+  assert other_log.restore() == 0 and other.start_epoch == 0
+  assert os.path.exists(checkpoint + ".other-job") and not os.path.exists(checkpoint)
+
+
+def test_a_run_that_early_stopping_ended_trains_no_more_on_resume(tmp_path):
+  torch = pytest.importorskip("torch")
+  run = load_recbole_run()
+  checkpoint = str(tmp_path / "resume.pt")
+  scores = [0.3, 0.5, 0.4, 0.45, 0.2, 0.9]  # best at epoch 2; stops after epoch 4
+  first = LoopTrainer(torch, epochs=6, stopping_step=1, scores=scores)
+  first_log = run.EpochLog(first, first.model, "SASRec", checkpoint, "k", first.generator)
+  first.fit(first_log.after_validation)
+  assert first.valid_calls == 4 and first_log.best_epoch == 2
+  again = LoopTrainer(torch, epochs=6, stopping_step=1, scores=scores)
+  again_log = run.EpochLog(again, again.model, "SASRec", checkpoint, "k", again.generator)
+  assert again_log.restore() == 4 and again.start_epoch == again.epochs
+  again.fit(again_log.after_validation)
+  assert again.valid_calls == 0 and again_log.best_epoch == 2
+  for name, value in first_log.best_state.items():
+    assert torch.equal(value, again_log.best_state[name]), name
+
+
 def peers_command(*args):
   return subprocess.run([sys.executable, "-m", "alterrec_tf.peers", *map(str, args)], cwd=REPO,
                         env=ENV, capture_output=True, text=True, timeout=300, check=False)
