@@ -34,10 +34,11 @@ ray). Steps:
    indices, in our row order (checked against the export's targets).
 
 Output, written under a temporary name and renamed to `<output_dir>/result`
-(a killed run leaves no result, only its resume.pt): topk_valid.npy, topk_test.npy (int32 [rows, k],
-our item indices), history.json (per epoch: loss, RecBole's validation
-figures, seconds) and run.json (RecBole's final config, best epoch, timings,
-versions). RecBole's log goes to `<output_dir>/recbole.log`.
+(a killed run leaves no result, only its resume.pt): topk_valid.npy,
+topk_test.npy (int32 [rows, k], our item indices), history.json (per epoch:
+loss, RecBole's validation figures, seconds) and run.json (RecBole's final
+config, best epoch, timings, versions, the epoch a resumed run went on from).
+RecBole's log goes to `<output_dir>/recbole.log`.
 """
 
 import json
