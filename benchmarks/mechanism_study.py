@@ -162,6 +162,41 @@ def paired_difference(cell: str, model: str, reference: str, metric: str,
           "low": 100 * float(low), "high": 100 * float(high)}
 
 
+def first_hard_epochs(history: List[dict]) -> Dict[str, int]:
+  """0-based history indices of the first hard epoch of the ID network
+  (phase 0) and of the text network (phase 1); missing where none ran."""
+  found: Dict[str, int] = {}
+  for index, epoch in enumerate(history):
+    if epoch.get("train/hard_negatives", 0.0) > 0:
+      found.setdefault("id" if epoch.get("train/phase", 0.0) == 0 else "text", index)
+  return found
+
+
+def partner_strength(hard_runs: List[dict], uniform_runs: List[dict]) -> dict:
+  """The regime in numbers: each network's validation Hits@20 (%) just before
+  hard phases start (the partner's strength when it first ranks negatives), and
+  each network's after its own first hard epoch, trained on the partner's
+  negatives (AlterRec) or on uniform ones (AlterRec_random, same seed); means
+  over the seeds both have."""
+  uniform = {run["seed"]: run["history"] for run in uniform_runs}
+  rows: Dict[str, List[float]] = {}
+  for run in hard_runs:
+    history, twin = run["history"], uniform.get(run["seed"])
+    first = first_hard_epochs(history)
+    if twin is None or "id" not in first or first["id"] == 0:
+      continue
+    before = history[min(first.values()) - 1]
+    values = {"id_before": before["valid/id/hits@20"], "text_before": before["valid/text/hits@20"]}
+    for head, index in first.items():
+      if index < len(twin):
+        values[f"{head}_after_hard"] = history[index][f"valid/{head}/hits@20"]
+        values[f"{head}_after_uniform"] = twin[index][f"valid/{head}/hits@20"]
+    for key, value in values.items():
+      rows.setdefault(key, []).append(100 * value)
+  return {key: round(statistics.mean(values), 2) for key, values in rows.items()} | {
+      "seeds": len(rows.get("id_before", []))}
+
+
 def summarize() -> dict:
   """Prints the study's table and curves; returns them (also summary.json)."""
   summary: Dict[str, dict] = {}
@@ -190,6 +225,20 @@ def summarize() -> dict:
       print(f"- {cell} ({differences['hits@20']['seeds']} seeds): " + "; ".join(
           f"{metric} {d['difference']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
           for metric, d in differences.items()))
+  print("\nWhen hard phases start (validation Hits@20, mean over seeds): each network "
+        "before, and after its first hard epoch with the partner's / uniform negatives:")
+  for cell in summary:
+    runs = _runs(cell)
+    if {"alterrec", "alterrec_random"} <= set(runs):
+      strength = partner_strength(runs["alterrec"], runs["alterrec_random"])
+      if strength["seeds"]:
+        summary[cell]["alterrec"]["partner_strength"] = strength
+        print(f"- {cell} ({strength['seeds']} seeds): ID {strength['id_before']:.2f}, text "
+              f"{strength['text_before']:.2f} (text / ID "
+              f"{strength['text_before'] / strength['id_before']:.2f}); ID after "
+              f"{strength.get('id_after_hard', 0):.2f} / {strength.get('id_after_uniform', 0):.2f}"
+              f", text after {strength.get('text_after_hard', 0):.2f} / "
+              f"{strength.get('text_after_uniform', 0):.2f}")
   tuned = {model: f"{TUNED_PREFIX}{model}" for model in ("alterrec", "alterrec_random")}
   if all(cell in summary for cell in tuned.values()):
     differences = {metric: paired_difference(
