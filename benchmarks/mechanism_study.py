@@ -225,6 +225,15 @@ def summarize() -> dict:
       print(f"- {cell} ({differences['hits@20']['seeds']} seeds): " + "; ".join(
           f"{metric} {d['difference']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
           for metric, d in differences.items()))
+  tuned = {model: f"{TUNED_PREFIX}{model}" for model in ("alterrec", "alterrec_random")}
+  if all(cell in summary for cell in tuned.values()):
+    differences = {metric: paired_difference(
+        tuned["alterrec"], "alterrec", "alterrec_random", metric,
+        reference_cell=tuned["alterrec_random"]) for metric in METRICS}
+    summary[tuned["alterrec"]]["alterrec"]["minus_random"] = differences
+    print(f"- tuned, each its own best.flags ({differences['hits@20']['seeds']} seeds): "
+          + "; ".join(f"{metric} {d['difference']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+                      for metric, d in differences.items()))
   print("\nWhen hard phases start (validation Hits@20, mean over seeds): each network "
         "before, and after its first hard epoch with the partner's / uniform negatives:")
   for cell in summary:
@@ -239,15 +248,6 @@ def summarize() -> dict:
               f"{strength.get('id_after_hard', 0):.2f} / {strength.get('id_after_uniform', 0):.2f}"
               f", text after {strength.get('text_after_hard', 0):.2f} / "
               f"{strength.get('text_after_uniform', 0):.2f}")
-  tuned = {model: f"{TUNED_PREFIX}{model}" for model in ("alterrec", "alterrec_random")}
-  if all(cell in summary for cell in tuned.values()):
-    differences = {metric: paired_difference(
-        tuned["alterrec"], "alterrec", "alterrec_random", metric,
-        reference_cell=tuned["alterrec_random"]) for metric in METRICS}
-    summary[tuned["alterrec"]]["alterrec"]["minus_random"] = differences
-    print(f"- tuned, each its own best.flags ({differences['hits@20']['seeds']} seeds): "
-          + "; ".join(f"{metric} {d['difference']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
-                      for metric, d in differences.items()))
   with open(os.path.join(FLAGS.study_dir, "summary.json"), "w", encoding="utf-8") as f:
     json.dump(summary, f, indent=1, sort_keys=True)
   return summary
