@@ -63,15 +63,19 @@ METRICS = ("hits@10", "hits@20", "ndcg@10", "ndcg@20")
 # validation) over the flagfile's settings.
 TUNED_PREFIX = "tuned_"
 
-flags.DEFINE_string("study_dir", "benchmarks/study_runs/study", "Folder of the study's runs.")
-flags.DEFINE_list("cells", ["neg800", "neg200", "neg50", "full"],
-                  f"Cells to run, of {', '.join(CELLS)}.")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
-flags.DEFINE_integer("workers", 2, "Worker processes of each cell's grid.")
-flags.DEFINE_boolean("summarize", False, "Only summarize the runs in study_dir.")
-flags.DEFINE_string("tune_dir", "", "Studies of `alterrec_tf.tune`: adds a cell "
-                    "tuned_<model> per study, trained with its best.flags.")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The script's own flags (defined when it runs, so importing it defines none)."""
+  flags.DEFINE_string("study_dir", "benchmarks/study_runs/study", "Folder of the study's runs.")
+  flags.DEFINE_list("cells", ["neg800", "neg200", "neg50", "full"],
+                    f"Cells to run, of {', '.join(CELLS)}.")
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
+  flags.DEFINE_integer("workers", 2, "Worker processes of each cell's grid.")
+  flags.DEFINE_boolean("summarize", False, "Only summarize the runs in study_dir.")
+  flags.DEFINE_string("tune_dir", "", "Studies of `alterrec_tf.tune`: adds a cell "
+                      "tuned_<model> per study, trained with its best.flags.")
 
 
 def add_tuned_cells(tune_dir: str) -> List[str]:
@@ -275,5 +279,6 @@ def main(argv: List[str]) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   FLAGS(sys.argv[:1] + [arg for arg in sys.argv[1:] if arg.startswith(OWN_FLAGS)])
   main(sys.argv)

@@ -11,7 +11,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def study():
-  """The script as a module, loaded once (it defines absl flags)."""
+  """The script as a module (importing it defines no flags)."""
   spec = importlib.util.spec_from_file_location(
       "mechanism_study", os.path.join(REPO, "benchmarks", "mechanism_study.py"))
   module = importlib.util.module_from_spec(spec)
