@@ -1,22 +1,15 @@
 """benchmarks/mechanism_study.py's regime numbers: where hard phases start and how
 each network fares in its first hard epoch, read from run histories."""
 
-import importlib.util
-import os
-
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import scripts
 
 
 @pytest.fixture(scope="module")
 def study():
-  """The script as a module (importing it defines no flags)."""
-  spec = importlib.util.spec_from_file_location(
-      "mechanism_study", os.path.join(REPO, "benchmarks", "mechanism_study.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  """benchmarks/mechanism_study.py as a module (importing it defines no flags)."""
+  return scripts.load_script("benchmarks/mechanism_study.py")
 
 
 def history(id_curve, text_curve, hard):

@@ -4,7 +4,6 @@ pipeline yields them, written atomically), the text codes, the import of top-k
 lists into a run folder, the RecBole-side helpers (torch only), and the command
 end to end with a stand-in for the peers venv's python."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -23,7 +22,7 @@ from alterrec_tf.formats import schema
 from alterrec_tf.models import names as model_names
 from alterrec_tf.recbole import atomic, jobs, lists
 from alterrec_tf.training import evaluation
-from tests import synthetic
+from tests import scripts, synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -254,11 +253,7 @@ def test_model_configs_carry_our_budget():
 
 def load_recbole_run():
   """peers/recbole_run.py as a module (its module level needs only numpy)."""
-  spec = importlib.util.spec_from_file_location(
-      "recbole_run", os.path.join(REPO, "peers", "recbole_run.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return scripts.load_script("peers/recbole_run.py")
 
 
 def test_the_recbole_side_scores_seen_items_out_and_maps_ids_back():
