@@ -121,6 +121,19 @@ def make_variant(source_dir: str, output_dir: str, text_mix: float = 0.0,
   partial = output_dir.rstrip("/") + ".partial"
   shutil.rmtree(partial, ignore_errors=True)
   shutil.copytree(source_dir, partial)
+  try:
+    _write_variant(source_dir, partial, manifest, text_mix, train_share, seed)
+  except BaseException:
+    shutil.rmtree(partial, ignore_errors=True)  # nothing half-written stays
+    raise
+  os.replace(partial, output_dir)
+  return manifest
+
+
+def _write_variant(source_dir: str, partial: str, manifest: dict, text_mix: float,
+                   train_share: float, seed: int) -> None:
+  """Changes the copy in `partial` and its manifest (in place) to the variant."""
+  text_file = manifest["files"].get("text_embeddings")
   changed = []
   if text_mix:
     table = np.load(os.path.join(source_dir, text_file), allow_pickle=False)
@@ -134,6 +147,9 @@ def make_variant(source_dir: str, output_dir: str, text_mix: float = 0.0,
                                train_share, rng)
       totals = {key: totals[key] + counts[key] for key in totals}
       changed.append(name)
+    if not totals["sessions"]:
+      raise ValueError(f"--train_share={train_share} keeps no training session of "
+                       f"{source_dir}; choose a larger share")
     for key in totals:
       if isinstance(manifest.get(f"num_{key}"), dict):
         manifest[f"num_{key}"]["train"] = totals[key]
@@ -141,7 +157,9 @@ def make_variant(source_dir: str, output_dir: str, text_mix: float = 0.0,
     manifest["file_hashes"][name] = schema.file_sha256(os.path.join(partial, name))
   manifest["variant"] = {"text_mix": text_mix, "train_share": train_share, "seed": seed,
                          "source_content_hash": manifest["content_hash"],
-                         "script": "benchmarks/data_variant.py"}
+                         "script": "benchmarks/data_variant.py",
+                         "counts": "num_sessions, num_examples and num_interactions are "
+                                   "the variant's; other counts are the source's"}
   manifest["content_hash"] = schema.content_hash(manifest["file_hashes"])
   manifest["data_identity"] = identity.dataset_identity(partial, manifest)
   suffix = (f"_text_mix{text_mix:g}" if text_mix else "") + (
@@ -149,8 +167,6 @@ def make_variant(source_dir: str, output_dir: str, text_mix: float = 0.0,
   manifest["dataset_name"] = f"{manifest.get('dataset_name', 'dataset')}{suffix}"
   with open(os.path.join(partial, schema.MANIFEST_FILE), "w", encoding="utf-8") as f:
     json.dump(manifest, f, indent=2, sort_keys=True)
-  os.replace(partial, output_dir)
-  return manifest
 
 
 def main(argv) -> None:

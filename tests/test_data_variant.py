@@ -121,6 +121,8 @@ def test_bad_requests_write_nothing(variant, source, tmp_path):
     variant.make_variant(folder, str(tmp_path / "out"))
   with pytest.raises(FileExistsError, match="exists"):
     variant.make_variant(folder, folder, text_mix=0.5)
+  with pytest.raises(ValueError, match="keeps no training session"):  # after the copy
+    variant.make_variant(folder, str(tmp_path / "out"), train_share=1e-9)
   no_text = str(tmp_path / "no_text")
   synthetic.write_dataset(no_text, num_items=40, num_sessions=30, text_dim=0)
   with pytest.raises(ValueError, match="no text table"):
