@@ -28,7 +28,6 @@ recomputed, so training verifies the copy like any prepared dataset. The
 output is written under a temporary name and renamed when complete.
 """
 
-import json
 import os
 import shutil
 import sys
@@ -38,6 +37,7 @@ import numpy as np
 from absl import app, flags
 
 from alterrec_tf.formats import identity, schema
+from data_tools import writer
 
 FLAGS = flags.FLAGS
 
@@ -153,8 +153,7 @@ def _write_variant(source_dir: str, partial: str, manifest: dict, text_mix: floa
     for key in totals:
       if isinstance(manifest.get(f"num_{key}"), dict):
         manifest[f"num_{key}"]["train"] = totals[key]
-  for name in changed:
-    manifest["file_hashes"][name] = schema.file_sha256(os.path.join(partial, name))
+  manifest["file_hashes"].update(writer.file_hashes(partial, changed))
   manifest["variant"] = {"text_mix": text_mix, "train_share": train_share, "seed": seed,
                          "source_content_hash": manifest["content_hash"],
                          "script": "benchmarks/data_variant.py",
@@ -165,8 +164,7 @@ def _write_variant(source_dir: str, partial: str, manifest: dict, text_mix: floa
   suffix = (f"_text_mix{text_mix:g}" if text_mix else "") + (
       f"_train{train_share:g}" if train_share < 1.0 else "")
   manifest["dataset_name"] = f"{manifest.get('dataset_name', 'dataset')}{suffix}"
-  with open(os.path.join(partial, schema.MANIFEST_FILE), "w", encoding="utf-8") as f:
-    json.dump(manifest, f, indent=2, sort_keys=True)
+  writer.write_manifest(partial, manifest)
 
 
 def main(argv) -> None:
