@@ -54,9 +54,9 @@ def check_command(config: alter_config.TrainConfig,
   from alterrec_tf.formats import schema
   if not config.data_dir:
     raise cli.CommandError("--data_dir is required (the output_dir of data_tools.prepare)")
-  from alterrec_tf.training import distribution
+  from alterrec_tf.training import cluster
   alter_config.check_flags(config)
-  chief = distribution.check_cluster(config.distribution, config.run_dir)  # TF_CONFIG
+  chief = cluster.check_cluster(config.distribution, config.run_dir)  # TF_CONFIG
   manifest = schema.load_manifest(config.data_dir, verify_hashes=verify_data)
   alter_config.check_against_dataset(alter_config.resolve_seen_items(config, manifest),
                                      manifest)

@@ -37,7 +37,7 @@ from absl import app, flags
 from alterrec_tf import config as alter_config
 from alterrec_tf import flagfiles
 from alterrec_tf import runs as alter_runs
-from alterrec_tf.training import distribution
+from alterrec_tf.training import cluster
 from benchmarks import common
 
 flags.DEFINE_integer("synthetic_items", 1500, "Catalogue of the synthetic dataset.")
@@ -104,7 +104,7 @@ def measure(config, scratch):
   command = train_command(config.replace(run_dir=two_dir, distribution="multi_worker"))
   threads = max(1, cpus // 2)
   runs = [(command, thread_env(threads, TF_CONFIG=tf_config))
-          for tf_config in distribution.local_tf_configs(2)]
+          for tf_config in cluster.local_tf_configs(2)]
   two = summarise(two_dir, run_processes(runs, FLAGS.timeout_s), 2, threads)
   return one, two
 

@@ -46,7 +46,7 @@ from alterrec_tf import config as alter_config
 from alterrec_tf import runs as alter_runs
 from alterrec_tf.config import TrainConfig
 from alterrec_tf.data import windows as alter_data
-from alterrec_tf.training import distribution
+from alterrec_tf.training import cluster, distribution
 from alterrec_tf.training.trainer import train
 from tests import synthetic
 
@@ -118,7 +118,7 @@ def test_two_workers_train_like_one_process_and_only_the_chief_writes(
   command = [sys.executable, "-m", "alterrec_tf.train"] + exact_config(
       dataset, str(run_dir), distribution="multi_worker").to_flags()
   workers = []
-  for tf_config in distribution.local_tf_configs(2):
+  for tf_config in cluster.local_tf_configs(2):
     env = dict(os.environ, TF_CONFIG=tf_config, TF_CPP_MIN_LOG_LEVEL="3")
     workers.append(subprocess.Popen(command, cwd=REPO, env=env, text=True,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
@@ -185,18 +185,18 @@ def test_replica_slices_cover_the_global_batch_with_empty_windows_as_padding():
 
 def test_multi_worker_needs_a_valid_tf_config():
   with pytest.raises(alter_config.ConfigError, match="TF_CONFIG.*not set"):
-    distribution.is_chief("multi_worker", environ={})
+    cluster.is_chief("multi_worker", environ={})
   with pytest.raises(alter_config.ConfigError, match="not JSON"):
-    distribution.is_chief("multi_worker", environ={"TF_CONFIG": "{cluster"})
-  cluster = {"worker": ["localhost:1", "localhost:2"]}
+    cluster.is_chief("multi_worker", environ={"TF_CONFIG": "{cluster"})
+  workers = {"worker": ["localhost:1", "localhost:2"]}
   with pytest.raises(alter_config.ConfigError, match="task index 2"):
-    distribution.is_chief("multi_worker", environ={"TF_CONFIG": json.dumps(
-        {"cluster": cluster, "task": {"type": "worker", "index": 2}})})
+    cluster.is_chief("multi_worker", environ={"TF_CONFIG": json.dumps(
+        {"cluster": workers, "task": {"type": "worker", "index": 2}})})
   for index, chief in ((0, True), (1, False)):
-    environ = {"TF_CONFIG": json.dumps({"cluster": cluster,
+    environ = {"TF_CONFIG": json.dumps({"cluster": workers,
                                         "task": {"type": "worker", "index": index}})}
-    assert distribution.is_chief("multi_worker", environ=environ) is chief
-  assert distribution.is_chief("none", environ={})
+    assert cluster.is_chief("multi_worker", environ=environ) is chief
+  assert cluster.is_chief("none", environ={})
   with pytest.raises(alter_config.ConfigError, match="loss_weighting=prefix"):
     alter_config.check_flags(TrainConfig(distribution="mirrored", loss_weighting="batch"))
 
@@ -326,10 +326,10 @@ def test_a_peer_that_answers_but_never_joins_is_ended_by_the_watchdog(dataset, t
 
 
 def test_cluster_checks_without_tensorflow(tmp_path):
-  cluster = {"worker": [f"localhost:{free_port()}", "localhost:x"]}
-  environ = {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}})}
+  workers = {"worker": [f"localhost:{free_port()}", "localhost:x"]}
+  environ = {"TF_CONFIG": json.dumps({"cluster": workers, "task": {"type": "worker", "index": 0}})}
   with pytest.raises(alter_config.ConfigError, match=r"worker 1 \(localhost:x\) has no port"):
-    distribution.check_cluster("multi_worker", str(tmp_path / "r"), environ)
-  assert distribution.check_cluster("none", str(tmp_path / "r"), {})
+    cluster.check_cluster("multi_worker", str(tmp_path / "r"), environ)
+  assert cluster.check_cluster("none", str(tmp_path / "r"), {})
   with pytest.raises(alter_config.ConfigError, match="cluster_timeout_s=0"):
     alter_config.check_flags(TrainConfig(cluster_timeout_s=0))
