@@ -37,7 +37,7 @@ from typing import Callable, List, Optional, Sequence, Set, Tuple
 
 from absl import flags, logging
 
-from alterrec_tf import cli, flagfiles
+from alterrec_tf import cli, flagfiles, run_archive
 from alterrec_tf import config as alter_config
 from alterrec_tf import runs as alter_runs
 from alterrec_tf.analysis import report as alter_report
@@ -192,14 +192,14 @@ def restore_archived_runs(models: Sequence[str], seeds: Sequence[int], runs_dir:
   record the old content_hash).
 
   The archive is shared (committed, copied between machines): every run to
-  restore is checked first (`runs.check_archived_run`: its files against its
+  restore is checked first (`run_archive.check_archived_run`: its files against its
   hashes.json, its test figures recomputed from its ranks), and one that fails
   is refused before anything is copied.
 
   Raises:
     RunFileError: naming the archived file (and metric) that fails.
   """
-  alter_runs.copy_migration(archive_dir, runs_dir)  # identities of pre-issue-33 runs
+  run_archive.copy_migration(archive_dir, runs_dir)  # identities of pre-issue-33 runs
   to_restore = []
   for seed in seeds:
     for model in models:
@@ -207,11 +207,11 @@ def restore_archived_runs(models: Sequence[str], seeds: Sequence[int], runs_dir:
       archived = alter_runs.run_dir_of(archive_dir, model, seed)
       if (not os.path.exists(os.path.join(run_dir, alter_runs.RESULTS_FILE))
           and os.path.exists(os.path.join(archived, alter_runs.RESULTS_FILE))):
-        checked = alter_runs.check_archived_run(archived)
+        checked = run_archive.check_archived_run(archived)
         if log is not None:
           log(f"{archived}: {checked}")
         to_restore.append((archived, run_dir))
-  return sum(alter_runs.archive_run(archived, run_dir) for archived, run_dir in to_restore)
+  return sum(run_archive.archive_run(archived, run_dir) for archived, run_dir in to_restore)
 
 
 def run_grid(base_config: alter_config.TrainConfig, models: Sequence[str], seeds: Sequence[int],
@@ -223,7 +223,7 @@ def run_grid(base_config: alter_config.TrainConfig, models: Sequence[str], seeds
   takes each run no other worker has claimed (`claim_run`), so a worker that
   finishes early takes the next free run, whichever runs were finished before
   (a fixed split would leave a worker idle on a half-finished grid). With
-  archive_dir, each finished run is copied there (`runs.archive_run`).
+  archive_dir, each finished run is copied there (`run_archive.archive_run`).
 
   Returns:
     {"trained": n, "skipped": n, "seconds": wall seconds of this call}.
@@ -251,7 +251,7 @@ def run_grid(base_config: alter_config.TrainConfig, models: Sequence[str], seeds
       log(f"{prefix}: finished earlier, skipped ({elapsed})")
       skipped += 1
       if archive_dir:
-        alter_runs.archive_run(run_dir, alter_runs.run_dir_of(archive_dir, model, seed))
+        run_archive.archive_run(run_dir, alter_runs.run_dir_of(archive_dir, model, seed))
       continue
     run_start = time.perf_counter()
     if not finished:
@@ -270,7 +270,7 @@ def run_grid(base_config: alter_config.TrainConfig, models: Sequence[str], seeds
         f"{100 * fused.get('hits@20', float('nan')):.2f} NDCG@20 "
         f"{100 * fused.get('ndcg@20', float('nan')):.2f}")
     if archive_dir:
-      alter_runs.archive_run(run_dir, alter_runs.run_dir_of(archive_dir, model, seed))
+      run_archive.archive_run(run_dir, alter_runs.run_dir_of(archive_dir, model, seed))
     keras.backend.clear_session()
     gc.collect()
   return {"trained": trained, "skipped": skipped, "seconds": time.perf_counter() - start}

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from alterrec_tf import experiments
+from alterrec_tf import experiments, run_archive
 from alterrec_tf import runs as alter_runs
 from alterrec_tf.analysis import long_tail, report, tables
 from alterrec_tf.analysis.runs import load_runs
@@ -195,19 +195,19 @@ def test_archive_run_copies_finished_runs_only_and_replaces_an_archived_run_whol
   run_dir.mkdir(parents=True)
   (run_dir / "config.json").write_text("{}")
   (run_dir / "backup").mkdir()
-  assert not alter_runs.archive_run(str(run_dir), str(archived))  # unfinished: not archived
+  assert not run_archive.archive_run(str(run_dir), str(archived))  # unfinished: not archived
   assert not archived.exists()
   for name, text in (("results.json", '{"hits": 1}'), ("history.json", "[]"),
                      ("best.weights.h5", "weights")):
     (run_dir / name).write_text(text)
   (run_dir / "tb").mkdir()
-  assert alter_runs.archive_run(str(run_dir), str(archived))
+  assert run_archive.archive_run(str(run_dir), str(archived))
   assert {p.name for p in archived.iterdir()} == {"config.json", "results.json", "history.json"}
-  assert not alter_runs.archive_run(str(run_dir), str(archived))  # the same run: no copy
+  assert not run_archive.archive_run(str(run_dir), str(archived))  # the same run: no copy
   # a run trained again replaces the archived one whole: a file the new run lacks goes
   (archived / "alpha_sweep.json").write_text("{}")
   (run_dir / "results.json").write_text('{"hits": 2}')
-  assert alter_runs.archive_run(str(run_dir), str(archived))
+  assert run_archive.archive_run(str(run_dir), str(archived))
   assert json.loads((archived / "results.json").read_text()) == {"hits": 2}
   assert not (archived / "alpha_sweep.json").exists()
   assert sorted(p.name for p in archived.parent.iterdir()) == ["seed0"]  # no staging left
@@ -402,7 +402,7 @@ def edit_results(run_dir, head, metric, value, rehash=True):
 def test_a_restored_run_is_checked_and_a_tampered_one_refused_before_any_copy(tmp_path):
   archive, runs_dir = tmp_path / "archive", tmp_path / "runs"
   good = archived_run(archive, "sasrec")
-  assert alter_runs.check_archived_run(good).startswith("7 figures recomputed")
+  assert run_archive.check_archived_run(good).startswith("7 figures recomputed")
   tampered = archived_run(archive, "alterrec")
   edit_results(tampered, "fused", "hits@20", 0.99)
   with pytest.raises(alter_runs.RunFileError) as refused:
@@ -414,13 +414,13 @@ def test_a_restored_run_is_checked_and_a_tampered_one_refused_before_any_copy(tm
   # a tfrs figure far from the ranks' hits, and a metric the ranks cannot give
   edit_results(tampered, "fused", "hits@20", evaluation.metrics_from_ranks(
       np.load(os.path.join(tampered, "test_ranks.npz"))["fused"])["hits@20"])
-  assert alter_runs.check_archived_run(tampered)
+  assert run_archive.check_archived_run(tampered)
   edit_results(tampered, "fused", "tfrs_hits@10", 0.5)
   with pytest.raises(alter_runs.RunFileError, match="test fused tfrs_hits@10 is 0.5 but"):
-    alter_runs.check_archived_run(tampered)
+    run_archive.check_archived_run(tampered)
   edit_results(tampered, "fused", "tfrs_hits@10", None)
   with pytest.raises(alter_runs.RunFileError, match="tfrs_hits@10 cannot be recomputed"):
-    alter_runs.check_archived_run(tampered)
+    run_archive.check_archived_run(tampered)
   # the hashes: an edited file that the ranks cannot check, a lost ranks file
   shutil.rmtree(tampered)
   tampered = archived_run(archive, "alterrec")
@@ -428,18 +428,18 @@ def test_a_restored_run_is_checked_and_a_tampered_one_refused_before_any_copy(tm
     f.write(" ")
   with pytest.raises(alter_runs.RunFileError,
                      match=f"{tampered}/history.json does not match its SHA-256 in"):
-    alter_runs.check_archived_run(tampered)
+    run_archive.check_archived_run(tampered)
   alter_runs.write_hashes(tampered)
   os.remove(os.path.join(tampered, "test_ranks.npz"))
   with pytest.raises(alter_runs.RunFileError, match=f"{tampered}/test_ranks.npz is missing"):
-    alter_runs.check_archived_run(tampered)
+    run_archive.check_archived_run(tampered)
   shutil.rmtree(tampered)
   # a run archived before hashes.json existed: its figures are still recomputed
   archived_run(archive, "alterrec", hashes=False)
   assert experiments.restore_archived_runs(["sasrec", "alterrec"], [0], str(runs_dir),
                                            str(archive)) == 2
   assert (runs_dir / "sasrec" / "seed0" / "hashes.json").exists()
-  alter_runs.check_hashes(str(runs_dir / "sasrec" / "seed0"))
+  run_archive.check_hashes(str(runs_dir / "sasrec" / "seed0"))
 
 
 def test_the_committed_archive_keeps_restoring(tmp_path):

@@ -229,6 +229,7 @@ def test_every_floor_counts_only_training_sessions(tmp_path, name):
 
 def test_a_floor_run_keeps_the_ranks_of_its_one_test_pass(dataset, tmp_path):
   # the grid's save_test_ranks: written with the run (and hashed), not ranked again
+  from alterrec_tf import run_archive
   from alterrec_tf import runs as alter_runs
   from alterrec_tf.training import trainer
   data_dir, _ = dataset
@@ -242,7 +243,7 @@ def test_a_floor_run_keeps_the_ranks_of_its_one_test_pass(dataset, tmp_path):
                                                          abs=1e-6)
   hashes = alter_runs.read_json(str(run_dir / alter_runs.HASHES_FILE))["sha256"]
   assert alter_runs.TEST_RANKS_FILE in hashes
-  assert alter_runs.check_hashes(str(run_dir))
+  assert run_archive.check_hashes(str(run_dir))
   # the run says which parameters it scored with (the module defaults)
   assert results["floor_parameters"] == {"steps": 5, "weighting": "div", "pruning": 0}
   assert alter_runs.read_json(str(run_dir / "results.json"))["floor_parameters"] == (

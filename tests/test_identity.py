@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from alterrec_tf import experiments
+from alterrec_tf import experiments, run_archive
 from alterrec_tf import runs as alter_runs
 from alterrec_tf import train as alter_train
 from alterrec_tf.config import ConfigError, TrainConfig, resolve_seen_items
@@ -153,7 +153,7 @@ def test_an_old_run_is_migrated_by_the_archive_file_not_rewritten(dataset, tmp_p
     experiments.check_grid(base.replace(data_dir=str(avx)), ["sasrec"], [0], str(runs_dir))
   # the migration file, written where the data is byte-identical to the run's
   shutil.rmtree(runs_dir)
-  alter_runs.write_migration(str(archive), data_dir)
+  run_archive.write_migration(str(archive), data_dir)
   assert experiments.restore_archived_runs(["sasrec"], [0], str(runs_dir), str(archive)) == 1
   assert (runs_dir / alter_runs.MIGRATION_FILE).exists()
   experiments.check_grid(base.replace(data_dir=str(avx)), ["sasrec"], [0], str(runs_dir))

@@ -13,6 +13,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from alterrec_tf import run_archive
 from alterrec_tf import runs as alter_runs
 from alterrec_tf.analysis import runs as report_runs
 from alterrec_tf.config import TrainConfig
@@ -227,7 +228,7 @@ def test_an_imported_run_is_one_the_report_and_the_archive_check_read(synthetic_
     assert saved["target_train_counts"].tolist() == counts[targets["test"]].tolist()
     recomputed = evaluation.metrics_from_ranks(saved["fused"])
   assert results["test"]["fused"] == pytest.approx(recomputed, abs=1e-6)
-  assert "figures recomputed" in alter_runs.check_archived_run(run_dir)
+  assert "figures recomputed" in run_archive.check_archived_run(run_dir)
   [run] = report_runs.load_runs(runs_dir)
   assert run.model == "recbole_sasrec"
   assert model_names.display_name(run.model) == "SASRec (RecBole 1.2.1)"
@@ -434,7 +435,7 @@ def test_the_command_exports_runs_imports_and_resumes(tmp_path):
   assert "sasrec: test Hits@10 100.00, Hits@20 100.00" in out.stdout
   for model in ("recbole_sasrec", "recbole_gru4rec"):
     run_dir = alter_runs.run_dir_of(str(peers_dir / "runs"), model, 0)
-    assert "figures recomputed" in alter_runs.check_archived_run(run_dir)
+    assert "figures recomputed" in run_archive.check_archived_run(run_dir)
   again = peers_command(*args)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "stand-in trained" not in again.stdout and again.stdout.count("finished already") == 2
