@@ -48,6 +48,11 @@ CELLS: Dict[str, tuple] = {
     "neg800_gate": (("alterrec",), ["--k2=806", "--hard_negative_gate=0.9"]),
     "neg800_guard": (("alterrec",), ["--k2=806", "--false_negative_cosine=0.8"]),
     "neg800_cooc": (("alterrec",), ["--k2=806", "--false_negative_cooccurrence=20"]),
+    # Each network kept at its own best epoch (alpha chosen on validation with them).
+    "neg800_each": (("alterrec",), ["--k2=806", "--tower_selection=each"]),
+    # AlterRec_aug (Eq. 10-11): the partner's top-p as extra positives, weight beta.
+    "neg800_aug": (("alterrec_aug",), ["--k2=806", "--beta=0.5"]),
+    "neg800_aug_beta0.1": (("alterrec_aug",), ["--k2=806", "--beta=0.1"]),
     # Online Retail, 50 negatives: the ID network falls in its first hard epoch; are the
     # partner's negatives false ones (close in text, or bought together)?
     "neg50_guard": (("alterrec",), ["--k2=56", "--false_negative_cosine=0.8"]),
