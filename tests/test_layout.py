@@ -23,7 +23,7 @@ LAYERS = (
     ("lower", ("alterrec_tf.models", "alterrec_tf.data", "alterrec_tf.formats",
                "alterrec_tf.text")),
     ("settings", ("alterrec_tf.flagfiles", "alterrec_tf.cli", "alterrec_tf.config",
-                  "alterrec_tf.runs")),
+                  "alterrec_tf.runs", "alterrec_tf.run_archive")),
     ("upper", ("alterrec_tf.training", "alterrec_tf.serving", "alterrec_tf.analysis",
                "alterrec_tf.recbole")),
     ("commands", COMMANDS),
