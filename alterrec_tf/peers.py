@@ -72,6 +72,9 @@ def define_flags() -> None:
                        "Item attributes of FDSA and S3Rec: the text vectors cut into this many "
                        "slices, each k-means coded (0: no attributes).")
   flags.DEFINE_integer("text_code_size", 32, "Clusters per text slice.")
+  flags.DEFINE_integer("text_code_seed", 0,
+                       "Seed of the text codes' k-means: a property of the export, not of a "
+                       "run, so every --seed trains on the same attributes and export.")
 
 
 class PeerError(cli.CommandError):
@@ -184,7 +187,8 @@ def main(argv: List[str]) -> None:
   start = time.perf_counter()
   atomic_dir = os.path.join(peers_dir, "atomic", name)
   export = atomic.export(config.data_dir, atomic_dir, config.max_len,
-                         values.text_code_subspaces, values.text_code_size, config.seed)
+                         values.text_code_subspaces, values.text_code_size,
+                         values.text_code_seed)
   rows = export["rows"]
   print(f"export {atomic_dir}: {rows['train']} / {rows['valid']} / {rows['test']} train / "
         f"valid / test prefixes, {export['num_items'] - 1} items, max_len {export['max_len']} "

@@ -423,12 +423,13 @@ def stand_in_venv(folder):
 def test_the_command_exports_runs_imports_and_resumes(tmp_path):
   data_dir = str(tmp_path / "data")
   synthetic.write_dataset(data_dir, num_items=30, num_sessions=20, max_session_length=12,
-                          text_dim=0)
+                          text_dim=8)
   venv = str(tmp_path / "venv")
   stand_in_venv(venv)
   peers_dir = tmp_path / "peers"
   args = [f"--data_dir={data_dir}", "--models=sasrec,gru4rec", f"--peers_dir={peers_dir}",
-          f"--peers_venv={venv}", "--max_len=6"]
+          f"--peers_venv={venv}", "--text_code_subspaces=2", "--text_code_size=3",
+          "--max_len=6"]
   out = peers_command(*args)
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.count("stand-in trained") == 2
@@ -436,9 +437,20 @@ def test_the_command_exports_runs_imports_and_resumes(tmp_path):
   for model in ("recbole_sasrec", "recbole_gru4rec"):
     run_dir = alter_runs.run_dir_of(str(peers_dir / "runs"), model, 0)
     assert "figures recomputed" in run_archive.check_archived_run(run_dir)
+  export_file = os.path.join(peers_dir, "atomic", "synthetic", "export.json")
+  with open(export_file, encoding="utf-8") as f:
+    export = json.load(f)
   again = peers_command(*args)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "stand-in trained" not in again.stdout and again.stdout.count("finished already") == 2
+  # another training seed: a new run folder on the same export (text codes included)
+  seed1 = peers_command(*args[:1], "--models=sasrec", *args[2:], "--seed=1")
+  assert seed1.returncode == 0, seed1.stderr[-3000:]
+  assert seed1.stdout.count("stand-in trained") == 1
+  with open(export_file, encoding="utf-8") as f:
+    assert json.load(f) == export
+  assert "figures recomputed" in run_archive.check_archived_run(
+      alter_runs.run_dir_of(str(peers_dir / "runs"), "recbole_sasrec", 1))
   changed = peers_command(*args[:-1], "--max_len=5", "--models=sasrec")
   assert changed.returncode == 1 and "other settings or data" in changed.stderr
 
