@@ -1,12 +1,12 @@
-"""An archived run (a grid's `--archive_dir`, the committed benchmark runs):
-checked before it is restored, copied whole, and the data identities kept
-beside archives older than results.json's `data_identity`.
+"""Archived runs (a grid's `--archive_dir`, the committed benchmark runs).
 
 An archived run is checked before it is restored into a grid
 (`check_archived_run`): its files against hashes.json where it has one, and
 every test metric of its results.json recomputed from its test_ranks.npz
 (`check_figures`). `archive_run` copies a finished run's `runs.ARCHIVED_FILES`
 both ways (archiving, restoring), never leaving a mix of old and new files.
+Archives older than results.json's `data_identity` keep a `runs.MIGRATION_FILE`
+beside them (`write_migration`, `copy_migration`).
 """
 
 import json

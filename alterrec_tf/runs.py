@@ -43,7 +43,7 @@ RUN_FILES = (CONFIG_FILE, HISTORY_FILE, BEST_WEIGHTS_FILE, RESULTS_FILE, TEST_RA
 HASHED_FILES = (CONFIG_FILE, HISTORY_FILE, BEST_WEIGHTS_FILE, RESULTS_FILE, TEST_RANKS_FILE,
                 SWEEP_FILE)
 # What the report and a resumed grid read of a finished run: the files an
-# archive of finished runs keeps (`archive_run`; no weights, backup or logs).
+# archive of finished runs keeps (`run_archive.archive_run`; no weights, backup or logs).
 ARCHIVED_FILES = (CONFIG_FILE, HISTORY_FILE, RESULTS_FILE, TEST_RANKS_FILE, SWEEP_FILE,
                   HASHES_FILE)
 DAMAGED_RUN_HINT = ("train that run again (delete its folder, or train with --overwrite), or "
