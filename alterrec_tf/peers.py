@@ -17,12 +17,14 @@
 
 The models train on our flags' budget (`recbole.jobs`: d, layers, heads, dropout,
 learning rate, epochs, patience, batch in prefixes, seed); --peers_config
-overrides any RecBole entry. Resumable: a finished model (same job) is skipped,
-one whose RecBole run finished but was not imported is only imported, and one
-killed while training goes on after its last finished epoch (the RecBole side's
-resume.pt); --overwrite trains the listed models again from the start. A model
-that fails is named with its log and the others go on; the command then exits
-with status 1.
+overrides any RecBole entry. Resumable: a finished model is skipped when its
+settings are the same and its data too, up to the float rounding of the text
+table (so also on a machine whose CPU rounds the sentence encoder differently:
+`recbole.lists.finished_run_conflicts`); one whose RecBole run finished but was
+not imported is only imported, and one killed while training goes on after its
+last finished epoch (the RecBole side's resume.pt); --overwrite trains the
+listed models again from the start. A model that fails is named with its log
+and the others go on; the command then exits with status 1.
 """
 
 import json
@@ -130,13 +132,6 @@ def _train_batch_size(config: alter_config.TrainConfig, values: flags.FlagValues
   return jobs.prefixes_per_step(config.batch_size, train_rows, count)
 
 
-def _finished(run_dir: str) -> Optional[str]:
-  """job_id of a finished run folder, None where there is none."""
-  if not os.path.isfile(os.path.join(run_dir, alter_runs.RESULTS_FILE)):
-    return None
-  return alter_runs.read_json(os.path.join(run_dir, alter_runs.CONFIG_FILE)).get("job_id")
-
-
 def _stored_job_id(work_dir: str) -> Optional[str]:
   path = os.path.join(work_dir, "job.json")
   if not os.path.isfile(path):
@@ -197,6 +192,7 @@ def main(argv: List[str]) -> None:
   test_order = atomic.evaluation_order(config.data_dir, config.max_len, config.eval_batch_size)
   batch_size = _train_batch_size(config, values, manifest, rows["train"])
   threads = _threads(values.peers_threads)
+  data = alter_runs.dataset_identity(config.data_dir, manifest)
   python = os.path.join(values.peers_venv, "bin", "python")
   finished: List[str] = []
   failures: List[str] = []
@@ -213,15 +209,15 @@ def main(argv: List[str]) -> None:
     run_dir = alter_runs.run_dir_of(os.path.join(peers_dir, "runs"), lists.run_name(model),
                                     config.seed)
     identity = jobs.job_id(job)
-    done = _finished(run_dir)
-    if done is not None and (done != identity or config.overwrite):
+    conflicts = lists.finished_run_conflicts(run_dir, job, export, config.data_dir, manifest)
+    if conflicts is not None and (conflicts or config.overwrite):
       if not config.overwrite:
-        failures.append(f"{run_dir} holds a {model} run with other settings or data (compare "
-                        "its config.json's job); --overwrite trains it again")
+        failures.append(f"{run_dir} holds a {model} run with other settings or data: "
+                        f"{'; '.join(conflicts)}; --overwrite trains it again")
         continue
       shutil.rmtree(run_dir)
-      done = None
-    if done is not None:
+      conflicts = None
+    if conflicts is not None:
       print(f"{model}: finished already ({run_dir})", flush=True)
       finished.append(run_dir)
       continue
@@ -243,7 +239,7 @@ def main(argv: List[str]) -> None:
         continue
     try:
       results = lists.write_run(result_dir, export, targets, job, run_dir, config.ks,
-                                config.mrr_k, process_seconds, test_order)
+                                config.mrr_k, process_seconds, test_order, data)
     except lists.ListsError as error:
       failures.append(f"RecBole's {model} lists do not fit the export ({error}): "
                       f"{result_dir}")

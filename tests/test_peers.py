@@ -24,6 +24,7 @@ from alterrec_tf.models import names as model_names
 from alterrec_tf.recbole import atomic, jobs, lists
 from alterrec_tf.training import evaluation
 from tests import scripts, synthetic
+from tests.test_identity import another_machine
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -235,6 +236,117 @@ def test_an_imported_run_is_one_the_report_and_the_archive_check_read(synthetic_
   assert model_names.order_key("recbole_sasrec") > model_names.order_key("alterrec_aug")
 
 
+def test_a_finished_run_counts_on_another_cpu_but_not_on_other_data_or_settings(tmp_path):
+  data_dir = str(tmp_path / "data")
+  manifest = synthetic.write_dataset(data_dir, num_items=40, num_sessions=30,
+                                     max_session_length=8, text_dim=16)
+  export = atomic.export(data_dir, str(tmp_path / "atomic" / "synthetic"), max_len=6,
+                         subspaces=2, codes=3)
+  targets = atomic.read_targets(str(tmp_path / "atomic" / "synthetic"))
+  fake_result(str(tmp_path / "result"), targets, manifest["num_items"])
+  job = {"model": "fdsa", "config": {"seed": 0, "hidden_size": 8}, "top_k": 20,
+         "export_id": export["export_id"], "text_codes": True}
+  runs_dir = str(tmp_path / "runs")
+  run_dir = alter_runs.run_dir_of(runs_dir, "recbole_fdsa", 0)
+  assert lists.finished_run_conflicts(run_dir, job, export, data_dir, manifest) is None
+  results = lists.write_run(str(tmp_path / "result"), export, targets, job, run_dir,
+                            data_identity=alter_runs.dataset_identity(data_dir, manifest))
+  assert results["data_identity"]["text"]["shape"] == [40, 16]
+  assert lists.finished_run_conflicts(run_dir, job, export, data_dir, manifest) == []
+
+  # another CPU: the text table differs in the last bits, so the export (its id
+  # hashes the bytes) and the job id change, yet the finished run is the same run
+  cpu_dir = str(tmp_path / "avx512")
+  cpu_manifest = another_machine(data_dir, cpu_dir)
+  cpu_export = atomic.export(cpu_dir, str(tmp_path / "atomic_cpu" / "synthetic"), max_len=6,
+                             subspaces=2, codes=3)
+  cpu_job = dict(job, export_id=cpu_export["export_id"])
+  assert jobs.job_id(cpu_job) != jobs.job_id(job)
+  assert lists.finished_run_conflicts(run_dir, cpu_job, cpu_export, cpu_dir, cpu_manifest) == []
+
+  # a real change of the text, or other settings, are refused with the reason
+  changed_dir = str(tmp_path / "changed")
+  changed_manifest = another_machine(data_dir, changed_dir, value_change=0.5)
+  [line] = lists.finished_run_conflicts(run_dir, job, export, changed_dir, changed_manifest)
+  assert schema.TEXT_EMBEDDINGS_FILE in line and "beyond float rounding" in line
+  other_config = dict(job, config={"seed": 0, "hidden_size": 16})
+  assert lists.finished_run_conflicts(run_dir, other_config, export, data_dir, manifest) == [
+      "its settings differ (compare config.json's job)"]
+  shorter = atomic.export(data_dir, str(tmp_path / "atomic5" / "synthetic"), max_len=5,
+                          subspaces=2, codes=3)
+  assert lists.finished_run_conflicts(run_dir, dict(job, export_id=shorter["export_id"]),
+                                      shorter, data_dir, manifest)
+  # the text codes' settings belong to the models that read them
+  reseeded = dict(export, text_codes=dict(export["text_codes"], seed=1))
+  assert jobs.settings_id(job, reseeded) != jobs.settings_id(job, export)
+  sasrec = dict(job, model="sasrec", text_codes=False)
+  assert jobs.settings_id(sasrec, reseeded) == jobs.settings_id(sasrec, export)
+
+
+def test_a_run_folder_from_before_settings_id_counts_through_its_content_hash(tmp_path):
+  data_dir = str(tmp_path / "data")
+  manifest = synthetic.write_dataset(data_dir, num_items=40, num_sessions=30,
+                                     max_session_length=8, text_dim=16)
+  export = atomic.export(data_dir, str(tmp_path / "atomic" / "synthetic"), max_len=6,
+                         subspaces=2, codes=3)
+  targets = atomic.read_targets(str(tmp_path / "atomic" / "synthetic"))
+  fake_result(str(tmp_path / "result"), targets, manifest["num_items"])
+  job = {"model": "sasrec", "config": {"seed": 0}, "top_k": 20,
+         "export_id": export["export_id"], "text_codes": False}
+  runs_dir = str(tmp_path / "runs")
+  run_dir = alter_runs.run_dir_of(runs_dir, "recbole_sasrec", 0)
+  lists.write_run(str(tmp_path / "result"), export, targets, job, run_dir)
+  for name, key in ((alter_runs.CONFIG_FILE, "settings_id"),
+                    (alter_runs.RESULTS_FILE, "data_identity")):  # as written before
+    content = alter_runs.read_json(os.path.join(run_dir, name))
+    del content[key]
+    alter_runs.write_json_atomic(os.path.join(run_dir, name), content)
+  assert lists.finished_run_conflicts(run_dir, job, export, data_dir, manifest) == []
+  other_config = dict(job, config={"seed": 1})
+  [line] = lists.finished_run_conflicts(run_dir, other_config, export, data_dir, manifest)
+  assert "config" in line
+  shorter = atomic.export(data_dir, str(tmp_path / "atomic5" / "synthetic"), max_len=5,
+                          subspaces=2, codes=3)
+  [line] = lists.finished_run_conflicts(run_dir, dict(job, export_id=shorter["export_id"]),
+                                        shorter, data_dir, manifest)
+  assert "export had other settings" in line
+  # on another CPU only a migration file beside the runs names its content_hash's identity
+  cpu_dir = str(tmp_path / "avx512")
+  cpu_manifest = another_machine(data_dir, cpu_dir)
+  cpu_export = atomic.export(cpu_dir, str(tmp_path / "atomic_cpu" / "synthetic"), max_len=6,
+                             subspaces=2, codes=3)
+  cpu_job = dict(job, export_id=cpu_export["export_id"])
+  [line] = lists.finished_run_conflicts(run_dir, cpu_job, cpu_export, cpu_dir, cpu_manifest)
+  assert alter_runs.MIGRATION_FILE in line
+  run_archive.write_migration(runs_dir, data_dir)
+  assert lists.finished_run_conflicts(run_dir, cpu_job, cpu_export, cpu_dir, cpu_manifest) == []
+
+
+def test_every_committed_peer_run_names_its_data_as_machines_agree_on():
+  """A committed run counts on another CPU only when its data_identity is
+  recorded, in results.json or (older runs) in the migration file beside the
+  runs; a content_hash nobody could record is listed as unverified, with why."""
+  archive = os.path.join(REPO, "benchmarks", "peers_runs")
+  checked = 0
+  for dataset in sorted(os.listdir(archive)):
+    runs_dir = os.path.join(archive, dataset, "runs")
+    migration_file = os.path.join(runs_dir, alter_runs.MIGRATION_FILE)
+    migration = (alter_runs.read_json(migration_file) if os.path.exists(migration_file)
+                 else {})
+    for model in sorted(os.listdir(runs_dir)):
+      for seed in sorted(os.listdir(os.path.join(runs_dir, model)) if os.path.isdir(
+          os.path.join(runs_dir, model)) else []):
+        results = alter_runs.read_json(os.path.join(runs_dir, model, seed,
+                                                    alter_runs.RESULTS_FILE))
+        checked += 1
+        if results.get("data_identity"):
+          continue
+        old_hash = results["data_content_hash"]
+        assert (old_hash in migration.get("identities", {})
+                or migration.get("unverified", {}).get(old_hash)), (model, seed, old_hash)
+  assert checked
+
+
 def test_model_configs_carry_our_budget():
   settings = TrainConfig(embedding_dim=128, num_layers=2, num_heads=2, dropout=0.1,
                          learning_rate=1e-3, m_max=30, early_stopping_patience=6, seed=3)
@@ -419,7 +531,7 @@ def stand_in_venv(folder):
   os.chmod(path, 0o755)
 
 
-@pytest.mark.slow  # (three command runs, each loading TensorFlow: about 100 s on 2 cores)
+@pytest.mark.slow  # (five command runs, each loading TensorFlow: about 150 s on 2 cores)
 def test_the_command_exports_runs_imports_and_resumes(tmp_path):
   data_dir = str(tmp_path / "data")
   synthetic.write_dataset(data_dir, num_items=30, num_sessions=20, max_session_length=12,
@@ -453,6 +565,15 @@ def test_the_command_exports_runs_imports_and_resumes(tmp_path):
       alter_runs.run_dir_of(str(peers_dir / "runs"), "recbole_sasrec", 1))
   changed = peers_command(*args[:-1], "--max_len=5", "--models=sasrec")
   assert changed.returncode == 1 and "other settings or data" in changed.stderr
+  # the same data prepared on a CPU that rounds the text table differently: the
+  # export is made again, the finished runs are skipped, nothing trains
+  cpu_dir = str(tmp_path / "avx512")
+  another_machine(data_dir, cpu_dir)
+  moved = peers_command(f"--data_dir={cpu_dir}", *args[1:])
+  assert moved.returncode == 0, moved.stderr[-3000:]
+  assert "stand-in trained" not in moved.stdout and moved.stdout.count("finished already") == 2
+  with open(export_file, encoding="utf-8") as f:
+    assert json.load(f)["export_id"] != export["export_id"]
 
 
 def test_the_command_refuses_what_it_cannot_run(tmp_path):

@@ -87,6 +87,34 @@ def prefixes_per_step(batch_size: int, train_prefixes: int, train_windows: int) 
 
 
 def job_id(job: Dict[str, Any]) -> str:
-  """Hash of what decides a run's result (the model, its config, the export)."""
+  """Hash of what decides a RecBole process's output: the model, its config and
+  this exact export (`export_id`: the data's bytes). It ties a work folder's
+  lists and resume file to the export they were made from."""
   key = {name: job[name] for name in ("model", "config", "export_id", "top_k")}
+  return _hash(key)
+
+
+def export_settings(export: Dict[str, Any], text_codes: bool) -> Dict[str, Any]:
+  """What an export adds to the data, as far as a model reads it: the export
+  version, max_len and, for a model that reads item attributes, the text-code
+  settings (subspaces, codes, k-means seed and iterations)."""
+  return {"version": export["version"], "max_len": export["max_len"],
+          "text_codes": export.get("text_codes") if text_codes else None}
+
+
+def settings_id(job: Dict[str, Any], export: Dict[str, Any]) -> str:
+  """Hash of what decides a run's result apart from the data: the model, its
+  config, top_k and the export's settings (`export_settings`).
+
+  Unlike `job_id` it names no bytes of the data, so two machines whose CPUs
+  round the text table differently agree on it; whether a finished run was
+  trained on the same data is checked apart, by its recorded `data_identity`
+  (`lists.finished_run_conflicts`).
+  """
+  key = {name: job[name] for name in ("model", "config", "top_k")}
+  key["export"] = export_settings(export, bool(job.get("text_codes")))
+  return _hash(key)
+
+
+def _hash(key: Dict[str, Any]) -> str:
   return hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()

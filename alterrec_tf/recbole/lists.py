@@ -12,26 +12,33 @@ reach that.
 
 The run folder (`runs.run_dir_of(runs_dir, "recbole_<model>", seed)`):
 
-  config.json     the RecBole config, the job, the export it ran on; ks and mrr_k
+  config.json     the RecBole config, the job, the export it ran on, its
+                  settings_id (`jobs.settings_id`); ks and mrr_k
   history.json    per epoch: seconds, loss, RecBole's own validation figures
                   (`valid/recbole/...`, seen items scored out like ours)
   results.json    valid and test Hits/NDCG@K, MRR (ours, head "fused"), best epoch,
-                  compute (wall seconds), source "RecBole 1.2.1"
+                  compute (wall seconds), source "RecBole 1.2.1", the data's
+                  data_identity (`formats.identity`)
   test_ranks.npz  "fused" ranks, "targets" and "target_train_counts" of every test
                   row, in our evaluator's order (the archive check recomputes the
                   figures from them; the long-tail table compares them with ours)
   hashes.json     (`runs.write_results`)
+
+A finished run folder stands for a job when its settings_id is the job's and
+its data_identity matches the data (`finished_run_conflicts`): on another CPU,
+whose sentence encoder rounds the text table differently, the export is made
+again (its export_id hashes the data's bytes) but the finished runs still count.
 """
 
 import json
 import os
-from typing import Any, Dict, Iterable, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
 from alterrec_tf import runs as alter_runs
 from alterrec_tf.models import names as model_names
-from alterrec_tf.recbole import jobs
+from alterrec_tf.recbole import atomic, jobs
 from alterrec_tf.training import evaluation
 
 RESULT_DIR = "result"  # peers/recbole_run.py's RESULT_DIR
@@ -92,7 +99,8 @@ def write_run(result_dir: str, export: Dict[str, Any], targets: Dict[str, np.nda
               job: Dict[str, Any], run_dir: str, ks: Tuple[int, ...] = (10, 20),
               mrr_k: int = 20,
               process_seconds: Optional[float] = None,
-              test_order: Optional[np.ndarray] = None) -> dict:
+              test_order: Optional[np.ndarray] = None,
+              data_identity: Optional[Dict[str, Any]] = None) -> dict:
   """Turns `result_dir` (recbole_run.py's output) into the run folder `run_dir`.
 
   Args:
@@ -107,6 +115,8 @@ def write_run(result_dir: str, export: Dict[str, Any], targets: Dict[str, np.nda
     test_order: int [rows], the export rows in our evaluator's order
       (`atomic.evaluation_order`): test_ranks.npz is written in that order, as our
       runs' are, so the report compares them prefix by prefix; None: export order.
+    data_identity: the `data_identity` of the prepared dataset the export was
+      made from (`runs.dataset_identity`), recorded in results.json.
 
   Returns:
     results.json's content.
@@ -137,6 +147,7 @@ def write_run(result_dir: str, export: Dict[str, Any], targets: Dict[str, np.nda
       "model": name, "source": info.get("source", f"RecBole {jobs.RECBOLE_VERSION}"),
       "recbole_model": info["model"], "seed": job["config"].get("seed", 0),
       "dataset": export.get("dataset", ""), "data_content_hash": export.get("data_content_hash"),
+      "data_identity": data_identity,
       "export_id": export["export_id"], "best_epoch": info["best_epoch"],
       "epochs_run": info["epochs_run"], "selection": "valid hits@20 (RecBole's trainer and "
       "early stopping; seen items scored out)", "seen_items": "exclude",
@@ -153,7 +164,8 @@ def write_run(result_dir: str, export: Dict[str, Any], targets: Dict[str, np.nda
   config = {"model": name, "source": results["source"], "seed": results["seed"],
             "ks": list(ks), "mrr_k": mrr_k, "data_dir": export.get("data_dir"),
             "max_len": export["max_len"], "export_id": export["export_id"],
-            "job_id": jobs.job_id(job), "job": job, "recbole_config": info.get("config", {})}
+            "job_id": jobs.job_id(job), "settings_id": jobs.settings_id(job, export),
+            "job": job, "recbole_config": info.get("config", {})}
   os.makedirs(run_dir, exist_ok=True)
   alter_runs.write_json_atomic(os.path.join(run_dir, alter_runs.CONFIG_FILE), config)
   alter_runs.write_json_atomic(os.path.join(run_dir, alter_runs.HISTORY_FILE), history)
@@ -168,3 +180,47 @@ def write_run(result_dir: str, export: Dict[str, Any], targets: Dict[str, np.nda
   os.replace(tmp, ranks_path)
   alter_runs.write_results(run_dir, results)
   return results
+
+
+def finished_run_conflicts(run_dir: str, job: Dict[str, Any], export: Dict[str, Any],
+                           data_dir: str, manifest: dict) -> Optional[List[str]]:
+  """How the finished run in run_dir differs from `job` on the data in data_dir.
+
+  The settings must be the job's exactly (`jobs.settings_id`); the data must be
+  the same up to float rounding of the text table (`runs.data_conflicts`:
+  exact on sessions, vocabulary and split). A run folder written before
+  config.json held settings_id and results.json data_identity counts when its
+  job's model, config and top_k are this job's and its export_id is the one
+  these export settings give on the data content_hash it recorded (and that
+  hash is the current data's, or a `runs.MIGRATION_FILE` beside the runs maps
+  it to an identity that matches).
+
+  Args:
+    run_dir: a run folder of `write_run` (or none).
+    job: the job the command would run now.
+    export: the export it would run on (`atomic.export`).
+    data_dir, manifest: the prepared dataset and its manifest.
+
+  Returns:
+    None where run_dir holds no finished run; otherwise the differences, one
+    line each (empty: the finished run is this job's).
+  """
+  if not os.path.isfile(os.path.join(run_dir, alter_runs.RESULTS_FILE)):
+    return None
+  recorded = alter_runs.read_json(os.path.join(run_dir, alter_runs.CONFIG_FILE))
+  results = alter_runs.read_json(os.path.join(run_dir, alter_runs.RESULTS_FILE))
+  problems = []
+  if "settings_id" in recorded:
+    if recorded["settings_id"] != jobs.settings_id(job, export):
+      problems.append("its settings differ (compare config.json's job)")
+  else:
+    old_job = recorded.get("job") or {}
+    changed = [name for name in ("model", "config", "top_k") if old_job.get(name) != job[name]]
+    legacy_export = atomic.export_id({"content_hash": results.get("data_content_hash")},
+                                     export["max_len"], export.get("text_codes"))
+    if changed:
+      problems.append(f"its job's {', '.join(changed)} differ (compare config.json's job)")
+    elif old_job.get("export_id") != legacy_export:
+      problems.append("its export had other settings (max_len, text codes or export version)")
+  problems += alter_runs.data_conflicts(run_dir, results, data_dir, manifest)
+  return problems
