@@ -18,6 +18,7 @@ def breakdown(model, batch, config, repeats=3):
 
   from alterrec_tf.data.windows import scored_positions
   from alterrec_tf.models import negatives as alter_negatives
+  from alterrec_tf.models import partner as alter_partner
   batch = {k: tf.constant(v) for k, v in batch.items()}
   positions, targets = scored_positions(batch)
   item_ids = batch["item_ids"]
@@ -42,8 +43,8 @@ def breakdown(model, batch, config, repeats=3):
 
     @tf.function(autograph=False)
     def whole_signal(name=name):
-      return model._partner_signal(
-          name, item_ids, positions, targets, seed)
+      return alter_partner.partner_signal(
+          model, name, item_ids, positions, targets, seed)
 
     @tf.function(autograph=False)
     def forward_only(tower=tower, negatives=negatives):

@@ -9,6 +9,7 @@ from alterrec_tf.data import windows as alter_data
 from alterrec_tf.data.windows import scored_positions
 from alterrec_tf.formats import schema
 from alterrec_tf.models import negatives, registry, scoring
+from alterrec_tf.models import partner as alter_partner
 from alterrec_tf.models.contract import ID_PHASE, TEXT_PHASE
 from alterrec_tf.training import evaluation
 from tests import synthetic
@@ -78,9 +79,10 @@ def test_chunked_hard_negatives_are_the_same_partner_ranks(tmp_path, seen_items)
   whole = _model("alterrec", manifest, text, 0, seen_items)
   chunked = _model("alterrec", manifest, text, 5, seen_items)
   chunked.set_weights(whole.get_weights())
-  for partner in ("id", "text"):
-    expected = whole._frozen_top_k(partner, item_ids, positions, 12, sorted_list=True)
-    values, ids = chunked._frozen_top_k(partner, item_ids, positions, 12, sorted_list=True)
+  for name in ("id", "text"):
+    expected = alter_partner.frozen_top_k(whole, name, item_ids, positions, 12, sorted_list=True)
+    values, ids = alter_partner.frozen_top_k(chunked, name, item_ids, positions, 12,
+                                       sorted_list=True)
     np.testing.assert_array_equal(ids.numpy(), expected[1].numpy())
     # A [P, C] matmul may round the last bits differently from a [P, V] one. A
     # score's rounding error scales with its dot product's terms, not with the

@@ -99,15 +99,15 @@ def test_the_variant_not_the_name_decides_partners_and_augmentation(dataset):
   assert partners["alterrec_random"] == {"id": None, "text": None}
   assert partners["id_only"] == {"id": None}
   aug = _build(dataset, "alterrec_aug", p=1)
-  assert aug.variant.augmented_positives and aug._augments()
-  assert not _build(dataset, "alterrec")._augments()
+  assert aug.variant.augmented_positives
+  assert not _build(dataset, "alterrec").variant.augmented_positives
   # a model named alterrec built as the augmented variant augments: the name is a label
   _, manifest, text = dataset
   settings = ModelSettings.of(small_config(model="alterrec", max_len=MAX_LEN, embedding_dim=8,
                                            seen_items="exclude"))
   relabelled = AlterRec(settings, manifest["num_items"], text,
                         names.ALTERREC_VARIANTS["alterrec_aug"])
-  assert relabelled._augments() and relabelled.partner_of("id") == "text"
+  assert relabelled.variant.augmented_positives and relabelled.partner_of("id") == "text"
   random = AlterRec(settings, manifest["num_items"], text,
                     names.ALTERREC_VARIANTS["alterrec_random"])
   assert random.partner_of("id") is None and random.partner_of("text") is None

@@ -13,6 +13,7 @@ from alterrec_tf.data import windows as alter_data
 from alterrec_tf.data.windows import scored_positions
 from alterrec_tf.formats import schema
 from alterrec_tf.models import negatives, registry
+from alterrec_tf.models import partner as alter_partner
 from alterrec_tf.models.alterrec import AlterRec
 from alterrec_tf.models.baselines import floors
 from alterrec_tf.models.contract import ID_PHASE, TEXT_PHASE
@@ -70,8 +71,8 @@ def test_guarded_model_never_draws_a_close_negative():
   batch = window_batch([6, 7, 8])
   positions, targets = scored_positions(batch)
   model.hard_negatives.assign(1)
-  got, _ = model._partner_signal("id", batch[alter_data.ITEM_IDS], positions, targets,
-                                 tf.constant([0, 0]))
+  got, _ = alter_partner.partner_signal(model, "id", batch[alter_data.ITEM_IDS], positions, targets,
+                                  tf.constant([0, 0]))
   unit = text_table() / np.maximum(np.linalg.norm(text_table(), axis=1, keepdims=True), 1e-12)
   cosines = np.einsum("pd,pkd->pk", unit[targets.numpy()], unit[got.numpy()])
   kept = got.numpy() != 0
@@ -138,8 +139,8 @@ def test_cooccurrence_guarded_model_never_draws_a_listed_partner():
         partner_lists=lists if guard else None)
     model.build_all()
     model.hard_negatives.assign(1)
-    return model._partner_signal("id", batch[alter_data.ITEM_IDS], positions, targets,
-                                 tf.constant([0, 0]))[0].numpy()
+    return alter_partner.partner_signal(model, "id", batch[alter_data.ITEM_IDS], positions,
+                                  targets, tf.constant([0, 0]))[0].numpy()
 
   guarded, plain = hard_negatives(5), hard_negatives(0)
   listed = np.array([[item in lists[target] for item in row]
@@ -161,7 +162,7 @@ def test_registry_counts_the_training_sessions_for_the_cooccurrence_guard(tmp_pa
   model = registry.build_model(config, manifest, text, train_files=train_files)
   expected = cooccurrence.top_cooccurring(floors.read_sessions(train_files),
                                           manifest["num_items"], 4)
-  np.testing.assert_array_equal(model._partner_lists.numpy(), expected)
+  np.testing.assert_array_equal(model.partner_lists.numpy(), expected)
   assert (expected < manifest["num_items"]).any()
   with pytest.raises(ValueError, match="train_files"):
     registry.build_model(config, manifest, text)

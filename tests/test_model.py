@@ -8,6 +8,7 @@ from alterrec_tf.config import TrainConfig
 from alterrec_tf.data import windows as alter_data
 from alterrec_tf.models import layers as alter_layers
 from alterrec_tf.models import negatives
+from alterrec_tf.models import partner as alter_partner
 from alterrec_tf.models.alterrec import AlterRec
 from alterrec_tf.models.contract import ID_PHASE, TEXT_PHASE
 from alterrec_tf.models.names import ALTERREC_VARIANTS
@@ -161,8 +162,8 @@ def test_hard_negative_step_draws_negatives_from_the_partner():
   vectors = tf.gather_nd(partner.prefix_vectors(batch[alter_data.ITEM_IDS], matrix), positions)
   expected = np.argsort(-partner.scores(vectors, matrix).numpy(), axis=1, kind="stable")[:, 2:6]
   model.hard_negatives.assign(1)
-  got, _ = model._partner_signal("id", batch[alter_data.ITEM_IDS], positions, targets,
-                                 tf.constant([0, 0]))
+  got, _ = alter_partner.partner_signal(model, "id", batch[alter_data.ITEM_IDS], positions, targets,
+                                  tf.constant([0, 0]))
   np.testing.assert_array_equal(np.sort(got.numpy(), axis=1), np.sort(expected, axis=1))
 
 
@@ -181,8 +182,8 @@ def test_augmented_positives_come_from_their_source_and_negatives_from_the_partn
   model.hard_negatives.assign(1)
   # the ID tower trains: negatives are always the text tower's ranks 2..5, the
   # augmented positives the text tower's top 2 (paper) or the ID tower's own (reference)
-  negative_ids, augmented_ids = model._partner_signal(
-      "id", batch[alter_data.ITEM_IDS], positions, targets, tf.constant([0, 0]))
+  negative_ids, augmented_ids = alter_partner.partner_signal(
+      model, "id", batch[alter_data.ITEM_IDS], positions, targets, tf.constant([0, 0]))
   np.testing.assert_array_equal(np.sort(negative_ids.numpy(), axis=1),
                                 np.sort(ranks["text"][:, 2:6], axis=1))
   expected_source = "text" if source == "partner" else "id"

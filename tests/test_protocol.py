@@ -14,6 +14,7 @@ from alterrec_tf.data import windows as alter_data
 from alterrec_tf.data.windows import scored_positions
 from alterrec_tf.formats import schema
 from alterrec_tf.models import negatives, registry
+from alterrec_tf.models import partner as alter_partner
 from alterrec_tf.training import evaluation, trainer
 from tests import synthetic
 
@@ -97,8 +98,8 @@ def test_hard_negatives_and_augmented_positives_are_never_prefix_items(dedup_dat
   positions, targets = scored_positions(batch)
   seen = prefix_items(batch, positions)
   for tower in ("id", "text"):
-    hard, augmented = model._partner_signal(
-        tower, batch[alter_data.ITEM_IDS], positions, targets, tf.constant([1, 2]))
+    hard, augmented = alter_partner.partner_signal(
+        model, tower, batch[alter_data.ITEM_IDS], positions, targets, tf.constant([1, 2]))
     for row, items in enumerate(seen):
       assert not items & set(hard.numpy()[row]), tower
       assert not items & set(augmented.numpy()[row]), tower

@@ -14,6 +14,9 @@ never recommended. Built with `prefixes_per_batch` (the trainer passes it
 with `loss_weighting == "prefix"`), every scored prefix weighs the same in
 every step.
 
+What a tower's step trains against (uniform negatives, or the partner's ranks
+with the guards and the uniform mix) is `partner.partner_signal`.
+
 Which ablation it is comes from its `names.AlterRecVariant` (the towers, the
 partner's negatives, augmented positives), never from `settings.model`.
 """
@@ -28,8 +31,8 @@ import tensorflow as tf
 from alterrec_tf.data import windows as alter_data
 from alterrec_tf.data.windows import scored_positions
 from alterrec_tf.models import negatives as alter_negatives
+from alterrec_tf.models import partner, scoring
 from alterrec_tf.models import replicas as alter_replicas
-from alterrec_tf.models import scoring
 from alterrec_tf.models import settings as model_settings
 from alterrec_tf.models import towers as alter_towers
 from alterrec_tf.models.contract import ID_PHASE, TEXT_PHASE, Batch
@@ -97,16 +100,9 @@ class AlterRec(keras.Model):
       self.random_share = keras.Variable(settings.random_negative_share, dtype="float32",
                                          trainable=False, name="random_share",
                                          aggregation="only_first_replica")
-    self._unit_text = None  # [V, text_dim] L2-normalised SBERT rows (false-negative guard)
-    if settings.false_negative_cosine > 0.0 and text_embeddings is not None:
-      table = tf.convert_to_tensor(text_embeddings, tf.float32)
-      self._unit_text = tf.math.l2_normalize(table, axis=1)
-    self._partner_lists = None  # [V, N] co-occurrence guard
-    if settings.false_negative_cooccurrence > 0:
-      if partner_lists is None:
-        raise ValueError("--false_negative_cooccurrence needs the training sessions' partner "
-                         "lists (data.cooccurrence.top_cooccurring)")
-      self._partner_lists = tf.constant(partner_lists, tf.int32)
+    # The false-negative guards' tables (`partner.guard_tables`): None when off.
+    self.unit_text, self.partner_lists = partner.guard_tables(settings, text_embeddings,
+                                                              partner_lists)
     self._replicated = tf.distribute.has_strategy()  # built in a strategy's scope
     self.id_optimizer = keras.optimizers.Adam(settings.learning_rate, name="id_adam")
     self.text_optimizer = keras.optimizers.Adam(settings.learning_rate, name="text_adam")
@@ -151,81 +147,6 @@ class AlterRec(keras.Model):
       return alter_towers.prefix_items(item_ids, positions)
     return None
 
-  def _frozen_top_k(self, name: str, item_ids: tf.Tensor, positions: tf.Tensor, k: int,
-                    sorted_list: bool) -> Tuple[tf.Tensor, tf.Tensor]:
-    """Top-k (scores, ids) of tower `name` at the prefixes, dropout off, no
-    gradient: [P, k] each. In item chunks (`scoring.top_k_over_chunks`) when
-    the catalogue is larger than `settings.score_chunk_size`, else over the
-    whole [P, V] score matrix (unsorted unless `sorted_list`, found by
-    `settings.hard_negative_selection`)."""
-    tables = {name: self.tower(name).item_matrix(training=False)}
-    queries = {name: tf.gather_nd(self.tower(name).prefix_vectors(
-        item_ids, tables[name], training=False), positions)}
-    seen = self.seen_items_of(item_ids, positions)
-    chunk_size = self.settings.score_chunk_size
-    if chunk_size and self.num_items > chunk_size:
-      values, ids = scoring.top_k_over_chunks(
-          scoring.chunked_heads_fn(self, queries, tables, seen), self.num_items, k,
-          chunk_size)[name]
-    elif sorted_list:
-      scores = scoring.heads_over_items(self, queries, tables, seen)[name]
-      values, ids = tf.math.top_k(scores, k=k, sorted=True)
-    else:
-      scores = scoring.heads_over_items(self, queries, tables, seen)[name]
-      values, ids = alter_negatives.top_k_set(scores, k,
-                                              self.settings.hard_negative_selection)
-    return tf.stop_gradient(values), tf.stop_gradient(ids)
-
-  def _partner_signal(self, name: str, item_ids: tf.Tensor, positions: tf.Tensor,
-                      targets: tf.Tensor, seed: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-    """Negatives [P, K] and augmented positives [P, p] for a step of tower `name`.
-
-    Hard phases: negatives from the partner's ranks k1..k2 (mixed with uniform
-    ones by `random_negative_share`), augmented positives from the top-p of
-    `augmentation_source_of(name)`. Random phases: uniform negatives and
-    padding as augmented positives (dropped by the loss).
-    """
-    cfg = self.settings
-    num_rows = tf.shape(targets)[0]
-    num_augmented = cfg.p if self._augments() else 0
-    partner_name = self.partner_of(name)
-
-    def random_signal() -> Tuple[tf.Tensor, tf.Tensor]:
-      random_ids = alter_negatives.uniform_negatives(seed, num_rows, cfg.num_negatives,
-                                                     self.num_items)
-      return random_ids, tf.zeros([num_rows, num_augmented], tf.int32)
-
-    if partner_name is None:
-      return random_signal()
-
-    def hard_signal() -> Tuple[tf.Tensor, tf.Tensor]:
-      source = self.augmentation_source_of(name)
-      top_scores, top_ids = self._frozen_top_k(partner_name, item_ids, positions, cfg.k2,
-                                               sorted_list=False)
-      hard_ids, augmented_ids = alter_negatives.partner_ranking(
-          top_scores, top_ids, cfg.k1, num_augmented if source == partner_name else 0)
-      if num_augmented and source != partner_name:
-        augmented_ids = self._frozen_top_k(source,  # type: ignore[arg-type]  # (a partner here)
-                                           item_ids, positions, num_augmented,
-                                           sorted_list=True)[1]
-      if self._unit_text is not None:
-        hard_ids = alter_negatives.drop_close_negatives(
-            hard_ids, targets, self._unit_text, cfg.false_negative_cosine)
-      if self._partner_lists is not None:
-        hard_ids = alter_negatives.drop_listed_negatives(hard_ids, targets, self._partner_lists)
-      if cfg.random_share_decay_epochs:
-        hard_ids = alter_negatives.mix_negatives_dynamic(hard_ids, seed, self.random_share,
-                                                         self.num_items)
-      else:
-        hard_ids = alter_negatives.mix_negatives(hard_ids, seed, cfg.random_negative_share,
-                                                 self.num_items)
-      return hard_ids, augmented_ids
-
-    return tf.cond(self.hard_negatives > 0, hard_signal, random_signal)
-
-  def _augments(self) -> bool:
-    return self.variant.augmented_positives
-
   def partner_of(self, name: str) -> Optional[str]:
     """The tower whose ranking gives tower `name` its negatives, or None (random)."""
     if not self.variant.partner_negatives:
@@ -256,19 +177,20 @@ class AlterRec(keras.Model):
     """
     positions, targets = scored_positions(batch)
     item_ids = batch[alter_data.ITEM_IDS]
-    negative_ids, augmented_ids = self._partner_signal(name, item_ids, positions, targets,
-                                                       seed)
+    negative_ids, augmented_ids = partner.partner_signal(self, name, item_ids, positions,
+                                                         targets, seed)
     tower = self.tower(name)
     seen = self.seen_items_of(item_ids, positions)
-    augmented_ids = augmented_ids if self._augments() else None
+    augmented_ids = augmented_ids if self.variant.augmented_positives else None
     with tf.GradientTape() as tape:
       tables = {name: tower.item_matrix(training=training)}
       queries = self.prefix_queries(item_ids, positions, tables, training=training)
       chunk_size = self.settings.score_chunk_size
       if chunk_size and self.num_items > chunk_size:
         # large catalogue: only the logits the loss reads, never [P, V]
-        target_logits, negative_logits, augmented_logits = self._sampled_logits(
-            name, queries[name], tables[name], targets, negative_ids, augmented_ids, seen)
+        target_logits, negative_logits, augmented_logits = scoring.sampled_logits(
+            queries[name], tables[name], targets, negative_ids, augmented_ids, seen,
+            self.head_temperatures()[name])
         loss = alter_negatives.sampled_softmax_loss_from_logits(
             target_logits, targets, negative_logits, negative_ids, augmented_logits,
             augmented_ids, self.settings.beta, self.prefixes_per_batch)
@@ -287,29 +209,6 @@ class AlterRec(keras.Model):
             logits, targets, negative_ids, augmented_ids, self.settings.beta,
             self.prefixes_per_batch)
     return loss, tape.gradient(loss, tower.trainable_variables), negative_ids
-
-  def _sampled_logits(self, name: str, queries: tf.Tensor, table: tf.Tensor,
-                      targets: tf.Tensor, negative_ids: tf.Tensor,
-                      augmented_ids: Optional[tf.Tensor], seen: Optional[tf.Tensor]
-                      ) -> Tuple[tf.Tensor, tf.Tensor, Optional[tf.Tensor]]:
-    """Logits of the targets [P], negatives [P, K] and augmented positives
-    [P, p] (or None) from the item rows they name, with padding and the
-    prefix's items at -1e9, as in the [P, V] scores."""
-    temperature = self.head_temperatures()[name]
-    seen = None if seen is None else tf.cast(seen, tf.int32)
-
-    def logits_of(ids: tf.Tensor) -> tf.Tensor:
-      ids = tf.cast(ids, tf.int32)
-      logits = tf.einsum("pd,pkd->pk", queries, tf.gather(table, ids))
-      if temperature != 1.0:
-        logits = logits / temperature
-      scored_out = tf.equal(ids, 0)
-      if seen is not None:
-        scored_out |= tf.reduce_any(tf.equal(ids[:, :, None], seen[:, None, :]), axis=2)
-      return tf.where(scored_out, tf.cast(scoring.NEG_INF, logits.dtype), logits)
-
-    augmented = None if augmented_ids is None else logits_of(augmented_ids)
-    return logits_of(targets[:, None])[:, 0], logits_of(negative_ids), augmented
 
   def _tower_step(self, name: str, batch: Batch, seed: tf.Tensor) -> tf.Tensor:
     """One update of tower `name`; returns its loss on the global batch.

@@ -191,3 +191,35 @@ def chunked_heads_fn(model: FactorizedScorer, queries: Heads, tables: Heads,
     return heads_over_items(model, queries, slice_tables(tables, offset, size),
                             seen_items, offset)
   return chunk_scores
+
+
+def sampled_logits(queries: tf.Tensor, table: tf.Tensor, targets: tf.Tensor,
+                   negative_ids: tf.Tensor, augmented_ids: Optional[tf.Tensor],
+                   seen: Optional[tf.Tensor], temperature: float = 1.0
+                   ) -> Tuple[tf.Tensor, tf.Tensor, Optional[tf.Tensor]]:
+  """One head's logits of the targets [P], negatives [P, K] and augmented
+  positives [P, p] (or None) from the item rows they name, with padding and the
+  prefix's items (`seen`, int [P, L], 0 = none) at `NEG_INF`, as in the [P, V]
+  scores of `heads_over_items` (a large catalogue's loss never builds [P, V]).
+
+  Args:
+    queries: float [P, d] the head's query of each prefix.
+    table: float [V, d] its item table.
+    targets, negative_ids, augmented_ids: int item ids.
+    seen: the prefix's items, or None when seen items are kept.
+    temperature: the head's temperature (logits divided by it).
+  """
+  seen = None if seen is None else tf.cast(seen, tf.int32)
+
+  def logits_of(ids: tf.Tensor) -> tf.Tensor:
+    ids = tf.cast(ids, tf.int32)
+    logits = tf.einsum("pd,pkd->pk", queries, tf.gather(table, ids))
+    if temperature != 1.0:
+      logits = logits / temperature
+    scored_out = tf.equal(ids, 0)
+    if seen is not None:
+      scored_out |= tf.reduce_any(tf.equal(ids[:, :, None], seen[:, None, :]), axis=2)
+    return tf.where(scored_out, tf.cast(NEG_INF, logits.dtype), logits)
+
+  augmented = None if augmented_ids is None else logits_of(augmented_ids)
+  return logits_of(targets[:, None])[:, 0], logits_of(negative_ids), augmented
