@@ -236,21 +236,35 @@ def test_an_imported_run_is_one_the_report_and_the_archive_check_read(synthetic_
   assert model_names.order_key("recbole_sasrec") > model_names.order_key("alterrec_aug")
 
 
-def test_a_finished_run_counts_on_another_cpu_but_not_on_other_data_or_settings(tmp_path):
+def small_export(data_dir, folder, max_len=6):
+  """The export of data_dir into folder/synthetic, with 2 x 3 text codes."""
+  return atomic.export(data_dir, str(folder / "synthetic"), max_len=max_len, subspaces=2,
+                       codes=3)
+
+
+def finished_peer_run(tmp_path, model, config, text_codes, record_identity=True):
+  """A small prepared dataset, its export, and a finished run of `model` imported
+  from random lists: (data_dir, manifest, export, job, runs_dir, run_dir, results)."""
   data_dir = str(tmp_path / "data")
   manifest = synthetic.write_dataset(data_dir, num_items=40, num_sessions=30,
                                      max_session_length=8, text_dim=16)
-  export = atomic.export(data_dir, str(tmp_path / "atomic" / "synthetic"), max_len=6,
-                         subspaces=2, codes=3)
+  export = small_export(data_dir, tmp_path / "atomic")
   targets = atomic.read_targets(str(tmp_path / "atomic" / "synthetic"))
   fake_result(str(tmp_path / "result"), targets, manifest["num_items"])
-  job = {"model": "fdsa", "config": {"seed": 0, "hidden_size": 8}, "top_k": 20,
-         "export_id": export["export_id"], "text_codes": True}
+  job = {"model": model, "config": config, "top_k": 20, "export_id": export["export_id"],
+         "text_codes": text_codes}
   runs_dir = str(tmp_path / "runs")
-  run_dir = alter_runs.run_dir_of(runs_dir, "recbole_fdsa", 0)
+  run_dir = alter_runs.run_dir_of(runs_dir, lists.run_name(model), 0)
   assert lists.finished_run_conflicts(run_dir, job, export, data_dir, manifest) is None
+  identity = alter_runs.dataset_identity(data_dir, manifest) if record_identity else None
   results = lists.write_run(str(tmp_path / "result"), export, targets, job, run_dir,
-                            data_identity=alter_runs.dataset_identity(data_dir, manifest))
+                            data_identity=identity)
+  return data_dir, manifest, export, job, runs_dir, run_dir, results
+
+
+def test_a_finished_run_counts_on_another_cpu_but_not_on_other_data_or_settings(tmp_path):
+  data_dir, manifest, export, job, _, run_dir, results = finished_peer_run(
+      tmp_path, "fdsa", {"seed": 0, "hidden_size": 8}, text_codes=True)
   assert results["data_identity"]["text"]["shape"] == [40, 16]
   assert lists.finished_run_conflicts(run_dir, job, export, data_dir, manifest) == []
 
@@ -258,8 +272,7 @@ def test_a_finished_run_counts_on_another_cpu_but_not_on_other_data_or_settings(
   # hashes the bytes) and the job id change, yet the finished run is the same run
   cpu_dir = str(tmp_path / "avx512")
   cpu_manifest = another_machine(data_dir, cpu_dir)
-  cpu_export = atomic.export(cpu_dir, str(tmp_path / "atomic_cpu" / "synthetic"), max_len=6,
-                             subspaces=2, codes=3)
+  cpu_export = small_export(cpu_dir, tmp_path / "atomic_cpu")
   cpu_job = dict(job, export_id=cpu_export["export_id"])
   assert jobs.job_id(cpu_job) != jobs.job_id(job)
   assert lists.finished_run_conflicts(run_dir, cpu_job, cpu_export, cpu_dir, cpu_manifest) == []
@@ -272,8 +285,7 @@ def test_a_finished_run_counts_on_another_cpu_but_not_on_other_data_or_settings(
   other_config = dict(job, config={"seed": 0, "hidden_size": 16})
   assert lists.finished_run_conflicts(run_dir, other_config, export, data_dir, manifest) == [
       "its settings differ (compare config.json's job)"]
-  shorter = atomic.export(data_dir, str(tmp_path / "atomic5" / "synthetic"), max_len=5,
-                          subspaces=2, codes=3)
+  shorter = small_export(data_dir, tmp_path / "atomic5", max_len=5)
   assert lists.finished_run_conflicts(run_dir, dict(job, export_id=shorter["export_id"]),
                                       shorter, data_dir, manifest)
   # the text codes' settings belong to the models that read them
@@ -284,18 +296,8 @@ def test_a_finished_run_counts_on_another_cpu_but_not_on_other_data_or_settings(
 
 
 def test_a_run_folder_from_before_settings_id_counts_through_its_content_hash(tmp_path):
-  data_dir = str(tmp_path / "data")
-  manifest = synthetic.write_dataset(data_dir, num_items=40, num_sessions=30,
-                                     max_session_length=8, text_dim=16)
-  export = atomic.export(data_dir, str(tmp_path / "atomic" / "synthetic"), max_len=6,
-                         subspaces=2, codes=3)
-  targets = atomic.read_targets(str(tmp_path / "atomic" / "synthetic"))
-  fake_result(str(tmp_path / "result"), targets, manifest["num_items"])
-  job = {"model": "sasrec", "config": {"seed": 0}, "top_k": 20,
-         "export_id": export["export_id"], "text_codes": False}
-  runs_dir = str(tmp_path / "runs")
-  run_dir = alter_runs.run_dir_of(runs_dir, "recbole_sasrec", 0)
-  lists.write_run(str(tmp_path / "result"), export, targets, job, run_dir)
+  data_dir, manifest, export, job, runs_dir, run_dir, _ = finished_peer_run(
+      tmp_path, "sasrec", {"seed": 0}, text_codes=False, record_identity=False)
   for name, key in ((alter_runs.CONFIG_FILE, "settings_id"),
                     (alter_runs.RESULTS_FILE, "data_identity")):  # as written before
     content = alter_runs.read_json(os.path.join(run_dir, name))
@@ -305,16 +307,14 @@ def test_a_run_folder_from_before_settings_id_counts_through_its_content_hash(tm
   other_config = dict(job, config={"seed": 1})
   [line] = lists.finished_run_conflicts(run_dir, other_config, export, data_dir, manifest)
   assert "config" in line
-  shorter = atomic.export(data_dir, str(tmp_path / "atomic5" / "synthetic"), max_len=5,
-                          subspaces=2, codes=3)
+  shorter = small_export(data_dir, tmp_path / "atomic5", max_len=5)
   [line] = lists.finished_run_conflicts(run_dir, dict(job, export_id=shorter["export_id"]),
                                         shorter, data_dir, manifest)
   assert "export had other settings" in line
   # on another CPU only a migration file beside the runs names its content_hash's identity
   cpu_dir = str(tmp_path / "avx512")
   cpu_manifest = another_machine(data_dir, cpu_dir)
-  cpu_export = atomic.export(cpu_dir, str(tmp_path / "atomic_cpu" / "synthetic"), max_len=6,
-                             subspaces=2, codes=3)
+  cpu_export = small_export(cpu_dir, tmp_path / "atomic_cpu")
   cpu_job = dict(job, export_id=cpu_export["export_id"])
   [line] = lists.finished_run_conflicts(run_dir, cpu_job, cpu_export, cpu_dir, cpu_manifest)
   assert alter_runs.MIGRATION_FILE in line
